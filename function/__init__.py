@@ -1,0 +1,1 @@
+"""Bird-photo classifier: the AIY birds model from TF Hub behind HTTP, CloudEvent and CLI entries."""

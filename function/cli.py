@@ -1,0 +1,103 @@
+"""``python main.py [PHOTO ...]``: classify photo URLs or local files and print the top species."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Sequence, TextIO
+
+from . import logs
+from .config import Config, ConfigError
+from .photos import PhotoSource
+from .pipeline import Classification, Classifier
+from .resource import NotReady
+
+# The task's own photos: a cormorant, a crested lark, a motmot, a toucanet and a robin.
+DEFAULT_PHOTOS = (
+    "https://upload.wikimedia.org/wikipedia/commons/c/c8/Phalacrocorax_varius_-Waikawa%2C_Marlborough%2C_New_Zealand-8.jpg",
+    "https://quiz.natureid.no/bird/db_media/eBook/679edc606d9a363f775dabf0497d31de8c3d7060.jpg",
+    "https://upload.wikimedia.org/wikipedia/commons/8/81/Eumomota_superciliosa.jpg",
+    "https://i.pinimg.com/originals/f3/fb/92/f3fb92afce5ddff09a7370d90d021225.jpg",
+    "https://cdn.britannica.com/77/189277-004-0A3BC3D4.jpg",
+)
+
+EXAMPLE = """examples:
+  python main.py                                  classify the five default photos
+  python main.py https://example.org/robin.jpg    classify one photo URL
+  python main.py photos/*.jpg --top-k 5 --json    local files, five species each, as JSON
+
+environment: MODEL_URL, LABELS_URL, TOP_K, TFHUB_CACHE_DIR and more (see README.md)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python main.py", description="Name the bird species in photos with Google's AIY birds model.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photos", nargs="*", metavar="PHOTO",
+                        help="photo URL (http/https) or local file; default: the five demo photos")
+    parser.add_argument("-k", "--top-k", type=int, default=None, metavar="N",
+                        help="how many species to show per photo (default: TOP_K or 3)")
+    parser.add_argument("--json", action="store_true", help="print the HTTP API's JSON document instead of a table")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        default=None, help="log detail on stderr (default: WARNING)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print where the time went, phase by phase")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    started = time.perf_counter()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_env()
+    except ConfigError as err:
+        parser.error(str(err))
+    top_k = args.top_k if args.top_k is not None else config.top_k
+    if not 1 <= top_k <= config.max_top_k:
+        parser.error(f"--top-k must be from 1 to {config.max_top_k}")
+    logs.setup(args.log_level or ("INFO" if args.verbose else "WARNING"), json_lines=False)
+    sources = [PhotoSource.from_argument(p) for p in (args.photos or DEFAULT_PHOTOS)]
+    try:
+        result = Classifier(config).classify(sources, top_k)
+    except NotReady as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    total_s = time.perf_counter() - started
+    if args.json:
+        doc = result.to_dict()
+        doc["timings_ms"]["wall"] = round(total_s * 1000, 1)
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+    else:
+        print_table(result, out)
+        out.write(f"\n{len(sources)} photo(s), {result.failed} failed, in {total_s:.2f} s "
+                  "(model download and load, photo downloads and inference included)\n")
+        if args.verbose:
+            print_timings(result, out)
+    return 1 if result.failed else 0
+
+
+def print_table(result: Classification, out: TextIO) -> None:
+    for n, r in enumerate(result.results, start=1):
+        out.write(f"[{n}] {r.source.ref}\n")
+        if r.error:
+            out.write(f"    error {r.error.code}: {r.error.message}\n")
+            continue
+        width = max(len(p.label) for p in r.predictions)
+        for rank, p in enumerate(r.predictions, start=1):
+            out.write(f"    {rank}. {p.label:<{width}}  {p.score:6.1%}\n")
+
+
+def print_timings(result: Classification, out: TextIO) -> None:
+    out.write("where the time went (ms; fetch is the slowest photo, decode the sum):\n")
+    for name, ms in result.timings_ms.items():
+        out.write(f"    {name:<16}{ms:10.1f}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.captureWarnings(True)
+    sys.exit(main())

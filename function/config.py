@@ -1,0 +1,89 @@
+"""Settings, read once from the environment into one frozen object and passed down.
+
+Nothing else in the package reads ``os.environ``; ``TFHUB_CACHE_DIR`` is left to tensorflow_hub,
+which reads it itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
+DEFAULT_LABELS_URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """An environment value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model_url: str = DEFAULT_MODEL_URL
+    labels_url: str = DEFAULT_LABELS_URL
+    top_k: int = 3
+    max_top_k: int = 20
+    log_level: str = "INFO"
+    # Photo fetching
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    max_photo_bytes: int = 25 * 1024 * 1024
+    max_photo_pixels: int = 64_000_000
+    fetch_workers: int = 16
+    max_urls: int = 64
+    user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
+    # Model and label map loading
+    model_load_retry_s: float = 10.0
+    model_wait_s: float = 300.0  # how long a request waits for a loading model before a 503
+    labels_timeout_s: float = 30.0
+    storage_emulator_host: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """Build the settings from environment variables named like the fields, upper-cased."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(name, raw.strip(), f.default)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
+                    "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.top_k > self.max_top_k:
+            raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.model_load_retry_s < 0:
+            raise ConfigError("MODEL_LOAD_RETRY_S must not be negative")
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    if name == "LOG_LEVEL":
+        return raw.upper()
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    return raw

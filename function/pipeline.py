@@ -1,0 +1,167 @@
+"""The classifier: photo sources in, per-photo predictions out, every stage timed.
+
+On a cold instance the model download/load (with the TensorFlow import), the label map and the
+photo fetches all start at once; the request then waits for whichever is last, makes one batched
+model call and takes the top k per photo.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import requests
+from requests.adapters import HTTPAdapter
+
+from .config import Config
+from .labels import LabelMap
+from .model import BirdModel
+from .photos import PhotoError, PhotoFetcher, PhotoSource, load
+from .resource import LazyResource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "score": round(self.score, 6)}
+
+
+@dataclass
+class PhotoResult:
+    source: PhotoSource
+    predictions: list[Prediction] = field(default_factory=list)
+    error: PhotoError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        key = "url" if self.source.kind == "url" else "file"
+        return {key: self.source.ref, "predictions": [p.to_dict() for p in self.predictions],
+                "error": self.error.to_dict() if self.error else None}
+
+
+@dataclass
+class Classification:
+    results: list[PhotoResult]
+    timings_ms: dict[str, float]
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.ok for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [r.to_dict() for r in self.results],
+                "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()}}
+
+
+def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
+    """The k best classes of one score vector, best first (ties: lower id first)."""
+    k = min(k, scores.shape[0])
+    idx = np.argpartition(-scores, k - 1)[:k]
+    idx = idx[np.lexsort((idx, -scores[idx]))]
+    return [Prediction(int(i), labels[int(i)], float(scores[i])) for i in idx]
+
+
+def new_session(pool_size: int, user_agent: str) -> requests.Session:
+    """One pooled session per process: keep-alive connections to the same photo host are reused."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = user_agent
+    return session
+
+
+_shared: dict[tuple[str, str], LazyResource[Any]] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_resource(name: str, url: str, loader: Callable[[], Any], retry_after_s: float) -> LazyResource[Any]:
+    """One resource per (name, URL) per process: a container instance fetches the model once,
+    however many classifiers (configurations, app objects in tests) ask for it."""
+    with _shared_lock:
+        key = (name, url)
+        if key not in _shared:
+            _shared[key] = LazyResource(name, loader, retry_after_s)
+        return _shared[key]
+
+
+class Classifier:
+    """Long-lived, shared by all threads of the process: ``start()``, ``ready()``, ``classify()``."""
+
+    def __init__(self, config: Config, session: requests.Session | None = None):
+        self.config = config
+        self.session = session or new_session(config.fetch_workers, config.user_agent)
+        self.fetcher = PhotoFetcher(self.session, config.connect_timeout_s, config.read_timeout_s,
+                                    config.max_photo_bytes)
+        self.model: LazyResource[BirdModel] = shared_resource(
+            "model", config.model_url, lambda: BirdModel.load(config.model_url), config.model_load_retry_s)
+        self.labels: LazyResource[LabelMap] = shared_resource(
+            "label map", config.labels_url,
+            lambda: LabelMap.fetch(self.session, config.labels_url, config.labels_timeout_s),
+            config.model_load_retry_s)
+        self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin loading the model and the label map in the background (idempotent)."""
+        self.model.start()
+        self.labels.start()
+
+    def ready(self) -> bool:
+        return self.model.ready() and self.labels.ready()
+
+    def status(self) -> dict[str, Any]:
+        return {name: {"state": r.state, "error": r.error}
+                for name, r in (("model", self.model), ("labels", self.labels))}
+
+    # -- work -------------------------------------------------------------------------------
+    def classify(self, sources: Sequence[PhotoSource], k: int | None = None) -> Classification:
+        """Classify every source; photo problems become per-photo errors.
+
+        Raises :class:`~function.resource.NotReady` when the model or label map cannot be had:
+        that is the request's problem, not one photo's.
+        """
+        k = k or self.config.top_k
+        t0 = time.perf_counter()
+        cold = not self.ready()
+        self.start()
+        futures = [self._pool.submit(load, self.fetcher, s, self.config.max_photo_pixels) for s in sources]
+        loaded = [f.result() for f in futures]
+        t_photos = time.perf_counter()
+        timings: dict[str, float] = {
+            "fetch": max((p.fetch_ms for p in loaded), default=0.0),
+            "decode": sum(p.decode_ms for p in loaded),
+            "photos": (t_photos - t0) * 1000,
+        }
+        results = [PhotoResult(s, error=p.error) for s, p in zip(sources, loaded)]
+        good = [i for i, p in enumerate(loaded) if p.pixels is not None]
+        if good:
+            model = self.model.get(timeout=self.config.model_wait_s)
+            labels = self.labels.get(timeout=self.config.model_wait_s)
+            t_ready = time.perf_counter()
+            timings["model_wait"] = (t_ready - t_photos) * 1000
+            if cold:
+                timings.update(model.timings_ms)
+            batch = np.stack([loaded[i].pixels for i in good])
+            scores = model.predict(batch)
+            t_inf = time.perf_counter()
+            timings["inference"] = (t_inf - t_ready) * 1000
+            for row, i in enumerate(good):
+                results[i].predictions = top_k(scores[row], k, labels)
+            timings["topk"] = (time.perf_counter() - t_inf) * 1000
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return Classification(results, timings)

@@ -1,0 +1,93 @@
+"""A thing loaded once per process, in the background, with a visible lifecycle.
+
+``not_loaded -> loading -> ready``, or ``-> failed`` with the reason. The first caller of
+:meth:`start` spawns the loader thread; everyone else waits on the same load. A failed load is
+retried by a later :meth:`start` once ``retry_after_s`` has passed, so one bad download does not
+leave a container instance broken for its whole life, and does not hammer the origin either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+NOT_LOADED, LOADING, READY, FAILED = "not_loaded", "loading", "ready", "failed"
+
+
+class NotReady(RuntimeError):
+    """The resource is not available (still loading past the wait, or failed)."""
+
+    def __init__(self, name: str, state: str, reason: str | None, retry_after_s: float):
+        self.name, self.state, self.reason, self.retry_after_s = name, state, reason, retry_after_s
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"{name} is {state.replace('_', ' ')}{detail}")
+
+
+class LazyResource(Generic[T]):
+    def __init__(self, name: str, loader: Callable[[], T], retry_after_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self._loader = loader
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._state = NOT_LOADED
+        self._value: T | None = None
+        self._error: str | None = None
+        self._failed_at = 0.0
+        self.load_seconds: float | None = None
+        self.loads_started = 0
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def ready(self) -> bool:
+        return self._state == READY
+
+    def start(self) -> None:
+        """Begin loading in the background unless loaded, loading, or failed too recently."""
+        with self._lock:
+            if self._state in (READY, LOADING):
+                return
+            if self._state == FAILED and self._clock() - self._failed_at < self._retry_after_s:
+                return
+            self._state = LOADING
+            self._done.clear()
+            self.loads_started += 1
+        threading.Thread(target=self._load, name=f"load-{self.name}", daemon=True).start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            value = self._loader()
+        except Exception as exc:  # the reason is kept and reported by readiness and requests
+            log.error("%s failed to load: %s", self.name, exc, exc_info=True)
+            with self._lock:
+                self._state, self._error, self._failed_at = FAILED, f"{type(exc).__name__}: {exc}", self._clock()
+            self._done.set()
+            return
+        with self._lock:
+            self._value, self._state, self._error = value, READY, None
+            self.load_seconds = time.perf_counter() - started
+        self._done.set()
+
+    def get(self, timeout: float | None = None) -> T:
+        """Start loading if needed and wait for the value; raise :class:`NotReady` otherwise."""
+        self.start()
+        self._done.wait(timeout)
+        with self._lock:
+            if self._state == READY:
+                return self._value  # type: ignore[return-value]
+            remaining = max(1.0, self._retry_after_s - (self._clock() - self._failed_at))
+            raise NotReady(self.name, self._state, self._error, remaining)

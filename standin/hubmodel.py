@@ -1,0 +1,169 @@
+"""Generate models in the TF1 Hub format that the AIY birds classifier uses.
+
+A TF1 Hub module is a directory with ``tfhub_module.pb`` (a ``ModuleDef`` proto: bytes ``08 03``,
+format 3), a ``saved_model.pb`` whose meta graph has the empty tag set and a signature ``default``
+mapping input ``images`` (float32 [N,224,224,3]) to output ``default`` ([N,965] probabilities),
+with the weights frozen into the graph as constants. TF Hub serves it as a tar.gz when asked with
+``?tf-hub-format=compressed``.
+
+Two models:
+
+* :func:`colour_model` — tiny and readable: each class ``k`` has a prototype colour and the model
+  answers with a softmax over ``-sharpness * |mean_rgb - prototype_k|^2``. Tests use it to prove RGB
+  order, [0,1] scaling, id -> label mapping and top-k order end to end.
+* :func:`mobilenet_model` — a MobileNet V2 (random weights, 965 classes) frozen the same way, the
+  size of the real one, for benchmarks.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+NUM_CLASSES = 965
+BACKGROUND_ID = 964
+IMAGE_SIZE = 224
+MODULE_DEF_V3 = b"\x08\x03"  # ModuleDef{format: 3}
+SHARPNESS = 200.0
+
+
+def prototype(class_id: int) -> tuple[float, float, float]:
+    """The mean colour (RGB in [0,1]) that the colour model maps to ``class_id``.
+
+    Classes 0..963 sit on a 10x10x10 grid: red = ones digit, green = tens, blue = hundreds, each
+    step 1/9. The background class sits far outside the cube so it never wins.
+    """
+    if class_id == BACKGROUND_ID:
+        return (5.0, 5.0, 5.0)
+    return (class_id % 10 / 9, class_id // 10 % 10 / 9, class_id // 100 % 10 / 9)
+
+
+def prototypes() -> np.ndarray:
+    return np.array([prototype(k) for k in range(NUM_CLASSES)], dtype=np.float32)
+
+
+def expected_ranking(mean_rgb: tuple[float, float, float]) -> list[int]:
+    """Class ids ordered as the colour model ranks them for a photo of this mean colour."""
+    d = ((prototypes() - np.asarray(mean_rgb, dtype=np.float32)) ** 2).sum(axis=1)
+    return [int(i) for i in np.argsort(d, kind="stable")]
+
+
+def expected_scores(mean_rgb: tuple[float, float, float]) -> np.ndarray:
+    d = ((prototypes() - np.asarray(mean_rgb, dtype=np.float32)) ** 2).sum(axis=1)
+    logits = -SHARPNESS * d
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def _save_tf1_module(build_graph, export_dir: Path) -> Path:
+    """Build a graph with ``build_graph(tf) -> (images, probabilities)`` and save it as a Hub module."""
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    graph = tf.Graph()
+    with graph.as_default():
+        images, probabilities = build_graph(tf)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
+                inputs={"images": images}, outputs={"default": probabilities}
+            )
+            builder = tf.compat.v1.saved_model.Builder(str(export_dir))
+            builder.add_meta_graph_and_variables(
+                sess, tags=[], signature_def_map={"default": signature}, strip_default_attrs=True
+            )
+            builder.save()
+    (export_dir / "tfhub_module.pb").write_bytes(MODULE_DEF_V3)
+    return export_dir
+
+
+def colour_model(export_dir: Path) -> Path:
+    """Write the tiny colour model (see module docstring) as a TF1 Hub module directory."""
+
+    def build(tf):
+        images = tf.compat.v1.placeholder(
+            tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, 3], name="images"
+        )
+        mean = tf.reduce_mean(images, axis=[1, 2])  # [N,3]
+        protos = tf.constant(prototypes())  # frozen weights [965,3]
+        d = tf.reduce_sum(tf.square(mean[:, None, :] - protos[None, :, :]), axis=2)
+        return images, tf.nn.softmax(-SHARPNESS * d, name="default")
+
+    return _save_tf1_module(build, export_dir)
+
+
+def mobilenet_model(export_dir: Path, seed: int = 0) -> Path:
+    """Write a MobileNet V2 (random weights, 965 classes) frozen into a TF1 Hub module directory.
+
+    Built with Keras, traced to a concrete function, its variables converted to constants, and the
+    frozen GraphDef imported under the input/output names the real module uses.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    tf.keras.utils.set_random_seed(seed)
+    net = tf.keras.applications.MobileNetV2(
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), weights=None, classes=NUM_CLASSES
+    )
+    fn = tf.function(lambda x: net(x * 2.0 - 1.0, training=False))
+    concrete = fn.get_concrete_function(
+        tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+    )
+    frozen = convert_variables_to_constants_v2(concrete)
+    graph_def = frozen.graph.as_graph_def()
+    input_name = frozen.inputs[0].name
+    output_name = frozen.outputs[0].name
+
+    def build(tf):
+        images = tf.compat.v1.placeholder(
+            tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, 3], name="images"
+        )
+        (out,) = tf.compat.v1.import_graph_def(
+            graph_def, input_map={input_name: images}, return_elements=[output_name], name="net"
+        )
+        return images, tf.identity(out, name="default")
+
+    return _save_tf1_module(build, export_dir)
+
+
+def tar_gz(module_dir: Path) -> bytes:
+    """Pack a module directory the way TF Hub serves ``?tf-hub-format=compressed``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for entry in sorted(os.listdir(module_dir)):
+            tar.add(os.path.join(module_dir, entry), arcname=entry)
+    return buf.getvalue()
+
+
+def label_map_csv(names: dict[int, str] | None = None, shuffle_seed: int | None = 1) -> str:
+    """The label map in the real format: header ``id,name``, background first, then the species.
+
+    With ``shuffle_seed`` the species rows come in a shuffled order, so a parser that relies on row
+    order instead of the ``id`` column gives wrong labels.
+    """
+    names = names or {k: species_name(k) for k in range(BACKGROUND_ID)}
+    ids = list(range(BACKGROUND_ID))
+    if shuffle_seed is not None:
+        np.random.default_rng(shuffle_seed).shuffle(ids)
+    rows = ["id,name", f"{BACKGROUND_ID},background"]
+    rows += [f"{k},{_csv_field(names[k])}" for k in ids]
+    return "\n".join(rows) + "\n"
+
+
+def _csv_field(value: str) -> str:
+    return f'"{value}"' if "," in value or '"' in value else value
+
+
+_GENERA = ["Parus", "Turdus", "Corvus", "Larus", "Anas", "Falco", "Picus", "Sitta", "Ardea", "Emberiza"]
+_EPITHETS = ["major", "merula", "corax", "argentatus", "platyrhynchos", "peregrinus", "viridis",
+             "europaea", "cinerea", "citrinella"]
+
+
+def species_name(class_id: int) -> str:
+    """A made-up binomial name unique to ``class_id``, e.g. ``Turdus corax 7``."""
+    return f"{_GENERA[class_id % 10]} {_EPITHETS[class_id // 10 % 10]} {class_id // 100}"
