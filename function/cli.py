@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 import time
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 from . import logs
 from .config import Config, ConfigError

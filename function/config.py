@@ -7,8 +7,8 @@ which reads it itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 DEFAULT_LABELS_URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
@@ -41,7 +41,7 @@ class Config:
     storage_emulator_host: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the settings from environment variables named like the fields, upper-cased."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}

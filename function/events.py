@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class TransientEventError(RuntimeError):
     """Classifying the object failed in a way a redelivery may fix (host down, model loading)."""
 
 
-def handle(event: Any, classifier: "Classifier") -> "Classification | None":
+def handle(event: Any, classifier: Classifier) -> Classification | None:
     """The CloudEvent target: classify the object a storage event names and log the result.
 
     Returns the classification, or None when the event was skipped (not an image, not a finalized

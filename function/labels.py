@@ -28,7 +28,7 @@ class LabelMap:
         return self._names.get(class_id, f"class {class_id}")
 
     @classmethod
-    def parse(cls, text: str) -> "LabelMap":
+    def parse(cls, text: str) -> LabelMap:
         """Parse ``id,name`` rows. Row order does not matter: the AIY map lists background first."""
         reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
         if not reader.fieldnames or not {"id", "name"} <= {f.strip() for f in reader.fieldnames}:
@@ -46,7 +46,7 @@ class LabelMap:
         return cls(names)
 
     @classmethod
-    def fetch(cls, session: requests.Session, url: str, timeout: float) -> "LabelMap":
+    def fetch(cls, session: requests.Session, url: str, timeout: float) -> LabelMap:
         response = session.get(url, timeout=timeout)
         if response.status_code != 200:
             raise LabelMapError(f"label map {url} answered HTTP {response.status_code}")

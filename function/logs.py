@@ -14,8 +14,9 @@ import os
 import sys
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 

@@ -41,7 +41,7 @@ class BirdModel:
         self.num_classes: int | None = None
 
     @classmethod
-    def load(cls, url: str, intra_op_threads: int = 0, inter_op_threads: int = 0) -> "BirdModel":
+    def load(cls, url: str, intra_op_threads: int = 0, inter_op_threads: int = 0) -> BirdModel:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         import tensorflow as tf
@@ -63,7 +63,8 @@ class BirdModel:
         fn = module.signatures[name]
         inputs = fn.structured_input_signature[1]
         if len(inputs) != 1:
-            raise ModelError(f"signature {name!r} takes {len(inputs)} inputs {sorted(inputs)}; expected one image batch")
+            raise ModelError(
+                f"signature {name!r} takes {len(inputs)} inputs {sorted(inputs)}; expected one image batch")
         input_name, spec = next(iter(inputs.items()))
         if spec.shape.rank != 4 or spec.shape[-1] != 3:
             raise ModelError(f"signature {name!r} input {input_name!r} has shape {spec.shape}; expected [N,H,W,3]")

@@ -46,19 +46,19 @@ class PhotoSource:
     data: bytes | None = None
 
     @classmethod
-    def url(cls, url: str) -> "PhotoSource":
+    def url(cls, url: str) -> PhotoSource:
         return cls(url, "url")
 
     @classmethod
-    def path(cls, path: str) -> "PhotoSource":
+    def path(cls, path: str) -> PhotoSource:
         return cls(path, "path")
 
     @classmethod
-    def upload(cls, name: str, data: bytes) -> "PhotoSource":
+    def upload(cls, name: str, data: bytes) -> PhotoSource:
         return cls(name, "bytes", data)
 
     @classmethod
-    def from_argument(cls, arg: str) -> "PhotoSource":
+    def from_argument(cls, arg: str) -> PhotoSource:
         """A command-line argument: an http(s) URL, or else a local file path."""
         return cls.url(arg) if urlsplit(arg).scheme.lower() in ("http", "https") else cls.path(arg)
 

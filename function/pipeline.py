@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import requests
@@ -147,7 +148,7 @@ class Classifier:
             "decode": sum(p.decode_ms for p in loaded),
             "photos": (t_photos - t0) * 1000,
         }
-        results = [PhotoResult(s, error=p.error) for s, p in zip(sources, loaded)]
+        results = [PhotoResult(s, error=p.error) for s, p in zip(sources, loaded, strict=True)]
         good = [i for i, p in enumerate(loaded) if p.pixels is not None]
         if good:
             model = self.model.get(timeout=self.config.model_wait_s)

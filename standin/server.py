@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlsplit
 
 
@@ -73,7 +73,7 @@ class StandInServer:
     def port(self) -> int:
         return self.httpd.server_address[1]
 
-    def start(self) -> "StandInServer":
+    def start(self) -> StandInServer:
         self._thread.start()
         return self
 
@@ -81,7 +81,7 @@ class StandInServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "StandInServer":
+    def __enter__(self) -> StandInServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

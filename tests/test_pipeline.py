@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from function.config import Config
+from function.labels import LabelMap
 from function.photos import PhotoSource
 from function.pipeline import Classifier, top_k
-from function.labels import LabelMap
 from standin import hubmodel, photos
 from tests.conftest import MODEL_PATH
 
