@@ -1,0 +1,78 @@
+"""``python main.py``, run as a user runs it: a subprocess against the stand-in hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from standin import hubmodel, photos
+from tests.conftest import LABELS_PATH, MODEL_PATH, ROOT
+
+
+@pytest.fixture
+def run(server, hub_cache):
+    env = dict(os.environ, MODEL_URL=server.url(MODEL_PATH), LABELS_URL=server.url(LABELS_PATH),
+               TFHUB_CACHE_DIR=str(hub_cache), READ_TIMEOUT_S="3")
+
+    def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    return run
+
+
+def test_prints_top_3_species_per_photo_and_the_total_time(run, serve_photo, tmp_path):
+    local = tmp_path / "wren.png"
+    local.write_bytes(photos.solid(photos.class_colour(654), fmt="PNG"))
+    r = run(serve_photo(123), str(local))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("/photos/123.jpg") and lines[4].endswith("wren.png")
+    assert lines[1].split()[:3] == ["1.", *hubmodel.species_name(123).split()[:2]]
+    assert lines[5].split()[1:3] == hubmodel.species_name(654).split()[:2]
+    assert sum(line.strip().startswith(("1.", "2.", "3.")) for line in lines) == 6
+    assert "2 photo(s), 0 failed, in" in r.stdout and "model download and load" in r.stdout
+
+
+def test_json_prints_the_http_api_document(run, serve_photo):
+    r = run("--json", "--top-k", "2", serve_photo(7))
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0
+    assert doc["results"][0]["url"].endswith("/photos/7.jpg")
+    assert [p["id"] for p in doc["results"][0]["predictions"]][:1] == [7]
+    assert len(doc["results"][0]["predictions"]) == 2
+    assert {"fetch", "inference", "total", "wall"} <= set(doc["timings_ms"])
+
+
+def test_exit_code_is_1_when_any_photo_failed(run, serve_photo, server):
+    r = run(serve_photo(8), server.url("/missing.jpg"), "/no/such/file.jpg")
+    assert r.returncode == 1
+    assert "error http_error" in r.stdout and "error file_not_found" in r.stdout
+    assert "3 photo(s), 2 failed" in r.stdout
+
+
+def test_verbose_prints_the_phase_breakdown(run, serve_photo):
+    r = run("-v", serve_photo(9))
+    assert r.returncode == 0
+    assert "where the time went" in r.stdout
+    assert any(line.split()[:1] == ["inference"] for line in r.stdout.splitlines())
+
+
+@pytest.mark.parametrize("args", [["--top-k", "0"], ["--top-k", "x"], ["--no-such-flag"]])
+def test_bad_usage_exits_2(run, args):
+    r = run(*args)
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_bad_configuration_exits_2_naming_the_variable(run):
+    r = run("x.jpg", TOP_K="many")
+    assert r.returncode == 2 and "TOP_K" in r.stderr
+
+
+def test_help_explains_options_with_an_example(run):
+    r = run("--help")
+    assert r.returncode == 0 and "--top-k" in r.stdout and "examples:" in r.stdout
