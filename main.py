@@ -26,3 +26,6 @@ def classify_event(cloud_event):
 
 if __name__ == "__main__":
     sys.exit(cli.main())
+
+# Serving: read the configuration now, so a bad value stops the start-up instead of every request.
+runtime.classifier()

@@ -19,7 +19,9 @@ import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 
+from .batching import Batcher
 from .config import Config
+from .cpu import usable_cpus
 from .labels import LabelMap
 from .model import BirdModel
 from .photos import PhotoError, PhotoFetcher, PhotoSource, load
@@ -108,13 +110,19 @@ class Classifier:
         self.session = session or new_session(config.fetch_workers, config.user_agent)
         self.fetcher = PhotoFetcher(self.session, config.connect_timeout_s, config.read_timeout_s,
                                     config.max_photo_bytes)
+        cpus = usable_cpus()
+        intra = config.tf_intra_op_threads or cpus
+        inter = config.tf_inter_op_threads or min(2, cpus)
         self.model: LazyResource[BirdModel] = shared_resource(
-            "model", config.model_url, lambda: BirdModel.load(config.model_url), config.model_load_retry_s)
+            "model", config.model_url, lambda: BirdModel.load(config.model_url, intra, inter),
+            config.model_load_retry_s)
         self.labels: LazyResource[LabelMap] = shared_resource(
             "label map", config.labels_url,
             lambda: LabelMap.fetch(self.session, config.labels_url, config.labels_timeout_s),
             config.model_load_retry_s)
         self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
+        self.batcher = Batcher(lambda batch: self.model.get().predict(batch), config.max_batch_images,
+                               config.batch_wait_ms / 1000)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,9 +166,10 @@ class Classifier:
             if cold:
                 timings.update(model.timings_ms)
             batch = np.stack([loaded[i].pixels for i in good])
-            scores = model.predict(batch)
+            scores, queue_ms, _ = self.batcher.predict(batch)
             t_inf = time.perf_counter()
-            timings["inference"] = (t_inf - t_ready) * 1000
+            timings["queue"] = queue_ms
+            timings["inference"] = (t_inf - t_ready) * 1000 - queue_ms
             for row, i in enumerate(good):
                 results[i].predictions = top_k(scores[row], k, labels)
             timings["topk"] = (time.perf_counter() - t_inf) * 1000
