@@ -6,6 +6,7 @@ which reads it itself.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -39,6 +40,11 @@ class Config:
     model_wait_s: float = 300.0  # how long a request waits for a loading model before a 503
     labels_timeout_s: float = 30.0
     storage_emulator_host: str | None = None
+    # Inference: TensorFlow thread pools (0 = sized to the CPU this process may use) and batching
+    tf_intra_op_threads: int = 0
+    tf_inter_op_threads: int = 0
+    max_batch_images: int = 64
+    batch_wait_ms: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -65,8 +71,11 @@ class Config:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        if self.model_load_retry_s < 0:
-            raise ConfigError("MODEL_LOAD_RETRY_S must not be negative")
+        for name in ("model_load_retry_s", "batch_wait_ms", "tf_intra_op_threads", "tf_inter_op_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must not be negative")
+        if self.max_batch_images <= 0:
+            raise ConfigError("MAX_BATCH_IMAGES must be positive")
 
 
 def _parse(name: str, raw: str, default: object) -> object:
@@ -82,7 +91,10 @@ def _parse(name: str, raw: str, default: object) -> object:
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # nan passes every comparison; inf overflows timeouts
+                raise ValueError(raw)
+            return value
     except ValueError:
         kind = "an integer" if isinstance(default, int) else "a number"
         raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
