@@ -40,6 +40,11 @@ class Config:
     model_wait_s: float = 300.0  # how long a request waits for a loading model before a 503
     labels_timeout_s: float = 30.0
     storage_emulator_host: str | None = None
+    s3_endpoint: str | None = None  # e.g. http://minio.storage:9000 for MinIO notifications
+    fanout_url: str | None = None  # the Service's own URL: split big requests across instances
+    fanout_chunk: int = 8  # photos per sub-request when fanning out
+    fanout_timeout_s: float = 120.0
+    k_service: str = "bird-classifier"  # Knative sets K_SERVICE; names the source of reply events
     # Inference: TensorFlow thread pools (0 = sized to the CPU this process may use) and batching
     tf_intra_op_threads: int = 0
     tf_inter_op_threads: int = 0
@@ -63,7 +68,8 @@ class Config:
 
     def validate(self) -> None:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
-                    "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s"]
+                    "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s",
+                    "fanout_chunk", "fanout_timeout_s"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")

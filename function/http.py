@@ -4,6 +4,8 @@ Routes (the functions-framework target receives every path):
 
 * ``POST /`` ``{"urls": [...], "top_k": 3}`` and ``GET /?url=...&url=...&top_k=3`` -> results
 * ``GET /healthz`` liveness; ``GET /readyz`` readiness (starts the model load on first call)
+* a CloudEvent (binary or structured) posted to ``/``: a Trigger delivery, answered with a CloudEvent
+* an S3 / MinIO bucket notification (``{"Records": [...]}``) posted to ``/``
 
 Every answer is JSON. A malformed request is a 400 that says what to fix; a model that cannot be
 loaded is a 503 with ``Retry-After``; one bad photo is an error inside a 200.
@@ -20,8 +22,9 @@ from typing import Any
 
 import flask
 
-from . import logs
+from . import events, logs
 from .config import Config
+from .fanout import HEADER as FANOUT_HEADER
 from .photos import PhotoSource
 from .pipeline import Classification, Classifier
 from .resource import NotReady
@@ -84,6 +87,8 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest:
         raise RequestError("invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestError("invalid_json", f"the body must be a JSON object, got {type(doc).__name__}")
+    if "Records" in doc:
+        return parse_s3_notification(doc, config)
     unknown = sorted(set(doc) - _FIELDS)
     if unknown:
         raise RequestError("unknown_field", f"unknown field(s) {', '.join(unknown)}; "
@@ -92,6 +97,22 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest:
         raise RequestError("invalid_urls", "give either 'url' or 'urls', not both")
     urls = doc.get("urls", doc.get("url"))
     return ClassifyRequest(parse_urls(urls, config), parse_top_k(doc.get("top_k"), config))
+
+
+def parse_s3_notification(doc: dict[str, Any], config: Config) -> ClassifyRequest:
+    """An S3 / MinIO bucket notification: classify the created objects that may be images."""
+    try:
+        objects = events.s3_objects(doc)
+    except events.EventError as err:
+        raise RequestError("invalid_notification", str(err)) from None
+    images = [o for o in objects if o.is_image is not False]
+    for o in objects:
+        if o.is_image is False:
+            log.info("skipped %s: content type %s is not an image", o.uri, o.content_type)
+    if len(images) > config.max_urls:
+        raise RequestError("too_many_urls", f"{len(images)} objects; at most {config.max_urls} per request")
+    return ClassifyRequest([PhotoSource.url(o.url(config.storage_emulator_host, config.s3_endpoint))
+                            for o in images], config.top_k)
 
 
 def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
@@ -121,7 +142,20 @@ def server_timing(timings_ms: Mapping[str, float]) -> str:
 
 
 def handle(request: flask.Request, classifier: Classifier) -> flask.Response:
-    """The whole HTTP target: route, parse, classify, answer; one log line per request."""
+    """The whole HTTP target: route, parse, classify, answer; one log line per request.
+
+    Nothing escapes as a bare 500: an unexpected error is logged with its stack trace and the
+    caller gets a JSON error with the request id.
+    """
+    try:
+        return _route(request, classifier)
+    except Exception:
+        rid = request.headers.get("X-Request-Id") or logs.new_request_id()
+        log.exception("request failed", extra=logs.fields(status=500, request_id=rid, path=request.path))
+        return error_response("internal", f"internal error; request id {rid}", 500, {"X-Request-Id": rid})
+
+
+def _route(request: flask.Request, classifier: Classifier) -> flask.Response:
     path = request.path.rstrip("/") or "/"
     if path == "/healthz":
         return json_response({"status": "ok"})
@@ -135,16 +169,26 @@ def handle(request: flask.Request, classifier: Classifier) -> flask.Response:
     if request.method not in ("GET", "POST"):
         return error_response("method_not_allowed", f"{request.method} is not supported; use POST or GET",
                               405, {"Allow": "GET, POST"})
+    if request.method == "POST" and events.is_cloudevent(request.headers):
+        reply = events.deliver(request.headers, request.get_data(), classifier, _recent_deliveries,
+                               f"/services/{classifier.config.k_service}")
+        return flask.Response(reply.body, reply.status, headers=reply.headers)
     rid = request.headers.get("X-Request-Id") or logs.new_request_id()
     with logs.request_context(rid):
         return _classify(request, classifier, rid)
+
+
+_recent_deliveries = events.RecentDeliveries()
 
 
 def _classify(request: flask.Request, classifier: Classifier, rid: str) -> flask.Response:
     headers = {"X-Request-Id": rid}
     try:
         parsed = parse_request(request, classifier.config)
-        result = classifier.classify(parsed.sources, parsed.top_k)
+        if not parsed.sources:  # a bucket notification with nothing to classify
+            return json_response({"results": [], "timings_ms": {}}, 200, headers)
+        result = classifier.classify(parsed.sources, parsed.top_k, fan_out=FANOUT_HEADER not in request.headers,
+                                     request_id=rid)
     except RequestError as err:
         log.info("request rejected: %s", err.message, extra=logs.fields(status=err.status, code=err.code))
         return error_response(err.code, err.message, err.status, {**headers, **err.headers})

@@ -22,6 +22,7 @@ from requests.adapters import HTTPAdapter
 from .batching import Batcher
 from .config import Config
 from .cpu import usable_cpus
+from .fanout import FanOut
 from .labels import LabelMap
 from .model import BirdModel
 from .photos import PhotoError, PhotoFetcher, PhotoSource, load
@@ -121,6 +122,8 @@ class Classifier:
             lambda: LabelMap.fetch(self.session, config.labels_url, config.labels_timeout_s),
             config.model_load_retry_s)
         self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
+        self.fanout = (FanOut(self.session, config.fanout_url, config.fanout_chunk, config.fanout_timeout_s)
+                       if config.fanout_url else None)
         self.batcher = Batcher(lambda batch: self.model.get().predict(batch), config.max_batch_images,
                                config.batch_wait_ms / 1000)
 
@@ -138,13 +141,20 @@ class Classifier:
                 for name, r in (("model", self.model), ("labels", self.labels))}
 
     # -- work -------------------------------------------------------------------------------
-    def classify(self, sources: Sequence[PhotoSource], k: int | None = None) -> Classification:
+    def classify(self, sources: Sequence[PhotoSource], k: int | None = None, fan_out: bool = False,
+                 request_id: str | None = None) -> Classification:
         """Classify every source; photo problems become per-photo errors.
 
+        With ``fan_out`` and ``FANOUT_URL`` configured, a big request is split across instances.
         Raises :class:`~function.resource.NotReady` when the model or label map cannot be had:
         that is the request's problem, not one photo's.
         """
         k = k or self.config.top_k
+        if fan_out and self.fanout is not None and self.fanout.wanted(sources):
+            return self.fanout.run(self._classify_here, sources, k, request_id)
+        return self._classify_here(sources, k)
+
+    def _classify_here(self, sources: Sequence[PhotoSource], k: int) -> Classification:
         t0 = time.perf_counter()
         cold = not self.ready()
         self.start()
