@@ -107,7 +107,8 @@ def test_a_small_request_is_not_split(cluster, serve_photo):
 def test_a_chunk_that_fails_becomes_per_photo_errors(cluster, serve_photo):
     cluster.fail_subrequests = True
     ids = [10, 20, 30, 40, 50, 60]
-    results = requests.post(cluster.url + "/", json={"urls": [serve_photo(i) for i in ids]}, timeout=60).json()["results"]
+    r = requests.post(cluster.url + "/", json={"urls": [serve_photo(i) for i in ids]}, timeout=60)
+    results = r.json()["results"]
     assert [x["predictions"][0]["id"] for x in results[:4]] == ids[:4]
     assert [x["error"]["code"] for x in results[4:]] == ["fanout_failed", "fanout_failed"]
     assert "502" in results[4]["error"]["message"]
