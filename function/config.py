@@ -34,6 +34,12 @@ class Config:
     max_photo_pixels: int = 64_000_000
     fetch_workers: int = 16
     max_urls: int = 64
+    max_request_bytes: int = 1024 * 1024  # JSON request bodies (uploads have their own limit)
+    request_deadline_s: float = 60.0  # photos not fetched by then fail with deadline_exceeded
+    photo_deadline_s: float = 30.0  # total time for one photo's fetch, retries included
+    fetch_retries: int = 2  # for connection resets, 429, 502, 503, 504
+    ssrf_guard: bool = True  # refuse private/loopback/link-local addresses (the CLI turns it off)
+    trusted_hosts: str = ""  # comma-separated names, IPs or CIDRs exempt from the guard
     user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
     # Model and label map loading
     model_load_retry_s: float = 10.0
@@ -69,7 +75,8 @@ class Config:
     def validate(self) -> None:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
                     "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s",
-                    "fanout_chunk", "fanout_timeout_s"]
+                    "fanout_chunk", "fanout_timeout_s",
+                    "max_request_bytes", "request_deadline_s", "photo_deadline_s"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
@@ -77,7 +84,9 @@ class Config:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for name in ("model_load_retry_s", "batch_wait_ms", "tf_intra_op_threads", "tf_inter_op_threads"):
+        non_negative = ("fetch_retries", "model_load_retry_s", "batch_wait_ms", "tf_intra_op_threads",
+                        "tf_inter_op_threads")
+        for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
         if self.max_batch_images <= 0:

@@ -35,6 +35,8 @@ class LabelMap:
             raise LabelMapError(f"label map header must have 'id' and 'name', got {reader.fieldnames}")
         names: dict[int, str] = {}
         for line, row in enumerate(reader, start=2):
+            if None in row:  # more fields than the header: an unquoted comma in a name
+                raise LabelMapError(f"label map line {line}: more fields than the header; quote names with commas")
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             try:
                 class_id = int(row["id"])

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import requests
+import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,21 @@ class PhotoFetcher:
 
     def _read_file(self, path: str) -> bytes:
         try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(path)
             size = os.path.getsize(path)
             if size > self.max_bytes:
                 raise PhotoError("too_large", f"{path} is {size} bytes; the limit is {self.max_bytes}")
             with open(path, "rb") as f:
                 return self._check_size(f.read(), path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise PhotoError("file_not_found", f"no such file: {path}") from None
         except IsADirectoryError:
             raise PhotoError("file_not_found", f"{path} is a directory, not a photo") from None
         except PermissionError:
             raise PhotoError("file_unreadable", f"no permission to read {path}") from None
+        except OSError as exc:  # name too long, symlink loop, I/O error...
+            raise PhotoError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _fetch(self, url: str) -> bytes:
         parts = urlsplit(url)
@@ -123,6 +128,9 @@ class PhotoFetcher:
         except requests.exceptions.InvalidURL as exc:
             raise PhotoError("invalid_url", f"invalid URL: {exc}") from None
         except requests.RequestException as exc:
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                # a read timeout while streaming the body: requests reports it as a ConnectionError
+                raise PhotoError("timeout", "the photo host stopped sending in time", retryable=True) from None
             raise PhotoError("fetch_failed", f"could not fetch the photo: {_reason(exc)}", retryable=True) from None
 
 

@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from .cpu import usable_cpus
 from .fanout import FanOut
 from .labels import LabelMap
 from .model import BirdModel
-from .photos import PhotoError, PhotoFetcher, PhotoSource, load
+from .photos import LoadedPhoto, PhotoError, PhotoFetcher, PhotoSource, load
 from .resource import LazyResource
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,16 @@ class Classifier:
                 for name, r in (("model", self.model), ("labels", self.labels))}
 
     # -- work -------------------------------------------------------------------------------
+    def _wait(self, future: Future[LoadedPhoto], deadline: float) -> LoadedPhoto:
+        """The photo's outcome, or a deadline error when the request's time is up."""
+        try:
+            return future.result(timeout=max(0.0, deadline - time.perf_counter()))
+        except FutureTimeout:
+            future.cancel()  # not started yet: never will be; running: bounded by its own timeouts
+            err = PhotoError("deadline_exceeded", f"the request's deadline of {self.config.request_deadline_s:g} s "
+                             "passed before this photo was fetched and decoded", retryable=True)
+            return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0)
+
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None, fan_out: bool = False,
                  request_id: str | None = None) -> Classification:
         """Classify every source; photo problems become per-photo errors.
@@ -159,7 +170,8 @@ class Classifier:
         cold = not self.ready()
         self.start()
         futures = [self._pool.submit(load, self.fetcher, s, self.config.max_photo_pixels) for s in sources]
-        loaded = [f.result() for f in futures]
+        deadline = t0 + self.config.request_deadline_s
+        loaded = [self._wait(f, deadline) for f in futures]
         t_photos = time.perf_counter()
         timings: dict[str, float] = {
             "fetch": max((p.fetch_ms for p in loaded), default=0.0),
