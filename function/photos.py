@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ import numpy as np
 import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .guard import BlockedAddress
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +31,12 @@ Image.MAX_IMAGE_PIXELS = None
 class PhotoError(Exception):
     """Why one photo has no predictions. ``code`` is stable and machine-readable."""
 
-    def __init__(self, code: str, message: str, retryable: bool = False):
+    def __init__(self, code: str, message: str, retryable: bool = False, retry_after_s: float | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -68,10 +72,15 @@ class PhotoFetcher:
     """Fetches photo bytes over one pooled ``requests.Session``, streaming up to a byte limit."""
 
     def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float,
-                 max_bytes: int):
+                 max_bytes: int, retries: int = 0, deadline_s: float = 30.0, backoff_s: float = 0.2,
+                 sleep: Callable[[float], None] = time.sleep):
         self.session = session
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_bytes = max_bytes
+        self.retries = retries
+        self.deadline_s = deadline_s
+        self.backoff_s = backoff_s
+        self._sleep = sleep
 
     def read(self, source: PhotoSource) -> bytes:
         if source.kind == "bytes":
@@ -106,14 +115,32 @@ class PhotoFetcher:
             raise PhotoError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _fetch(self, url: str) -> bytes:
+        """GET with bounded retries for transient failures, all within the photo's deadline."""
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise PhotoError("invalid_url", f"not an http(s) URL: {url!r}")
+        deadline = time.monotonic() + self.deadline_s
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(url, deadline)
+            except PhotoError as err:
+                pause = (err.retry_after_s if err.retry_after_s is not None else self.backoff_s * 2 ** attempt)
+                if not err.retryable or attempt >= self.retries or time.monotonic() + pause >= deadline:
+                    raise
+                attempt += 1
+                log.debug("retrying photo", extra={"fields": {"photo": url, "attempt": attempt, "error": err.code,
+                                                               "pause_s": round(pause, 2)}})
+                self._sleep(pause)
+
+    def _fetch_once(self, url: str, deadline: float) -> bytes:
         try:
             with self.session.get(url, timeout=self.timeout, stream=True) as response:
                 if response.status_code != 200:
-                    raise PhotoError("http_error", f"the photo host answered HTTP {response.status_code}",
-                                     retryable=response.status_code in (429, 502, 503, 504))
+                    status = response.status_code
+                    raise PhotoError("http_error", f"the photo host answered HTTP {status}",
+                                     retryable=status in (429, 502, 503, 504),
+                                     retry_after_s=_retry_after(response.headers.get("Retry-After")))
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise PhotoError("too_large", f"photo is {declared} bytes; the limit is {self.max_bytes}")
@@ -122,7 +149,13 @@ class PhotoFetcher:
                     body += chunk
                     if len(body) > self.max_bytes:
                         raise PhotoError("too_large", f"photo is over the limit of {self.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise PhotoError("timeout", f"the photo took longer than {self.deadline_s:g} s to arrive")
                 return self._check_size(bytes(body), url)
+        except BlockedAddress as exc:
+            raise PhotoError("blocked_address", str(exc)) from None
+        except requests.TooManyRedirects:
+            raise PhotoError("too_many_redirects", "the photo URL redirects too many times") from None
         except requests.Timeout:
             raise PhotoError("timeout", "the photo host did not answer in time", retryable=True) from None
         except requests.exceptions.InvalidURL as exc:
@@ -132,6 +165,17 @@ class PhotoFetcher:
                 # a read timeout while streaming the body: requests reports it as a ConnectionError
                 raise PhotoError("timeout", "the photo host stopped sending in time", retryable=True) from None
             raise PhotoError("fetch_failed", f"could not fetch the photo: {_reason(exc)}", retryable=True) from None
+
+
+MAX_RETRY_AFTER_S = 5.0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (numeric form only), capped: a photo is not worth a long wait."""
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value))) if value else None
+    except ValueError:
+        return None
 
 
 def _reason(exc: Exception) -> str:

@@ -24,6 +24,7 @@ from .batching import Batcher
 from .config import Config
 from .cpu import usable_cpus
 from .fanout import FanOut
+from .guard import AddressPolicy, guard_session
 from .labels import LabelMap
 from .model import BirdModel
 from .photos import LoadedPhoto, PhotoError, PhotoFetcher, PhotoSource, load
@@ -109,9 +110,17 @@ class Classifier:
 
     def __init__(self, config: Config, session: requests.Session | None = None):
         self.config = config
+        # Photos come from caller-supplied URLs: their session goes through the SSRF guard.
+        # The label map and fan-out target come from configuration and are trusted.
         self.session = session or new_session(config.fetch_workers, config.user_agent)
-        self.fetcher = PhotoFetcher(self.session, config.connect_timeout_s, config.read_timeout_s,
-                                    config.max_photo_bytes)
+        self.photo_session = self.session
+        if config.ssrf_guard:
+            policy = AddressPolicy.from_trusted(config.trusted_hosts.split(","))
+            self.photo_session = guard_session(new_session(config.fetch_workers, config.user_agent), policy,
+                                               config.fetch_workers)
+        self.photo_session.max_redirects = 5
+        self.fetcher = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
+                                    config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
         cpus = usable_cpus()
         intra = config.tf_intra_op_threads or cpus
         inter = config.tf_inter_op_threads or min(2, cpus)

@@ -58,7 +58,7 @@ def server(hub_cache, model_tarball):
 @pytest.fixture(scope="session")
 def config(server) -> Config:
     return Config(model_url=server.url(MODEL_PATH), labels_url=server.url(LABELS_PATH),
-                  read_timeout_s=3.0, connect_timeout_s=2.0)
+                  read_timeout_s=3.0, connect_timeout_s=2.0, trusted_hosts="127.0.0.1")
 
 
 @pytest.fixture
@@ -67,6 +67,7 @@ def env(server, monkeypatch):
     monkeypatch.setenv("MODEL_URL", server.url(MODEL_PATH))
     monkeypatch.setenv("LABELS_URL", server.url(LABELS_PATH))
     monkeypatch.setenv("READ_TIMEOUT_S", "3")
+    monkeypatch.setenv("TRUSTED_HOSTS", "127.0.0.1")  # the stand-in internet lives on loopback
     runtime.reset()
     yield monkeypatch
     runtime.reset()

@@ -162,3 +162,9 @@ def _png() -> bytes:
     from standin import photos
 
     return photos.solid((10, 20, 30), fmt="PNG")
+
+
+def test_a_huge_body_is_413_without_being_read(client, env):
+    limit = runtime.classifier().config.max_request_bytes
+    r = client.post("/", data=b"{" + b" " * limit + b"}", content_type="application/json")
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "body_too_large"
