@@ -7,6 +7,7 @@ model call and takes the top k per photo.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -178,7 +179,9 @@ class Classifier:
         t0 = time.perf_counter()
         cold = not self.ready()
         self.start()
-        futures = [self._pool.submit(load, self.fetcher, s, self.config.max_photo_pixels) for s in sources]
+        # Each fetch runs in a copy of this thread's context, so its log records carry the request id.
+        futures = [self._pool.submit(contextvars.copy_context().run, load, self.fetcher, s,
+                                     self.config.max_photo_pixels) for s in sources]
         deadline = t0 + self.config.request_deadline_s
         loaded = [self._wait(f, deadline) for f in futures]
         t_photos = time.perf_counter()
@@ -194,8 +197,9 @@ class Classifier:
             labels = self.labels.get(timeout=self.config.model_wait_s)
             t_ready = time.perf_counter()
             timings["model_wait"] = (t_ready - t_photos) * 1000
-            if cold:
+            if cold:  # this request waited for the loads: show what they cost
                 timings.update(model.timings_ms)
+                timings["label_map"] = (self.labels.load_seconds or 0.0) * 1000
             batch = np.stack([loaded[i].pixels for i in good])
             scores, queue_ms, _ = self.batcher.predict(batch)
             t_inf = time.perf_counter()
