@@ -9,9 +9,14 @@ Each only translates; the work is in ``function/``.
 
 import sys
 
-import functions_framework
+if __name__ == "__main__":  # the CLI: no web framework to import on its cold path
+    from function import cli
 
-from function import cli, events, http, runtime
+    sys.exit(cli.main())
+
+import functions_framework  # noqa: E402
+
+from function import events, http, runtime  # noqa: E402
 
 
 @functions_framework.http
@@ -23,9 +28,6 @@ def classify_http(request):
 def classify_event(cloud_event):
     events.handle(cloud_event, runtime.classifier())
 
-
-if __name__ == "__main__":
-    sys.exit(cli.main())
 
 # Serving: read the configuration now, so a bad value stops the start-up instead of every request.
 runtime.classifier()

@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parser.parse_args(argv)
     try:
         # The CLI runs on the user's own machine for the user: no SSRF guard on their URLs.
-        config = dataclasses.replace(Config.from_env(), ssrf_guard=False)
+        # One call follows the load at once, so a separate warm-up call would only add to the wait.
+        config = dataclasses.replace(Config.from_env(), ssrf_guard=False, warmup=False)
     except ConfigError as err:
         parser.error(str(err))
     top_k = args.top_k if args.top_k is not None else config.top_k

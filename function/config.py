@@ -35,6 +35,7 @@ class Config:
     fetch_workers: int = 16
     max_urls: int = 64
     max_request_bytes: int = 1024 * 1024  # JSON request bodies (uploads have their own limit)
+    max_upload_bytes: int = 64 * 1024 * 1024  # a whole upload request (multipart or image/*)
     request_deadline_s: float = 60.0  # photos not fetched by then fail with deadline_exceeded
     photo_deadline_s: float = 30.0  # total time for one photo's fetch, retries included
     fetch_retries: int = 2  # for connection resets, 429, 502, 503, 504
@@ -43,6 +44,7 @@ class Config:
     user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
     # Model and label map loading
     model_load_retry_s: float = 10.0
+    warmup: bool = True  # one model call after loading, before readiness (the CLI skips it)
     model_wait_s: float = 300.0  # how long a request waits for a loading model before a 503
     labels_timeout_s: float = 30.0
     storage_emulator_host: str | None = None
@@ -76,7 +78,7 @@ class Config:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
                     "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s",
                     "fanout_chunk", "fanout_timeout_s",
-                    "max_request_bytes", "request_deadline_s", "photo_deadline_s"]
+                    "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")

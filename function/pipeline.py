@@ -126,7 +126,7 @@ class Classifier:
         intra = config.tf_intra_op_threads or cpus
         inter = config.tf_inter_op_threads or min(2, cpus)
         self.model: LazyResource[BirdModel] = shared_resource(
-            "model", config.model_url, lambda: BirdModel.load(config.model_url, intra, inter),
+            "model", config.model_url, lambda: BirdModel.load(config.model_url, intra, inter, config.warmup),
             config.model_load_retry_s)
         self.labels: LazyResource[LabelMap] = shared_resource(
             "label map", config.labels_url,
