@@ -1,0 +1,101 @@
+"""The model alone, in a fresh process: the cold-start floor and the inference-only ceiling.
+
+    python -m bench.probes floor   --model-dir DIR [--batch 5]
+    python -m bench.probes ceiling --model-dir DIR [--seconds 5] [--batches 5,40]
+
+``floor`` is the least a cold CLI can do: import TensorFlow (and tensorflow_hub), ``hub.load`` an
+already-unpacked module from a local directory, make the first call. The benchmark measures its
+wall time from outside, like the CLI's.
+
+``ceiling`` loads the same module, warms it up, then calls it on preprocessed batches (random
+pixels in [0,1], converted with ``tf.constant`` per call as the function does) for a bounded time,
+and reports images/s and, for the function's unit of work, five-photo requests/s. No I/O, no
+decoding: what the function's throughput is compared with.
+
+Each prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+IMAGE_SIZE = 224
+PHOTOS_PER_REQUEST = 5
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def floor(model_dir: str, batch: int) -> dict:
+    t0 = time.perf_counter()
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    t1 = time.perf_counter()
+    module = hub.load(model_dir)
+    fn = module.signatures["default"]
+    t2 = time.perf_counter()
+    out = fn(images=tf.constant(np.zeros((batch, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)))["default"].numpy()
+    t3 = time.perf_counter()
+    return {"timings_ms": {"tf_import": (t1 - t0) * 1000, "model_load": (t2 - t1) * 1000,
+                           "first_call": (t3 - t2) * 1000},
+            "output_shape": list(out.shape)}
+
+
+def ceiling(model_dir: str, seconds: float, batches: list[int], max_calls: int = 10_000) -> dict:
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    fn = hub.load(model_dir).signatures["default"]
+    rng = np.random.default_rng(0)
+    results = {}
+    for batch in batches:
+        pixels = rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+        for _ in range(2):  # warm-up: the first calls of a new batch shape are slower
+            fn(images=tf.constant(pixels))["default"].numpy()
+        calls, started, cpu0 = 0, time.perf_counter(), _cpu_s()
+        while calls < max_calls and (calls < 3 or time.perf_counter() - started < seconds):
+            fn(images=tf.constant(pixels))["default"].numpy()
+            calls += 1
+        elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu0
+        images_per_s = calls * batch / elapsed
+        results[str(batch)] = {"batch": batch, "calls": calls, "seconds": round(elapsed, 3),
+                               "ms_per_call": round(elapsed / calls * 1000, 2),
+                               "images_per_s": round(images_per_s, 2),
+                               "requests_per_s": round(images_per_s / PHOTOS_PER_REQUEST, 3),
+                               "cpu_cores_busy": round(cpu / elapsed, 2),
+                               "images_per_core_s": round(calls * batch / cpu, 2) if cpu else None}
+    return {"batches": results, "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "cpus": len(os.sched_getaffinity(0))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("probe", choices=["floor", "ceiling"])
+    parser.add_argument("--model-dir", required=True, help="an unpacked TF1 Hub module directory")
+    parser.add_argument("--batch", type=int, default=PHOTOS_PER_REQUEST, help="floor: the first call's batch")
+    parser.add_argument("--seconds", type=float, default=5.0, help="ceiling: time per batch size")
+    parser.add_argument("--batches", default="5", help="ceiling: comma-separated batch sizes")
+    args = parser.parse_args(argv)
+    if args.probe == "floor":
+        doc = floor(args.model_dir, args.batch)
+    else:
+        doc = ceiling(args.model_dir, args.seconds, [int(b) for b in args.batches.split(",")])
+    json.dump(doc, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
