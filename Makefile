@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8080
+# Container image: podman here (../shared/tools/podman-setup.sh), or ENGINE=docker BUILD_FLAGS=.
+ENGINE ?= podman
+IMAGE  ?= bird-classifier
+BUILD_FLAGS ?= --pull=never --network host
+BROWSER_DIR := tests/browser
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run serve serve-events test test-network lint format bench clean
+.PHONY: run serve serve-events test test-network test-browser browser-tools lint format bench loadtest clean image image-test
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,12 +38,46 @@ serve-events: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
+## The web page in headless Chromium (tests/test_browser.py), the browser tools installed first.
+## `make test` runs it too when they are there (CI installs them), and skips it with the reason if not.
+test-browser: browser-tools $(VENV)/.installed-test
+	$(PY) -m pytest tests/test_browser.py
+
+## Debian's Chromium (apt, as root) and playwright-core (npm, into tests/browser/node_modules).
+browser-tools: $(BROWSER_DIR)/node_modules/.installed
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
+
+$(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json
+	cd $(BROWSER_DIR) && npm install --no-package-lock --no-audit --no-fund --silent
+	touch $@
+
 ## The real model and the default photos, over the internet (opt in).
 test-network: $(VENV)/.installed-test
 	$(PY) -m pytest -m network
 
+## The benchmark of issue 3 on a stand-in internet (127.0.0.1; a few minutes; prints a table and
+## writes bench/results/latest.json). Smoke run: make bench BENCH_ARGS=--quick. See bench/run.py.
+bench: $(VENV)/.installed-test
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+## The load test of issue 5 (not in CI; about two minutes): 16 clients send good photos and hostile
+## inputs to one function process on 127.0.0.1; fails on any 5xx, wrong answer, RSS growth >= 10 % or
+## threads/sockets not back to baseline. Smoke run: make loadtest LOADTEST_ARGS="--duration 10 --warmup 5".
+loadtest: $(VENV)/.installed-test
+	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
+
+## The container image (Dockerfile): the HTTP target, model and labels fetched at run time.
+image:
+	$(ENGINE) build $(BUILD_FLAGS) -t $(IMAGE) .
+
+## Build the image, run it against a stand-in hub on 127.0.0.1, classify two photos (not in CI).
+image-test: $(VENV)/.installed
+	ENGINE=$(ENGINE) IMAGE=$(IMAGE) BUILD_FLAGS="$(BUILD_FLAGS)" PY=$(PY) tests/image/smoke.sh
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .

@@ -30,8 +30,15 @@ EXAMPLE = """examples:
   python main.py                                  classify the five default photos
   python main.py https://example.org/robin.jpg    classify one photo URL
   python main.py photos/*.jpg --top-k 5 --json    local files, five species each, as JSON
+  python main.py --from urls.txt                  the URLs or paths listed in a file, one a line
+  find photos -name '*.jpg' | python main.py -    ... or given on standard input
 
+output: for each photo, its name, then one line per species (rank, species, score), or one line
+"error CODE: what went wrong" when it failed; then the count and the total time. A progress bar
+runs on stderr while more than a few photos are fetched, if stderr is a terminal.
+exit status: 0 when every photo was classified, 1 when any failed, 2 on bad usage.
 environment: MODEL_URL, LABELS_URL, TOP_K, TFHUB_CACHE_DIR and more (see README.md)."""
+PROGRESS_MIN_PHOTOS = 4  # fewer than this come back before a bar would be worth drawing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python main.py", description="Name the bird species in photos with Google's AIY birds model.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", nargs="*", metavar="PHOTO",
-                        help="photo URL (http/https) or local file; default: the five demo photos")
+                        help="photo URL (http/https) or local file; - reads more of them from standard "
+                             "input, one a line; default: the five demo photos")
+    parser.add_argument("--from", dest="lists", action="append", default=[], metavar="FILE",
+                        help="also classify the URLs or paths listed in FILE, one a line (blank lines and "
+                             "# comments skipped; - is standard input); may be repeated")
     parser.add_argument("-k", "--top-k", type=int, default=None, metavar="N",
                         help="how many species to show per photo (default: TOP_K or 3)")
-    parser.add_argument("--json", action="store_true", help="print the HTTP API's JSON document instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help="print the HTTP API's JSON document (results, errors, timings) instead of a table")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar on stderr, even on a terminal")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         default=None, help="log detail on stderr (default: WARNING)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -64,12 +78,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if not 1 <= top_k <= config.max_top_k:
         parser.error(f"--top-k must be from 1 to {config.max_top_k}")
     logs.setup(args.log_level or ("INFO" if args.verbose else "WARNING"), json_lines=False)
-    sources = [PhotoSource.from_argument(p) for p in (args.photos or DEFAULT_PHOTOS)]
+    sources = [PhotoSource.from_argument(p) for p in photo_arguments(args, parser)]
+    bar = ProgressBar(sys.stderr) if args.progress and show_progress(sys.stderr, len(sources)) else None
     try:
-        result = Classifier(config).classify(sources, top_k)
+        result = Classifier(config).classify(sources, top_k, progress=bar)
     except NotReady as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if bar:
+            bar.close()
     total_s = time.perf_counter() - started
     if args.json:
         doc = result.to_dict()
@@ -83,6 +101,74 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.verbose:
             print_timings(result, out)
     return 1 if result.failed else 0
+
+
+def photo_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The photos in the order given: arguments (``-`` expanded from stdin in place), then --from lists."""
+    if not args.photos and not args.lists:
+        return list(DEFAULT_PHOTOS)
+    photos: list[str] = []
+    for item in args.photos:
+        photos.extend(read_list("-", parser) if item == "-" else [item])
+    for name in args.lists:
+        photos.extend(read_list(name, parser))
+    if not photos:
+        parser.error("no photos: the lists given are empty")
+    return photos
+
+
+def read_list(name: str, parser: argparse.ArgumentParser) -> list[str]:
+    """URLs or paths, one a line; blank lines and ``#`` comments skipped."""
+    try:
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            with open(name, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"cannot read the list {name}: {getattr(exc, 'strerror', None) or exc}")
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def show_progress(stream: TextIO, photos: int) -> bool:
+    try:
+        return photos >= PROGRESS_MIN_PHOTOS and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+class ProgressBar:
+    """``photos  7/12 [##########........]`` on one terminal line, redrawn in place with ``\r``.
+
+    Called from the fetching threads (one at a time); once every photo is in, it says it is
+    classifying, which on a cold start includes the rest of the model load.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self._shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH * done // total
+        line = f"photos {done:>{len(str(total))}}/{total} [{'#' * filled}{'.' * (self.WIDTH - filled)}]"
+        if done == total:
+            line += " classifying..."
+        self._draw(line)
+
+    def _draw(self, line: str) -> None:
+        self.stream.write("\r" + line.ljust(self._shown))
+        self.stream.flush()
+        self._shown = len(line)
+
+    def close(self) -> None:
+        """Wipe the bar, so the results start on a clean line."""
+        if self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self.stream.flush()
+            self._shown = 0
 
 
 def print_table(result: Classification, out: TextIO) -> None:

@@ -26,6 +26,9 @@ from urllib3.exceptions import NameResolutionError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Not public whatever this Python's ipaddress tables say (they change between patch releases; 3.11.7
+# counts most of 192.0.0.0/24 and the RFC 9637 documentation prefix as global).
+_NOT_PUBLIC = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "2001::/23", "3fff::/20"))
 
 
 class BlockedAddress(Exception):
@@ -51,7 +54,7 @@ def classify_address(address: str | IPAddress) -> str | None:
     for why in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved", "site_local"):
         if getattr(ip, f"is_{why}", False):
             return why.replace("_", "-")
-    if not ip.is_global:
+    if not ip.is_global or any(ip in net for net in _NOT_PUBLIC):
         return "non-public"
     return None
 
@@ -100,7 +103,7 @@ def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> typ
         def _new_conn(self) -> socket.socket:
             try:
                 address = policy.vet(self._dns_host, self.port)
-            except socket.gaierror as exc:
+            except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a label too long for IDNA
                 raise NameResolutionError(self.host, self, exc) from exc
             # Connect to exactly the address that was checked; TLS still verifies self.host.
             original, self._dns_host = self._dns_host, address
@@ -130,6 +133,9 @@ class GuardedAdapter(HTTPAdapter):
 
 def guard_session(session: requests.Session, policy: AddressPolicy, pool_size: int) -> requests.Session:
     adapter = GuardedAdapter(policy, pool_connections=pool_size, pool_maxsize=pool_size)
+    # An HTTP(S)_PROXY from the environment would make the proxy, not the photo host, the address
+    # connected to (and proxy connections bypass the guarded pools): the guard would check nothing.
+    session.trust_env = False
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

@@ -3,6 +3,8 @@
 Routes (the functions-framework target receives every path):
 
 * ``POST /`` ``{"urls": [...], "top_k": 3}`` and ``GET /?url=...&url=...&top_k=3`` -> results
+* ``POST /`` ``multipart/form-data`` (files in ``photo``, ``urls``) or ``image/*``: uploads (see uploads.py)
+* ``GET /`` without ``url`` from a browser: the web page; ``GET /openapi.json``: the contract (see web.py)
 * ``GET /healthz`` liveness; ``GET /readyz`` readiness (starts the model load on first call)
 * a CloudEvent (binary or structured) posted to ``/``: a Trigger delivery, answered with a CloudEvent
 * an S3 / MinIO bucket notification (``{"Records": [...]}``) posted to ``/``
@@ -16,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import flask
 
-from . import events, logs
+from . import events, logs, uploads, web
 from .config import Config
 from .fanout import HEADER as FANOUT_HEADER
 from .photos import PhotoSource
@@ -50,7 +53,7 @@ class ClassifyRequest:
 def parse_top_k(value: Any, config: Config) -> int:
     if value is None:
         return config.top_k
-    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\+?[0-9]{1,9}", value.strip()):  # not "²", "++3", 5000 digits
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -85,6 +88,8 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError("invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[... nested deeper than the parser's stack
+        raise RequestError("invalid_json", "the body is nested too deeply to be a classification request") from None
     if not isinstance(doc, dict):
         raise RequestError("invalid_json", f"the body must be a JSON object, got {type(doc).__name__}")
     if "Records" in doc:
@@ -120,8 +125,11 @@ def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
         urls = request.args.getlist("url") or None
         return ClassifyRequest(parse_urls(urls, config), parse_top_k(request.args.get("top_k"), config))
     mimetype = request.mimetype or ""
+    if uploads.accepts(mimetype):
+        return uploads.parse(request, config)
     if mimetype not in ("", "application/json", "text/plain") and not mimetype.endswith("+json"):
-        raise RequestError("unsupported_media_type", f"send application/json, not {mimetype}", 415)
+        raise RequestError("unsupported_media_type",
+                           f"send application/json, multipart/form-data or image/*, not {mimetype}", 415)
     return parse_json_body(read_body(request, config.max_request_bytes), config)
 
 
@@ -133,6 +141,16 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     if len(body) > limit:
         raise RequestError("body_too_large", f"the body is over the limit of {limit} bytes", 413)
     return body
+
+
+def leave_body_unread(response: flask.Response) -> flask.Response:
+    """Answer without reading the rest of a body refused as too large.
+
+    functions-framework reads the whole request after every response that is not streamed, which
+    would hold that body in memory; it skips streamed ones, and the server discards what is left.
+    """
+    response.response = iter([response.get_data()])
+    return response
 
 
 def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> flask.Response:
@@ -174,16 +192,20 @@ def _route(request: flask.Request, classifier: Classifier) -> flask.Response:
         ready = classifier.ready()
         return json_response({"status": "ready" if ready else "not_ready", **classifier.status()},
                              200 if ready else 503)
+    if path == "/openapi.json":
+        return web.openapi_response()
     if path != "/":
         return error_response("not_found", f"no endpoint {request.path}; POST / to classify photos", 404)
     if request.method not in ("GET", "POST"):
         return error_response("method_not_allowed", f"{request.method} is not supported; use POST or GET",
                               405, {"Allow": "GET, POST"})
+    if request.method == "GET" and "url" not in request.args and web.wants_page(request):
+        return web.page_response()
     if request.method == "POST" and events.is_cloudevent(request.headers):
         try:
             body = read_body(request, classifier.config.max_request_bytes)
         except RequestError as err:
-            return error_response(err.code, err.message, err.status)
+            return leave_body_unread(error_response(err.code, err.message, err.status))
         reply = events.deliver(request.headers, body, classifier, _recent_deliveries,
                                f"/services/{classifier.config.k_service}")
         return flask.Response(reply.body, reply.status, headers=reply.headers)
@@ -205,7 +227,8 @@ def _classify(request: flask.Request, classifier: Classifier, rid: str) -> flask
                                      request_id=rid)
     except RequestError as err:
         log.info("request rejected: %s", err.message, extra=logs.fields(status=err.status, code=err.code))
-        return error_response(err.code, err.message, err.status, {**headers, **err.headers})
+        response = error_response(err.code, err.message, err.status, {**headers, **err.headers})
+        return leave_body_unread(response) if err.status == 413 else response
     except NotReady as err:
         log.warning("request refused: %s", err, extra=logs.fields(status=503))
         return error_response("model_unavailable", str(err), 503,

@@ -116,8 +116,12 @@ class PhotoFetcher:
 
     def _fetch(self, url: str) -> bytes:
         """GET with bounded retries for transient failures, all within the photo's deadline."""
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # "http://[oops/": an unbalanced IPv6 bracket
+            raise PhotoError("invalid_url", f"not a valid URL: {url!r}") from None
+        if parts.scheme.lower() not in ("http", "https") or not host:
             raise PhotoError("invalid_url", f"not an http(s) URL: {url!r}")
         deadline = time.monotonic() + self.deadline_s
         attempt = 0
@@ -134,8 +138,10 @@ class PhotoFetcher:
                 self._sleep(pause)
 
     def _fetch_once(self, url: str, deadline: float) -> bytes:
+        remaining = max(0.05, deadline - time.monotonic())  # no attempt may outlast the photo's deadline
+        timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
         try:
-            with self.session.get(url, timeout=self.timeout, stream=True) as response:
+            with self.session.get(url, timeout=timeout, stream=True) as response:
                 if response.status_code != 200:
                     status = response.status_code
                     raise PhotoError("http_error", f"the photo host answered HTTP {status}",
@@ -145,7 +151,9 @@ class PhotoFetcher:
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise PhotoError("too_large", f"photo is {declared} bytes; the limit is {self.max_bytes}")
                 body = bytearray()
-                for chunk in response.iter_content(64 * 1024):
+                # read1 returns what one receive brings; iter_content's read(n) waits for all n bytes, so
+                # a host trickling a byte at a time could hold the photo far past its deadline.
+                while chunk := response.raw.read1(64 * 1024, decode_content=True):
                     body += chunk
                     if len(body) > self.max_bytes:
                         raise PhotoError("too_large", f"photo is over the limit of {self.max_bytes} bytes")
@@ -160,6 +168,10 @@ class PhotoFetcher:
             raise PhotoError("timeout", "the photo host did not answer in time", retryable=True) from None
         except requests.exceptions.InvalidURL as exc:
             raise PhotoError("invalid_url", f"invalid URL: {exc}") from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise PhotoError("timeout", "the photo host stopped sending in time", retryable=True) from None
+        except urllib3.exceptions.HTTPError as exc:  # the body broke off: reset, short read, bad encoding
+            raise PhotoError("fetch_failed", f"could not fetch the photo: {_reason(exc)}", retryable=True) from None
         except requests.RequestException as exc:
             if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
                 # a read timeout while streaming the body: requests reports it as a ConnectionError
@@ -240,6 +252,11 @@ class LoadedPhoto:
     nbytes: int
 
 
+def _unexpected(source: PhotoSource, exc: Exception, code: str) -> PhotoError:
+    log.error("unexpected error on photo %s", source.ref, exc_info=exc)
+    return PhotoError(code, f"could not process the photo ({type(exc).__name__})")
+
+
 def load(fetcher: PhotoFetcher, source: PhotoSource, max_pixels: int) -> LoadedPhoto:
     """Fetch and decode one photo; never raises for a photo-level problem."""
     t0 = time.perf_counter()
@@ -247,11 +264,15 @@ def load(fetcher: PhotoFetcher, source: PhotoSource, max_pixels: int) -> LoadedP
         data = fetcher.read(source)
     except PhotoError as err:
         return LoadedPhoto(None, err, (time.perf_counter() - t0) * 1000, 0.0, 0)
+    except Exception as exc:  # a case nobody foresaw is still this photo's problem, not the request's
+        return LoadedPhoto(None, _unexpected(source, exc, "fetch_failed"), (time.perf_counter() - t0) * 1000, 0.0, 0)
     t1 = time.perf_counter()
     try:
         pixels, error = decode(data, max_pixels), None
     except PhotoError as err:
         pixels, error = None, err
+    except Exception as exc:
+        pixels, error = None, _unexpected(source, exc, "corrupt_image")
     t2 = time.perf_counter()
     photo = LoadedPhoto(pixels, error, (t1 - t0) * 1000, (t2 - t1) * 1000, len(data))
     log.debug("photo loaded", extra={"fields": {

@@ -106,6 +106,21 @@ def shared_resource(name: str, url: str, loader: Callable[[], Any], retry_after_
         return _shared[key]
 
 
+Progress = Callable[[int, int], None]
+
+
+def _report_progress(futures: Sequence[Future[Any]], progress: Progress) -> None:
+    done, lock = [0], threading.Lock()
+
+    def one_more(_: Future[Any]) -> None:
+        with lock:
+            done[0] += 1
+            progress(done[0], len(futures))
+
+    for future in futures:
+        future.add_done_callback(one_more)
+
+
 class Classifier:
     """Long-lived, shared by all threads of the process: ``start()``, ``ready()``, ``classify()``."""
 
@@ -163,8 +178,11 @@ class Classifier:
             return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0)
 
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None, fan_out: bool = False,
-                 request_id: str | None = None) -> Classification:
+                 request_id: str | None = None, progress: Progress | None = None) -> Classification:
         """Classify every source; photo problems become per-photo errors.
+
+        ``progress(done, total)``, if given, is called as each photo is fetched and decoded (from
+        the fetching threads, one call at a time, ``done`` counting up): the CLI's progress bar.
 
         With ``fan_out`` and ``FANOUT_URL`` configured, a big request is split across instances.
         Raises :class:`~function.resource.NotReady` when the model or label map cannot be had:
@@ -173,15 +191,18 @@ class Classifier:
         k = k or self.config.top_k
         if fan_out and self.fanout is not None and self.fanout.wanted(sources):
             return self.fanout.run(self._classify_here, sources, k, request_id)
-        return self._classify_here(sources, k)
+        return self._classify_here(sources, k, progress)
 
-    def _classify_here(self, sources: Sequence[PhotoSource], k: int) -> Classification:
+    def _classify_here(self, sources: Sequence[PhotoSource], k: int,
+                       progress: Progress | None = None) -> Classification:
         t0 = time.perf_counter()
         cold = not self.ready()
         self.start()
         # Each fetch runs in a copy of this thread's context, so its log records carry the request id.
         futures = [self._pool.submit(contextvars.copy_context().run, load, self.fetcher, s,
                                      self.config.max_photo_pixels) for s in sources]
+        if progress is not None:
+            _report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s
         loaded = [self._wait(f, deadline) for f in futures]
         t_photos = time.perf_counter()

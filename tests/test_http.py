@@ -84,8 +84,9 @@ def test_too_many_urls_is_refused(client, env):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "too_many_urls"
 
 
-def test_get_without_url_is_400(client):
-    r = client.get("/")
+def test_get_without_url_asking_for_json_is_400(client):
+    """A browser gets the web page instead (tests/test_page.py)."""
+    r = client.get("/", headers={"Accept": "application/json"})
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "missing_urls"
 
 

@@ -71,6 +71,9 @@ class CountingBody(io.BytesIO):
         self.bytes_read += len(chunk)
         return chunk
 
+    def read1(self, size=-1):  # what the fetcher reads with, as from a socket stream
+        return self.read(size)
+
 
 def fetch_error(fetcher: PhotoFetcher, source: PhotoSource) -> PhotoError:
     with pytest.raises(PhotoError) as caught:
@@ -245,6 +248,8 @@ def test_a_host_that_stalls_in_the_middle_of_the_body_is_a_timeout(fetcher, requ
                 self.sent = True
                 return b"\xff\xd8\xff" * 100
             raise TimeoutError("timed out")  # what the socket raises when the read timeout passes
+
+        read1 = read  # a socket stream's read1: what one receive brings
 
     requests_mock.get(URL, body=Stalls())
     err = fetch_error(fetcher, PhotoSource.url(URL))

@@ -1,0 +1,119 @@
+"""Graceful shutdown: SIGTERM to a real ``functions-framework`` process (as Knative sends it when it
+scales an instance down) lets the request in flight finish, takes no new ones, and exits 0.
+
+Between SIGTERM and the exit, gunicorn stops accepting but its worker still holds the listening
+socket: a connection made then waits in the backlog and is reset when the worker exits (measured;
+docs/reliability.md). Under Knative no such connection comes: the user container's preStop hook
+waits for the queue-proxy to drain before the SIGTERM is sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from standin import photos
+from standin.server import Reply
+from tests.conftest import LABELS_PATH, MODEL_PATH, ROOT
+
+HOST = "127.0.0.1"
+START_S = 120.0  # TensorFlow import + model load on a busy two-core machine; reached only on failure
+SLOW_S = 2.0  # how long the slow photo takes to arrive
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0):
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def function_process(server, tmp_path):
+    """``functions-framework --target classify_http`` on a free loopback port, ready to serve."""
+    port = free_port()
+    env = {**os.environ, "MODEL_URL": server.url(MODEL_PATH), "LABELS_URL": server.url(LABELS_PATH),
+           "TRUSTED_HOSTS": HOST, "WORKERS": "1", "THREADS": "4", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "function.log"
+    ff = Path(sys.executable).with_name("functions-framework")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(ff), "--target", "classify_http", "--host", HOST, "--port", str(port)],
+                                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_S
+        while True:
+            assert proc.poll() is None, f"functions-framework exited:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"/readyz not 200 within {START_S} s:\n{log.read_text()[-2000:]}"
+            try:
+                if request(port, "GET", "/readyz", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            threading.Event().wait(0.1)
+        yield proc, port, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture started, by its id
+        proc.wait(10)
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0_and_refuses_connections(server, function_process):
+    proc, port, log = function_process
+    arrived, answer = threading.Event(), {}
+
+    def slow_photo(_req):
+        arrived.set()
+        threading.Event().wait(SLOW_S)  # the photo host is slow: the request is in flight at SIGTERM
+        return Reply(photos.solid(photos.class_colour(808)), 200, "image/jpeg")
+
+    url = server.add("/shutdown/slow.jpg", slow_photo)
+
+    def client():
+        try:
+            answer["status"], answer["body"] = request(port, "POST", "/", {"urls": [url], "top_k": 1})
+        except OSError as exc:
+            answer["error"] = exc
+
+    caller = threading.Thread(target=client)
+    caller.start()
+    assert arrived.wait(30), "the slow request never reached the photo host"
+    os.kill(proc.pid, signal.SIGTERM)  # to the gunicorn arbiter, as the container runtime does
+    terminated = time.monotonic()
+
+    caller.join(30)
+    assert "error" not in answer, f"the request in flight was cut off: {answer.get('error')!r}"
+    assert answer["status"] == 200
+    assert json.loads(answer["body"])["results"][0]["predictions"][0]["id"] == 808
+
+    assert proc.wait(20) == 0, log.read_text()[-2000:]
+    assert time.monotonic() - terminated < 15  # gunicorn's graceful_timeout (30 s) was not what ended it
+    assert refused(port)
