@@ -50,11 +50,20 @@ def floor(model_dir: str, batch: int) -> dict:
             "output_shape": list(out.shape)}
 
 
-def ceiling(model_dir: str, seconds: float, batches: list[int], max_calls: int = 10_000) -> dict:
+def ceiling(model_dir: str, seconds: float, batches: list[int], max_calls: int = 10_000,
+            parallel: int = 0) -> dict:
+    """Images/s of the model alone. ``parallel`` N > 0: N threads each making single-threaded calls
+    (intra-op 1, inter-op N) — the configuration the function itself uses; 0: one caller, TF's
+    default thread pools."""
+    import threading
+
     import numpy as np
     import tensorflow as tf
     import tensorflow_hub as hub
 
+    if parallel:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, parallel))
     fn = hub.load(model_dir).signatures["default"]
     rng = np.random.default_rng(0)
     results = {}
@@ -62,13 +71,24 @@ def ceiling(model_dir: str, seconds: float, batches: list[int], max_calls: int =
         pixels = rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
         for _ in range(2):  # warm-up: the first calls of a new batch shape are slower
             fn(images=tf.constant(pixels))["default"].numpy()
-        calls, started, cpu0 = 0, time.perf_counter(), _cpu_s()
-        while calls < max_calls and (calls < 3 or time.perf_counter() - started < seconds):
-            fn(images=tf.constant(pixels))["default"].numpy()
-            calls += 1
+        counts = [0] * max(1, parallel)
+        started, cpu0 = time.perf_counter(), _cpu_s()
+
+        def caller(i: int, counts: list[int], pixels: np.ndarray, started: float) -> None:
+            while sum(counts) < max_calls and (counts[i] < 3 or time.perf_counter() - started < seconds):
+                fn(images=tf.constant(pixels))["default"].numpy()
+                counts[i] += 1
+
+        threads = [threading.Thread(target=caller, args=(i, counts, pixels, started)) for i in range(len(counts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        calls = sum(counts)
         elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu0
         images_per_s = calls * batch / elapsed
-        results[str(batch)] = {"batch": batch, "calls": calls, "seconds": round(elapsed, 3),
+        key = f"{batch}x{parallel}" if parallel else str(batch)
+        results[key] = {"batch": batch, "parallel": parallel, "calls": calls, "seconds": round(elapsed, 3),
                                "ms_per_call": round(elapsed / calls * 1000, 2),
                                "images_per_s": round(images_per_s, 2),
                                "requests_per_s": round(images_per_s / PHOTOS_PER_REQUEST, 3),
@@ -87,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=PHOTOS_PER_REQUEST, help="floor: the first call's batch")
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling: time per batch size")
     parser.add_argument("--batches", default="5", help="ceiling: comma-separated batch sizes")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="ceiling: N concurrent single-threaded callers (0: one caller, default threads)")
     args = parser.parse_args(argv)
     if args.probe == "floor":
         doc = floor(args.model_dir, args.batch)
     else:
-        doc = ceiling(args.model_dir, args.seconds, [int(b) for b in args.batches.split(",")])
+        doc = ceiling(args.model_dir, args.seconds, [int(b) for b in args.batches.split(",")],
+                      parallel=args.parallel)
     json.dump(doc, sys.stdout)
     sys.stdout.write("\n")
     return 0

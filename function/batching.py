@@ -1,12 +1,16 @@
-"""Dynamic batching: requests that arrive together share one model call.
+"""The model's call queue: bounded calls, several in parallel, shared by concurrent requests.
 
-One worker thread owns the model calls. A request puts its photo batch on the queue and waits; the
-worker takes the first waiting batch, then everything else already queued (up to ``max_images``),
-optionally waiting up to ``max_wait_s`` for more, and runs them as one call. With the default wait
-of 0 nothing is delayed: a lone request runs at once, and requests that pile up while the model is
-busy go together in the next call (the way Triton's and BentoML's dynamic batchers behave at
-``max_queue_delay`` 0). One caller at a time also keeps TensorFlow's thread pool from being
-oversubscribed by many concurrent calls on a small CPU share.
+Requests put their photo batches on one queue, cut into pieces of at most ``max_images``. A few
+worker threads (one per usable CPU by default) each take a piece, add whatever other pieces are
+already waiting while the call stays within ``max_images`` (optionally waiting ``max_wait_s`` for
+more), and run one model call. So a lone request is spread over all workers, requests that arrive
+together share calls, and no call is larger than the size that runs fastest.
+
+Why small calls in parallel rather than one big batched call: on a small CPU, MobileNet V2 runs
+fastest per image in calls of one or two images, each on one thread, several calls at once; larger
+batches outgrow the caches and TensorFlow's intra-op threads add little at this size (measured in
+docs/performance.md). ``MAX_BATCH_IMAGES``, ``INFERENCE_WORKERS`` and ``TF_INTRA_OP_THREADS`` let
+a bigger machine or a GPU choose differently, the way Triton's and BentoML's batchers are tuned.
 """
 
 from __future__ import annotations
@@ -25,13 +29,39 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Job:
-    batch: np.ndarray
+    """One request's batch; done when every piece has its scores."""
+
+    size: int
     submitted: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None
+    scores: np.ndarray | None = None
     error: BaseException | None = None
-    queue_ms: float = 0.0
-    batch_images: int = 0
+    pending: int = 0
+    first_started: float | None = None
+    largest_call: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish_piece(self, offset: int, scores: np.ndarray | None, error: BaseException | None,
+                     started: float, call_size: int) -> None:
+        with self.lock:
+            if error is not None:
+                self.error = self.error or error
+            elif self.error is None:
+                if self.scores is None:
+                    self.scores = np.empty((self.size, scores.shape[1]), scores.dtype)
+                self.scores[offset:offset + len(scores)] = scores
+            self.first_started = min(self.first_started or started, started)
+            self.largest_call = max(self.largest_call, call_size)
+            self.pending -= 1
+            if self.pending == 0:
+                self.done.set()
+
+
+@dataclass
+class _Piece:
+    job: _Job
+    offset: int
+    pixels: np.ndarray
 
 
 @dataclass
@@ -42,65 +72,75 @@ class BatchStats:
 
 
 class Batcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_images: int = 64, max_wait_s: float = 0.0):
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_images: int = 2, max_wait_s: float = 0.0,
+                 workers: int = 1):
         self._predict = predict
         self.max_images = max_images
         self.max_wait_s = max_wait_s
-        self._queue: queue.Queue[_Job] = queue.Queue()
+        self.workers = workers
+        self._queue: queue.Queue[_Piece] = queue.Queue()
         self._lock = threading.Lock()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.stats = BatchStats()
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]:
-        """Scores for ``batch``; also the ms it queued and the size of the call it rode in."""
-        job = _Job(batch)
-        self._ensure_worker()
-        self._queue.put(job)
+        """Scores for ``batch``; also the ms before its first call started and the largest call it rode in."""
+        job = _Job(len(batch))
+        offsets = range(0, len(batch), self.max_images)
+        job.pending = len(offsets)
+        self._ensure_workers()
+        for offset in offsets:
+            self._queue.put(_Piece(job, offset, batch[offset:offset + self.max_images]))
         job.done.wait()
         if job.error is not None:
             raise job.error
-        return job.result, job.queue_ms, job.batch_images  # type: ignore[return-value]
+        queue_ms = ((job.first_started or job.submitted) - job.submitted) * 1000
+        return job.scores, queue_ms, job.largest_call  # type: ignore[return-value]
 
-    def _ensure_worker(self) -> None:
+    def _ensure_workers(self) -> None:
         with self._lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, name="model-batcher", daemon=True)
-                self._worker.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < self.workers:
+                t = threading.Thread(target=self._run, name=f"model-call-{len(self._threads)}", daemon=True)
+                t.start()
+                self._threads.append(t)
 
-    def _collect(self) -> list[_Job]:
-        jobs = [self._queue.get()]
-        images = len(jobs[0].batch)
+    def _collect(self) -> list[_Piece]:
+        pieces = [self._queue.get()]
+        images = len(pieces[0].pixels)
         deadline = time.perf_counter() + self.max_wait_s
         while images < self.max_images:
             try:
                 remaining = deadline - time.perf_counter()
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                piece = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if images + len(job.batch) > self.max_images:
-                self._queue.put(job)  # next call; keeps the call within max_images
+            if images + len(piece.pixels) > self.max_images:
+                self._queue.put(piece)  # the next call takes it
                 break
-            jobs.append(job)
-            images += len(job.batch)
-        return jobs
+            pieces.append(piece)
+            images += len(piece.pixels)
+        return pieces
 
     def _run(self) -> None:
         while True:
-            jobs = self._collect()
+            pieces = self._collect()
             started = time.perf_counter()
-            sizes = [len(j.batch) for j in jobs]
+            sizes = [len(p.pixels) for p in pieces]
+            scores, error = None, None
             try:
-                scores = self._predict(np.concatenate([j.batch for j in jobs]) if len(jobs) > 1 else jobs[0].batch)
-                parts = np.split(scores, np.cumsum(sizes)[:-1])
-            except BaseException as exc:  # each waiting request gets the error, the worker lives on
-                parts = [None] * len(jobs)
-                for j in jobs:
-                    j.error = exc
-            self.stats.calls += 1
-            self.stats.images += sum(sizes)
-            self.stats.largest = max(self.stats.largest, sum(sizes))
-            if len(jobs) > 1:
-                log.debug("batched %d requests into one call of %d images", len(jobs), sum(sizes))
-            for job, part in zip(jobs, parts, strict=True):
-                job.result, job.queue_ms, job.batch_images = part, (started - job.submitted) * 1000, sum(sizes)
-                job.done.set()
+                batch = np.concatenate([p.pixels for p in pieces]) if len(pieces) > 1 else pieces[0].pixels
+                scores = self._predict(batch)
+            except BaseException as exc:  # each waiting request gets the error; the worker lives on
+                error = exc
+            with self._lock:
+                self.stats.calls += 1
+                self.stats.images += sum(sizes)
+                self.stats.largest = max(self.stats.largest, sum(sizes))
+            if len(pieces) > 1:
+                log.debug("one call for %d pieces, %d images", len(pieces), sum(sizes))
+            start = 0
+            for piece, size in zip(pieces, sizes, strict=True):
+                part = None if scores is None else scores[start:start + size]
+                piece.job.finish_piece(piece.offset, part, error, started, sum(sizes))
+                start += size

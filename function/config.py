@@ -56,7 +56,8 @@ class Config:
     # Inference: TensorFlow thread pools (0 = sized to the CPU this process may use) and batching
     tf_intra_op_threads: int = 0
     tf_inter_op_threads: int = 0
-    max_batch_images: int = 64
+    inference_workers: int = 0  # parallel model calls (0 = one per usable CPU)
+    max_batch_images: int = 2  # images per model call: small calls run fastest per image on a CPU
     batch_wait_ms: float = 0.0
 
     @classmethod
@@ -87,7 +88,7 @@ class Config:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         non_negative = ("fetch_retries", "model_load_retry_s", "batch_wait_ms", "tf_intra_op_threads",
-                        "tf_inter_op_threads")
+                        "tf_inter_op_threads", "inference_workers")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")

@@ -138,8 +138,11 @@ class Classifier:
         self.fetcher = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
                                     config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
         cpus = usable_cpus()
-        intra = config.tf_intra_op_threads or cpus
-        inter = config.tf_inter_op_threads or min(2, cpus)
+        # Parallel single-threaded calls beat one multi-threaded call for this model on a small
+        # CPU (docs/performance.md): one intra-op thread per call, one call per usable CPU.
+        workers = config.inference_workers or cpus
+        intra = config.tf_intra_op_threads or 1
+        inter = config.tf_inter_op_threads or max(2, workers)
         self.model: LazyResource[BirdModel] = shared_resource(
             "model", config.model_url, lambda: BirdModel.load(config.model_url, intra, inter, config.warmup),
             config.model_load_retry_s)
@@ -151,7 +154,7 @@ class Classifier:
         self.fanout = (FanOut(self.session, config.fanout_url, config.fanout_chunk, config.fanout_timeout_s)
                        if config.fanout_url else None)
         self.batcher = Batcher(lambda batch: self.model.get().predict(batch), config.max_batch_images,
-                               config.batch_wait_ms / 1000)
+                               config.batch_wait_ms / 1000, workers)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

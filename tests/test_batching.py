@@ -40,7 +40,7 @@ class GatedModel:
 
 
 def test_a_lone_request_runs_at_once_and_gets_its_own_scores():
-    batcher = Batcher(lambda b: b * 2)
+    batcher = Batcher(lambda b: b * 2, max_images=8)
     scores, queue_ms, size = batcher.predict(rows(1, 2, 3))
     assert scores.ravel().tolist() == [2, 4, 6] and size == 3
 
@@ -110,3 +110,32 @@ def test_usable_cpus_read_cgroup_v1(tmp_path):
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert usable_cpus(tmp_path) == 1
+
+
+def test_one_request_larger_than_max_images_runs_as_several_calls_in_order():
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return batch * 10
+
+    scores, _, _ = Batcher(model, max_images=4).predict(rows(*range(10)))
+    assert calls == [4, 4, 2]
+    assert scores.ravel().tolist() == [10 * i for i in range(10)]
+
+
+def test_a_lone_request_is_spread_over_the_workers_and_reassembled_in_order():
+    inside, both_in = [], threading.Event()
+    lock = threading.Lock()
+
+    def model(batch):
+        with lock:
+            inside.append(len(batch))
+            if len(inside) == 2:
+                both_in.set()
+        assert both_in.wait(10), "the second worker never ran in parallel"
+        return batch + 100
+
+    scores, _, largest = Batcher(model, max_images=2, workers=2).predict(rows(*range(4)))
+    assert scores.ravel().tolist() == [100, 101, 102, 103]
+    assert sorted(inside) == [2, 2] and largest == 2
