@@ -1,7 +1,7 @@
 """Settings, read once from the environment into one frozen object and passed down.
 
-Nothing else in the package reads ``os.environ``; ``TFHUB_CACHE_DIR`` is left to tensorflow_hub,
-which reads it itself.
+Nothing else in the package reads ``os.environ``. ``TFHUB_CACHE_DIR`` keeps its tensorflow_hub
+meaning (tensorflow_hub reads it itself); it is read here too, to know whether the model is cached.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Config:
     user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
     # Model and label map loading
     model_load_retry_s: float = 10.0
+    tfhub_cache_dir: str | None = None  # tensorflow_hub reads it too; here only to skip a prefetch
     warmup: bool = True  # one model call after loading, before readiness (the CLI skips it)
     model_wait_s: float = 300.0  # how long a request waits for a loading model before a 503
     labels_timeout_s: float = 30.0

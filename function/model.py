@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .prefetch import ModelPrefetch, install_resolver
+
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224
@@ -41,7 +43,8 @@ class BirdModel:
         self.num_classes: int | None = None
 
     @classmethod
-    def load(cls, url: str, intra_op_threads: int = 0, inter_op_threads: int = 0, warmup: bool = True) -> BirdModel:
+    def load(cls, url: str, intra_op_threads: int = 0, inter_op_threads: int = 0, warmup: bool = True,
+             cache_dir: str | None = None) -> BirdModel:
         """Download (or find in the cache), load, check the signature and, for a service, warm up.
 
         The warm-up call pays TensorFlow's first-call set-up before the first request does; a
@@ -49,13 +52,15 @@ class BirdModel:
         """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        ModelPrefetch.start(url, cache_dir)  # the download overlaps the TensorFlow import
         import tensorflow as tf
         import tensorflow_hub as hub
 
+        install_resolver()
         _configure_threads(tf, intra_op_threads, inter_op_threads)
         t1 = time.perf_counter()
         timings["tf_import"] = (t1 - t0) * 1000
-        path = hub.resolve(url)  # download + unpack into the cache, or find it there
+        path = hub.resolve(url)  # download (or finish the prefetch) + unpack into the cache, or find it there
         t2 = time.perf_counter()
         timings["model_download"] = (t2 - t1) * 1000
         module = hub.load(url)  # resolves from the cache just filled

@@ -144,7 +144,8 @@ class Classifier:
         intra = config.tf_intra_op_threads or 1
         inter = config.tf_inter_op_threads or max(2, workers)
         self.model: LazyResource[BirdModel] = shared_resource(
-            "model", config.model_url, lambda: BirdModel.load(config.model_url, intra, inter, config.warmup),
+            "model", config.model_url,
+            lambda: BirdModel.load(config.model_url, intra, inter, config.warmup, config.tfhub_cache_dir),
             config.model_load_retry_s)
         self.labels: LazyResource[LabelMap] = shared_resource(
             "label map", config.labels_url,

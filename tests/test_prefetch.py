@@ -1,0 +1,54 @@
+"""The model download starts before TensorFlow is imported and tensorflow_hub reads it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from tensorflow_hub import compressed_module_resolver
+
+from function import prefetch
+from function.model import BirdModel
+from function.prefetch import ModelPrefetch, cached_module_dir, compressed_url
+
+
+@pytest.mark.parametrize("handle", [
+    "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1",
+    "http://127.0.0.1:8000/models/birds?version=2&x=a%20b",
+])
+def test_the_prefetched_url_is_the_one_tensorflow_hub_requests(handle):
+    hub_resolver = compressed_module_resolver.HttpCompressedFileResolver()
+    assert compressed_url(handle) == hub_resolver._append_compressed_format_query(handle)
+
+
+def test_tensorflow_hub_reads_the_prefetched_body_instead_of_downloading(server, model_tarball, monkeypatch):
+    url = server.add("/models/prefetched/1", model_tarball, "application/x-tar")
+
+    def no_second_download(self, request):
+        raise AssertionError(f"tensorflow_hub downloaded {request.full_url} itself")
+
+    monkeypatch.setattr(compressed_module_resolver.HttpCompressedFileResolver, "_call_urlopen", no_second_download)
+    model = BirdModel.load(url)
+    assert model.num_classes == 965
+    assert server.hits["/models/prefetched/1"] == 1
+    assert url not in {p.handle for p in prefetch._pending.values()}
+
+
+def test_nothing_is_prefetched_for_a_cached_model(config, hub_cache):
+    BirdModel.load(config.model_url)  # now in the cache
+    assert os.path.isdir(cached_module_dir(config.model_url, str(hub_cache)))
+    assert ModelPrefetch.start(config.model_url, str(hub_cache)) is None
+
+
+def test_a_failed_prefetch_falls_back_to_tensorflow_hubs_own_download(server, model_tarball):
+    attempts = []
+
+    def first_fails(req):
+        from standin.server import Reply
+
+        attempts.append(req.path)
+        return Reply(b"busy", 503, "text/plain") if len(attempts) == 1 else Reply(model_tarball, 200)
+
+    url = server.add("/models/flaky/1", first_fails)
+    model = BirdModel.load(url)
+    assert model.num_classes == 965 and len(attempts) == 2
