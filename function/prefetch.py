@@ -7,8 +7,9 @@ through its own cache, lock and unpacking, except that the bytes it reads come f
 already under way. The hook is a subclass of tensorflow_hub's own HTTP resolver that overrides only
 ``_call_urlopen``, the method tensorflow_hub provides for changing how the request is made.
 
-Nothing is prefetched when the module is already in the cache (a persistent ``TFHUB_CACHE_DIR``),
-and any problem here falls back to tensorflow_hub's own download.
+Nothing is prefetched when the module is already in the cache (a persistent ``TFHUB_CACHE_DIR``).
+A failed prefetch fails that load, as tensorflow_hub's own download would (no second request to a
+hub that just refused); the model's load is retried after ``MODEL_LOAD_RETRY_S`` as usual.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ModelPrefetch:
         self.timeout_s = timeout_s
         self.seconds: float | None = None
         self._body: IO[bytes] | None = None
+        self._error: Exception | None = None
         self._done = threading.Event()
         threading.Thread(target=self._download, name="model-prefetch", daemon=True).start()
 
@@ -78,16 +80,21 @@ class ModelPrefetch:
                         raise TimeoutError(f"model download took over {self.timeout_s:g} s")
             body.seek(0)
             self._body, self.seconds = body, time.perf_counter() - started
-        except Exception as exc:  # tensorflow_hub will download (and report errors) itself
+        except Exception as exc:  # raised to tensorflow_hub when it asks for the body
             body.close()
-            log.warning("model prefetch failed, tensorflow_hub will download it: %s", exc)
+            self._error = exc
         finally:
             self._done.set()
 
-    def take(self) -> IO[bytes] | None:
-        """The downloaded body (once), waiting for the download; None if it failed."""
-        self._done.wait(self.timeout_s)
+    def take(self) -> IO[bytes]:
+        """The downloaded body (once), waiting for the download; the download's error if it failed."""
+        if not self._done.wait(self.timeout_s):
+            raise TimeoutError(f"model download took over {self.timeout_s:g} s")
+        if self._error is not None:
+            raise self._error
         body, self._body = self._body, None
+        if body is None:
+            raise RuntimeError("the prefetched model body was already used")
         return body
 
 
@@ -106,8 +113,7 @@ def install_resolver() -> None:
                 url = getattr(request, "full_url", request)
                 with _lock:
                     prefetch = _pending.pop(url, None)
-                body = prefetch.take() if prefetch else None
-                return body if body is not None else super()._call_urlopen(request)
+                return prefetch.take() if prefetch else super()._call_urlopen(request)
 
         registry.resolver.add_implementation(PrefetchedHttpResolver())
         _installed = True

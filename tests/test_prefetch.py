@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import requests
 from tensorflow_hub import compressed_module_resolver
 
 from function import prefetch
@@ -40,7 +41,7 @@ def test_nothing_is_prefetched_for_a_cached_model(config, hub_cache):
     assert ModelPrefetch.start(config.model_url, str(hub_cache)) is None
 
 
-def test_a_failed_prefetch_falls_back_to_tensorflow_hubs_own_download(server, model_tarball):
+def test_a_failed_prefetch_fails_the_load_without_asking_the_hub_twice(server, model_tarball):
     attempts = []
 
     def first_fails(req):
@@ -50,5 +51,8 @@ def test_a_failed_prefetch_falls_back_to_tensorflow_hubs_own_download(server, mo
         return Reply(b"busy", 503, "text/plain") if len(attempts) == 1 else Reply(model_tarball, 200)
 
     url = server.add("/models/flaky/1", first_fails)
-    model = BirdModel.load(url)
-    assert model.num_classes == 965 and len(attempts) == 2
+    with pytest.raises(requests.HTTPError, match="503"):
+        BirdModel.load(url)
+    assert len(attempts) == 1
+    assert BirdModel.load(url).num_classes == 965  # the next load (after the back-off) prefetches again
+    assert len(attempts) == 2
