@@ -1,8 +1,9 @@
 """The classifier: photo sources in, per-photo predictions out, every stage timed.
 
 On a cold instance the model download/load (with the TensorFlow import), the label map and the
-photo fetches all start at once; the request then waits for whichever is last, makes one batched
-model call and takes the top k per photo.
+photo fetches all start at once; the request then waits for whichever is last, hands its photos to
+the model's call queue (``batching.py``: small calls, in parallel, shared with other requests) and
+takes the top k per photo.
 """
 
 from __future__ import annotations
