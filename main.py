@@ -4,7 +4,7 @@
     functions-framework --target classify_event --signature-type cloudevent  # bucket events
     python main.py [PHOTO ...]                                               # CLI
 
-Each only translates; the work is in ``function/``.
+Each only translates; the work is in ``function/``, wired by ``function/app.py``.
 """
 
 import sys
@@ -14,20 +14,23 @@ if __name__ == "__main__":  # the CLI: no web framework to import on its cold pa
 
     sys.exit(cli.main())
 
+import flask  # noqa: E402
 import functions_framework  # noqa: E402
+from cloudevents.http import CloudEvent  # noqa: E402
 
-from function import events, http, runtime  # noqa: E402
+from function import app  # noqa: E402
+from function.api import events, http  # noqa: E402
 
 
 @functions_framework.http
-def classify_http(request):
-    return http.handle(request, runtime.classifier())
+def classify_http(request: flask.Request) -> flask.Response:
+    return http.handle(request, app.serving())
 
 
 @functions_framework.cloud_event
-def classify_event(cloud_event):
-    events.handle(cloud_event, runtime.classifier())
+def classify_event(cloud_event: CloudEvent) -> None:
+    events.handle(cloud_event, app.serving())
 
 
 # Serving: read the configuration now, so a bad value stops the start-up instead of every request.
-runtime.classifier()
+app.serving()

@@ -11,11 +11,12 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from . import logs
-from .config import Config, ConfigError
-from .photos import PhotoSource
-from .pipeline import Classification, Classifier
-from .resource import NotReady
+from .app import App
+from .config import Config
+from .core.results import Classification
+from .core.sources import PhotoSource
+from .errors import ConfigError, NotReady
+from .infra import logs
 
 # The task's own photos: a cormorant, a crested lark, a motmot, a toucanet and a robin.
 DEFAULT_PHOTOS = (
@@ -77,17 +78,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     top_k = args.top_k if args.top_k is not None else config.top_k
     if not 1 <= top_k <= config.max_top_k:
         parser.error(f"--top-k must be from 1 to {config.max_top_k}")
-    logs.setup(args.log_level or ("INFO" if args.verbose else "WARNING"), json_lines=False)
+    level = args.log_level or ("INFO" if args.verbose else "WARNING")
+    logs.setup(level, json_lines=False)
     sources = [PhotoSource.from_argument(p) for p in photo_arguments(args, parser)]
     bar = ProgressBar(sys.stderr) if args.progress and show_progress(sys.stderr, len(sources)) else None
+    app = App(config, quiet_runtime=level != "DEBUG")
     try:
-        result = Classifier(config).classify(sources, top_k, progress=bar)
+        result = app.classifier.classify(sources, top_k, progress=bar)
     except NotReady as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
         if bar:
             bar.close()
+        app.stop()
     total_s = time.perf_counter() - started
     if args.json:
         doc = result.to_dict()

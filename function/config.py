@@ -11,13 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "DEFAULT_LABELS_URL", "DEFAULT_MODEL_URL"]
+
 DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 DEFAULT_LABELS_URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class ConfigError(ValueError):
-    """An environment value that cannot be used; the message names the variable."""
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,15 @@ order end to end, through the real ``hub.load`` download, unpack and cache.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from function import runtime  # noqa: E402
-from function.config import Config  # noqa: E402
-from standin import hubmodel, photos  # noqa: E402
-from standin.server import StandInServer  # noqa: E402
-
-MODEL_PATH = "/google/aiy/vision/classifier/birds_V1/1"
-LABELS_PATH = "/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
+from function import app
+from function.config import Config
+from standin import hubmodel
+from standin.server import StandInServer
+from tests.support import LABELS_PATH, MODEL_PATH, photo_url
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,22 +57,14 @@ def config(server) -> Config:
 
 @pytest.fixture
 def env(server, monkeypatch):
-    """Service environment pointing at the stand-in; the runtime singleton is rebuilt around it."""
+    """Service environment pointing at the stand-in; the serving app is rebuilt around it."""
     monkeypatch.setenv("MODEL_URL", server.url(MODEL_PATH))
     monkeypatch.setenv("LABELS_URL", server.url(LABELS_PATH))
     monkeypatch.setenv("READ_TIMEOUT_S", "3")
     monkeypatch.setenv("TRUSTED_HOSTS", "127.0.0.1")  # the stand-in internet lives on loopback
-    runtime.reset()
+    app.reset()
     yield monkeypatch
-    runtime.reset()
-
-
-def photo_url(server: StandInServer, class_id: int, fmt: str = "JPEG", **params) -> str:
-    """Serve a solid photo that the colour model puts in ``class_id``; returns its URL."""
-    ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[fmt]
-    path = f"/photos/{class_id}.{ext}"
-    content_type = {"jpg": "image/jpeg"}.get(ext, f"image/{ext}")
-    return server.add(path, photos.solid(photos.class_colour(class_id), fmt=fmt, **params), content_type)
+    app.reset()
 
 
 @pytest.fixture

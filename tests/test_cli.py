@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from standin import hubmodel, photos
-from tests.conftest import LABELS_PATH, MODEL_PATH, ROOT
+from tests.support import LABELS_PATH, MODEL_PATH, ROOT
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from function.cli import PROGRESS_MIN_PHOTOS, ProgressBar, build_parser, show_progress
 from standin import photos
-from tests.conftest import LABELS_PATH, MODEL_PATH, ROOT
+from tests.support import LABELS_PATH, MODEL_PATH, ROOT
 
 BAR = re.compile(r"photos +(\d+)/(\d+) \[([#.]+)\]")
 

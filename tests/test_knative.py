@@ -26,9 +26,9 @@ import jsonschema
 import pytest
 import yaml
 
-from function import runtime
+from function import app as function_app
 from function.config import Config
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 KNATIVE = ROOT / "knative"
 SCHEMAS = KNATIVE / "schemas"
@@ -494,7 +494,7 @@ def test_the_readiness_probe_path_is_served_and_turns_ready(app_client):
     path = _probe("readinessProbe")["httpGet"]["path"]
     status = app_client.get(path).status_code
     assert status in (200, 503), f"{path} answered {status}: ready (200) or loading (503), never 404"
-    classifier = runtime.classifier()  # the probe started the load; wait for it (bounded)
+    classifier = function_app.serving()  # the probe started the load; wait for it (bounded)
     classifier.model.get(timeout=120)
     classifier.labels.get(timeout=120)
     assert app_client.get(path).status_code == 200

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from function.app import App
 from function.cli import DEFAULT_PHOTOS
 from function.config import Config
-from function.photos import PhotoSource
-from function.pipeline import Classifier
+from function.core.photos import PhotoSource
 
 # Top-1 species and score given by the real model, from the task.
 EXPECTED = [
@@ -22,7 +22,7 @@ TOLERANCE = 0.06  # decoding (draft mode, resampling) moves scores a little, nev
 
 @pytest.mark.network
 def test_the_default_photos_give_the_known_species():
-    result = Classifier(Config()).classify([PhotoSource.url(u) for u in DEFAULT_PHOTOS])
+    result = App(Config()).classifier.classify([PhotoSource.url(u) for u in DEFAULT_PHOTOS])
     for photo, (label, score) in zip(result.results, EXPECTED, strict=True):
         assert photo.error is None, photo.error
         assert photo.predictions[0].label == label

@@ -24,7 +24,7 @@ import pytest
 
 from standin import photos
 from standin.server import Reply
-from tests.conftest import LABELS_PATH, MODEL_PATH, ROOT
+from tests.support import LABELS_PATH, MODEL_PATH, ROOT
 
 HOST = "127.0.0.1"
 START_S = 120.0  # TensorFlow import + model load on a busy two-core machine; reached only on failure

@@ -1,0 +1,1 @@
+"""Entry translations: HTTP requests, uploads, CloudEvents and bucket notifications in; answers out."""

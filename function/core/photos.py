@@ -1,0 +1,244 @@
+"""Photos: fetching them (or reading files and uploads), and decoding them into the model's input.
+
+A photo fails on its own: every problem becomes a :class:`PhotoError` with a stable ``code``
+that the caller sees next to the other photos' results.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+import requests
+import urllib3
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import BlockedAddress, PhotoError
+from ..infra import logs
+from .sources import PhotoSource
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 224
+
+
+class PhotoFetcher:
+    """Fetches photo bytes over one pooled ``requests.Session``, streaming up to a byte limit."""
+
+    def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float,
+                 max_bytes: int, retries: int = 0, deadline_s: float = 30.0, backoff_s: float = 0.2,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.session = session
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.max_bytes = max_bytes
+        self.retries = retries
+        self.deadline_s = deadline_s
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+
+    def read(self, source: PhotoSource) -> bytes:
+        if source.kind == "bytes":
+            return self._check_size(source.data or b"", source.ref)
+        if source.kind == "path":
+            return self._read_file(source.ref)
+        return self._fetch(source.ref)
+
+    def _check_size(self, data: bytes, ref: str) -> bytes:
+        if len(data) > self.max_bytes:
+            raise PhotoError("too_large", f"photo is {len(data)} bytes; the limit is {self.max_bytes}")
+        if not data:
+            raise PhotoError("empty", "photo is empty (0 bytes)")
+        return data
+
+    def _read_file(self, path: str) -> bytes:
+        try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(path)
+            size = os.path.getsize(path)
+            if size > self.max_bytes:
+                raise PhotoError("too_large", f"{path} is {size} bytes; the limit is {self.max_bytes}")
+            with open(path, "rb") as f:
+                return self._check_size(f.read(), path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PhotoError("file_not_found", f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise PhotoError("file_not_found", f"{path} is a directory, not a photo") from None
+        except PermissionError:
+            raise PhotoError("file_unreadable", f"no permission to read {path}") from None
+        except OSError as exc:  # name too long, symlink loop, I/O error...
+            raise PhotoError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def _fetch(self, url: str) -> bytes:
+        """GET with bounded retries for transient failures, all within the photo's deadline."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # "http://[oops/": an unbalanced IPv6 bracket
+            raise PhotoError("invalid_url", f"not a valid URL: {url!r}") from None
+        if parts.scheme.lower() not in ("http", "https") or not host:
+            raise PhotoError("invalid_url", f"not an http(s) URL: {url!r}")
+        deadline = time.monotonic() + self.deadline_s
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(url, deadline)
+            except PhotoError as err:
+                pause = (err.retry_after_s if err.retry_after_s is not None else self.backoff_s * 2 ** attempt)
+                if not err.retryable or attempt >= self.retries or time.monotonic() + pause >= deadline:
+                    raise
+                attempt += 1
+                log.debug("retrying photo", extra=logs.fields(photo=url, attempt=attempt, error=err.code,
+                                                              pause_s=round(pause, 2)))
+                self._sleep(pause)
+
+    def _fetch_once(self, url: str, deadline: float) -> bytes:
+        remaining = max(0.05, deadline - time.monotonic())  # no attempt may outlast the photo's deadline
+        timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+        try:
+            with self.session.get(url, timeout=timeout, stream=True) as response:
+                if response.status_code != 200:
+                    status = response.status_code
+                    raise PhotoError("http_error", f"the photo host answered HTTP {status}",
+                                     retryable=status in (429, 502, 503, 504),
+                                     retry_after_s=_retry_after(response.headers.get("Retry-After")))
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise PhotoError("too_large", f"photo is {declared} bytes; the limit is {self.max_bytes}")
+                body = bytearray()
+                # read1 returns what one receive brings; iter_content's read(n) waits for all n bytes, so
+                # a host trickling a byte at a time could hold the photo far past its deadline.
+                while chunk := response.raw.read1(64 * 1024, decode_content=True):
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise PhotoError("too_large", f"photo is over the limit of {self.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise PhotoError("timeout", f"the photo took longer than {self.deadline_s:g} s to arrive")
+                return self._check_size(bytes(body), url)
+        except BlockedAddress as exc:
+            raise PhotoError("blocked_address", str(exc)) from None
+        except requests.TooManyRedirects:
+            raise PhotoError("too_many_redirects", "the photo URL redirects too many times") from None
+        except requests.Timeout:
+            raise PhotoError("timeout", "the photo host did not answer in time", retryable=True) from None
+        except requests.exceptions.InvalidURL as exc:
+            raise PhotoError("invalid_url", f"invalid URL: {exc}") from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise PhotoError("timeout", "the photo host stopped sending in time", retryable=True) from None
+        except urllib3.exceptions.HTTPError as exc:  # the body broke off: reset, short read, bad encoding
+            raise PhotoError("fetch_failed", f"could not fetch the photo: {_reason(exc)}", retryable=True) from None
+        except requests.RequestException as exc:
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                # a read timeout while streaming the body: requests reports it as a ConnectionError
+                raise PhotoError("timeout", "the photo host stopped sending in time", retryable=True) from None
+            raise PhotoError("fetch_failed", f"could not fetch the photo: {_reason(exc)}", retryable=True) from None
+
+
+MAX_RETRY_AFTER_S = 5.0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (numeric form only), capped: a photo is not worth a long wait."""
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value))) if value else None
+    except ValueError:
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error, without the noise of urllib3's wrappers."""
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__  # type: ignore[assignment]
+    text = str(exc)
+    return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(exc).__name__
+
+
+def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Bytes of any common format -> float32 [size,size,3] RGB in [0,1].
+
+    The format is sniffed from the content, never trusted from a header. JPEGs are decoded with
+    DCT scaling (draft mode) close to the target size, which is most of the decoding cost saved on
+    large photos. EXIF orientation is applied; transparency is composited onto white; 16-bit
+    grayscale is scaled, not clipped; GIF and other animations give their first frame.
+    """
+    # Pillow's own bomb check would raise its own error type; ours runs next with the configured limit.
+    # Set here, on first use, not at import: importing the package changes no library's settings.
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise PhotoError("not_an_image", "the content is not an image in a known format") from None
+    except Exception as exc:
+        raise PhotoError("not_an_image", f"cannot read the image header: {exc}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise PhotoError("image_too_large", f"image is {width}x{height} = {width * height} pixels; "
+                         f"the limit is {max_pixels}")
+    try:
+        img.draft("RGB", (size, size))
+        img = ImageOps.exif_transpose(img) or img
+        arr = _to_rgb_array(img, size)
+    except PhotoError:
+        raise
+    except Exception as exc:  # truncated or corrupt data, unsupported mode...
+        raise PhotoError("corrupt_image", f"cannot decode the image: {exc}") from None
+    return arr
+
+
+def _to_rgb_array(img: Image.Image, size: int) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float grayscale: scale to the type's range instead of clipping at 255.
+        a = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+@dataclass
+class LoadedPhoto:
+    pixels: np.ndarray | None
+    error: PhotoError | None
+    fetch_ms: float
+    decode_ms: float
+    nbytes: int
+
+
+def _unexpected(source: PhotoSource, exc: Exception, code: str) -> PhotoError:
+    log.error("unexpected error on photo %s", source.ref, exc_info=exc)
+    return PhotoError(code, f"could not process the photo ({type(exc).__name__})")
+
+
+def load(fetcher: PhotoFetcher, source: PhotoSource, max_pixels: int) -> LoadedPhoto:
+    """Fetch and decode one photo; never raises for a photo-level problem."""
+    t0 = time.perf_counter()
+    try:
+        data = fetcher.read(source)
+    except PhotoError as err:
+        return LoadedPhoto(None, err, (time.perf_counter() - t0) * 1000, 0.0, 0)
+    except Exception as exc:  # a case nobody foresaw is still this photo's problem, not the request's
+        return LoadedPhoto(None, _unexpected(source, exc, "fetch_failed"), (time.perf_counter() - t0) * 1000, 0.0, 0)
+    t1 = time.perf_counter()
+    try:
+        pixels, error = decode(data, max_pixels), None
+    except PhotoError as err:
+        pixels, error = None, err
+    except Exception as exc:
+        pixels, error = None, _unexpected(source, exc, "corrupt_image")
+    t2 = time.perf_counter()
+    photo = LoadedPhoto(pixels, error, (t1 - t0) * 1000, (t2 - t1) * 1000, len(data))
+    log.debug("photo loaded", extra=logs.fields(
+        photo=source.ref, bytes=len(data), fetch_ms=round(photo.fetch_ms, 1),
+        decode_ms=round(photo.decode_ms, 1), error=error.code if error else None))
+    return photo

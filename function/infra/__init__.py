@@ -1,0 +1,1 @@
+"""Infrastructure the layers above share: logging, CPU sizing, the SSRF guard, HTTP sessions."""

@@ -1,0 +1,135 @@
+"""The SSRF guard: caller-supplied URLs may only reach public addresses.
+
+The function fetches whatever URL a caller names, from inside a cluster. Without a guard that is a
+way in: to the cloud metadata server (169.254.169.254), to other pods, to localhost. The guard
+works at the one place that cannot be fooled, the connection itself: each new connection resolves
+the host name once, refuses if *any* address is not public, and connects to exactly the address it
+checked. There is no window between check and connect for DNS rebinding, every spelling of an
+address (``2130706433``, ``0x7f.1``, ``127.1``, ``[::ffff:127.0.0.1]``) is judged by what it
+resolves to, redirects are judged when they connect, and nothing is sent to a refused address.
+
+``TRUSTED_HOSTS`` (host names, IPs, CIDRs) exempts internal hosts the operator trusts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NameResolutionError
+
+from ..errors import BlockedAddress
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Not public whatever this Python's ipaddress tables say (they change between patch releases; 3.11.7
+# counts most of 192.0.0.0/24 and the RFC 9637 documentation prefix as global).
+_NOT_PUBLIC = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "2001::/23", "3fff::/20"))
+
+
+def classify_address(address: str | IPAddress) -> str | None:
+    """Why an address must not be fetched ("loopback", "private", ...), or None when it is public."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return classify_address(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return classify_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None:
+            return classify_address(ip.sixtofour)
+        if ip.teredo is not None:
+            return classify_address(ip.teredo[1])
+    for why in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved", "site_local"):
+        if getattr(ip, f"is_{why}", False):
+            return why.replace("_", "-")
+    if not ip.is_global or any(ip in net for net in _NOT_PUBLIC):
+        return "non-public"
+    return None
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which addresses a connection may reach: public ones, plus trusted hosts and networks."""
+
+    trusted_names: frozenset[str] = frozenset()
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def from_trusted(cls, entries: Iterable[str]) -> AddressPolicy:
+        names, networks = set(), []
+        for entry in (e.strip() for e in entries):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                names.add(entry.lower().rstrip("."))
+        return cls(frozenset(names), tuple(networks))
+
+    def refusal(self, host: str, address: str) -> str | None:
+        """Why connecting to ``address`` (resolved from ``host``) is refused, or None."""
+        if host.lower().rstrip(".").strip("[]") in self.trusted_names:
+            return None
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if any(ip in net for net in self.trusted_networks):
+            return None
+        return classify_address(ip)
+
+    def vet(self, host: str, port: int) -> str:
+        """Resolve ``host`` and return the address to connect to; :class:`BlockedAddress` if any is refused."""
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        for address in addresses:
+            why = self.refusal(host, address)
+            if why:
+                raise BlockedAddress(host, address, why)
+        return addresses[0]
+
+
+def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConnection]:
+    class GuardedConnection(connection_cls):  # type: ignore[misc, valid-type]
+        def _new_conn(self) -> socket.socket:
+            try:
+                address = policy.vet(self._dns_host, self.port)
+            except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a label too long for IDNA
+                raise NameResolutionError(self.host, self, exc) from exc
+            # Connect to exactly the address that was checked; TLS still verifies self.host.
+            original, self._dns_host = self._dns_host, address
+            try:
+                return super()._new_conn()
+            finally:
+                self._dns_host = original
+
+    return GuardedConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests adapter whose every new connection goes through the policy."""
+
+    def __init__(self, policy: AddressPolicy, **kwargs):
+        self.policy = policy
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,),
+                         {"ConnectionCls": _guarded(HTTPConnection, self.policy)})
+        https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": _guarded(HTTPSConnection, self.policy)})
+        self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+
+
+def guard_session(session: requests.Session, policy: AddressPolicy, pool_size: int) -> requests.Session:
+    adapter = GuardedAdapter(policy, pool_connections=pool_size, pool_maxsize=pool_size)
+    # An HTTP(S)_PROXY from the environment would make the proxy, not the photo host, the address
+    # connected to (and proxy connections bypass the guarded pools): the guard would check nothing.
+    session.trust_env = False
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

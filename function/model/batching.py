@@ -1,0 +1,170 @@
+"""The model's call queue: bounded calls, several in parallel, shared by concurrent requests.
+
+Requests put their photo batches on one queue, cut into pieces of at most ``max_images``. A few
+worker threads (one per usable CPU by default) each take a piece, add whatever other pieces are
+already waiting while the call stays within ``max_images`` (optionally waiting ``max_wait_s`` for
+more), and run one model call. So a lone request is spread over all workers, requests that arrive
+together share calls, and no call is larger than the size that runs fastest.
+
+Why small calls in parallel rather than one big batched call: on a small CPU, MobileNet V2 runs
+fastest per image in calls of one or two images, each on one thread, several calls at once; larger
+batches outgrow the caches and TensorFlow's intra-op threads add little at this size (measured in
+docs/performance.md). ``MAX_BATCH_IMAGES``, ``INFERENCE_WORKERS`` and ``TF_INTRA_OP_THREADS`` let
+a bigger machine or a GPU choose differently, the way Triton's and BentoML's batchers are tuned.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    """One request's batch; done when every piece has its scores."""
+
+    size: int
+    submitted: float = field(default_factory=time.perf_counter)
+    done: threading.Event = field(default_factory=threading.Event)
+    scores: np.ndarray | None = None
+    error: BaseException | None = None
+    pending: int = 0
+    first_started: float | None = None
+    largest_call: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish_piece(self, offset: int, scores: np.ndarray | None, error: BaseException | None,
+                     started: float, call_size: int) -> None:
+        with self.lock:
+            if error is not None:
+                self.error = self.error or error
+            elif self.error is None:
+                assert scores is not None
+                if self.scores is None:
+                    self.scores = np.empty((self.size, scores.shape[1]), scores.dtype)
+                self.scores[offset:offset + len(scores)] = scores
+            self.first_started = min(self.first_started or started, started)
+            self.largest_call = max(self.largest_call, call_size)
+            self.pending -= 1
+            if self.pending == 0:
+                self.done.set()
+
+
+@dataclass
+class _Piece:
+    job: _Job
+    offset: int
+    pixels: np.ndarray
+
+
+@dataclass
+class BatchStats:
+    calls: int = 0
+    images: int = 0
+    largest: int = 0
+
+
+class Batcher:
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_images: int = 2, max_wait_s: float = 0.0,
+                 workers: int = 1):
+        self._predict = predict
+        self.max_images = max_images
+        self.max_wait_s = max_wait_s
+        self.workers = workers
+        self._queue: queue.Queue[_Piece | None] = queue.Queue()  # None: a worker's signal to end
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._stopped = False
+        self.stats = BatchStats()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End the workers once the calls already queued are done; later ``predict`` calls raise."""
+        with self._lock:
+            self._stopped = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """Scores for ``batch``; also the ms before its first call started and the largest call it rode in."""
+        if self._stopped:
+            raise RuntimeError("the model's call queue is stopped")
+        job = _Job(len(batch))
+        offsets = range(0, len(batch), self.max_images)
+        job.pending = len(offsets)
+        self._ensure_workers()
+        for offset in offsets:
+            self._queue.put(_Piece(job, offset, batch[offset:offset + self.max_images]))
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.scores is not None  # every piece finished without an error
+        queue_ms = ((job.first_started or job.submitted) - job.submitted) * 1000
+        return job.scores, queue_ms, job.largest_call
+
+    def _ensure_workers(self) -> None:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < self.workers:
+                t = threading.Thread(target=self._run, name=f"model-call-{len(self._threads)}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _collect(self) -> list[_Piece] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        pieces = [first]
+        images = len(first.pixels)
+        deadline = time.perf_counter() + self.max_wait_s
+        while images < self.max_images:
+            try:
+                remaining = deadline - time.perf_counter()
+                piece = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if piece is None:  # stopping: let another worker see the signal after this call
+                self._queue.put(None)
+                break
+            if images + len(piece.pixels) > self.max_images:
+                self._queue.put(piece)  # the next call takes it
+                break
+            pieces.append(piece)
+            images += len(piece.pixels)
+        return pieces
+
+    def _run(self) -> None:
+        while True:
+            pieces = self._collect()
+            if pieces is None:
+                return
+            started = time.perf_counter()
+            sizes = [len(p.pixels) for p in pieces]
+            scores, error = None, None
+            try:
+                batch = np.concatenate([p.pixels for p in pieces]) if len(pieces) > 1 else pieces[0].pixels
+                scores = self._predict(batch)
+            except BaseException as exc:  # each waiting request gets the error; the worker lives on
+                error = exc
+            with self._lock:
+                self.stats.calls += 1
+                self.stats.images += sum(sizes)
+                self.stats.largest = max(self.stats.largest, sum(sizes))
+            if len(pieces) > 1:
+                log.debug("one call for %d pieces, %d images", len(pieces), sum(sizes))
+            start = 0
+            for piece, size in zip(pieces, sizes, strict=True):
+                part = None if scores is None else scores[start:start + size]
+                piece.job.finish_piece(piece.offset, part, error, started, sum(sizes))
+                start += size

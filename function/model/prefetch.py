@@ -1,0 +1,131 @@
+"""Start the model download before TensorFlow is imported, and hand it to tensorflow_hub.
+
+On a cold instance ``import tensorflow`` takes seconds and tensorflow_hub cannot download before it
+is done (it is built on TensorFlow's file system). So the download of the compressed module starts
+first, on its own thread, while TensorFlow imports; then tensorflow_hub resolves the URL as usual,
+through its own cache, lock and unpacking, except that the bytes it reads come from the download
+already under way. The hook is a subclass of tensorflow_hub's own HTTP resolver that overrides only
+``_call_urlopen``, the method tensorflow_hub provides for changing how the request is made.
+
+Nothing is prefetched when the module is already in the cache (a persistent ``TFHUB_CACHE_DIR``).
+A failed prefetch fails that load, as tensorflow_hub's own download would (no second request to a
+hub that just refused); the model's load is retried after ``MODEL_LOAD_RETRY_S`` as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+import urllib.parse
+from typing import IO, Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+def compressed_url(handle: str) -> str:
+    """The URL tensorflow_hub requests for a handle: the handle plus ``tf-hub-format=compressed``."""
+    parsed = list(urllib.parse.urlparse(handle))
+    query = urllib.parse.parse_qsl(parsed[4])
+    query.append(("tf-hub-format", "compressed"))
+    parsed[4] = urllib.parse.urlencode(query)
+    return urllib.parse.urlunparse(parsed)
+
+
+def cached_module_dir(handle: str, cache_dir: str | None) -> str:
+    """Where tensorflow_hub caches a handle: ``<cache>/<sha1 of the handle>``."""
+    root = cache_dir or os.path.join(tempfile.gettempdir(), "tfhub_modules")
+    return os.path.join(root, hashlib.sha1(handle.encode("utf8")).hexdigest())
+
+
+class ModelPrefetch:
+    def __init__(self, handle: str, timeout_s: float):
+        self.handle = handle
+        self.url = compressed_url(handle)
+        self.timeout_s = timeout_s
+        self.seconds: float | None = None
+        self._body: IO[bytes] | None = None
+        self._error: Exception | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._download, name="model-prefetch", daemon=True).start()
+
+    def _download(self) -> None:
+        started = time.perf_counter()
+        body = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 (handed over, closed by the reader)
+        try:
+            with requests.get(self.url, stream=True, timeout=(10, 60)) as response:
+                response.raise_for_status()
+                for chunk in response.iter_content(256 * 1024):
+                    body.write(chunk)
+                    if time.perf_counter() - started > self.timeout_s:
+                        raise TimeoutError(f"model download took over {self.timeout_s:g} s")
+            body.seek(0)
+            self._body, self.seconds = body, time.perf_counter() - started
+        except Exception as exc:  # raised to tensorflow_hub when it asks for the body
+            body.close()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def take(self) -> IO[bytes]:
+        """The downloaded body (once), waiting for the download; the download's error if it failed."""
+        if not self._done.wait(self.timeout_s):
+            raise TimeoutError(f"model download took over {self.timeout_s:g} s")
+        if self._error is not None:
+            raise self._error
+        body, self._body = self._body, None
+        if body is None:
+            raise RuntimeError("the prefetched model body was already used")
+        return body
+
+
+class Prefetcher:
+    """The downloads under way, and the tensorflow_hub resolver that reads them.
+
+    One per app (the composition root owns it); tensorflow_hub's resolver registry is process-wide,
+    so the resolver is registered once per prefetcher, on first use (the last registered is asked
+    first; a URL it has no download for goes to tensorflow_hub's own resolver as before).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, ModelPrefetch] = {}
+        self._lock = threading.Lock()
+        self._installed = False
+
+    def start(self, handle: str, cache_dir: str | None, timeout_s: float = 600.0) -> ModelPrefetch | None:
+        """Begin downloading ``handle`` unless it is not HTTP(S) or already cached."""
+        if not handle.startswith(("http://", "https://")) or os.path.isdir(cached_module_dir(handle, cache_dir)):
+            return None
+        prefetch = ModelPrefetch(handle, timeout_s)
+        with self._lock:
+            self._pending[prefetch.url] = prefetch
+        return prefetch
+
+    def take(self, url: str) -> ModelPrefetch | None:
+        """The download under way for this exact URL (once), or None."""
+        with self._lock:
+            return self._pending.pop(url, None)
+
+    def install_resolver(self) -> None:
+        """Put the prefetch-aware resolver in front of tensorflow_hub's HTTP resolver (once)."""
+        with self._lock:
+            if self._installed:
+                return
+            self._installed = True
+        from tensorflow_hub import compressed_module_resolver, registry
+
+        prefetcher = self
+
+        class PrefetchedHttpResolver(compressed_module_resolver.HttpCompressedFileResolver):  # type: ignore[misc]
+            """tensorflow_hub's compressed-module resolver, reading a prefetched body when there is one."""
+
+            def _call_urlopen(self, request: Any) -> Any:
+                prefetch = prefetcher.take(getattr(request, "full_url", request))
+                return prefetch.take() if prefetch else super()._call_urlopen(request)
+
+        registry.resolver.add_implementation(PrefetchedHttpResolver())

@@ -1,0 +1,113 @@
+"""The TensorFlow runtime: the model fetched from TF Hub by URL, cached on disk, run by TensorFlow.
+
+``tensorflow_hub`` does the download (``?tf-hub-format=compressed`` tar.gz), the unpacking and the
+cache under ``TFHUB_CACHE_DIR``; this module picks the serving signature, reads its input and
+output names from the signature itself, warms it up once, and runs batches.
+
+TensorFlow is imported here, lazily, so that importing the package (and answering liveness) does
+not wait for it, and so the import overlaps with photo fetching on a cold start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..infra import logs
+from .prefetch import Prefetcher
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 224
+# The TF1 Hub format names its signature "default"; TF2 SavedModels usually "serving_default".
+SIGNATURE_PREFERENCE = ("default", "serving_default")
+
+
+class TensorFlowModel:
+    """A loaded model: ``predict(batch [N,224,224,3] float32 in [0,1]) -> [N,classes]`` scores."""
+
+    def __init__(self, module: Any, signature_name: str, input_name: str, output_name: str,
+                 timings_ms: dict[str, float]):
+        self._module = module  # keeps the signature's variables and graph alive
+        self._fn = module.signatures[signature_name]
+        self.signature_name = signature_name
+        self.input_name = input_name
+        self.output_name = output_name
+        self.timings_ms = timings_ms
+        self.num_classes: int | None = None
+
+    @classmethod
+    def load(cls, url: str, intra_op_threads: int = 0, inter_op_threads: int = 0, warmup: bool = True,
+             cache_dir: str | None = None, prefetcher: Prefetcher | None = None,
+             quiet: bool = True) -> TensorFlowModel:
+        """Download (or find in the cache), load, check the signature and, for a service, warm up.
+
+        The warm-up call pays TensorFlow's first-call set-up before the first request does; a
+        one-shot CLI skips it, since its real batch would pay the same cost right after. ``quiet``
+        keeps TensorFlow's C++ start-up messages (CPU features, oneDNN) out of the log stream.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if prefetcher is not None:
+            prefetcher.start(url, cache_dir)  # the download overlaps the TensorFlow import
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if quiet else "0")  # read once, by TF's import
+        import tensorflow as tf
+        import tensorflow_hub as hub
+
+        if prefetcher is not None:
+            prefetcher.install_resolver()
+        _configure_threads(tf, intra_op_threads, inter_op_threads)
+        t1 = time.perf_counter()
+        timings["tf_import"] = (t1 - t0) * 1000
+        path = hub.resolve(url)  # download (or finish the prefetch) + unpack into the cache, or find it there
+        t2 = time.perf_counter()
+        timings["model_download"] = (t2 - t1) * 1000
+        module = hub.load(url)  # resolves from the cache just filled
+        t3 = time.perf_counter()
+        timings["model_load"] = (t3 - t2) * 1000
+        name = next((s for s in SIGNATURE_PREFERENCE if s in module.signatures), None)
+        if name is None:
+            raise ModelError(f"{url} has no signature named {' or '.join(SIGNATURE_PREFERENCE)}; "
+                             f"it has {sorted(module.signatures) or 'none'}")
+        fn = module.signatures[name]
+        inputs = fn.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise ModelError(
+                f"signature {name!r} takes {len(inputs)} inputs {sorted(inputs)}; expected one image batch")
+        input_name, spec = next(iter(inputs.items()))
+        if spec.shape.rank != 4 or spec.shape[-1] != 3:
+            raise ModelError(f"signature {name!r} input {input_name!r} has shape {spec.shape}; expected [N,H,W,3]")
+        outputs = fn.structured_outputs
+        output_name = "default" if "default" in outputs else next(iter(outputs))
+        model = cls(module, name, input_name, output_name, timings)
+        if warmup:
+            model.num_classes = model.predict(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)).shape[1]
+            timings["warmup"] = (time.perf_counter() - t3) * 1000
+        else:
+            model.num_classes = outputs[output_name].shape[-1]
+        log.info("model loaded in %.1f s", (time.perf_counter() - t0), extra=logs.fields(
+            url=url, path=path, signature=name, input=input_name, output=output_name,
+            classes=model.num_classes, timings_ms={k: round(v, 1) for k, v in timings.items()}))
+        return model
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        out = self._fn(**{self.input_name: tf.constant(batch, dtype=tf.float32)})[self.output_name]
+        return np.asarray(out.numpy())
+
+
+def _configure_threads(tf: Any, intra: int, inter: int) -> None:
+    """Size TensorFlow's pools to the CPU this process may use (0 leaves TF's default)."""
+    try:
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # already initialised in this process (tests load several models)
+        pass

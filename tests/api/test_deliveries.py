@@ -1,0 +1,138 @@
+"""One Service for HTTP callers and Trigger deliveries: CloudEvents and S3/MinIO notifications on /."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import functions_framework
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+from function import app as service
+from function.api.events import REPLY_TYPE
+from function.api.storage import FINALIZED, StorageObject, s3_objects
+from standin import photos
+from tests.support import ROOT
+
+
+@pytest.fixture
+def bucket(server, env):
+    """The stand-in plays the storage emulator; ``bucket(name, data)`` puts an object in 'birds'."""
+    env.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{server.port}")
+    env.setenv("S3_ENDPOINT", f"http://127.0.0.1:{server.port}/s3")
+    env.setenv("K_SERVICE", "birds-test")
+
+    def put(name: str, data: bytes, content_type: str = "image/jpeg", s3: bool = False) -> None:
+        path = (f"/s3/birds/{quote(name)}" if s3 else
+                f"/download/storage/v1/b/birds/o/{quote(name, safe='')}")
+        server.add(path, data, content_type)
+
+    return put
+
+
+@pytest.fixture
+def client(bucket):
+    app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
+    service.serving().model.get(timeout=120)
+    return app.test_client()
+
+
+_ids = iter(range(10_000))
+
+
+def finalized(name: str, content_type: str = "image/jpeg", event_id: str | None = None) -> CloudEvent:
+    return CloudEvent({"type": FINALIZED, "source": "//storage.googleapis.com/projects/_/buckets/birds",
+                       "subject": f"objects/{name}", "id": event_id or f"evt-{next(_ids)}"},
+                      {"bucket": "birds", "name": name, "contentType": content_type, "size": "100"})
+
+
+@pytest.mark.parametrize("mode", [to_binary, to_structured])
+def test_a_delivery_is_answered_with_a_classified_cloudevent(client, bucket, mode):
+    bucket("heron.jpg", photos.solid(photos.class_colour(246)))
+    headers, body = mode(finalized("heron.jpg"))
+    r = client.post("/", headers=headers, data=body)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    reply = from_http(dict(r.headers), r.get_data())
+    assert reply["type"] == REPLY_TYPE
+    assert reply["source"] == "/services/birds-test"
+    assert reply["subject"] == "objects/heron.jpg"
+    assert reply.data["results"][0]["predictions"][0]["id"] == 246
+    assert "timings_ms" in reply.data
+
+
+def test_a_redelivered_event_is_recognised_and_gets_the_same_reply(client, bucket, server):
+    bucket("dup.jpg", photos.solid(photos.class_colour(13)))
+    event = finalized("dup.jpg", event_id="same-id")
+    first = client.post("/", headers=to_binary(event)[0], data=to_binary(event)[1])
+    second = client.post("/", headers=to_binary(event)[0], data=to_binary(event)[1])
+    assert first.status_code == second.status_code == 200
+    assert second.headers["X-Duplicate-Delivery"] == "true"
+    assert first.headers["ce-id"] == second.headers["ce-id"]
+    assert server.hits["/download/storage/v1/b/birds/o/dup.jpg"] == 1
+
+
+def test_an_object_that_is_not_an_image_is_a_4xx_so_the_broker_does_not_retry(client, bucket):
+    bucket("notes.jpg", b"just text", "image/jpeg")
+    for event in (finalized("notes.jpg"), finalized("notes.txt", "text/plain")):
+        headers, body = to_binary(event)
+        r = client.post("/", headers=headers, data=body)
+        assert r.status_code == 422 and r.get_json()["error"]["code"] == "not_an_image"
+
+
+def test_a_bad_event_is_400(client):
+    event = CloudEvent({"type": FINALIZED, "source": "x", "id": "bad-1"}, {"name": "no-bucket.jpg"})
+    headers, body = to_binary(event)
+    r = client.post("/", headers=headers, data=body)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_event"
+
+
+def test_a_malformed_cloudevent_is_400(client):
+    r = client.post("/", data=b"{not json", content_type="application/cloudevents+json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_cloudevent"
+
+
+def test_a_photo_host_that_is_down_is_a_5xx_so_the_broker_retries(client, bucket, server):
+    server.add("/download/storage/v1/b/birds/o/busy.jpg", b"try later", "text/plain", status=503)
+    headers, body = to_binary(finalized("busy.jpg"))
+    r = client.post("/", headers=headers, data=body)
+    assert r.status_code == 503 and "Retry-After" in r.headers
+
+
+MINIO_NOTIFICATION = {
+    "EventName": "s3:ObjectCreated:Put",
+    "Key": "birds/garden/blue+tit.jpg",
+    "Records": [
+        {"eventName": "s3:ObjectCreated:Put",
+         "s3": {"bucket": {"name": "birds"},
+                "object": {"key": "garden%2Fblue+tit.jpg", "size": 1234, "contentType": "image/jpeg"}}},
+        {"eventName": "s3:ObjectRemoved:Delete",
+         "s3": {"bucket": {"name": "birds"}, "object": {"key": "old.jpg"}}},
+        {"eventName": "ObjectCreated:Put",
+         "s3": {"bucket": {"name": "birds"}, "object": {"key": "readme.txt", "contentType": "text/plain"}}},
+    ],
+}
+
+
+def test_an_s3_notification_classifies_the_created_images(client, bucket):
+    bucket("garden/blue tit.jpg", photos.solid(photos.class_colour(135)), s3=True)
+    r = client.post("/", json=MINIO_NOTIFICATION)
+    assert r.status_code == 200, r.get_json()
+    (result,) = r.get_json()["results"]
+    assert result["url"].endswith("/s3/birds/garden/blue%20tit.jpg")
+    assert result["predictions"][0]["id"] == 135
+
+
+def test_s3_keys_are_url_decoded_and_other_events_left_out():
+    objects = s3_objects(MINIO_NOTIFICATION)
+    assert [(o.name, o.content_type) for o in objects] == [("garden/blue tit.jpg", "image/jpeg"),
+                                                            ("readme.txt", "text/plain")]
+    assert objects[0].url(s3_endpoint="http://minio:9000") == "http://minio:9000/birds/garden/blue%20tit.jpg"
+    assert StorageObject("b", "k", scheme="s3").url() == "https://b.s3.amazonaws.com/k"
+
+
+def test_a_malformed_notification_is_400(client):
+    r = client.post("/", data=json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put"}]}),
+                    content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_notification"

@@ -1,0 +1,122 @@
+"""The classifier end to end with the generated model: what a photo's pixels become."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from function.app import App
+from function.config import Config
+from function.core.classifier import top_k
+from function.core.labels import LabelMap
+from function.core.photos import PhotoSource
+from standin import hubmodel, photos
+from tests.support import MODEL_PATH
+
+
+@pytest.fixture(scope="module")
+def classifier(config):
+    c = App(config).classifier
+    c.model.get(timeout=120)
+    return c
+
+
+def test_a_photo_is_classified_as_the_species_of_its_colour(classifier, serve_photo):
+    result = classifier.classify([PhotoSource.url(serve_photo(123))])
+    (photo,) = result.results
+    assert photo.error is None
+    assert photo.predictions[0].id == 123
+    assert photo.predictions[0].label == hubmodel.species_name(123)
+
+
+def test_channels_are_fed_in_rgb_order(classifier, serve_photo):
+    # Class 9 is pure red (r digit 9), class 900 pure blue: BGR order would swap them.
+    result = classifier.classify([PhotoSource.url(serve_photo(9)), PhotoSource.url(serve_photo(900))])
+    assert [r.predictions[0].id for r in result.results] == [9, 900]
+
+
+def test_pixels_are_scaled_to_unit_range(classifier, server):
+    # Mid grey (r=g=b=4/9 of 255) is class 444 only if 0..255 becomes 0..1; unscaled input
+    # would land on the corner class 999 -> clipped to 963's neighbourhood.
+    url = server.add("/photos/grey.png", photos.solid(photos.class_colour(444), fmt="PNG"), "image/png")
+    result = classifier.classify([PhotoSource.url(url)])
+    assert result.results[0].predictions[0].id == 444
+
+
+def test_predictions_are_the_top_k_best_first_with_the_models_scores(classifier, server):
+    rgb = (204, 148, 77)  # off the prototype grid, so the five nearest classes have distinct scores
+    url = server.add("/photos/offgrid.png", photos.solid(rgb, fmt="PNG"), "image/png")
+    result = classifier.classify([PhotoSource.url(url)], 5)
+    preds = result.results[0].predictions
+    mean = tuple(c / 255 for c in rgb)
+    expected = hubmodel.expected_scores(mean)
+    ranking = hubmodel.expected_ranking(mean)
+    assert np.all(np.diff(expected[ranking[:6]]) < -1e-4), "test colour must give a strict ranking"
+    assert [p.id for p in preds] == ranking[:5]
+    assert [p.score for p in preds] == sorted((p.score for p in preds), reverse=True)
+    np.testing.assert_allclose([p.score for p in preds], expected[[p.id for p in preds]], rtol=0.03)
+
+
+def test_a_failed_photo_does_not_cost_the_others_their_results(classifier, server, serve_photo):
+    server.add("/photos/page.jpg", "<html>not a photo</html>", "image/jpeg")
+    sources = [PhotoSource.url(u) for u in (
+        serve_photo(10), server.url("/photos/missing.jpg"), server.url("/photos/page.jpg"), serve_photo(20))]
+    result = classifier.classify(sources)
+    assert [r.error.code if r.error else None for r in result.results] == [None, "http_error", "not_an_image", None]
+    assert [r.predictions[0].id for r in result.results if r.ok] == [10, 20]
+    assert result.results[1].predictions == []
+    assert result.failed == 2
+
+
+def test_every_stage_is_timed(classifier, serve_photo):
+    result = classifier.classify([PhotoSource.url(serve_photo(1))])
+    assert {"fetch", "decode", "photos", "model_wait", "inference", "topk", "total"} <= set(result.timings_ms)
+    assert result.timings_ms["total"] >= result.timings_ms["photos"]
+
+
+def test_only_failed_photos_need_no_model(config):
+    # A request whose photos all fail answers without waiting for (or needing) the model.
+    c = App(Config(model_url="http://127.0.0.1:9/nowhere", labels_url=config.labels_url)).classifier
+    result = c.classify([PhotoSource.url("ftp://example.org/x.jpg")])
+    assert result.results[0].error.code == "invalid_url"
+
+
+def test_many_threads_asking_at_once_load_the_model_once(config, server):
+    path = MODEL_PATH + "-concurrent"
+    server.add(path, server.routes[MODEL_PATH].body, "application/x-tar")
+    c = App(Config(model_url=server.url(path), labels_url=config.labels_url)).classifier
+    barrier = threading.Barrier(8)
+    models = []
+
+    def ask():
+        barrier.wait()
+        models.append(c.model.get(timeout=120))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(models) == 8 and all(m is models[0] for m in models)
+    assert server.hits[path] == 1
+    assert c.model.loads_started == 1
+
+
+def test_the_model_is_cached_per_process_across_apps(config, classifier):
+    assert App(config).classifier.model is classifier.model
+
+
+def test_a_configuration_that_loads_differently_gets_its_own_model(config, classifier):
+    # Other thread settings or no warm-up change the load: they must not inherit the first app's model.
+    assert App(replace(config, tf_inter_op_threads=7)).model is not classifier.model
+    assert App(replace(config, warmup=False)).model is not classifier.model
+    assert App(replace(config, top_k=5)).model is classifier.model  # not a load setting
+
+
+def test_top_k_breaks_ties_by_lower_id():
+    labels = LabelMap({i: f"s{i}" for i in range(5)})
+    preds = top_k(np.array([0.1, 0.3, 0.3, 0.2, 0.1], np.float32), 3, labels)
+    assert [p.id for p in preds] == [1, 2, 3]

@@ -1,0 +1,114 @@
+"""Fan-out: a big request is split over several instances behind a round-robin proxy."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import functions_framework
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from function import app as service
+from function.core.fanout import HEADER
+from tests.support import ROOT
+
+
+class RoundRobinProxy:
+    """Forwards each request to the next backend; records (backend, fanout header) per request."""
+
+    def __init__(self, backends: list[str]):
+        self.backends = backends
+        self.log: list[tuple[int, str | None]] = []
+        self.fail_subrequests = False
+        turn = itertools.cycle(range(len(backends)))
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    i = next(turn)
+                    proxy.log.append((i, self.headers.get(HEADER)))
+                if proxy.fail_subrequests and self.headers.get(HEADER):
+                    self._answer(502, b'{"error": "bad gateway"}')
+                    return
+                upstream = requests.post(proxy.backends[i] + self.path, data=body, timeout=60, headers={
+                    k: v for k, v in self.headers.items() if k.lower() in ("content-type", HEADER.lower())})
+                self._answer(upstream.status_code, upstream.content)
+
+            def _answer(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def cluster(env):
+    """Three instances of the function and a proxy in front; FANOUT_URL points at the proxy."""
+    servers = []
+    for _ in range(3):
+        app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
+        srv = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    proxy = RoundRobinProxy([f"http://127.0.0.1:{s.server_port}" for s in servers])
+    env.setenv("FANOUT_URL", proxy.url + "/")
+    env.setenv("FANOUT_CHUNK", "4")
+    service.reset()
+    service.serving().model.get(timeout=120)
+    yield proxy
+    proxy.httpd.shutdown()
+    for s in servers:
+        s.shutdown()
+
+
+def test_a_big_request_is_split_over_all_instances_and_merged_in_order(cluster, serve_photo):
+    ids = [101, 202, 303, 404, 505, 606, 707, 808, 909, 111]
+    r = requests.post(cluster.url + "/", json={"urls": [serve_photo(i) for i in ids]}, timeout=120)
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["predictions"][0]["id"] for x in results] == ids
+    assert all(x["error"] is None for x in results)
+    # One request from the client, two chunk sub-requests (the first chunk stays where it landed).
+    assert len(cluster.log) == 3
+    assert sorted(i for i, _ in cluster.log) == [0, 1, 2]
+    assert [h for _, h in cluster.log] == [None, "1", "1"]
+
+
+def test_results_match_the_unsplit_request(cluster, serve_photo):
+    urls = [serve_photo(i) for i in (12, 34, 56, 78, 90, 21)]
+    split = requests.post(cluster.url + "/", json={"urls": urls, "top_k": 3}, timeout=120).json()
+    whole = requests.post(cluster.url + "/", json={"urls": urls, "top_k": 3}, headers={HEADER: "1"},
+                          timeout=120).json()
+    assert [x["predictions"] for x in split["results"]] == [x["predictions"] for x in whole["results"]]
+
+
+def test_a_small_request_is_not_split(cluster, serve_photo):
+    r = requests.post(cluster.url + "/", json={"urls": [serve_photo(1), serve_photo(2)]}, timeout=60)
+    assert r.status_code == 200 and len(cluster.log) == 1
+
+
+def test_a_chunk_that_fails_becomes_per_photo_errors(cluster, serve_photo):
+    cluster.fail_subrequests = True
+    ids = [10, 20, 30, 40, 50, 60]
+    r = requests.post(cluster.url + "/", json={"urls": [serve_photo(i) for i in ids]}, timeout=60)
+    results = r.json()["results"]
+    assert [x["predictions"][0]["id"] for x in results[:4]] == ids[:4]
+    assert [x["error"]["code"] for x in results[4:]] == ["fanout_failed", "fanout_failed"]
+    assert "502" in results[4]["error"]["message"]

@@ -1,0 +1,397 @@
+"""Photos: fetching bytes (URL, file, upload) and decoding any common format into model input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from function.core.photos import IMAGE_SIZE, PhotoError, PhotoFetcher, PhotoSource, decode, load
+from standin import photos
+
+MAX_PIXELS = 64_000_000
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+URL = "https://photos.example.org/robin.jpg"
+
+
+def encode(img: Image.Image, fmt: str, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def decode_error(data: bytes, max_pixels: int = MAX_PIXELS) -> PhotoError:
+    with pytest.raises(PhotoError) as caught:
+        decode(data, max_pixels)
+    return caught.value
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A 1-bit grayscale PNG that declares ``width`` x ``height`` but holds only ten rows of data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * ((width + 7) // 8 + 1) * 10)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def left_red_right_blue(width: int, height: int) -> Image.Image:
+    a = np.zeros((height, width, 3), np.uint8)
+    a[:, : width // 2] = RED
+    a[:, width // 2 :] = BLUE
+    return Image.fromarray(a)
+
+
+def mean_rgb(pixels: np.ndarray) -> tuple[float, ...]:
+    return tuple(np.round(pixels.reshape(-1, 3).mean(axis=0), 2).tolist())
+
+
+@pytest.fixture
+def fetcher() -> PhotoFetcher:
+    return PhotoFetcher(requests.Session(), connect_timeout_s=2.0, read_timeout_s=7.0, max_bytes=100_000)
+
+
+class CountingBody(io.BytesIO):
+    """A response body that remembers how many bytes were read from it."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def read1(self, size=-1):  # what the fetcher reads with, as from a socket stream
+        return self.read(size)
+
+
+def fetch_error(fetcher: PhotoFetcher, source: PhotoSource) -> PhotoError:
+    with pytest.raises(PhotoError) as caught:
+        fetcher.read(source)
+    return caught.value
+
+
+# -- decode: formats ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, params", [("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"lossless": True}),
+                                         ("GIF", {})])
+def test_common_formats_decode_to_their_colour(fmt, params):
+    pixels = decode(encode(Image.new("RGB", (320, 240), (0, 128, 255)), fmt, **params), MAX_PIXELS)
+    np.testing.assert_allclose(pixels[112, 112], (0, 128 / 255, 1.0), atol=0.02)
+
+
+def test_output_is_float32_rgb_at_model_size_in_unit_range():
+    pixels = decode(photos.photo_like(640, 480), MAX_PIXELS)
+    assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert pixels.dtype == np.float32
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+    assert pixels.max() > 0.5, "a photo's pixels must be scaled to [0,1], not to [0,1/255]"
+
+
+def test_a_small_photo_is_scaled_up_to_model_size():
+    assert decode(photos.solid(RED, size=(16, 10), fmt="PNG"), MAX_PIXELS).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_an_animated_gif_gives_its_first_frame():
+    red, blue = Image.new("RGB", (64, 64), RED), Image.new("RGB", (64, 64), BLUE)
+    gif = encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    assert mean_rgb(decode(gif, MAX_PIXELS)) == (1.0, 0.0, 0.0)
+
+
+def test_grayscale_becomes_three_equal_channels():
+    pixels = decode(encode(Image.new("L", (100, 80), 64), "PNG"), MAX_PIXELS)
+    np.testing.assert_allclose(pixels[50, 50], (64 / 255,) * 3, atol=1e-6)
+
+
+def test_a_cmyk_jpeg_is_converted_to_rgb():
+    cmyk = encode(Image.new("CMYK", (400, 300), (0, 255, 255, 0)), "JPEG", quality=95)  # no cyan/yellow ink: red
+    assert Image.open(io.BytesIO(cmyk)).mode == "CMYK"
+    np.testing.assert_allclose(mean_rgb(decode(cmyk, MAX_PIXELS)), (1.0, 0.0, 0.0), atol=0.02)
+
+
+def test_transparent_areas_are_composited_onto_white():
+    img = Image.new("RGBA", (100, 100), (255, 0, 0, 0))  # fully transparent red
+    img.paste((0, 0, 255, 255), (0, 50, 100, 100))  # opaque blue bottom half
+    pixels = decode(encode(img, "PNG"), MAX_PIXELS)
+    assert mean_rgb(pixels[:100]) == (1.0, 1.0, 1.0)
+    assert mean_rgb(pixels[-100:]) == (0.0, 0.0, 1.0)
+
+
+def test_a_palette_gif_with_a_transparent_colour_is_composited_onto_white():
+    img = Image.new("P", (50, 50), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0])
+    pixels = decode(encode(img, "GIF", transparency=0), MAX_PIXELS)
+    assert mean_rgb(pixels) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("orientation, top, bottom", [(6, (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+                                                      (8, (0.0, 0.0, 1.0), (1.0, 0.0, 0.0))])
+def test_exif_orientation_is_applied(orientation, top, bottom):
+    # Stored landscape, left half red, right half blue. Orientation 6 means "turn 90 degrees clockwise
+    # to view", so the left (red) edge ends on top; 8 turns counter-clockwise, putting red at the bottom.
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    jpeg = encode(left_red_right_blue(1200, 600), "JPEG", quality=95, exif=exif.tobytes())
+    pixels = decode(jpeg, MAX_PIXELS)
+    assert mean_rgb(pixels[:20]) == top
+    assert mean_rgb(pixels[-20:]) == bottom
+
+
+def test_without_exif_orientation_the_photo_is_not_rotated():
+    pixels = decode(encode(left_red_right_blue(1200, 600), "JPEG", quality=95), MAX_PIXELS)
+    assert mean_rgb(pixels[:, :20]) == (1.0, 0.0, 0.0)
+    assert mean_rgb(pixels[:, -20:]) == (0.0, 0.0, 1.0)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    png = encode(Image.new("I;16", (64, 64), 32768), "PNG")
+    assert Image.open(io.BytesIO(png)).mode == "I;16"
+    np.testing.assert_allclose(decode(png, MAX_PIXELS)[32, 32], (0.5, 0.5, 0.5), atol=0.01)
+
+
+# -- decode: errors -------------------------------------------------------------------------
+
+
+def test_a_web_page_is_not_an_image():
+    assert decode_error(b"<!doctype html><html><body>Not found</body></html>").code == "not_an_image"
+
+
+def test_empty_bytes_are_not_an_image():
+    assert decode_error(b"").code == "not_an_image"
+
+
+def test_a_truncated_jpeg_is_corrupt():
+    jpeg = photos.photo_like(400, 300)
+    assert decode_error(jpeg[: len(jpeg) // 2]).code == "corrupt_image"
+
+
+def test_a_jpeg_missing_only_its_last_bytes_is_corrupt():
+    jpeg = photos.photo_like(400, 300)
+    assert decode_error(jpeg[:-100]).code == "corrupt_image"
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
+    # 30000x30000 declared, ten rows of data: decoding it would fail as corrupt (and cost 900 MB),
+    # so "image_too_large", quickly, shows the size was checked before any decoding.
+    png = png_header_only(30_000, 30_000)
+    started = time.perf_counter()
+    err = decode_error(png, max_pixels=MAX_PIXELS)
+    assert time.perf_counter() - started < 0.5
+    assert err.code == "image_too_large"
+    assert "30000x30000" in err.message
+
+
+def test_an_image_exactly_at_the_pixel_limit_is_decoded():
+    png = encode(Image.new("RGB", (100, 50), GREEN), "PNG")
+    assert decode(png, max_pixels=5000).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert decode_error(png, max_pixels=4999).code == "image_too_large"
+
+
+# -- fetching URLs --------------------------------------------------------------------------
+
+
+def test_a_url_answering_200_gives_its_bytes(fetcher, requests_mock):
+    jpeg = photos.solid(RED)
+    requests_mock.get(URL, content=jpeg, headers={"Content-Type": "image/jpeg"})
+    assert fetcher.read(PhotoSource.url(URL)) == jpeg
+
+
+def test_the_connect_and_read_timeouts_are_sent_with_the_request(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"x")
+    fetcher.read(PhotoSource.url(URL))
+    assert requests_mock.last_request.timeout == (2.0, 7.0)
+
+
+def test_404_is_an_http_error_not_worth_retrying(fetcher, requests_mock):
+    requests_mock.get(URL, status_code=404, text="no such photo")
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert (err.code, err.retryable) == ("http_error", False)
+    assert "404" in err.message
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_overload_and_gateway_errors_are_retryable(fetcher, requests_mock, status):
+    requests_mock.get(URL, status_code=status)
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert (err.code, err.retryable) == ("http_error", True)
+
+
+@pytest.mark.parametrize("exc", [requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout])
+def test_timeouts_are_reported_as_timeout(fetcher, requests_mock, exc):
+    requests_mock.get(URL, exc=exc)
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert (err.code, err.retryable) == ("timeout", True)
+
+
+def test_a_host_that_stalls_in_the_middle_of_the_body_is_a_timeout(fetcher, requests_mock):
+    class Stalls(io.RawIOBase):
+        def __init__(self):
+            self.sent = False
+
+        def readable(self):
+            return True
+
+        def read(self, size=-1):
+            if not self.sent:
+                self.sent = True
+                return b"\xff\xd8\xff" * 100
+            raise TimeoutError("timed out")  # what the socket raises when the read timeout passes
+
+        read1 = read  # a socket stream's read1: what one receive brings
+
+    requests_mock.get(URL, body=Stalls())
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert (err.code, err.retryable) == ("timeout", True)
+
+
+def test_a_connection_failure_is_fetch_failed(fetcher, requests_mock):
+    requests_mock.get(URL, exc=requests.exceptions.ConnectionError("Connection refused"))
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert (err.code, err.retryable) == ("fetch_failed", True)
+    assert "Connection refused" in err.message
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(fetcher, requests_mock):
+    body = CountingBody(b"x" * 200_000)
+    requests_mock.get(URL, body=body, headers={"Content-Length": "200000"})
+    assert fetch_error(fetcher, PhotoSource.url(URL)).code == "too_large"
+    assert body.bytes_read == 0
+
+
+def test_a_body_streaming_past_the_limit_is_refused_without_reading_it_all(fetcher, requests_mock):
+    body = CountingBody(b"x" * 5_000_000)  # no Content-Length: only counting the bytes can tell
+    requests_mock.get(URL, body=body)
+    assert fetch_error(fetcher, PhotoSource.url(URL)).code == "too_large"
+    assert body.bytes_read < 1_000_000
+
+
+def test_a_body_exactly_at_the_limit_is_accepted(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"x" * 100_000)
+    assert len(fetcher.read(PhotoSource.url(URL))) == 100_000
+
+
+def test_an_empty_body_is_empty(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"")
+    assert fetch_error(fetcher, PhotoSource.url(URL)).code == "empty"
+
+
+@pytest.mark.parametrize("url", ["ftp://photos.example.org/robin.jpg", "file:///etc/passwd", "http:///robin.jpg",
+                                 "robin.jpg"])
+def test_anything_but_an_http_url_with_a_host_is_an_invalid_url(fetcher, requests_mock, url):
+    assert fetch_error(fetcher, PhotoSource.url(url)).code == "invalid_url"
+    assert requests_mock.call_count == 0
+
+
+# -- local files and uploads ----------------------------------------------------------------
+
+
+def test_a_local_file_gives_its_bytes(fetcher, tmp_path):
+    path = tmp_path / "robin.png"
+    path.write_bytes(b"\x89PNG fake")
+    assert fetcher.read(PhotoSource.path(str(path))) == b"\x89PNG fake"
+
+
+def test_a_missing_file_is_file_not_found(fetcher, tmp_path):
+    err = fetch_error(fetcher, PhotoSource.path(str(tmp_path / "nope.jpg")))
+    assert err.code == "file_not_found"
+    assert "nope.jpg" in err.message
+
+
+def test_a_directory_is_not_a_photo(fetcher, tmp_path):
+    err = fetch_error(fetcher, PhotoSource.path(str(tmp_path)))
+    assert err.code == "file_not_found"
+    assert "directory" in err.message
+
+
+def test_a_directory_is_not_a_photo_even_under_a_tiny_byte_limit(tmp_path):
+    tiny = PhotoFetcher(requests.Session(), 1.0, 1.0, max_bytes=10)
+    assert fetch_error(tiny, PhotoSource.path(str(tmp_path))).code == "file_not_found"
+
+
+def test_a_path_through_a_regular_file_is_file_not_found(fetcher, tmp_path):
+    (tmp_path / "robin.jpg").write_bytes(b"x")
+    assert fetch_error(fetcher, PhotoSource.path(str(tmp_path / "robin.jpg" / "more.jpg"))).code == "file_not_found"
+
+
+def test_an_unusable_path_is_a_photo_error(fetcher):
+    assert fetch_error(fetcher, PhotoSource.path("x" * 5000)).code == "file_unreadable"
+
+
+def test_a_file_over_the_limit_is_too_large(fetcher, tmp_path):
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(b"x" * 100_001)
+    assert fetch_error(fetcher, PhotoSource.path(str(path))).code == "too_large"
+
+
+def test_an_empty_file_is_empty(fetcher, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert fetch_error(fetcher, PhotoSource.path(str(tmp_path / "empty.jpg"))).code == "empty"
+
+
+def test_uploaded_bytes_are_used_as_they_are(fetcher):
+    assert fetcher.read(PhotoSource.upload("robin.jpg", b"\xff\xd8 data")) == b"\xff\xd8 data"
+
+
+def test_an_upload_over_the_limit_is_too_large(fetcher):
+    assert fetch_error(fetcher, PhotoSource.upload("big.jpg", b"x" * 100_001)).code == "too_large"
+
+
+# -- photo sources --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["https://photos.example.org/robin.jpg", "http://127.0.0.1:8000/a.png",
+                                 "HTTPS://PHOTOS.EXAMPLE.ORG/robin.jpg"])
+def test_an_http_argument_is_a_url(arg):
+    assert PhotoSource.from_argument(arg) == PhotoSource(arg, "url")
+
+
+@pytest.mark.parametrize("arg", ["robin.jpg", "photos/robin.jpg", "/home/me/robin.jpg", "./http:robin.jpg",
+                                 r"C:\photos\robin.jpg"])
+def test_any_other_argument_is_a_local_path(arg):
+    assert PhotoSource.from_argument(arg) == PhotoSource(arg, "path")
+
+
+# -- load: fetch and decode without raising -------------------------------------------------
+
+
+def test_load_gives_pixels_and_timings_for_a_good_photo(fetcher, requests_mock):
+    jpeg = photos.solid(BLUE)
+    requests_mock.get(URL, content=jpeg)
+    loaded = load(fetcher, PhotoSource.url(URL), MAX_PIXELS)
+    assert loaded.error is None
+    assert loaded.pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert loaded.nbytes == len(jpeg)
+    assert loaded.fetch_ms >= 0 and loaded.decode_ms > 0
+
+
+def test_load_returns_a_fetch_error_instead_of_raising(fetcher, requests_mock):
+    requests_mock.get(URL, status_code=404)
+    loaded = load(fetcher, PhotoSource.url(URL), MAX_PIXELS)
+    assert loaded.pixels is None
+    assert loaded.error.code == "http_error"
+    assert loaded.nbytes == 0
+
+
+def test_load_returns_a_decode_error_instead_of_raising(fetcher):
+    loaded = load(fetcher, PhotoSource.upload("page.html", b"<html></html>"), MAX_PIXELS)
+    assert loaded.pixels is None
+    assert loaded.error.code == "not_an_image"
+    assert loaded.nbytes == 13
+
+
+def test_load_returns_a_file_error_instead_of_raising(fetcher, tmp_path):
+    (tmp_path / "robin.jpg").write_bytes(b"x")
+    loaded = load(fetcher, PhotoSource.path(str(tmp_path / "robin.jpg" / "x")), MAX_PIXELS)
+    assert loaded.error.code == "file_not_found"
