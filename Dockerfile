@@ -33,7 +33,7 @@ RUN groupadd --system --gid 10001 app \
     && mkdir -p /var/cache/tfhub \
     && chown app:app /var/cache/tfhub
 
-# Code layer: only what the function reads: its code, the web page under function/static/, and
+# Code layer: only what the function reads: its code, the web page under function/api/static/, and
 # the OpenAPI contract it serves as /openapi.json (see .dockerignore for what stays out).
 COPY main.py openapi.yaml ./
 COPY function/ function/

@@ -67,8 +67,11 @@ bench: $(VENV)/.installed-test
 loadtest: $(VENV)/.installed-test
 	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
+## ruff, the import contracts (pyproject.toml: one direction of flow), strict mypy on function/, hadolint.
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
 ## The container image (Dockerfile): the HTTP target, model and labels fetched at run time.

@@ -72,7 +72,7 @@ class Config:
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = _parse(name, raw.strip(), f.default)
-        config = cls(**values)
+        config = cls(**values)  # type: ignore[arg-type]  # each value was parsed to its field's type
         config.validate()
         return config
 

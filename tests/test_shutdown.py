@@ -117,3 +117,17 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0_and_refuses_conn
     assert proc.wait(20) == 0, log.read_text()[-2000:]
     assert time.monotonic() - terminated < 15  # gunicorn's graceful_timeout (30 s) was not what ended it
     assert refused(port)
+
+
+def test_sigterm_stops_the_app_after_the_requests_in_flight(server, function_process):
+    # The worker's exit runs App.stop(): pools, fan-out and the model's call queue shut down, with a
+    # record saying so. It comes after the last request's answer, never before.
+    proc, port, log = function_process
+    assert request(port, "POST", "/", {"urls": [server.add("/shutdown/one.jpg", photos.solid(
+        photos.class_colour(5)), "image/jpeg")], "top_k": 1})[0] == 200
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(20) == 0, log.read_text()[-2000:]
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    messages = [r["message"] for r in records]
+    assert "stopped" in messages, messages[-5:]
+    assert messages.index("stopped") > max(i for i, m in enumerate(messages) if m.startswith("classified"))

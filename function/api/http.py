@@ -111,12 +111,12 @@ def _route(request: flask.Request, app: App) -> flask.Response:
                                            405, {"Allow": "GET, POST"}))
     if request.method == "GET" and "url" not in request.args and web.wants_page(request):
         return web.page_response()
-    if request.method == "POST" and events.is_cloudevent(request.headers):
+    if request.method == "POST" and events.is_cloudevent(dict(request.headers)):
         try:
             body = read_body(request, app.config.max_request_bytes)
         except RequestError as err:
             return error_response(err)
-        reply = events.deliver(request.headers, body, app)
+        reply = events.deliver(dict(request.headers), body, app)
         return flask.Response(reply.body, reply.status, headers=reply.headers)
     rid = request.headers.get("X-Request-Id") or logs.new_request_id()
     with logs.request_context(rid):

@@ -78,7 +78,7 @@ class FanOut:
         except PhotoError as err:
             results = [PhotoResult(s, error=err) for s in chunk]
         except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-            err = PhotoError("fanout_failed", f"the chunk could not be classified by another instance: {exc}",
-                             retryable=True)
-            results = [PhotoResult(s, error=err) for s in chunk]
+            failed = PhotoError("fanout_failed", f"the chunk could not be classified by another instance: {exc}",
+                                retryable=True)
+            results = [PhotoResult(s, error=failed) for s in chunk]
         return results, (time.perf_counter() - t0) * 1000

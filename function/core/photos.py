@@ -152,10 +152,11 @@ def _retry_after(value: str | None) -> float | None:
 
 def _reason(exc: Exception) -> str:
     """The innermost cause of a requests error, without the noise of urllib3's wrappers."""
-    while exc.__context__ is not None and exc.__context__ is not exc:
-        exc = exc.__context__  # type: ignore[assignment]
-    text = str(exc)
-    return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(exc).__name__
+    inner: BaseException = exc
+    while inner.__context__ is not None and inner.__context__ is not inner:
+        inner = inner.__context__
+    text = str(inner)
+    return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(inner).__name__
 
 
 def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -181,8 +182,7 @@ def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE) -> np.ndarray:
                          f"the limit is {max_pixels}")
     try:
         img.draft("RGB", (size, size))
-        img = ImageOps.exif_transpose(img) or img
-        arr = _to_rgb_array(img, size)
+        arr = _to_rgb_array(ImageOps.exif_transpose(img) or img, size)
     except PhotoError:
         raise
     except Exception as exc:  # truncated or corrupt data, unsupported mode...

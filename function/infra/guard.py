@@ -17,6 +17,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -84,7 +85,7 @@ class AddressPolicy:
     def vet(self, host: str, port: int) -> str:
         """Resolve ``host`` and return the address to connect to; :class:`BlockedAddress` if any is refused."""
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         for address in addresses:
             why = self.refusal(host, address)
             if why:
@@ -93,16 +94,20 @@ class AddressPolicy:
 
 
 def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConnection]:
+    # A class built from a variable base: mypy cannot check it as a class definition.
     class GuardedConnection(connection_cls):  # type: ignore[misc, valid-type]
+        _dns_host: str  # urllib3's private name for the host to resolve (pinned urllib3 version)
+
         def _new_conn(self) -> socket.socket:
             try:
                 address = policy.vet(self._dns_host, self.port)
             except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a label too long for IDNA
-                raise NameResolutionError(self.host, self, exc) from exc
+                raise NameResolutionError(self.host, self, socket.gaierror(str(exc))) from exc
             # Connect to exactly the address that was checked; TLS still verifies self.host.
             original, self._dns_host = self._dns_host, address
             try:
-                return super()._new_conn()
+                conn: socket.socket = super()._new_conn()
+                return conn
             finally:
                 self._dns_host = original
 
@@ -112,11 +117,11 @@ def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> typ
 class GuardedAdapter(HTTPAdapter):
     """A requests adapter whose every new connection goes through the policy."""
 
-    def __init__(self, policy: AddressPolicy, **kwargs):
+    def __init__(self, policy: AddressPolicy, **kwargs: Any):
         self.policy = policy
         super().__init__(**kwargs)
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,),
                          {"ConnectionCls": _guarded(HTTPConnection, self.policy)})

@@ -89,7 +89,7 @@ def setup(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = 
     for old in list(root.handlers):
         if getattr(old, "_bird_classifier", False):
             root.removeHandler(old)
-    handler._bird_classifier = True  # type: ignore[attr-defined]
+    handler._bird_classifier = True  # type: ignore[attr-defined]  # our mark, to find our handler again
     root.addHandler(handler)
     root.setLevel(level)
     for name in _NOISY:

@@ -121,6 +121,7 @@ class Prefetcher:
 
         prefetcher = self
 
+        # tensorflow_hub has no type information: its classes are Any to mypy.
         class PrefetchedHttpResolver(compressed_module_resolver.HttpCompressedFileResolver):  # type: ignore[misc]
             """tensorflow_hub's compressed-module resolver, reading a prefetched body when there is one."""
 
