@@ -3,7 +3,7 @@
 Routes (the functions-framework target receives every path):
 
 * ``POST /`` ``{"urls": [...], "top_k": 3}`` and ``GET /?url=...&url=...&top_k=3`` -> results
-* ``POST /`` ``multipart/form-data`` (files in ``photo``, ``urls``) or ``image/*``: uploads (see uploads.py)
+* ``POST /`` ``multipart/form-data`` (files in ``photo``, ``urls``) or ``image/*``: uploads (see ``uploads.py``)
 * ``GET /`` without ``url`` from a browser: the web page; ``GET /openapi.json``: the contract (see web.py)
 * ``GET /healthz`` liveness; ``GET /readyz`` readiness (starts the model load on first call)
 * a CloudEvent (binary or structured) posted to ``/``: a Trigger delivery, answered with a CloudEvent
