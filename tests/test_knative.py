@@ -556,6 +556,16 @@ def test_the_deploy_guide_substitutes_the_fanout_namespace():
     assert substitution in guide, f"docs/deploy.md must apply knative/service.yaml through {substitution!r}"
 
 
+def test_the_deploy_guide_pins_the_dead_letter_image_by_digest():
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    (image,) = [c["image"] for s in objects("Service") if s["metadata"]["name"] != SERVICE_NAME
+                for c in s["spec"]["template"]["spec"]["containers"]]
+    assert "@" not in image and ":" not in image.rsplit("/", 1)[-1], "the manifest leaves the pin to deploy time"
+    tail = "/".join(image.split("/")[-2:])  # what the guide's sed matches at the end of the line
+    assert f"s|{tail}$|{tail}@${{EVENT_DISPLAY_DIGEST" in guide
+    assert f"crane digest {image}" in guide
+
+
 # -- eventing -----------------------------------------------------------------------------------
 def _trigger() -> dict[str, Any]:
     (trigger,) = [t for t in objects("Trigger") if t["spec"].get("filter", {}).get("attributes", {}).get("type")
