@@ -12,7 +12,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Go for knative/check (on PATH, or where the machines install it).
 GO     ?= $(or $(shell command -v go),/usr/local/go/bin/go)
 KNATIVE_CHECK := build/knative-check
-MANIFESTS ?= $(wildcard knative/*.yaml)
+MANIFESTS ?= $(wildcard knative/*.yaml knative/cloudrun/*.yaml)
 
 .PHONY: run serve serve-events test test-network test-browser browser-tools lint knative-check format bench loadtest clean image image-test
 
@@ -76,7 +76,7 @@ lint: $(VENV)/.installed-test knative-check
 	$(VENV)/bin/hadolint Dockerfile
 
 ## Knative 1.18's own admission checks (SetDefaults + Validate of Serving and Eventing), offline,
-## on knative/*.yaml, or: make knative-check MANIFESTS="a.yaml b.yaml". Exit 0 when every object
+## on knative/*.yaml and knative/cloudrun/*.yaml, or: make knative-check MANIFESTS="a.yaml b.yaml". Exit 0 when every object
 ## passes, non-zero with Knative's messages. The first build downloads the Go modules (~160 MB
 ## into Go's module cache) and takes 1-2 minutes; the binary is kept in build/ until the source changes.
 knative-check: $(KNATIVE_CHECK)
