@@ -9,8 +9,12 @@ IMAGE  ?= bird-classifier
 BUILD_FLAGS ?= --pull=never --network host
 BROWSER_DIR := tests/browser
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+# Go for knative/check (on PATH, or where the machines install it).
+GO     ?= $(or $(shell command -v go),/usr/local/go/bin/go)
+KNATIVE_CHECK := build/knative-check
+MANIFESTS ?= $(wildcard knative/*.yaml knative/cloudrun/*.yaml)
 
-.PHONY: run serve serve-events test test-network test-browser browser-tools lint format bench loadtest clean image image-test
+.PHONY: run serve serve-events test test-network test-browser browser-tools lint knative-check format bench loadtest clean image image-test
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,12 +71,23 @@ bench: $(VENV)/.installed-test
 loadtest: $(VENV)/.installed-test
 	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
-## ruff, the import contracts (pyproject.toml: one direction of flow), strict mypy on function/, hadolint.
-lint: $(VENV)/.installed-test
+## ruff, the import contracts (pyproject.toml: one direction of flow), strict mypy on function/, hadolint,
+## and Knative 1.18's own admission checks on the manifests (make knative-check).
+lint: $(VENV)/.installed-test knative-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
+
+## Knative 1.18's own admission checks (SetDefaults + Validate of Serving and Eventing), offline,
+## on knative/*.yaml and knative/cloudrun/*.yaml, or: make knative-check MANIFESTS="a.yaml b.yaml". Exit 0 when every object
+## passes, non-zero with Knative's messages. The first build downloads the Go modules (~160 MB
+## into Go's module cache) and takes 1-2 minutes; the binary is kept in build/ until the source changes.
+knative-check: $(KNATIVE_CHECK)
+	$(KNATIVE_CHECK) $(MANIFESTS)
+
+$(KNATIVE_CHECK): knative/check/main.go knative/check/go.mod knative/check/go.sum
+	cd knative/check && GOFLAGS=-mod=mod $(GO) build -trimpath -ldflags=-s -o $(CURDIR)/$@ .
 
 ## The container image (Dockerfile): the HTTP target, model and labels fetched at run time.
 image:
@@ -86,4 +101,4 @@ format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build

@@ -505,7 +505,65 @@ def test_probes_tolerate_a_request_holding_every_thread():
     window = live.get("periodSeconds", 10) * live.get("failureThreshold", 3)
     assert window >= 60, "liveness must not restart a pod that is only busy or loading the model"
     assert live.get("timeoutSeconds", 1) >= 5
-    assert _probe("readinessProbe").get("timeoutSeconds", 1) >= 5
+
+
+def test_the_readiness_probe_has_an_explicit_period_and_is_tolerant():
+    """periodSeconds 0 means Knative's aggressive probing: every 50 ms with a fixed 100 ms timeout,
+    too short for /readyz queued behind four busy gunicorn threads or a model load holding the GIL.
+    (Knative's webhook also rejects timeoutSeconds / failureThreshold with it; tests/test_knative_admission.py
+    runs that check itself.)"""
+    ready = _probe("readinessProbe")
+    period, timeout = ready.get("periodSeconds", 0), ready.get("timeoutSeconds")
+    failures = ready.get("failureThreshold")
+    assert period > 0, "set periodSeconds: 0 (unset) selects Knative's 100 ms aggressive probing"
+    assert period <= 5, "a cold pod must take traffic soon after its model is loaded"
+    assert timeout is not None and timeout >= 5, "the probe waits in gunicorn's queue while every thread is busy"
+    assert failures is not None
+    config = effective_config()
+    # Time-outs in a row before the pod leaves the endpoints: longer than a request holds a thread.
+    assert failures * max(period, timeout) > config.request_deadline_s
+    # Quick 503s in a row: longer than one model reload after a failure.
+    assert failures * period > config.model_load_retry_s
+
+
+def _fanout_host_parts() -> tuple[str, list[str]]:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(manifest_env()["FANOUT_URL"])
+    assert url.scheme == "http", "cluster-local traffic is plain HTTP to the ingress"
+    assert url.port is None and url.path in ("", "/") and not url.query, url.geturl()
+    name, *rest = (url.hostname or "").split(".")
+    return name, rest
+
+
+def test_the_fanout_url_is_a_cluster_local_host_with_the_namespace():
+    """Knative's cluster-local ingress routes NAME.NS, NAME.NS.svc and NAME.NS.svc.cluster.local only:
+    a bare NAME reaches it with a Host that matches no route, so every sub-request would 404."""
+    name, rest = _fanout_host_parts()
+    assert name == SERVICE_NAME, "fan-out goes back to this Service"
+    assert rest and rest[1:] in ([], ["svc"], ["svc", "cluster", "local"]), \
+        f"{manifest_env()['FANOUT_URL']}: use http://{SERVICE_NAME}.NAMESPACE.svc.cluster.local"
+    namespace = rest[0]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace), f"not a namespace name: {namespace}"
+    assert namespace == the_service()["metadata"].get("namespace", namespace)
+
+
+def test_the_deploy_guide_substitutes_the_fanout_namespace():
+    name, rest = _fanout_host_parts()
+    assert rest, "FANOUT_URL names no namespace"
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    substitution = f"s|{name}.{rest[0]}.svc|{name}.$NAMESPACE.svc|"
+    assert substitution in guide, f"docs/deploy.md must apply knative/service.yaml through {substitution!r}"
+
+
+def test_the_deploy_guide_pins_the_dead_letter_image_by_digest():
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    (image,) = [c["image"] for s in objects("Service") if s["metadata"]["name"] != SERVICE_NAME
+                for c in s["spec"]["template"]["spec"]["containers"]]
+    assert "@" not in image and ":" not in image.rsplit("/", 1)[-1], "the manifest leaves the pin to deploy time"
+    tail = "/".join(image.split("/")[-2:])  # what the guide's sed matches at the end of the line
+    assert f"s|{tail}$|{tail}@${{EVENT_DISPLAY_DIGEST" in guide
+    assert f"crane digest {image}" in guide
 
 
 # -- eventing -----------------------------------------------------------------------------------
