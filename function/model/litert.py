@@ -16,9 +16,13 @@ model loads (a cold start pays ~0.1 s for it, and only once).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,9 @@ import numpy as np
 
 _import_lock = threading.Lock()
 _interpreter_class: Any = None
+_first_build_done = False
+# LiteRT writes this to fd 2 (not through Python) when the process builds its first interpreter.
+_XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 
 class LiteRTError(ValueError):
@@ -79,6 +86,29 @@ def _summary(details: dict[str, Any]) -> TensorSummary:
         name=str(details["name"]), shape=tuple(int(d) for d in details["shape"]),
         shape_signature=tuple(int(d) for d in details.get("shape_signature", details["shape"])),
         dtype=np.dtype(details["dtype"]).name, scale=float(scale), zero_point=int(zero_point))
+
+
+@contextlib.contextmanager
+def _without_xnnpack_notice() -> Iterator[None]:
+    """Hold back fd 2 while the process's first interpreter is built; pass on all but LiteRT's INFO line.
+
+    The line is not an error and would be the only non-JSON line in the service's log stream. Only
+    the first build prints it, so only that one (a few ms, at load) is wrapped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            rest = b"".join(line for line in sink.read().splitlines(keepends=True)
+                            if line.strip() != _XNNPACK_NOTICE)
+            if rest:
+                os.write(2, rest)
 
 
 class _Runner:
@@ -156,12 +186,22 @@ class LiteRTModel:
         return len(self._content)
 
     def _new_runner(self) -> _Runner:
+        global _first_build_done
         try:
-            interpreter = self._interpreter_class(model_content=self._content, num_threads=1)
-            interpreter.allocate_tensors()
+            if _first_build_done:
+                interpreter = self._build()
+            else:
+                with _import_lock, _without_xnnpack_notice():
+                    interpreter = self._build()
+                    _first_build_done = True
         except ValueError as exc:  # LiteRT's answer to bytes that are not a usable flatbuffer
             raise ModelFormatError(f"{self.source} is not a usable TFLite model: {exc}") from exc
         return _Runner(interpreter, int(interpreter.get_input_details()[0]["shape"][0]))
+
+    def _build(self) -> Any:
+        interpreter = self._interpreter_class(model_content=self._content, num_threads=1)
+        interpreter.allocate_tensors()
+        return interpreter
 
     def _runner(self) -> _Runner:
         runner = getattr(self._local, "runner", None)
