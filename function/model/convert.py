@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -38,6 +39,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 BIRDS_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 SIGNATURE_PREFERENCE = ("default", "serving_default")
@@ -99,7 +102,7 @@ def local_path(handle: str) -> str | None:
         return urllib.parse.unquote(parsed.path)
     if parsed.scheme in ("http", "https"):
         return None
-    return handle if (os.path.isabs(handle) or os.path.exists(handle)) else None
+    return handle
 
 
 def handle_key(handle: str) -> str:
@@ -152,6 +155,7 @@ class ConvertedCache:
                     self.last_miss = None
                     return self.model_path(handle)
                 if problem != "not cached":
+                    log.warning("cached model for %s is unusable (%s); removed, it will be rebuilt", handle, problem)
                     self._remove(handle)
         self.last_miss = problem
         return None
@@ -397,8 +401,6 @@ def _import_tensorflow(handle: str) -> tuple[Any, Any]:
             "installed here (this environment serves .tflite models only). Convert it where TensorFlow and "
             "tensorflow_hub are installed with `make model` (python -m function.model.convert HANDLE) and "
             "point MODEL_URL at the .tflite file, or install requirements.txt.") from exc
-    import logging
-
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     with contextlib.suppress(ImportError):
         from absl import logging as absl_logging
