@@ -240,6 +240,9 @@ class LiteRTModel:
                 pixels = np.concatenate([pixels, pad])
             scores = [self._invoke(runner, pixels[i:i + step]) for i in range(0, len(pixels), step)]
             return np.concatenate(scores)[:n]
+        # Resizing is cheap here: on the MobileNet stand-in, one call of N images and N calls of one
+        # image cost the same per image (5.3-5.9 ms for N = 1, 2, 4 on one core), and a resize
+        # before a call adds nothing measurable; so a batch is one call, resized when N changes.
         if runner.batch != n:
             runner.interpreter.resize_tensor_input(self._input_index, [n, self.height, self.width, 3], strict=True)
             runner.interpreter.allocate_tensors()

@@ -127,7 +127,7 @@ def test_a_model_loads_from_bytes_and_records_its_timings(float_tflite):
 def test_threads_calling_at_once_each_get_their_own_interpreter_and_the_right_answers(float_tflite):
     model = LiteRTModel(float_tflite)
     errors: list[BaseException] = []
-    interpreters: set[int] = set()
+    interpreters: list[object] = []  # kept alive, so no two can share an id()
     lock = threading.Lock()
     start = threading.Barrier(4)
 
@@ -138,7 +138,7 @@ def test_threads_calling_at_once_each_get_their_own_interpreter_and_the_right_an
                 ids = [CLASSES[(worker + i + j) % len(CLASSES)] for j in range(1 + (worker + i) % 3)]
                 assert model.predict(colour_batch(ids)).argmax(axis=1).tolist() == ids
             with lock:
-                interpreters.add(id(model._local.runner.interpreter))
+                interpreters.append(model._local.runner.interpreter)
         except BaseException as exc:
             errors.append(exc)
 
@@ -148,7 +148,7 @@ def test_threads_calling_at_once_each_get_their_own_interpreter_and_the_right_an
     for t in threads:
         t.join()
     assert errors == []
-    assert len(interpreters) == 4
+    assert len({id(it) for it in interpreters}) == 4
 
 
 def test_importing_the_runtime_and_serving_a_tflite_never_imports_tensorflow(float_tflite):
