@@ -38,7 +38,10 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +350,7 @@ def verification_inputs_description() -> str:
     return "4 uniform random images (numpy seed 0), all zeros, all ones; [6,224,224,3] in [0,1]"
 
 
-def verification_inputs(size: int = IMAGE_SIZE):
+def verification_inputs(size: int = IMAGE_SIZE) -> np.ndarray:
     """The fixed inputs TensorFlow and LiteRT are compared on."""
     import numpy as np
 
