@@ -1,0 +1,269 @@
+"""The serving runtime: a TFLite flatbuffer run by LiteRT (``ai-edge-litert``), no TensorFlow.
+
+A LiteRT ``Interpreter`` is not safe to call from two threads at once, so each calling thread (each
+model-call worker of the call queue) gets its own, created lazily from the same flatbuffer bytes,
+each single-threaded: on a small CPU, parallel single-threaded calls of one or two images run
+fastest per image (docs/performance.md), and the call queue already runs one worker per core.
+
+A quantized model (uint8 or int8 input and output, like the official lite birds model) is run the
+same way as a float one: the float photos are quantized with the input's (scale, zero_point) read
+from the interpreter, and the scores dequantized with the output's, so callers always get float32
+probabilities in [0,1].
+
+Importing this module imports neither TensorFlow nor LiteRT; LiteRT is imported when the first
+model loads (a cold start pays ~0.1 s for it, and only once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_import_lock = threading.Lock()
+_interpreter_class: Any = None
+_first_build_done = False
+# LiteRT writes this to fd 2 (not through Python) when the process builds its first interpreter.
+_XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+class LiteRTError(ValueError):
+    """Base of this runtime's errors: the model or the input does not fit."""
+
+
+class ModelFormatError(LiteRTError):
+    """The flatbuffer cannot be used: not a TFLite model, or not an image classifier's shape."""
+
+
+class InputShapeError(LiteRTError):
+    """A batch that is not float [N,H,W,3] at the model's own height and width."""
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """What the interpreter says about one input or output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]  # -1 marks a dimension that may change (a dynamic batch)
+    dtype: str
+    scale: float  # 0.0 when the tensor is not quantized
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in ("uint8", "int8")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "shape_signature": list(self.shape_signature),
+                "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
+
+
+def _interpreter() -> tuple[Any, float]:
+    """LiteRT's Interpreter class, and the ms its first import took here (0 after that)."""
+    global _interpreter_class
+    with _import_lock:
+        if _interpreter_class is not None:
+            return _interpreter_class, 0.0
+        started = time.perf_counter()
+        from ai_edge_litert.interpreter import Interpreter
+
+        _interpreter_class = Interpreter
+        return Interpreter, (time.perf_counter() - started) * 1000
+
+
+def _summary(details: dict[str, Any]) -> TensorSummary:
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return TensorSummary(
+        name=str(details["name"]), shape=tuple(int(d) for d in details["shape"]),
+        shape_signature=tuple(int(d) for d in details.get("shape_signature", details["shape"])),
+        dtype=np.dtype(details["dtype"]).name, scale=float(scale), zero_point=int(zero_point))
+
+
+@contextlib.contextmanager
+def _without_xnnpack_notice() -> Iterator[None]:
+    """Hold back fd 2 while the process's first interpreter is built; pass on all but LiteRT's INFO line.
+
+    The line is not an error and would be the only non-JSON line in the service's log stream. Only
+    the first build prints it, so only that one (a few ms, at load) is wrapped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            rest = b"".join(line for line in sink.read().splitlines(keepends=True)
+                            if line.strip() != _XNNPACK_NOTICE)
+            if rest:
+                os.write(2, rest)
+
+
+class _Runner:
+    """One thread's interpreter and the batch size its input is currently sized for."""
+
+    def __init__(self, interpreter: Any, batch: int):
+        self.interpreter = interpreter
+        self.batch = batch
+
+
+class LiteRTModel:
+    """A loaded ``.tflite``: ``predict(batch [N,224,224,3] float32 in [0,1]) -> [N,classes]`` probabilities.
+
+    ``model`` is a path to the flatbuffer or its bytes. The bytes are kept in memory: every
+    thread's interpreter is built from them (no file read per thread, and a cached file replaced
+    on disk later does not change a running model).
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, source: str | None = None):
+        Interpreter, import_ms = _interpreter()
+        started = time.perf_counter()
+        if isinstance(model, bytes | bytearray | memoryview):
+            self._content = bytes(model)
+            self.source = source or f"<{len(self._content)} bytes>"
+        else:
+            with open(model, "rb") as f:
+                self._content = f.read()
+            self.source = source or os.fspath(model)
+        self._interpreter_class = Interpreter
+        self._local = threading.local()
+        runner = self._new_runner()  # validates the flatbuffer; becomes this thread's interpreter
+        it = runner.interpreter
+        inputs, outputs = it.get_input_details(), it.get_output_details()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelFormatError(f"{self.source} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                                   "expected one image batch in and one score batch out")
+        self.input = _summary(inputs[0])
+        self.output = _summary(outputs[0])
+        self._input_index = int(inputs[0]["index"])
+        self._output_index = int(outputs[0]["index"])
+        if len(self.input.shape) != 4 or self.input.shape[3] != 3:
+            raise ModelFormatError(f"{self.source} input {self.input.name!r} has shape {list(self.input.shape)}; "
+                                   "expected [N,H,W,3]")
+        if len(self.output.shape) != 2:
+            raise ModelFormatError(f"{self.source} output {self.output.name!r} has shape "
+                                   f"{list(self.output.shape)}; expected [N,classes]")
+        for tensor in (self.input, self.output):
+            if tensor.quantized and tensor.scale <= 0:
+                raise ModelFormatError(f"{self.source} tensor {tensor.name!r} is {tensor.dtype} without a "
+                                       "quantization scale; cannot map it to and from [0,1]")
+            if not tensor.quantized and tensor.dtype != "float32":
+                raise ModelFormatError(f"{self.source} tensor {tensor.name!r} is {tensor.dtype}; "
+                                       "expected float32, uint8 or int8")
+        self.height, self.width = self.input.shape[1], self.input.shape[2]
+        self.num_classes: int = self.output.shape[1]
+        self.quantized: bool = self.input.quantized or self.output.quantized
+        # A model built for a fixed batch (the official lite model: [1,224,224,3]) may reshape with
+        # that constant inside, so it is run one call per image rather than resized.
+        self.dynamic_batch: bool = self.input.shape_signature[0] == -1
+        self._local.runner = runner
+        self.timings_ms: dict[str, float] = {"litert_import": import_ms,
+                                             "model_load": (time.perf_counter() - started) * 1000}
+
+    @property
+    def input_details(self) -> dict[str, Any]:
+        """The input tensor as the interpreter describes it (name, shape, dtype, quantization)."""
+        return self.input.to_dict()
+
+    @property
+    def output_details(self) -> dict[str, Any]:
+        return self.output.to_dict()
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self._content)
+
+    def _new_runner(self) -> _Runner:
+        global _first_build_done
+        try:
+            if _first_build_done:
+                interpreter = self._build()
+            else:
+                with _import_lock, _without_xnnpack_notice():
+                    interpreter = self._build()
+                    _first_build_done = True
+        except ValueError as exc:  # LiteRT's answer to bytes that are not a usable flatbuffer
+            raise ModelFormatError(f"{self.source} is not a usable TFLite model: {exc}") from exc
+        return _Runner(interpreter, int(interpreter.get_input_details()[0]["shape"][0]))
+
+    def _build(self) -> Any:
+        interpreter = self._interpreter_class(model_content=self._content, num_threads=1)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def _runner(self) -> _Runner:
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = self._new_runner()
+        return runner
+
+    def warmup(self) -> None:
+        """Run one image of zeros on this thread's interpreter (the first call pays for its set-up)."""
+        started = time.perf_counter()
+        self.predict(np.zeros((1, self.height, self.width, 3), np.float32))
+        self.timings_ms["warmup"] = (time.perf_counter() - started) * 1000
+
+    def check(self, batch: np.ndarray) -> None:
+        """Raise InputShapeError unless ``batch`` is [N,H,W,3] at the model's height and width."""
+        shape = getattr(batch, "shape", None)
+        if shape is None or len(shape) != 4 or shape[3] != 3:
+            raise InputShapeError(f"expected an image batch [N,{self.height},{self.width},3]; got shape "
+                                  f"{list(shape) if shape is not None else type(batch).__name__}")
+        if (shape[1], shape[2]) != (self.height, self.width):
+            raise InputShapeError(f"expected images of {self.height}x{self.width} pixels ([N,{self.height},"
+                                  f"{self.width},3]); got shape {list(shape)}")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [N, num_classes] float32 for a float batch [N,H,W,3] in [0,1]; thread-safe."""
+        self.check(batch)
+        n = int(batch.shape[0])
+        if n == 0:
+            return np.zeros((0, self.num_classes), np.float32)
+        pixels = self._quantize_input(batch)
+        runner = self._runner()
+        if not self.dynamic_batch:
+            step = max(runner.batch, 1)
+            if n % step:  # the last call padded with blank images, their scores dropped
+                pad = np.zeros((step - n % step, *pixels.shape[1:]), pixels.dtype)
+                pixels = np.concatenate([pixels, pad])
+            scores = [self._invoke(runner, pixels[i:i + step]) for i in range(0, len(pixels), step)]
+            return np.concatenate(scores)[:n]
+        # Resizing is cheap here: on the MobileNet stand-in, one call of N images and N calls of one
+        # image cost the same per image (5.3-5.9 ms for N = 1, 2, 4 on one core), and a resize
+        # before a call adds nothing measurable; so a batch is one call, resized when N changes.
+        if runner.batch != n:
+            runner.interpreter.resize_tensor_input(self._input_index, [n, self.height, self.width, 3], strict=True)
+            runner.interpreter.allocate_tensors()
+            runner.batch = n
+        return self._invoke(runner, pixels)
+
+    def _invoke(self, runner: _Runner, pixels: np.ndarray) -> np.ndarray:
+        it = runner.interpreter
+        it.set_tensor(self._input_index, pixels)
+        it.invoke()
+        return self._dequantize_output(it.get_tensor(self._output_index))
+
+    def _quantize_input(self, batch: np.ndarray) -> np.ndarray:
+        if not self.input.quantized:
+            return np.ascontiguousarray(batch, dtype=np.float32)
+        info = np.iinfo(self.input.dtype)
+        q = np.round(np.asarray(batch, np.float32) / self.input.scale) + self.input.zero_point
+        quantized: np.ndarray = np.clip(q, info.min, info.max).astype(self.input.dtype)
+        return quantized
+
+    def _dequantize_output(self, raw: np.ndarray) -> np.ndarray:
+        if not self.output.quantized:
+            return np.array(raw, dtype=np.float32)  # a copy: the interpreter reuses its buffer
+        return (raw.astype(np.float32) - self.output.zero_point) * np.float32(self.output.scale)

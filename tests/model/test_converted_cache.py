@@ -1,0 +1,167 @@
+"""The converted-model cache: verified by sha256, written atomically, one conversion across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from function.model import convert as conv
+from standin import hubmodel
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_PATH = "/google/aiy/vision/classifier/birds_V1/1"  # the frozen colour model, served by tests/conftest.py
+
+
+def python(code: str, **env: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT)
+
+
+def finish(process: subprocess.Popen[str]) -> str:
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path) -> conv.ConvertedCache:
+    return conv.ConvertedCache(tmp_path / "cache")
+
+
+@pytest.fixture
+def handle(server) -> str:
+    return server.url(MODULE_PATH)
+
+
+def test_a_conversion_is_stored_with_a_manifest_that_describes_it(cache, handle):
+    path = cache.get_or_convert(handle)
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert path == cache.root / conv.handle_key(handle) / "model.tflite"
+    assert manifest["source"] == handle
+    assert manifest["sha256"] == conv.file_sha256(path) and manifest["size"] == path.stat().st_size
+    assert manifest["max_abs_diff"] <= 1e-5
+    assert (manifest["signature"], manifest["input_name"], manifest["output_name"]) == ("default", "images",
+                                                                                        "default")
+    assert manifest["tensorflow_version"] and manifest["converter"].startswith("tensorflow ")
+    assert manifest["created"].endswith("Z")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["lock", "manifest.json", "model.tflite"]
+
+
+def test_a_second_process_loads_the_cached_flatbuffer_without_importing_tensorflow(cache, handle):
+    cache.get_or_convert(handle)
+    out = finish(python(f"""
+        import sys
+        import numpy as np
+        from function.model.convert import ConvertedCache
+        from function.model.litert import LiteRTModel
+        path = ConvertedCache({str(cache.root.parent)!r}).lookup({handle!r})
+        assert path is not None, "cache miss"
+        model = LiteRTModel(path)
+        batch = np.zeros((2, 224, 224, 3), np.float32)
+        batch[1] = 1.0
+        print(model.predict(batch).argmax(axis=1).tolist())
+        assert "tensorflow" not in sys.modules, "tensorflow was imported"
+    """))
+    ranked = [hubmodel.expected_ranking(c)[0] for c in ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))]
+    assert out.strip() == str(ranked)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda data: data[:-1000], "truncated"),
+    (lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], "sha256"),
+])
+def test_a_damaged_cached_file_is_a_miss_removed_and_rebuilt(cache, handle, damage, reason):
+    path = cache.get_or_convert(handle)
+    good = path.read_bytes()
+    path.write_bytes(damage(good))
+    assert cache.lookup(handle) is None
+    assert reason in (cache.last_miss or "")
+    assert not path.exists() and not (path.parent / "manifest.json").exists()
+    rebuilt = cache.get_or_convert(handle)
+    assert rebuilt.read_bytes() == good and cache.lookup(handle) == rebuilt
+
+
+def test_a_cached_file_without_its_manifest_is_not_trusted(cache, handle):
+    path = cache.get_or_convert(handle)
+    (path.parent / "manifest.json").unlink()
+    assert cache.lookup(handle) is None
+    assert not path.exists()
+
+
+def test_a_conversion_that_fails_midway_leaves_no_file_behind(cache, handle, monkeypatch):
+    def crash(source, out_path, quiet=True):
+        Path(out_path).write_bytes(b"half a flatbuffer")
+        raise conv.ConversionError("the converter crashed")
+
+    monkeypatch.setattr(conv, "convert", crash)
+    with pytest.raises(conv.ConversionError, match="crashed"):
+        cache.get_or_convert(handle)
+    entry = cache.entry_dir(handle)
+    assert sorted(p.name for p in entry.iterdir()) == ["lock"]
+    assert cache.lookup(handle) is None
+
+
+def test_two_processes_converting_at_once_convert_once_and_leave_one_good_file(server, tmp_path, model_tarball):
+    handle = server.add("/models/colour-race/1", model_tarball, "application/x-tar")
+    cache_dir = tmp_path / "cache"
+    code = f"""
+        from function.model.convert import ConvertedCache
+        print(ConvertedCache({str(cache_dir)!r}).get_or_convert({handle!r}))
+    """
+    # Each with its own TF Hub cache: a module download means that process converted.
+    processes = [python(code, TFHUB_CACHE_DIR=str(tmp_path / f"hub-{i}")) for i in range(2)]
+    outputs = [finish(p).strip() for p in processes]
+    cache = conv.ConvertedCache(cache_dir)
+    assert outputs[0] == outputs[1] == str(cache.model_path(handle))
+    assert server.hits["/models/colour-race/1"] == 1
+    assert sorted(p.name for p in cache.entry_dir(handle).iterdir()) == ["lock", "manifest.json", "model.tflite"]
+    assert cache.lookup(handle) is not None
+
+
+def test_a_tflite_url_is_downloaded_once_verified_and_downloaded_again_if_damaged(server, tmp_path):
+    data = hubmodel.colour_tflite(tmp_path / "colour.tflite").read_bytes()
+    url = server.add("/models/colour-download.tflite", data)
+    first = conv.fetch_tflite(url, tmp_path / "cache")
+    assert conv.fetch_tflite(url, tmp_path / "cache") == first
+    assert first.read_bytes() == data and server.hits["/models/colour-download.tflite"] == 1
+    manifest = json.loads((first.parent / "manifest.json").read_text())
+    assert (manifest["kind"], manifest["source"], manifest["size"]) == ("download", url, len(data))
+    first.write_bytes(data[:-10])
+    assert conv.fetch_tflite(url, tmp_path / "cache").read_bytes() == data
+    assert server.hits["/models/colour-download.tflite"] == 2
+
+
+def test_a_failed_download_raises_and_caches_nothing(server, tmp_path):
+    url = server.url("/models/missing.tflite")
+    with pytest.raises(conv.CacheError, match="missing.tflite"):
+        conv.fetch_tflite(url, tmp_path / "cache")
+    cache = conv.ConvertedCache(tmp_path / "cache")
+    assert cache.lookup(url) is None
+    assert sorted(p.name for p in cache.entry_dir(url).iterdir()) == ["lock"]
+
+
+def test_lookup_never_imports_tensorflow(tmp_path):
+    out = finish(python(f"""
+        import sys
+        from function.model.convert import ConvertedCache, fetch_tflite, is_tflite_handle
+        print(ConvertedCache({str(tmp_path)!r}).lookup("https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"))
+        print("tensorflow" in sys.modules)
+    """))
+    assert out.split() == ["None", "False"]
+
+
+def test_the_converted_model_scores_like_the_colour_model(cache, handle):
+    from function.model.litert import LiteRTModel
+
+    batch = np.zeros((3, 224, 224, 3), np.float32)
+    for i, k in enumerate([5, 350, 963]):
+        batch[i] = hubmodel.prototype(k)
+    assert LiteRTModel(cache.get_or_convert(handle)).predict(batch).argmax(axis=1).tolist() == [5, 350, 963]
