@@ -32,10 +32,10 @@ from .infra.cpu import usable_cpus
 from .infra.deliveries import RecentDeliveries
 from .infra.guard import AddressPolicy, guard_session
 from .infra.sessions import new_session
+from .model import loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
 from .model.prefetch import Prefetcher
-from .model.tensorflow import TensorFlowModel
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ class App:
         workers = config.inference_workers or usable_cpus()
         intra = config.tf_intra_op_threads or 1
         inter = config.tf_inter_op_threads or max(2, workers)
-        model_key = ("model", config.model_url, intra, inter, config.warmup, config.tfhub_cache_dir)
-        self.model: LazyResource[TensorFlowModel] = resources.get(
-            model_key, "model",
-            lambda: TensorFlowModel.load(config.model_url, intra, inter, config.warmup, config.tfhub_cache_dir,
-                                         _PREFETCHER, quiet_runtime),
+        spec = loader.ModelSpec(config.model_url, config.model_runtime, config.model_cache_dir, intra, inter,
+                                config.warmup, config.tfhub_cache_dir, quiet_runtime)
+        model_session = self.session  # the model URL comes from configuration: trusted, like the label map
+        self.model: LazyResource[loader.LoadedModel] = resources.get(
+            ("model", spec), "model", lambda: loader.load(spec, _PREFETCHER, model_session),
             config.model_load_retry_s)
         labels_session = self.session
         self.labels: LazyResource[LabelMap] = resources.get(
@@ -100,7 +100,10 @@ class App:
         return self.classifier.ready()
 
     def status(self) -> dict[str, Any]:
-        return self.classifier.status()
+        status = self.classifier.status()
+        if self.model.ready():
+            status["model"]["runtime"] = self.model.get().runtime
+        return status
 
     def stop(self) -> None:
         """Shut down: photo pool and fan-out pool (running work finishes), the call queue, sessions."""

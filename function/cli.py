@@ -38,7 +38,7 @@ output: for each photo, its name, then one line per species (rank, species, scor
 "error CODE: what went wrong" when it failed; then the count and the total time. A progress bar
 runs on stderr while more than a few photos are fetched, if stderr is a terminal.
 exit status: 0 when every photo was classified, 1 when any failed, 2 on bad usage.
-environment: MODEL_URL, LABELS_URL, TOP_K, TFHUB_CACHE_DIR and more (see README.md)."""
+environment: MODEL_URL, MODEL_RUNTIME, MODEL_CACHE_DIR, LABELS_URL, TOP_K, TFHUB_CACHE_DIR and more (see README.md)."""
 PROGRESS_MIN_PHOTOS = 4  # fewer than this come back before a bar would be worth drawing
 
 
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress bar on stderr, even on a terminal")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         default=None, help="log detail on stderr (default: WARNING)")
+    parser.add_argument("--runtime", choices=["auto", "litert", "tensorflow"], type=str.lower, default=None,
+                        help="the model's runtime (default: MODEL_RUNTIME or auto: LiteRT on the .tflite converted "
+                             "once and cached; tensorflow: the TF Hub module on TensorFlow, the reference)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also print where the time went, phase by phase")
     return parser
@@ -73,6 +76,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         # The CLI runs on the user's own machine for the user: no SSRF guard on their URLs.
         # One call follows the load at once, so a separate warm-up call would only add to the wait.
         config = dataclasses.replace(Config.from_env(), ssrf_guard=False, warmup=False)
+        if args.runtime:
+            config = dataclasses.replace(config, model_runtime=args.runtime)
     except ConfigError as err:
         parser.error(str(err))
     top_k = args.top_k if args.top_k is not None else config.top_k

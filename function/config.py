@@ -18,6 +18,7 @@ __all__ = ["Config", "ConfigError", "DEFAULT_LABELS_URL", "DEFAULT_MODEL_URL"]
 DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 DEFAULT_LABELS_URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MODEL_RUNTIMES = ("auto", "litert", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Config:
     trusted_hosts: str = ""  # comma-separated names, IPs or CIDRs exempt from the guard
     user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
     # Model and label map loading
+    model_runtime: str = "auto"  # auto | litert | tensorflow (function/model/loader.py)
+    model_cache_dir: str | None = None  # converted/downloaded .tflite files; default: see from_env
     model_load_retry_s: float = 10.0
     tfhub_cache_dir: str | None = None  # tensorflow_hub reads it too; here only to skip a prefetch
     warmup: bool = True  # one model call after loading, before readiness (the CLI skips it)
@@ -72,6 +75,8 @@ class Config:
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = _parse(name, raw.strip(), f.default)
+        if "model_cache_dir" not in values:
+            values["model_cache_dir"] = default_model_cache_dir(env)
         config = cls(**values)  # type: ignore[arg-type]  # each value was parsed to its field's type
         config.validate()
         return config
@@ -95,11 +100,23 @@ class Config:
                 raise ConfigError(f"{name.upper()} must not be negative")
         if self.max_batch_images <= 0:
             raise ConfigError("MAX_BATCH_IMAGES must be positive")
+        if self.model_runtime not in MODEL_RUNTIMES:
+            raise ConfigError(f"MODEL_RUNTIME must be one of {', '.join(MODEL_RUNTIMES)}, got {self.model_runtime!r}")
+
+
+def default_model_cache_dir(env: Mapping[str, str]) -> str:
+    """``TFHUB_CACHE_DIR`` when set (one cache volume for both), else the user's cache directory."""
+    if env.get("TFHUB_CACHE_DIR", "").strip():
+        return env["TFHUB_CACHE_DIR"].strip()
+    base = env.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bird-classifier")
 
 
 def _parse(name: str, raw: str, default: object) -> object:
-    if name == "LOG_LEVEL":
+    if name in ("LOG_LEVEL",):
         return raw.upper()
+    if name == "MODEL_RUNTIME":
+        return raw.lower()
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

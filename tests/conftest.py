@@ -50,8 +50,8 @@ def server(hub_cache, model_tarball):
 
 
 @pytest.fixture(scope="session")
-def config(server) -> Config:
-    return Config(model_url=server.url(MODEL_PATH), labels_url=server.url(LABELS_PATH),
+def config(server, hub_cache) -> Config:
+    return Config(model_url=server.url(MODEL_PATH), labels_url=server.url(LABELS_PATH), model_cache_dir=str(hub_cache),
                   read_timeout_s=3.0, connect_timeout_s=2.0, trusted_hosts="127.0.0.1")
 
 

@@ -76,3 +76,35 @@ def test_bad_configuration_exits_2_naming_the_variable(run):
 def test_help_explains_options_with_an_example(run):
     r = run("--help")
     assert r.returncode == 0 and "--top-k" in r.stdout and "examples:" in r.stdout
+
+
+def test_a_repeat_run_serves_the_cached_flatbuffer_without_importing_tensorflow(run, serve_photo, tmp_path):
+    cache = str(tmp_path / "models")
+    url = serve_photo(321)
+    first = run(url, "--json", MODEL_CACHE_DIR=cache)  # converts the module once, into the cache
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "conversion" in json.loads(first.stdout)["timings_ms"]
+    again = run(url, "--json", MODEL_CACHE_DIR=cache, PYTHONPROFILEIMPORTTIME="1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time")}
+    assert "ai_edge_litert" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "tensorflow_hub", "keras", "tf_keras")}
+    doc = json.loads(again.stdout)
+    assert doc["results"][0]["predictions"][0]["id"] == 321 and "cache_lookup" in doc["timings_ms"]
+
+
+def test_a_repeat_run_prints_no_runtime_noise(run, serve_photo, tmp_path):
+    cache = str(tmp_path / "models")
+    url = serve_photo(322)
+    assert run(url, MODEL_CACHE_DIR=cache).returncode == 0
+    quiet = run(url, MODEL_CACHE_DIR=cache)
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""  # no TensorFlow start-up lines, no LiteRT delegate notice
+
+
+def test_runtime_tensorflow_serves_the_hub_module_on_tensorflow(run, serve_photo):
+    done = run(serve_photo(323), "--runtime", "tensorflow", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    assert doc["results"][0]["predictions"][0]["id"] == 323
+    assert "tf_import" in doc["timings_ms"]  # the TensorFlow runtime's own load phases

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import pytest
 
 from function.config import Config, ConfigError
 
 
+def defaults() -> Config:
+    """Config() with the model cache from_env names when nothing is set: the user's cache directory."""
+    return replace(Config(), model_cache_dir=os.path.join(os.path.expanduser("~"), ".cache", "bird-classifier"))
+
+
 def test_no_variables_give_the_defaults():
     config = Config.from_env({})
-    assert config == Config()
+    assert config == defaults()
+    assert config.model_runtime == "auto"
     assert config.model_url == "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
     assert config.labels_url == "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
     assert (config.top_k, config.max_top_k, config.log_level) == (3, 20, "INFO")
@@ -87,11 +96,31 @@ def test_top_k_may_equal_a_raised_max_top_k():
 
 def test_blank_values_are_ignored():
     config = Config.from_env({"TOP_K": "", "MODEL_URL": "   ", "READ_TIMEOUT_S": "\t", "LOG_LEVEL": ""})
-    assert config == Config()
+    assert config == defaults()
 
 
 def test_unrelated_and_lower_case_variables_are_ignored():
-    assert Config.from_env({"PATH": "/usr/bin", "top_k": "9", "TOPK": "9"}) == Config()
+    assert Config.from_env({"PATH": "/usr/bin", "top_k": "9", "TOPK": "9"}) == defaults()
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"MODEL_CACHE_DIR": "/models"}, "/models"),
+    ({"MODEL_CACHE_DIR": "/models", "TFHUB_CACHE_DIR": "/hub"}, "/models"),
+    ({"TFHUB_CACHE_DIR": "/hub"}, "/hub"),  # one cache volume for both
+    ({"XDG_CACHE_HOME": "/xdg"}, "/xdg/bird-classifier"),
+])
+def test_the_model_cache_directory_defaults_to_the_hub_cache_then_the_users_cache(env, expected):
+    assert Config.from_env(env).model_cache_dir == expected
+
+
+@pytest.mark.parametrize("value", ["auto", "litert", "tensorflow", "LiteRT"])
+def test_model_runtime_accepts_the_three_runtimes(value):
+    assert Config.from_env({"MODEL_RUNTIME": value}).model_runtime == value.lower()
+
+
+def test_an_unknown_model_runtime_stops_the_start_naming_the_choices():
+    with pytest.raises(ConfigError, match="MODEL_RUNTIME must be one of auto, litert, tensorflow"):
+        Config.from_env({"MODEL_RUNTIME": "onnx"})
 
 
 def test_without_a_mapping_the_process_environment_is_read(monkeypatch):

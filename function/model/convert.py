@@ -70,6 +70,11 @@ class TensorFlowMissingError(ConversionError):
     """Converting needs TensorFlow and tensorflow_hub, and this environment does not have them."""
 
 
+class SourceUnavailableError(ConversionError):
+    """The module could not be downloaded (or found): nothing was tried to convert, so no other
+    runtime would do better; the load is retried after the back-off like any failed download."""
+
+
 class CacheError(RuntimeError):
     """The cache directory cannot be used, or a download for it failed."""
 
@@ -457,7 +462,10 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True) -
     try:
         with quiet_output(quiet) as captured:
             tf, hub = _import_tensorflow(handle)
-            resolved = hub.resolve(handle)
+            try:
+                resolved = hub.resolve(handle)
+            except Exception as exc:
+                raise SourceUnavailableError(f"cannot download {handle}: {type(exc).__name__}: {exc}") from exc
             signature, tags, input_name, output_name = _pick_signature(resolved, handle)
             converter = tf.lite.TFLiteConverter.from_saved_model(resolved, signature_keys=[signature], tags=tags)
             flatbuffer = converter.convert()

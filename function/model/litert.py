@@ -127,6 +127,8 @@ class LiteRTModel:
     on disk later does not change a running model).
     """
 
+    runtime = "litert"
+
     def __init__(self, model: str | os.PathLike[str] | bytes, *, source: str | None = None):
         Interpreter, import_ms = _interpreter()
         started = time.perf_counter()

@@ -31,6 +31,8 @@ SIGNATURE_PREFERENCE = ("default", "serving_default")
 class TensorFlowModel:
     """A loaded model: ``predict(batch [N,224,224,3] float32 in [0,1]) -> [N,classes]`` scores."""
 
+    runtime = "tensorflow"
+
     def __init__(self, module: Any, signature_name: str, input_name: str, output_name: str,
                  timings_ms: dict[str, float]):
         self._module = module  # keeps the signature's variables and graph alive

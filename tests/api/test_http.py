@@ -36,6 +36,14 @@ def test_post_urls_returns_results_in_request_order(warm_client, serve_photo):
     assert body["timings_ms"]["total"] > 0
 
 
+def test_the_service_serves_on_litert_by_default_and_readyz_says_so(warm_client, serve_photo):
+    r = warm_client.get("/readyz")
+    assert r.status_code == 200
+    assert r.get_json()["model"] == {"state": "ready", "error": None, "runtime": "litert"}
+    r = warm_client.post("/", json={"urls": [serve_photo(618)], "top_k": 1})
+    assert r.get_json()["results"][0]["predictions"][0]["id"] == 618
+
+
 def test_get_with_url_parameters(warm_client, serve_photo):
     r = warm_client.get("/", query_string=[("url", serve_photo(42)), ("url", serve_photo(43)), ("top_k", "1")])
     assert r.status_code == 200

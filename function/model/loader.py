@@ -1,0 +1,143 @@
+"""Which runtime serves the model, and where its file comes from: ``MODEL_URL`` x ``MODEL_RUNTIME``.
+
+* A ``.tflite`` (http(s) URL, local path or ``file://``) runs on LiteRT; an http(s) one is downloaded
+  once into ``MODEL_CACHE_DIR``. It never needs TensorFlow.
+* A TF Hub module or TF2 SavedModel with ``auto`` (the default) or ``litert``: the flatbuffer cached in
+  ``MODEL_CACHE_DIR`` for that handle, verified by its sha256, runs on LiteRT; a process that finds it
+  never imports TensorFlow. Not cached yet: TensorFlow and tensorflow_hub download the module
+  (through tensorflow_hub's own cache) and convert it once, checking LiteRT's scores against
+  TensorFlow's. If that fails, ``auto`` falls back to the TensorFlow runtime with one WARNING that
+  says why; ``litert`` fails the load with the reason.
+* ``tensorflow``: today's reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
+
+Every runtime gives the same thing to the call queue: ``predict(batch [N,224,224,3] float32 in
+[0,1]) -> [N, classes]`` probabilities, ``num_classes`` and the load's ``timings_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ModelError
+from ..infra import logs
+from . import convert
+from .litert import LiteRTError, LiteRTModel
+from .prefetch import Prefetcher
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "litert", "tensorflow")
+
+
+class LoadedModel(Protocol):
+    timings_ms: dict[str, float]
+
+    @property
+    def runtime(self) -> str: ...
+
+    @property
+    def num_classes(self) -> int | None: ...
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that changes how the model loads (the per-process cache key is built from it)."""
+
+    url: str
+    runtime: str = "auto"
+    cache_dir: str | None = None
+    intra_op_threads: int = 1  # TensorFlow runtime only; LiteRT interpreters are single-threaded
+    inter_op_threads: int = 2
+    warmup: bool = True
+    tfhub_cache_dir: str | None = None
+    quiet: bool = True
+
+
+def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | None = None) -> LoadedModel:
+    """Load the model ``spec`` names on the runtime it asks for (see the module's docstring)."""
+    if spec.runtime not in RUNTIMES:
+        raise ModelError(f"MODEL_RUNTIME must be one of {', '.join(RUNTIMES)}, got {spec.runtime!r}")
+    if convert.is_tflite_handle(spec.url):
+        if spec.runtime == "tensorflow":
+            raise ModelError(f"{spec.url} is a .tflite file: it runs on LiteRT (MODEL_RUNTIME=auto or litert), "
+                             "not on the TensorFlow runtime")
+        return _tflite(spec, session)
+    if spec.runtime == "tensorflow":
+        return _tensorflow(spec, prefetcher)
+    try:
+        return _converted(spec)
+    except (convert.ConversionError, convert.CacheError, LiteRTError, OSError) as exc:
+        if spec.runtime == "litert" or isinstance(exc, (convert.TensorFlowMissingError,
+                                                         convert.SourceUnavailableError)):
+            raise ModelError(str(exc)) from exc
+        log.warning("serving %s on the TensorFlow runtime: the LiteRT conversion failed (%s)", spec.url, exc,
+                    extra=logs.fields(url=spec.url, runtime="tensorflow", fallback_reason=str(exc)))
+        return _tensorflow(spec, prefetcher)
+
+
+def _cache(spec: ModelSpec) -> convert.ConvertedCache:
+    # Config.from_env always names one; a Config built in code may not: the temp dir, as tensorflow_hub does.
+    return convert.ConvertedCache(spec.cache_dir or os.path.join(tempfile.gettempdir(), "bird-classifier"))
+
+
+def _tflite(spec: ModelSpec, session: Any | None) -> LiteRTModel:
+    started = time.perf_counter()
+    try:
+        path = (convert.local_path(spec.url) if convert.local_path(spec.url) is not None
+                else convert.fetch_tflite(spec.url, _cache(spec).root.parent, session))
+        assert path is not None
+        fetched = time.perf_counter()
+        model = _litert(str(path), spec, source=spec.url)
+    except (convert.CacheError, OSError, LiteRTError) as exc:
+        raise ModelError(f"cannot load the .tflite model {spec.url}: {exc}") from exc
+    model.timings_ms = {"model_download": (fetched - started) * 1000, **model.timings_ms}
+    _log_loaded(model, spec, started, path=str(path))
+    return model
+
+
+def _converted(spec: ModelSpec) -> LiteRTModel:
+    started = time.perf_counter()
+    cache = _cache(spec)
+    path = cache.lookup(spec.url)
+    converted = path is None
+    if path is None:
+        log.info("converting %s to a .tflite for LiteRT (once; cached in %s)", spec.url, cache.root,
+                 extra=logs.fields(url=spec.url, reason=cache.last_miss))
+        path = cache.get_or_convert(spec.url, quiet=spec.quiet)
+    found = time.perf_counter()
+    model = _litert(str(path), spec, source=spec.url)
+    key = "conversion" if converted else "cache_lookup"
+    model.timings_ms = {key: (found - started) * 1000, **model.timings_ms}
+    manifest = cache.manifest(spec.url) or {}
+    _log_loaded(model, spec, started, path=str(path), converted=converted,
+                max_abs_diff_vs_tensorflow=manifest.get("max_abs_diff"))
+    return model
+
+
+def _litert(path: str, spec: ModelSpec, source: str) -> LiteRTModel:
+    model = LiteRTModel(path, source=source)
+    if spec.warmup:
+        model.warmup()
+    return model
+
+
+def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> LoadedModel:
+    from .tensorflow import TensorFlowModel  # imports TensorFlow: only on this path
+
+    return TensorFlowModel.load(spec.url, spec.intra_op_threads, spec.inter_op_threads, spec.warmup,
+                                spec.tfhub_cache_dir, prefetcher, spec.quiet)
+
+
+def _log_loaded(model: LiteRTModel, spec: ModelSpec, started: float, **fields: Any) -> None:
+    log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
+        url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
+        input=model.input_details, timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))
