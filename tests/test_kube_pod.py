@@ -11,7 +11,7 @@ import copy
 import pytest
 import yaml
 
-from tests.kube.pod import TranslationError, pod_from_service
+from tests.kube.pod import TranslationError, for_podman, pod_from_service
 from tests.support import ROOT
 
 SERVICE = yaml.safe_load((ROOT / "knative" / "service.yaml").read_text())
@@ -63,3 +63,16 @@ def test_a_template_field_with_no_translation_is_refused():
     service["spec"]["template"]["spec"]["someNewKnativeField"] = 1
     with pytest.raises(TranslationError, match="someNewKnativeField"):
         derive(service)
+
+
+def test_podman_gets_no_port_mappings_on_the_host_network_and_pod_scoped_volume_names():
+    pod, _ = derive()
+    notes = for_podman(pod)
+    c = pod["spec"]["containers"][0]
+    assert "ports" not in c and len(notes) == 2
+    assert {e["name"]: e["value"] for e in c["env"]}["PORT"] == "8080"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert set(volumes) == {"p-tfhub-cache", "p-tmp"}
+    assert volumes["p-tmp"]["emptyDir"] == {"sizeLimit": "512Mi"}
+    assert {m["mountPath"]: m["name"] for m in c["volumeMounts"]} == {"/var/cache/tfhub": "p-tfhub-cache",
+                                                                       "/tmp": "p-tmp"}

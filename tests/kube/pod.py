@@ -30,6 +30,17 @@ or what Knative adds around the container, is translated; each translation is re
 8. ``restartPolicy: Never`` (a Deployment's pods are ``Always``): a container that dies fails the
    test instead of being restarted behind its back.
 
+:func:`for_podman` makes one more change, for podman 4.3 only:
+
+9. The container's ``ports`` are removed: podman 4.3 turns a containerPort into a port mapping and
+   refuses it on the host network ("PortMappings can only be used with Bridge or slirp4netns
+   networking"). On the host network the port is informational anyway (the process binds ``PORT``);
+   ``PORT`` and the probes still carry it.
+10. The volumes are renamed ``POD-NAME`` (and their volumeMounts with them): podman 4.3 makes an
+    emptyDir a local volume named after the pod's volume (``tmp``, ``tfhub-cache``), which a second
+    pod, or a leftover volume, would share. Kubernetes scopes the names to the pod; the rename does
+    the same, so each emptyDir starts empty. (podman ignores ``sizeLimit``; the kubelet enforces it.)
+
 Environment overrides are separate (``env_overrides``): the caller passes only what must point at
 the stand-in internet (``MODEL_URL``, ``LABELS_URL``, ``TRUSTED_HOSTS``); every other variable keeps
 the manifest's value. Unknown template fields raise, so a new Knative field cannot slip through.
@@ -142,3 +153,23 @@ def pod_from_service(service: dict[str, Any], *, image: str, port: int, name: st
         "spec": spec,
     }
     return pod, notes
+
+
+def for_podman(pod: dict[str, Any]) -> list[str]:
+    """Adapt the Pod in place to what ``podman kube play`` (4.3) accepts; returns the translations."""
+    notes = []
+    prefix = pod["metadata"]["name"]
+    renamed = {v["name"]: f"{prefix}-{v['name']}" for v in pod["spec"].get("volumes", [])}
+    for v in pod["spec"].get("volumes", []):
+        v["name"] = renamed[v["name"]]
+    for c in pod["spec"]["containers"]:
+        ports = c.pop("ports", None)
+        if ports and pod["spec"].get("hostNetwork"):
+            notes.append(f"ports {[p['containerPort'] for p in ports]} removed for podman: it refuses port "
+                         "mappings on the host network; PORT and the probes carry the port")
+        for m in c.get("volumeMounts", []):
+            m["name"] = renamed[m["name"]]
+    if renamed:
+        notes.append(f"volumes renamed {prefix}-NAME for podman, which names an emptyDir's volume after it "
+                     "(a pod-scoped name in Kubernetes); sizeLimit is not enforced by podman")
+    return notes
