@@ -68,6 +68,7 @@ from tests.kube.pod import for_podman, pod_from_service  # noqa: E402
 MODEL_PATH = "/google/aiy/vision/classifier/birds_V1/1"
 LABELS_PATH = "/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 CLASSES = (300, 5)  # two photos the colour model puts in these classes
+UPLOAD_CLASS = 12  # an uploaded photo, big enough (~0.9 MB) that the form parser spools it to /tmp
 ALL_CAPS = 41  # capabilities in a 5.x kernel's CapBnd; "drop: [ALL]" must leave none effective
 
 
@@ -232,6 +233,13 @@ def main() -> int:
         top_k = int(next(e["value"] for e in container_spec["env"] if e["name"] == "TOP_K"))
         check(all(len(x["predictions"]) == top_k for x in results), f"TOP_K={top_k} not honoured")
 
+        # An upload: Werkzeug spools a file part over 500 KB to a temporary file, in /tmp (an emptyDir).
+        big = photos.solid(photos.class_colour(UPLOAD_CLASS), size=(640, 480), fmt="PNG", compress_level=0)
+        up = requests.post(f"http://127.0.0.1:{port}/", files={"photo": ("wren.png", big, "image/png")}, timeout=60)
+        check(up.status_code == 200, f"upload answered {up.status_code}: {up.text[:500]}")
+        up_top = [x["predictions"][0]["id"] if x["predictions"] else x["error"] for x in up.json()["results"]]
+        check(up_top == [UPLOAD_CLASS], f"upload top ids {up_top}, expected [{UPLOAD_CLASS}]")
+
         # What podman made of the securityContext and resources, and what the process really has.
         info = json.loads(engine(args.engine, "container", "inspect", container))[0]
         host = info["HostConfig"]
@@ -285,6 +293,13 @@ def main() -> int:
         errors = [ln for ln in log_text.splitlines() if '"severity": "ERROR"' in ln or "[ERROR]" in ln]
         check(not errors, "errors in the container log:\n" + "\n".join(errors[:5]))
 
+        # Scale-down: Knative's pod gets SIGTERM; gunicorn (PID 1) must exit 0, well inside the grace period.
+        t = time.monotonic()
+        engine(args.engine, "pod", "stop", "--time", "30", name, timeout=90)
+        timings["stop_s"] = time.monotonic() - t
+        exit_code = engine(args.engine, "inspect", "--format", "{{.State.ExitCode}}", container)
+        check(exit_code == "0" and timings["stop_s"] < 15, f"SIGTERM: exit {exit_code} after {timings['stop_s']:.1f} s")
+
         answers = [[(p["id"], p.get("label"), round(p["score"], 3)) for p in x["predictions"]] for x in results]
         print(f"  kube play: {play_out.splitlines()[0] if play_out else ''} ... in {timings['kube_play_s']:.1f} s")
         print(f"  ready (GET {ready_url} -> 200) {timings['ready_s']:.1f} s after kube play "
@@ -293,6 +308,8 @@ def main() -> int:
               f"(expected {list(CLASSES)})")
         for url, a in zip(urls, answers, strict=True):
             print(f"    {url.rsplit('/', 1)[-1]}: {a}")
+        print(f"  POST / with a {len(big) / 1e6:.1f} MB upload (spooled to /tmp): {up.status_code}, top ids {up_top}")
+        print(f"  pod stop (SIGTERM): exit {exit_code} in {timings['stop_s']:.1f} s")
         print(f"  securityContext: ReadonlyRootfs {host['ReadonlyRootfs']}, CapEff {status['CapEff']}, "
               f"NoNewPrivs {status['NoNewPrivs']}, Seccomp {status['Seccomp']}, uid {uid}; "
               f"limits {host['Memory'] // 2**20} Mi, {cpus / 1e9:g} CPU")
