@@ -14,7 +14,7 @@ GO     ?= $(or $(shell command -v go),/usr/local/go/bin/go)
 KNATIVE_CHECK := build/knative-check
 MANIFESTS ?= $(wildcard knative/*.yaml knative/cloudrun/*.yaml)
 
-.PHONY: run serve serve-events test test-network test-browser browser-tools lint knative-check format bench loadtest clean image image-test
+.PHONY: run serve serve-events test test-network test-browser browser-tools lint knative-check format bench loadtest clean image image-test kube-test
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,14 @@ image:
 ## Build the image, run it against a stand-in hub on 127.0.0.1, classify two photos (not in CI).
 image-test: $(VENV)/.installed
 	ENGINE=$(ENGINE) IMAGE=$(IMAGE) BUILD_FLAGS="$(BUILD_FLAGS)" PY=$(PY) tests/image/smoke.sh
+
+## knative/service.yaml's pod spec as written (securityContext, read-only root, emptyDirs, probes, resources),
+## played with `podman kube play` against a stand-in hub on 127.0.0.1; classifies two photos (not in CI).
+## Builds the image first; KUBE_TEST_BUILD=0 reuses $(IMAGE). See tests/kube/play.py for the translations.
+KUBE_TEST_BUILD ?= 1
+kube-test: $(VENV)/.installed-test
+	$(if $(filter 0,$(KUBE_TEST_BUILD)),,$(MAKE) image)
+	ENGINE=$(ENGINE) IMAGE=$(IMAGE) $(PY) tests/kube/play.py
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
