@@ -1,11 +1,37 @@
 # The bird classifier's HTTP target, as the container of a Knative Service (knative/service.yaml).
 #
-#   make image        # podman/docker build -t bird-classifier .
-#   make image-test   # build, run against a stand-in hub on 127.0.0.1, classify two photos
+#   make image        # podman/docker build -t bird-classifier .   (needs TF Hub and gstatic)
+#   make image-test   # build against a stand-in hub on 127.0.0.1, run it, classify, check the pins
 #
-# The model and the label map are NOT in the image: each instance downloads them once at start
-# (MODEL_URL, LABELS_URL) into TFHUB_CACHE_DIR, an emptyDir the Service mounts. The image holds
-# only the Python dependencies (requirements.txt, no test tools) and the function's code.
+# Two stages. The first has TensorFlow and tensorflow_hub, the model's source: it downloads
+# MODEL_URL through tensorflow_hub's cache, converts it to a float32 .tflite (checked against
+# TensorFlow's scores; function/model/convert.py) and fetches the label map. The final stage has
+# only what serving needs (requirements-serve.txt: LiteRT, no TensorFlow) and carries the converted
+# model and the label map, so the revision's image pins its model and a new instance starts without
+# TensorFlow and without waiting on the hub. MODEL_URL / LABELS_URL can still point elsewhere at run
+# time (a .tflite runs as is; a TF Hub module needs TensorFlow, which this image refuses clearly).
+ARG MODEL_URL=https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1
+ARG LABELS_URL=https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv
+
+FROM python:3.11-slim AS model
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    TF_CPP_MIN_LOG_LEVEL=3
+WORKDIR /build
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY function/ function/
+ARG MODEL_URL
+ARG LABELS_URL
+# The label map by the function's own loader (so a bad one fails the build), written as CSV again.
+RUN python -m function.model.convert "${MODEL_URL}" --cache-dir /tmp/model-cache --out /model/model.tflite \
+    && python -c "import sys, requests; from function.core.labels import LabelMap; \
+r = requests.get(sys.argv[1], timeout=60); r.raise_for_status(); n = len(LabelMap.parse(r.text)); \
+open('/model/labels.csv', 'wb').write(r.content); print(f'label map: {n} labels')" "${LABELS_URL}" \
+    && printf '%s\n' "${MODEL_URL}" > /model/SOURCE
+
 FROM python:3.11-slim
 
 # PYTHONUNBUFFERED: log lines reach the cluster's log collector as they are written.
@@ -19,19 +45,23 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# Dependency layer first: it is 2.2 GB (1.9 GB of it TensorFlow) and changes only with
-# requirements.txt, so a code change rebuilds and pushes only the small layers below it.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# Dependency layer first: serving only (LiteRT, functions-framework, Pillow, numpy...), no
+# TensorFlow; it changes only with requirements-serve.txt.
+COPY requirements-serve.txt .
+RUN pip install --no-cache-dir -r requirements-serve.txt
 
 # A system user with no login and no home, numeric so Kubernetes' runAsNonRoot can verify it. It
-# owns nothing in /app (the code is read-only to it), only the TF Hub cache directory, which the
-# Service's emptyDir replaces (a plain `podman run` uses the image's directory).
+# owns nothing in /app or /opt (read-only to it), only the cache directory, which the Service's
+# emptyDir replaces (a plain `podman run` uses the image's directory).
 RUN groupadd --system --gid 10001 app \
     && useradd --system --no-log-init --uid 10001 --gid app --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin app \
     && mkdir -p /var/cache/tfhub \
     && chown app:app /var/cache/tfhub
+
+# The model layer: the converted flatbuffer with its manifest (source, sha256, the measured
+# TensorFlow-vs-LiteRT difference), the label map, and the handle it came from.
+COPY --from=model /model/ /opt/bird-classifier/
 
 # Code layer: only what the function reads: its code, the web page under function/api/static/, and
 # the OpenAPI contract it serves as /openapi.json (see .dockerignore for what stays out).
@@ -39,28 +69,28 @@ COPY main.py openapi.yaml ./
 COPY function/ function/
 
 # PORT: Knative sets it (8080 unless the Service says otherwise); 8080 for a plain `run`.
-# TFHUB_CACHE_DIR: tensorflow_hub unpacks the model here; the Service mounts an emptyDir on it
-#   so the ~13 MB download and its unpacked copy live in the pod, not in the image or a layer.
-# WORKERS=1: one process, so one copy of TensorFlow and the model in memory (~930 MB RSS once
-#   ready, measured with a MobileNet V2 of the real size); a second worker would double that for
-#   no gain, as TensorFlow already spreads one inference over the pod's cores (function/cpu.py
-#   sizes its thread pools from the cgroup's CPU limit).
+# MODEL_URL / LABELS_URL: the files this image carries (override to serve another model).
+# MODEL_CACHE_DIR / TFHUB_CACHE_DIR: where a .tflite named by URL at run time is downloaded; the
+#   Service mounts an emptyDir on it.
+# WORKERS=1: one process; LiteRT runs one single-threaded interpreter per model-call worker, one
+#   worker per CPU of the cgroup (function/infra/cpu.py), so one process already uses the pod's
+#   cores for inference (docs/performance.md measures a second process).
 # THREADS=4: requests a worker serves at once. A request spends most of its time waiting on
-#   photo downloads (I/O, GIL released), then a short CPU-bound batch inference; four threads
-#   let the downloads of up to four requests overlap one inference. More would only queue for
-#   the CPU inside the pod and hold more photos in memory; Knative should queue and scale out
-#   instead. knative/service.yaml sets containerConcurrency to this same number (a test checks).
-# TF_CPP_MIN_LOG_LEVEL=1: TensorFlow's C++ INFO lines (CPU feature notices) are not service logs.
+#   photo downloads (I/O, GIL released), then a short CPU-bound inference; four threads let the
+#   downloads of up to four requests overlap. knative/service.yaml sets containerConcurrency to
+#   this same number (a test checks).
 # XDG_RUNTIME_DIR=/tmp: where gunicorn (>= 25) puts its control socket; its fallback is $HOME,
 #   which this user does not have and the read-only root filesystem would refuse.
 # MALLOC_ARENA_MAX=2: glibc gives each busy thread its own malloc arena, which keeps freed photo
 #   buffers as RSS; two arenas measured ~10 % less peak and ~13 % less retained RSS under load
 #   (bench/service_memory.py), with no change in latency.
 ENV PORT=8080 \
+    MODEL_URL=/opt/bird-classifier/model.tflite \
+    LABELS_URL=/opt/bird-classifier/labels.csv \
+    MODEL_CACHE_DIR=/var/cache/tfhub \
     TFHUB_CACHE_DIR=/var/cache/tfhub \
     WORKERS=1 \
     THREADS=4 \
-    TF_CPP_MIN_LOG_LEVEL=1 \
     XDG_RUNTIME_DIR=/tmp \
     MALLOC_ARENA_MAX=2
 

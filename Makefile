@@ -14,7 +14,7 @@ GO     ?= $(or $(shell command -v go),/usr/local/go/bin/go)
 KNATIVE_CHECK := build/knative-check
 MANIFESTS ?= $(wildcard knative/*.yaml knative/cloudrun/*.yaml)
 
-.PHONY: run serve serve-events test test-network test-browser browser-tools lint knative-check format bench loadtest clean image image-test kube-test
+.PHONY: model run serve serve-events test test-network test-browser browser-tools lint knative-check format bench loadtest clean image image-test kube-test
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 ## Classify the five default photos (or: make run PHOTOS="url1 url2").
 run: $(VENV)/.installed
 	$(PY) main.py $(PHOTOS)
+
+## Convert MODEL_URL (default: the TF Hub birds module) to a .tflite for LiteRT, into the model cache;
+## prints where it went, its size and the measured TensorFlow-vs-LiteRT difference. Also: OUT=path.
+model: $(VENV)/.installed
+	$(PY) -m function.model.convert $(MODEL_URL) $(if $(OUT),--out $(OUT))
 
 ## The HTTP API on $(PORT) (functions-framework, gunicorn).
 serve: $(VENV)/.installed

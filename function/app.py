@@ -46,7 +46,8 @@ _PREFETCHER = Prefetcher()
 class App:
     """One configured service: the classifier and everything around it."""
 
-    def __init__(self, config: Config, resources: ResourceCache = RESOURCES, quiet_runtime: bool = True):
+    def __init__(self, config: Config, resources: ResourceCache = RESOURCES, quiet_runtime: bool = True,
+                 convert_in_background: bool = False):
         self.config = config
         # The label map and fan-out target come from configuration and are trusted; photos come from
         # caller-supplied URLs, so their session goes through the SSRF guard.
@@ -65,7 +66,7 @@ class App:
         intra = config.tf_intra_op_threads or 1
         inter = config.tf_inter_op_threads or max(2, workers)
         spec = loader.ModelSpec(config.model_url, config.model_runtime, config.model_cache_dir, intra, inter,
-                                config.warmup, config.tfhub_cache_dir, quiet_runtime)
+                                config.warmup, config.tfhub_cache_dir, quiet_runtime, convert_in_background)
         model_session = self.session  # the model URL comes from configuration: trusted, like the label map
         self.model: LazyResource[loader.LoadedModel] = resources.get(
             ("model", spec), "model", lambda: loader.load(spec, _PREFETCHER, model_session),

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     logs.setup(level, json_lines=False)
     sources = [PhotoSource.from_argument(p) for p in photo_arguments(args, parser)]
     bar = ProgressBar(sys.stderr) if args.progress and show_progress(sys.stderr, len(sources)) else None
-    app = App(config, quiet_runtime=level != "DEBUG")
+    # A one-shot run does not wait for a model conversion: see function/model/loader.py.
+    app = App(config, quiet_runtime=level != "DEBUG", convert_in_background=True)
     try:
         result = app.classifier.classify(sources, top_k, progress=bar)
     except NotReady as err:

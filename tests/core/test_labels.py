@@ -104,3 +104,17 @@ def test_fetch_rejects_a_404(requests_mock):
     requests_mock.get(URL, status_code=404, text="Not Found")
     with pytest.raises(LabelMapError, match="404"):
         LabelMap.fetch(requests.Session(), URL, timeout=5.0)
+
+
+def test_fetch_reads_a_local_file_by_path_or_file_url(tmp_path):
+    # The container image carries the label map beside the model: no download at start-up.
+    path = tmp_path / "labels.csv"
+    path.write_text("id,name\n964,background\n0,Turdus merula\n")
+    for where in (str(path), path.as_uri()):
+        labels = LabelMap.fetch(requests.Session(), where, 1.0)
+        assert labels[0] == "Turdus merula"
+
+
+def test_fetch_names_a_missing_local_file(tmp_path):
+    with pytest.raises(LabelMapError, match="cannot read the label map .*nope.csv"):
+        LabelMap.fetch(requests.Session(), str(tmp_path / "nope.csv"), 1.0)
