@@ -144,7 +144,8 @@ def _convert_detached(spec: ModelSpec) -> None:
     package_root = Path(__file__).resolve().parents[2]
     with open(log_path, "ab") as out:
         command = [sys.executable, "-m", "function.model.convert", spec.url, "--cache-dir", str(cache.root.parent)]
-        subprocess.Popen(command, cwd=package_root, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        subprocess.Popen(command, cwd=package_root, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         start_new_session=True)
     log.info("answering on TensorFlow this time; converting %s for LiteRT in the background (log: %s)",
              spec.url, log_path, extra=logs.fields(url=spec.url, runtime="tensorflow", cache=str(cache.root)))
 
