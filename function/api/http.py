@@ -31,10 +31,23 @@ from ..core.results import Classification
 from ..core.sources import PhotoSource
 from ..errors import NotReady, RequestError, ServiceError, answer
 from ..infra import logs
+from ..infra.limits import BoundedRequests
 from . import events, uploads, web
 from .parsing import ClassifyRequest, parse_json_body, parse_top_k, parse_urls, read_body
 
 log = logging.getLogger(__name__)
+
+
+def install(flask_app: flask.Flask, app: App) -> None:
+    """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py).
+
+    Below the routes on purpose: functions-framework reads every unstreamed request's body after
+    the answer, whatever the route, so a body limit in a route leaves /healthz and 404s unbounded.
+    """
+    config = app.config
+    flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
+        flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
+        max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s)
 
 
 def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
