@@ -65,7 +65,7 @@ COPY --from=model /model/ /opt/bird-classifier/
 
 # Code layer: only what the function reads: its code, the web page under function/api/static/, and
 # the OpenAPI contract it serves as /openapi.json (see .dockerignore for what stays out).
-COPY main.py openapi.yaml ./
+COPY main.py openapi.yaml gunicorn.conf.py ./
 COPY function/ function/
 
 # PORT: Knative sets it (8080 unless the Service says otherwise); 8080 for a plain `run`.
@@ -97,5 +97,9 @@ ENV PORT=8080 \
 USER 10001:10001
 EXPOSE 8080
 
-# exec: gunicorn (under functions-framework) becomes PID 1 and receives SIGTERM on scale-down.
-CMD ["sh", "-c", "exec functions-framework --target classify_http --port \"${PORT}\""]
+# gunicorn with gunicorn.conf.py and functions-framework's app, not `functions-framework --target`:
+# that launcher fixes gunicorn's options (a request line of any length) and reads no config file;
+# gunicorn.conf.py bounds the request line and the time a client may take to send its headers
+# (function/infra/server.py). gunicorn binds 0.0.0.0:$PORT itself. exec form: gunicorn is PID 1
+# and receives SIGTERM on scale-down.
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "functions_framework:create_app(target=\"classify_http\")"]

@@ -34,3 +34,5 @@ def classify_event(cloud_event: CloudEvent) -> None:
 
 # Serving: read the configuration now, so a bad value stops the start-up instead of every request.
 app.serving()
+if flask.has_app_context():  # functions-framework runs this module inside its new app's context
+    http.install(flask.current_app, app.serving())

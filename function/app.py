@@ -31,6 +31,7 @@ from .infra import logs
 from .infra.cpu import usable_cpus
 from .infra.deliveries import RecentDeliveries
 from .infra.guard import AddressPolicy, guard_session
+from .infra.metrics import Metrics
 from .infra.sessions import new_session
 from .model import loader
 from .model.batching import Batcher
@@ -83,6 +84,10 @@ class App:
                        if config.fanout_url else None)
         # Replies to recent CloudEvent deliveries; a 5xx is forgotten, so the broker's retry does the work.
         self.deliveries: RecentDeliveries[Answer] = RecentDeliveries(lambda reply: reply.status >= 500)
+        self.metrics = Metrics()
+        self.metrics.watch(lambda: {name: s["state"] for name, s in self.status().items()},
+                           lambda: self.model.load_seconds,
+                           lambda: (self.batcher.stats.calls, self.batcher.stats.images, self.batcher.stats.largest))
         self._stopped = False
 
     @classmethod

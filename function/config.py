@@ -63,6 +63,13 @@ class Config:
     inference_workers: int = 0  # parallel model calls (0 = one per usable CPU)
     max_batch_images: int = 2  # images per model call: small calls run fastest per image on a CPU
     batch_wait_ms: float = 0.0
+    # The HTTP server (gunicorn.conf.py, function/infra/server.py) and the bounds on every request
+    workers: int = 1  # gunicorn worker processes (functions-framework's WORKERS)
+    threads: int = 4  # request threads per worker (functions-framework's THREADS)
+    max_query_bytes: int = 4096  # a longer query string is 414 (gunicorn refuses a request line past 8190)
+    header_timeout_s: float = 10.0  # request headers not complete by then: the connection is dropped
+    body_timeout_s: float = 60.0  # a request body not in by then (after its headers): 408
+    google_cloud_project: str | None = None  # names the trace in log lines (logging.googleapis.com/trace)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -85,7 +92,8 @@ class Config:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
                     "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s",
                     "fanout_chunk", "fanout_timeout_s",
-                    "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s"]
+                    "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
+                    "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")

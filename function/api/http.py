@@ -31,10 +31,24 @@ from ..core.results import Classification
 from ..core.sources import PhotoSource
 from ..errors import NotReady, RequestError, ServiceError, answer
 from ..infra import logs
+from ..infra.limits import BoundedRequests
+from ..infra.metrics import CONTENT_TYPE
 from . import events, uploads, web
 from .parsing import ClassifyRequest, parse_json_body, parse_top_k, parse_urls, read_body
 
 log = logging.getLogger(__name__)
+
+
+def install(flask_app: flask.Flask, app: App) -> None:
+    """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py).
+
+    Below the routes on purpose: functions-framework reads every unstreamed request's body after
+    the answer, whatever the route, so a body limit in a route leaves /healthz and 404s unbounded.
+    """
+    config = app.config
+    flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
+        flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
+        max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s)
 
 
 def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
@@ -86,12 +100,28 @@ def handle(request: flask.Request, app: App) -> flask.Response:
     Nothing escapes as a bare 500: an unexpected error is logged with its stack trace and the
     caller gets a JSON error with the request id.
     """
+    app.metrics.in_flight.inc()
+    response: flask.Response | None = None
     try:
-        return _route(request, app)
+        response = _route(request, app)
     except Exception:
         rid = request.headers.get("X-Request-Id") or logs.new_request_id()
         log.exception("request failed", extra=logs.fields(status=500, request_id=rid, path=request.path))
-        return error_response(ServiceError(f"internal error; request id {rid}"), {"X-Request-Id": rid})
+        response = error_response(ServiceError(f"internal error; request id {rid}"), {"X-Request-Id": rid})
+    finally:
+        app.metrics.in_flight.dec()
+        status = response.status_code if response is not None else 500
+        app.metrics.requests.labels(route_name(request.path), str(status)).inc()
+    return response
+
+
+ROUTES = ("/", "/healthz", "/readyz", "/openapi.json", "/metrics")
+
+
+def route_name(path: str) -> str:
+    """The route a path belongs to, for metric labels: a bounded set, whatever paths clients send."""
+    path = path.rstrip("/") or "/"
+    return path if path in ROUTES else "other"
 
 
 def _route(request: flask.Request, app: App) -> flask.Response:
@@ -104,6 +134,8 @@ def _route(request: flask.Request, app: App) -> flask.Response:
         return json_response({"status": "ready" if ready else "not_ready", **app.status()}, 200 if ready else 503)
     if path == "/openapi.json":
         return web.openapi_response()
+    if path == "/metrics":
+        return flask.Response(app.metrics.exposition(), 200, content_type=CONTENT_TYPE)
     if path != "/":
         return error_response(RequestError("not_found", f"no endpoint {request.path}; POST / to classify photos", 404))
     if request.method not in ("GET", "POST"):
@@ -143,6 +175,10 @@ def _classify(request: flask.Request, app: App, rid: str) -> flask.Response:
         log.exception("request failed", extra=logs.fields(status=500))
         return error_response(ServiceError(f"internal error; request id {rid}"), headers)
     log_classification(result, parsed.sources)
+    app.metrics.observe_timings(result.timings_ms)
+    for r in result.results:
+        if r.error:
+            app.metrics.photo_errors.labels(r.error.code).inc()
     headers["Server-Timing"] = server_timing(result.timings_ms)
     return json_response(result.to_dict(), 200, headers)
 

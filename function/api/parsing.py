@@ -43,10 +43,9 @@ def parse_urls(urls: Any, config: Config) -> list[PhotoSource]:
     if urls is None:
         raise RequestError("missing_urls", 'give the photos as {"urls": ["https://...", ...]} '
                            "(or ?url=... on a GET)")
-    if isinstance(urls, str):
-        urls = [urls]
     if not isinstance(urls, list):
-        raise RequestError("invalid_urls", f"urls must be a list of strings, got {type(urls).__name__}")
+        raise RequestError("invalid_urls", f"urls must be a list of strings, got {type(urls).__name__}"
+                           + ('; give one URL as {"url": "https://..."}' if isinstance(urls, str) else ""))
     if not urls:
         raise RequestError("missing_urls", "urls is empty: give at least one photo URL")
     if len(urls) > config.max_urls:
@@ -77,7 +76,10 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest:
                            f"expected {', '.join(sorted(_FIELDS))}")
     if "url" in doc and "urls" in doc:
         raise RequestError("invalid_urls", "give either 'url' or 'urls', not both")
-    urls = doc.get("urls", doc.get("url"))
+    if doc.get("url") is not None and not isinstance(doc["url"], str):
+        raise RequestError("invalid_urls", f"url must be one URL string, got {type(doc['url']).__name__}; "
+                           'give several as {"urls": [...]}')
+    urls = doc.get("urls") if "urls" in doc else [doc["url"]] if doc.get("url") is not None else None
     return ClassifyRequest(parse_urls(urls, config), parse_top_k(doc.get("top_k"), config))
 
 

@@ -320,8 +320,8 @@ def test_a_huge_body_without_a_length_is_413_after_reading_only_the_limit(server
     client = make_client(env)
     limit = service.serving().config.max_request_bytes
     stream = io.BytesIO(b'{"urls": ["' + b"x" * (limit * 4) + b'"]}')
-    r = client.post("/", input_stream=stream, content_type="application/json",
-                    environ_overrides={"wsgi.input_terminated": True})  # as gunicorn marks a chunked body
+    r = client.post("/", input_stream=stream, content_type="application/json", headers={"Transfer-Encoding": "chunked"},
+                    environ_overrides={"wsgi.input_terminated": True})  # as gunicorn passes a chunked body
     assert r.status_code == 413 and r.get_json()["error"]["code"] == "body_too_large"
     assert stream.tell() <= limit + 1 + 64 * 1024
 

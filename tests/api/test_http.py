@@ -50,6 +50,11 @@ def test_get_with_url_parameters(warm_client, serve_photo):
     assert [x["predictions"][0]["id"] for x in r.get_json()["results"]] == [42, 43]
 
 
+def test_one_url_goes_in_url_as_a_string(warm_client, serve_photo):
+    r = warm_client.post("/", json={"url": serve_photo(61), "top_k": 1})
+    assert r.status_code == 200 and r.get_json()["results"][0]["predictions"][0]["id"] == 61
+
+
 def test_top_k_defaults_to_three(warm_client, serve_photo):
     r = warm_client.post("/", json={"urls": [serve_photo(8)]})
     assert len(r.get_json()["results"][0]["predictions"]) == 3
@@ -72,6 +77,8 @@ def test_a_failed_photo_is_an_error_beside_the_others(warm_client, server, serve
     (b'{"urls": "x", "url": "y"}', "invalid_urls"),
     (b'{"urls": [1]}', "invalid_urls"),
     (b'{"urls": {"a": 1}}', "invalid_urls"),
+    (b'{"urls": "https://a/x.jpg"}', "invalid_urls"),  # the contract says an array (issue 12, finding 11)
+    (b'{"url": ["https://a/x.jpg"]}', "invalid_urls"),  # and url is one string
     (b'{"urls": ["http://a/x.jpg"], "top_k": 0}', "invalid_top_k"),
     (b'{"urls": ["http://a/x.jpg"], "top_k": -1}', "invalid_top_k"),
     (b'{"urls": ["http://a/x.jpg"], "top_k": "three"}', "invalid_top_k"),

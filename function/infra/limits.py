@@ -1,0 +1,301 @@
+"""Bounds on every request before any route sees it: one WSGI middleware around the whole app.
+
+functions-framework reads the whole body after every answer that is not streamed (its
+``read_request`` hook), whatever the route: a ``POST /healthz`` with 512 MiB was read into memory
+(issue 12, finding 4). So the bounds live below the routes, on ``wsgi.input`` itself:
+
+* **one body limit** for every path and method (:func:`body_limit`): a declared length past it is
+  answered 413 without calling the app; a chunked body is cut one byte past it, so the route's own
+  check answers 413 and nothing after it (functions-framework included) can read more;
+* **a query-string limit**: 414 before anything parses it (gunicorn's ``limit_request_line`` bounds
+  the request line before this, see ``function/infra/server.py``);
+* **a body deadline**: a body not in by ``BODY_TIMEOUT_S`` after the headers is cut (the socket's
+  read side is shut, which wakes a blocked read) and answered 408: a client sending a byte a
+  second cannot hold a request thread;
+* **a usable connection after the answer**: when a body is left unread, the answer says
+  ``Connection: close`` and the server closes it (gunicorn drains at most 64 KiB and then closes a
+  connection it had announced as kept alive; a ``requests.Session`` then failed its next request
+  14-18 times in 20, finding 8).
+
+Plain WSGI, no web framework: answers are built by :func:`function.errors.answer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Protocol
+
+from ..errors import RequestError, answer
+from . import logs
+
+Environ = dict[str, Any]
+Headers = list[tuple[str, str]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None
+StartResponse = Callable[..., Callable[[bytes], object]]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+UPLOAD_TYPES = ("multipart/form-data", "image/")
+# A refused body this small is read and dropped (within DRAIN_S) so the client gets its 413 on a
+# connection it can reuse; past it the connection is closed instead. 8 MiB on loopback: ~10 ms.
+DRAIN_BYTES = 8 * 1024 * 1024
+DRAIN_S = 2.0
+
+
+def body_limit(environ: Environ, max_request_bytes: int, max_upload_bytes: int) -> int:
+    """The one body limit: uploads to ``POST /`` get ``MAX_UPLOAD_BYTES``, every other request
+    (JSON, CloudEvents, health checks, 404/405/415 answers) ``MAX_REQUEST_BYTES``."""
+    path = (environ.get("PATH_INFO") or "/").rstrip("/") or "/"
+    media = (environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()
+    if environ.get("REQUEST_METHOD") == "POST" and path == "/" and media.startswith(UPLOAD_TYPES):
+        return max_upload_bytes
+    return max_request_bytes
+
+
+class _Handle:
+    __slots__ = ("cancelled", "fired", "sock")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Deadlines:
+    """One thread that shuts the read side of a socket whose deadline has passed.
+
+    Shutting ``SHUT_RD`` wakes a thread blocked in ``recv`` (it reads end-of-stream) whatever the
+    client's pace, where a socket timeout would only bound each ``recv``: a byte a second never
+    trips a 10 s per-read timeout. Cheap: one heap push per armed deadline, one thread per process.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Handle]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: socket.socket, seconds: float) -> _Handle:
+        handle = _Handle(sock)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), handle))
+            if self._thread is None or not self._thread.is_alive():  # started lazily: after a fork too
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return handle
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                due, _, handle = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0 and not handle.cancelled:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            if not handle.cancelled:
+                handle.fired = True
+                with contextlib.suppress(OSError):  # already closed: nothing left to cut
+                    handle.sock.shutdown(socket.SHUT_RD)
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class BoundedInput:
+    """``wsgi.input`` that hands out at most ``limit + 1`` bytes and knows whether the body is all read."""
+
+    def __init__(self, inner: _Readable, limit: int, length: int | None, deadline: _Handle | None):
+        self._inner = inner
+        self._left = limit + 1  # one past the limit: enough for a route to see that it is over
+        self._length = length  # None: chunked (gunicorn ends it; wsgi.input_terminated)
+        self._deadline = deadline
+        self.read_bytes = 0
+        self.at_end = length == 0
+        self.timed_out = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._left <= 0 or self.at_end or self.timed_out:
+            return b""
+        n = self._left if size is None or size < 0 else min(size, self._left)
+        try:
+            data = self._inner.read(n)
+        except Exception:
+            if self._deadline is not None and self._deadline.fired:
+                data = b""
+            else:
+                raise
+        if self._deadline is not None and self._deadline.fired and (not data or self._short(data, n)):
+            self.timed_out = True
+            return b""
+        self._account(data, n)
+        return data
+
+    def _short(self, data: bytes, asked: int) -> bool:
+        return self._length is not None and len(data) < asked and self.read_bytes + len(data) < self._length
+
+    def _account(self, data: bytes, asked: int) -> None:
+        self.read_bytes += len(data)
+        self._left -= len(data)
+        if (not data and asked > 0) or (self._length is not None and self.read_bytes >= self._length):
+            self.at_end = True
+        if self.at_end and self._deadline is not None:
+            self._deadline.cancel()  # all in: the deadline must not cut the next request on this connection
+
+    def readline(self, size: int | None = -1) -> bytes:  # Werkzeug reads multipart bodies by lines
+        inner = getattr(self._inner, "readline", None)
+        if inner is None or self._left <= 0 or self.at_end or self.timed_out:
+            return b""
+        n = self._left if size is None or size < 0 else min(size, self._left)
+        try:
+            data: bytes = inner(n)
+        except Exception:
+            if self._deadline is not None and self._deadline.fired:
+                self.timed_out = True
+                return b""
+            raise
+        if self._deadline is not None and self._deadline.fired and not data:
+            self.timed_out = True
+            return b""
+        self._account(data, n)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def finished(self) -> bool:
+        """Whether the whole body has been read (then the connection can serve another request)."""
+        if self.timed_out:
+            return False
+        return self.at_end or (self._length is not None and self.read_bytes >= self._length)
+
+
+class BoundedRequests:
+    """The WSGI middleware (see the module's docstring)."""
+
+    def __init__(self, app: WsgiApp, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
+                 body_timeout_s: float, deadlines: Deadlines | None = None):
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.max_query_bytes = max_query_bytes
+        self.body_timeout_s = body_timeout_s
+        self.deadlines = deadlines or Deadlines()
+
+    def _drain(self, environ: Environ, length: int) -> bool:
+        """Read and drop a refused body of up to ``DRAIN_BYTES`` within ``DRAIN_S``, so that a client
+        still sending it gets the answer, on a connection it can use again; a bigger or slower body
+        is left unread and the connection closed."""
+        sock = environ.get("gunicorn.socket")
+        if length > DRAIN_BYTES or not isinstance(sock, socket.socket):
+            return False
+        deadline = self.deadlines.arm(sock, DRAIN_S)
+        body = BoundedInput(environ["wsgi.input"], length, length, deadline)
+        try:
+            while body.read(64 * 1024):
+                pass
+        finally:
+            deadline.cancel()
+        return body.finished()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        query = environ.get("QUERY_STRING") or ""
+        if len(query) > self.max_query_bytes:
+            return _refuse(environ, start_response, RequestError(
+                "query_too_long", f"the query string is {len(query)} bytes; the limit is {self.max_query_bytes} "
+                "(MAX_QUERY_BYTES): POST the URLs as JSON instead", 414), body_unread=True)
+        limit = body_limit(environ, self.max_request_bytes, self.max_upload_bytes)
+        raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
+        chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
+        length: int | None = 0
+        if chunked:
+            length = None
+        elif raw_length:
+            if not raw_length.isdigit():
+                return _refuse(environ, start_response, RequestError(
+                    "invalid_content_length", f"Content-Length {raw_length[:40]!r} is not a number"), body_unread=True)
+            length = int(raw_length)
+        if length is not None and length > limit:
+            return _refuse(environ, start_response, RequestError(
+                "body_too_large", f"the body is {length} bytes; the limit for this request is {limit}", 413),
+                body_unread=not self._drain(environ, length))
+        sock = environ.get("gunicorn.socket")
+        deadline = None
+        if length != 0 and isinstance(sock, socket.socket) and self.body_timeout_s > 0:
+            deadline = self.deadlines.arm(sock, self.body_timeout_s)
+        body = BoundedInput(environ["wsgi.input"], limit, length, deadline)
+        environ["wsgi.input"] = body
+        if length is None:
+            environ["wsgi.input_terminated"] = True
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
+            captured["status"], captured["headers"] = status, headers
+            return _no_write
+
+        try:
+            result = self.app(environ, capture)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+        if body.timed_out:
+            _close(result)
+            return _refuse(environ, start_response, RequestError(
+                "body_timeout", f"the body did not arrive within {self.body_timeout_s:g} s (BODY_TIMEOUT_S)", 408),
+                body_unread=True)
+        headers = list(captured.get("headers", []))
+        if not body.finished():
+            _must_close(start_response, headers)
+        start_response(captured.get("status", "500 INTERNAL SERVER ERROR"), headers)
+        return result
+
+
+def _no_write(_data: bytes) -> object:
+    raise RuntimeError("the app must return its body, not write it")
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def _must_close(start_response: StartResponse, headers: Headers) -> None:
+    """Close the connection after this answer, and say so.
+
+    gunicorn drops a ``Connection`` header the app sets (hop-by-hop) and decides itself; its
+    response object is the owner of ``start_response``, and ``force_close()`` makes it send
+    ``Connection: close``. Other servers get the header.
+    """
+    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+    if callable(force_close):
+        force_close()
+    headers[:] = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+
+
+def _refuse(environ: Environ, start_response: StartResponse, err: RequestError,
+            body_unread: bool) -> Iterable[bytes]:
+    reply = answer(err, {"X-Request-Id": environ.get("HTTP_X_REQUEST_ID") or logs.new_request_id()})
+    headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
+    if body_unread:
+        _must_close(start_response, headers)
+    environ["bird.refused"] = err.code  # for the request's log line and metrics
+    start_response(f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers)
+    return [reply.body]
+
+
+_REASONS = {400: "BAD REQUEST", 408: "REQUEST TIMEOUT", 413: "REQUEST ENTITY TOO LARGE", 414: "URI TOO LONG"}

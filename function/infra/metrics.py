@@ -1,0 +1,75 @@
+"""Prometheus metrics, in a registry the app owns (never prometheus_client's global default one).
+
+:class:`Metrics` holds the instruments the HTTP target moves (requests by route and status, photo
+errors by code, phase histograms, requests in flight); what other pieces already count (the model's
+state and load time, the call queue's batch totals) is read at scrape time through
+:meth:`Metrics.watch`, so those pieces do not depend on this module. ``GET /metrics`` answers
+:meth:`Metrics.exposition` as ``text/plain; version=0.0.4``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PHASES = ("fetch", "decode", "queue", "inference", "total")
+STATES = ("not_loaded", "loading", "ready", "failed")
+# Seconds: a cached photo decodes in ms, a slow host takes up to the 60 s request deadline.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _Callback(Collector):
+    def __init__(self, collect: Callable[[], Iterator[Metric]]):
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        return self._collect()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("bird_http_requests", "HTTP requests answered, by route and status",
+                                ["route", "status"], registry=r)
+        self.in_flight = Gauge("bird_http_requests_in_flight", "HTTP requests being served now", registry=r)
+        self.photo_errors = Counter("bird_photo_errors", "Photos without predictions, by error code",
+                                    ["code"], registry=r)
+        self.phase = Histogram("bird_phase_seconds", "Time per request phase (Server-Timing's phases)",
+                               ["phase"], buckets=BUCKETS, registry=r)
+
+    def observe_timings(self, timings_ms: Mapping[str, float]) -> None:
+        for name in PHASES:
+            if name in timings_ms:
+                self.phase.labels(name).observe(max(0.0, timings_ms[name]) / 1000)
+
+    def watch(self, states: Callable[[], Mapping[str, str]], load_seconds: Callable[[], float | None],
+              batches: Callable[[], tuple[int, int, int]]) -> None:
+        """Read at scrape time: each resource's state, the model's load time, the call queue's
+        ``(calls, images, largest)``."""
+
+        def collect() -> Iterator[Metric]:
+            state = GaugeMetricFamily("bird_resource_state", "1 for the state each resource is in",
+                                      labels=["resource", "state"])
+            for resource, current in states().items():
+                for s in STATES:
+                    state.add_metric([resource, s], 1.0 if current == s else 0.0)
+            yield state
+            seconds = load_seconds()
+            if seconds is not None:
+                yield GaugeMetricFamily("bird_model_load_seconds", "How long the model took to load and warm up",
+                                        value=seconds)
+            calls, images, largest = batches()
+            yield CounterMetricFamily("bird_model_calls", "Model calls (batches) made", value=calls)
+            yield CounterMetricFamily("bird_model_call_images", "Images in all model calls; "
+                                      "/ bird_model_calls_total = mean batch size", value=images)
+            yield GaugeMetricFamily("bird_model_call_largest_batch", "Most images in one model call", value=largest)
+
+        self.registry.register(_Callback(collect))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
