@@ -35,9 +35,10 @@ run: $(VENV)/.installed
 model: $(VENV)/.installed
 	$(PY) -m function.model.convert $(MODEL_URL) $(if $(OUT),--out $(OUT))
 
-## The HTTP API on $(PORT) (functions-framework, gunicorn).
+## The HTTP API on $(PORT): gunicorn with gunicorn.conf.py (header deadline, request-line limit) and
+## functions-framework's app, as the image runs it.
 serve: $(VENV)/.installed
-	$(VENV)/bin/functions-framework --target classify_http --port $(PORT)
+	PORT=$(PORT) $(VENV)/bin/gunicorn --config gunicorn.conf.py 'functions_framework:create_app(target="classify_http")'
 
 ## The CloudEvent target on $(PORT).
 serve-events: $(VENV)/.installed
