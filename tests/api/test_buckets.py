@@ -41,7 +41,12 @@ KEY = "incoming/yellow bird.jpg"
 
 
 def no_host_credentials(env, tmp_path) -> None:
-    """Only what a test sets is found: no ~/.aws, no gcloud ADC file, no instance metadata probes."""
+    """Only what a test sets is found: no ~/.aws, no gcloud ADC file, no instance metadata probes.
+
+    And no TRUSTED_HOSTS: the stores' endpoints come from configuration, so the object fetcher may
+    reach them on 127.0.0.1 while callers' photo URLs stay behind the SSRF guard.
+    """
+    env.delenv("TRUSTED_HOSTS", raising=False)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                  "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP"):
         env.delenv(name, raising=False)
@@ -151,6 +156,12 @@ def test_a_wrong_secret_key_gets_access_denied_naming_the_key_id(s3_env, moto, c
     assert key_id not in message  # a prefix only
     assert "SignatureDoesNotMatch" in message
     assert "not-the-secret-key-at-all" not in everything_logged(caplog) + r.get_data(as_text=True)
+
+
+def test_a_callers_url_to_the_same_store_stays_guarded_and_unsigned(s3_env, moto):
+    use_key(s3_env, *moto["keys"]["classifier"])
+    r = http_client().post("/", json={"urls": [f"{moto['endpoint']}/birds/heron.jpg"]})
+    assert r.get_json()["results"][0]["error"]["code"] == "blocked_address"
 
 
 def test_a_user_without_s3_get_object_gets_access_denied(s3_env, moto):
