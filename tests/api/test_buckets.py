@@ -444,3 +444,43 @@ def test_a_gcs_refusal_names_the_service_account_and_the_permission(adc_env, pri
     assert result["error"]["code"] == "access_denied"
     assert SERVICE_ACCOUNT in result["error"]["message"] and "storage.objects.get" in result["error"]["message"]
     assert TOKEN not in everything_logged(caplog) + r.get_data(as_text=True)
+
+
+# -- Cold start and settings --------------------------------------------------------------------------
+
+def test_the_auth_libraries_load_on_the_first_object_read_of_their_kind_not_at_start():
+    probe = """
+import sys
+from function.app import App
+from function.config import Config
+app = App(Config(s3_endpoint="http://127.0.0.1:9", gcs_endpoint="http://127.0.0.1:9"))
+app.stop()
+print(sorted(m for m in ("botocore", "google.auth") if m in sys.modules))
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("SNS_TOPIC_ARNS", "bird-uploads", "SNS_TOPIC_ARNS"),
+    ("SNS_TOPIC_ARNS", "arn:aws:sns:us-east-1:1:a,https://evil", "SNS_TOPIC_ARNS"),
+    ("STORAGE_CREDENTIALS", "mine", "STORAGE_CREDENTIALS"),
+    ("S3_ENDPOINT", "minio:9000", "S3_ENDPOINT"),
+    ("GCS_ENDPOINT", "ftp://x", "GCS_ENDPOINT"),
+])
+def test_bucket_settings_are_validated(name, value, why):
+    from function.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match=why):
+        Config.from_env({name: value})
+
+
+def test_sns_topics_are_a_comma_separated_list():
+    from function.config import Config
+
+    config = Config.from_env({"SNS_TOPIC_ARNS": f" {TOPIC} , arn:aws:sns:eu-west-1:1:b ,"})
+    assert config.topic_arns() == {TOPIC, "arn:aws:sns:eu-west-1:1:b"}
