@@ -25,10 +25,12 @@ from .config import Config
 from .core.classifier import Classifier
 from .core.fanout import FanOut
 from .core.labels import LabelMap
+from .core.objects import RoutingFetcher
 from .core.photos import PhotoFetcher
 from .errors import Answer
 from .infra import logs
 from .infra.cpu import usable_cpus
+from .infra.credentials import AwsSigner, GoogleSigner, StoreAuth
 from .infra.deliveries import RecentDeliveries
 from .infra.guard import AddressPolicy, guard_session
 from .infra.metrics import Metrics
@@ -59,8 +61,24 @@ class App:
             self.photo_session = guard_session(new_session(config.fetch_workers, config.user_agent), policy,
                                                config.fetch_workers)
         self.photo_session.max_redirects = 5
-        fetcher = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
+        photos = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
+                              config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
+        # Bucket objects: URLs the service works out from configured endpoints, read signed with the
+        # platform's credentials, with the photos' limits; see core/objects.py and infra/credentials.py.
+        self.object_session = new_session(config.fetch_workers, config.user_agent)
+        if config.ssrf_guard:
+            trusted = config.trusted_hosts.split(",") + config.storage_hosts()
+            self.object_session = guard_session(self.object_session, AddressPolicy.from_trusted(trusted),
+                                                config.fetch_workers)
+        self.object_session.max_redirects = 0  # a signed read is never sent on to another place
+        anonymous = config.storage_credentials == "anonymous"
+        self.object_session.auth = StoreAuth(
+            None if anonymous else GoogleSigner(), None if anonymous else AwsSigner(),
+            [config.gcs_endpoint or "https://storage.googleapis.com"], config.s3_endpoint,
+            [config.storage_emulator_host] if config.storage_emulator_host else [])
+        objects = PhotoFetcher(self.object_session, config.connect_timeout_s, config.read_timeout_s,
                                config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
+        fetcher = RoutingFetcher(photos, objects)
         # Parallel single-threaded calls beat one multi-threaded call for this model on a small
         # CPU (docs/performance.md): one intra-op thread per call, one call per usable CPU.
         workers = config.inference_workers or usable_cpus()
@@ -83,7 +101,10 @@ class App:
         self.fanout = (FanOut(self.session, config.fanout_url, config.fanout_chunk, config.fanout_timeout_s)
                        if config.fanout_url else None)
         # Replies to recent CloudEvent deliveries; a 5xx is forgotten, so the broker's retry does the work.
-        self.deliveries: RecentDeliveries[Answer] = RecentDeliveries(lambda reply: reply.status >= 500)
+        # Bounded by entries and bytes; keys are digests of (source, id, body) (infra/deliveries.py).
+        self.deliveries: RecentDeliveries[Answer] = RecentDeliveries(
+            lambda reply: reply.status >= 500,
+            size=lambda r: len(r.body) + sum(len(k) + len(v) for k, v in r.headers.items()))
         self.metrics = Metrics()
         self.metrics.watch(lambda: {name: s["state"] for name, s in self.status().items()},
                            lambda: self.model.load_seconds,
@@ -120,7 +141,7 @@ class App:
         if self.fanout is not None:
             self.fanout.stop()
         self.batcher.stop()
-        for session in {id(s): s for s in (self.session, self.photo_session)}.values():
+        for session in {id(s): s for s in (self.session, self.photo_session, self.object_session)}.values():
             _close(session)
         log.info("stopped")
 

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -51,8 +52,12 @@ class Config:
     warmup: bool = True  # one model call after loading, before readiness (the CLI skips it)
     model_wait_s: float = 300.0  # how long a request waits for a loading model before a 503
     labels_timeout_s: float = 30.0
-    storage_emulator_host: str | None = None
-    s3_endpoint: str | None = None  # e.g. http://minio.storage:9000 for MinIO notifications
+    # Bucket objects (docs/deploy.md, "Bucket access and notifications")
+    storage_emulator_host: str | None = None  # read anonymously, as Google's clients do
+    gcs_endpoint: str | None = None  # Cloud Storage somewhere else (Private Service Connect...), JSON API
+    s3_endpoint: str | None = None  # e.g. http://minio.storage:9000 for MinIO notifications (path-style)
+    storage_credentials: str = "auto"  # auto: ADC / the AWS chain, anonymous if none; anonymous: never look
+    sns_topic_arns: str = ""  # comma-separated: SNS topics whose SubscriptionConfirmation is confirmed
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
     fanout_chunk: int = 8  # photos per sub-request when fanning out
     fanout_timeout_s: float = 120.0
@@ -110,6 +115,27 @@ class Config:
             raise ConfigError("MAX_BATCH_IMAGES must be positive")
         if self.model_runtime not in MODEL_RUNTIMES:
             raise ConfigError(f"MODEL_RUNTIME must be one of {', '.join(MODEL_RUNTIMES)}, got {self.model_runtime!r}")
+        if self.storage_credentials not in ("auto", "anonymous"):
+            raise ConfigError(f"STORAGE_CREDENTIALS must be auto or anonymous, got {self.storage_credentials!r}")
+        for name in ("gcs_endpoint", "s3_endpoint"):
+            value = getattr(self, name)
+            if value and urlsplit(value).scheme not in ("http", "https"):
+                raise ConfigError(f"{name.upper()} must be an http(s) URL, got {value!r}")
+        bad = [a for a in self.topic_arns() if not a.startswith("arn:aws") or a.count(":") != 5]
+        if bad:
+            raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+
+    def topic_arns(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.sns_topic_arns.split(",") if a.strip())
+
+    def storage_hosts(self) -> list[str]:
+        """The hosts of the configured object stores: trusted, unlike the hosts of callers' URLs."""
+        hosts = []
+        for endpoint in (self.storage_emulator_host, self.gcs_endpoint, self.s3_endpoint):
+            if endpoint:
+                host = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}").hostname
+                hosts += [host] if host else []
+        return hosts
 
 
 def default_model_cache_dir(env: Mapping[str, str]) -> str:

@@ -68,7 +68,7 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest:
         raise RequestError("invalid_json", "the body is nested too deeply to be a classification request") from None
     if not isinstance(doc, dict):
         raise RequestError("invalid_json", f"the body must be a JSON object, got {type(doc).__name__}")
-    if "Records" in doc:
+    if "Records" in doc or storage.is_pubsub_push(doc) or storage.is_sns_envelope(doc):
         return parse_s3_notification(doc, config)
     unknown = sorted(set(doc) - _FIELDS)
     if unknown:
@@ -84,19 +84,35 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest:
 
 
 def parse_s3_notification(doc: dict[str, Any], config: Config) -> ClassifyRequest:
-    """An S3 / MinIO bucket notification: classify the created objects that may be images."""
+    """A bucket notification: classify the created objects that may be images.
+
+    S3 / MinIO ``Records`` (MinIO webhooks, SNS raw message delivery), a Cloud Storage Pub/Sub push
+    body (other event types than OBJECT_FINALIZE name no object: answered 200 with no results), or
+    an SNS Notification envelope posted without SNS's headers. Objects are read with the store's
+    credentials (``ObjectSource``). SNS deliveries with their headers go to ``events.deliver``.
+    """
     try:
-        objects = storage.s3_objects(doc)
+        if storage.is_pubsub_push(doc):
+            found = storage.pubsub_object(doc)
+            objects = [found] if isinstance(found, storage.StorageObject) else []
+            if isinstance(found, storage.Skip):
+                log.info("notification skipped: %s", found.reason)
+        elif storage.is_sns_envelope(doc):
+            if doc.get("Type") != storage.SNS_NOTIFICATION:
+                raise EventError("SNS confirmations are only taken with SNS's x-amz-sns-message-type header")
+            objects = storage.sns_records(doc)
+        else:
+            objects = storage.s3_objects(doc)
     except EventError as err:
-        raise RequestError("invalid_notification", str(err)) from None
+        raise RequestError(err.code if err.code != "invalid_event" else "invalid_notification", str(err),
+                           err.status) from None
     images = [o for o in objects if o.is_image is not False]
     for o in objects:
         if o.is_image is False:
             log.info("skipped %s: content type %s is not an image", o.uri, o.content_type)
     if len(images) > config.max_urls:
         raise RequestError("too_many_urls", f"{len(images)} objects; at most {config.max_urls} per request")
-    return ClassifyRequest([PhotoSource.url(o.url(config.storage_emulator_host, config.s3_endpoint))
-                            for o in images], config.top_k)
+    return ClassifyRequest([o.source(config) for o in images], config.top_k)
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:

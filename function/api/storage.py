@@ -1,24 +1,49 @@
-"""Bucket objects named by storage events: Cloud Storage CloudEvents and S3 / MinIO notifications.
+"""Bucket objects named by storage events, on every path a bucket reaches the function by.
 
-Google Cloud Storage ``google.cloud.storage.object.v1.finalized`` CloudEvents carry a
-StorageObjectData (``bucket``, ``name``, ``contentType``, ``size`` as a number or a string...).
-The object is read over HTTPS from ``storage.googleapis.com``, or from the emulator named by
-``STORAGE_EMULATOR_HOST`` through the JSON API's media download, as Google's clients do. S3 and
-MinIO notifications (``{"Records": [...]}``) name objects read from an S3 endpoint, path-style.
+* Cloud Storage through Eventarc: ``google.cloud.storage.object.v1.finalized`` CloudEvents whose
+  data is the object resource (``bucket``, ``name``, ``contentType``, ``size`` as a number or a
+  string...).
+* Cloud Storage through Pub/Sub notifications: ``google.cloud.pubsub.topic.v1.messagePublished``
+  CloudEvents, or the same document as a plain push body, ``{"message": {"data", "attributes"},
+  "subscription"}``; ``attributes.eventType`` says what happened and the base64 ``data`` is the
+  object resource (``payloadFormat=JSON_API_V1``; with ``NONE``, ``bucketId`` and ``objectId``).
+  Event types other than ``OBJECT_FINALIZE`` are acknowledged and skipped.
+* S3 and MinIO notifications (``{"Records": [...]}``), directly (MinIO webhooks, SNS raw message
+  delivery) or wrapped in an SNS ``Notification`` envelope whose ``Message`` is that JSON.
+
+Objects are read from ``storage.googleapis.com`` (or ``GCS_ENDPOINT``, or the emulator named by
+``STORAGE_EMULATOR_HOST`` through the JSON API's media download, as Google's clients do), or from
+S3 (virtual-hosted, in the record's region) or ``S3_ENDPOINT`` (path-style, for MinIO).
+
+Everything here comes from callers, so it is checked strictly: sizes are integers or digit strings,
+and bucket and object names with ``..``, ``.`` or empty segments are refused (urllib3 removes dot
+segments, which would let a name reach another path of the storage host).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
+from ..config import Config
+from ..core.objects import ObjectSource
 from ..errors import EventError
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
+PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+PUBSUB_FINALIZE = "OBJECT_FINALIZE"
 PUBLIC_ENDPOINT = "https://storage.googleapis.com"
+MAX_NAME_BYTES = 1024  # Cloud Storage's and S3's limit for object names
+
+_BUCKET = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,220}[A-Za-z0-9])?")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,3}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +53,10 @@ class StorageObject:
     content_type: str | None = None
     size: int | None = None
     scheme: str = "gs"  # "gs" for Cloud Storage, "s3" for S3 / MinIO
+    region: str | None = None  # S3: the bucket's region, from the record (signing needs it)
+
+    def __post_init__(self) -> None:
+        check_names(self.bucket, self.name)
 
     @property
     def uri(self) -> str:
@@ -40,43 +69,126 @@ class StorageObject:
             return None
         return self.content_type.split(";")[0].strip().lower().startswith("image/")
 
-    def url(self, emulator_host: str | None = None, s3_endpoint: str | None = None) -> str:
-        """Where to read the object: GCS (or its emulator), or an S3 endpoint, path-style."""
+    def url(self, emulator_host: str | None = None, s3_endpoint: str | None = None,
+            gcs_endpoint: str | None = None) -> str:
+        """Where to read the object: GCS (or its emulator, or GCS_ENDPOINT), or S3 / an S3 endpoint."""
         if self.scheme == "s3":
-            endpoint = (s3_endpoint or f"https://{self.bucket}.s3.amazonaws.com").rstrip("/")
-            prefix = "" if not s3_endpoint else f"/{quote(self.bucket, safe='')}"
-            return f"{endpoint}{prefix}/{quote(self.name, safe='/')}"
-        if emulator_host:
-            base = emulator_host if "://" in emulator_host else f"http://{emulator_host}"
+            if s3_endpoint:
+                return f"{s3_endpoint.rstrip('/')}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
+            region = self.region if self.region and _REGION.fullmatch(self.region) else None
+            host = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
+            if "." in self.bucket:  # dotted names do not match the wildcard certificate: path-style
+                return f"https://{host}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
+            return f"https://{self.bucket}.{host}/{quote(self.name, safe='/')}"
+        base = emulator_host or gcs_endpoint
+        if base:
+            base = base if "://" in base else f"http://{base}"
             return (f"{base.rstrip('/')}/download/storage/v1/b/{quote(self.bucket, safe='')}"
                     f"/o/{quote(self.name, safe='')}?alt=media")
         return f"{PUBLIC_ENDPOINT}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
 
+    def source(self, config: Config) -> ObjectSource:
+        """The object as a photo source read with the store's credentials (core/objects.py)."""
+        return ObjectSource.of(self.url(config.storage_emulator_host, config.s3_endpoint, config.gcs_endpoint))
 
-def storage_object(event_type: str, data: Any) -> StorageObject:
-    """The object a finalized-object event names; :class:`EventError` for anything else."""
-    if event_type != FINALIZED:
-        raise EventError(f"event type {event_type!r} is not handled; expected {FINALIZED}")
+
+@dataclass(frozen=True)
+class Skip:
+    """An event acknowledged without a fetch (an object deleted, a test message...): why."""
+
+    reason: str
+
+
+def check_names(bucket: str, name: str) -> None:
+    """Refuse names that would not address exactly one object (:class:`EventError`)."""
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise EventError(f"bucket name {bucket[:80]!r} is not a valid bucket name "
+                         "(letters, digits, '.', '-', '_'; no '..')", "invalid_object_name")
+    segments = name.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise EventError(f"object name {name[:200]!r} has an empty, '.' or '..' segment; "
+                         "such names are refused", "invalid_object_name")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise EventError(f"object name {name[:200]!r} is too long or holds control characters",
+                         "invalid_object_name")
+
+
+def strict_size(value: Any, where: str = "size") -> int | None:
+    """An object size: an integer or a string of digits (JSON floats like 1e400 are refused)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    raise EventError(f"event data {where!r} is not a whole number of bytes: {str(value)[:40]!r}")
+
+
+def _json(data: Any, what: str) -> Any:
     if isinstance(data, (bytes, str)):
         try:
-            data = json.loads(data)
-        except ValueError:
-            raise EventError("event data is not JSON") from None
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise EventError(f"{what} is not JSON") from None
+    return data
+
+
+def gcs_object(data: Any) -> StorageObject:
+    """A Cloud Storage object resource (StorageObjectData / JSON_API_V1) -> the object."""
+    data = _json(data, "event data")
     if not isinstance(data, Mapping):
         raise EventError("event data must be a StorageObjectData JSON object")
     bucket, name = data.get("bucket"), data.get("name")
     if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
         raise EventError("event data needs non-empty 'bucket' and 'name'")
-    size = data.get("size")
-    try:
-        size = int(size) if size not in (None, "") else None
-    except (TypeError, ValueError):
-        raise EventError(f"event data 'size' is not a number: {size!r}") from None
+    size = strict_size(data.get("size"))
     content_type = data.get("contentType")
     return StorageObject(bucket, name, content_type if isinstance(content_type, str) else None, size)
 
 
-# -- S3 / MinIO bucket notifications posted to the HTTP target ------------------------------------
+def storage_object(event_type: str, data: Any) -> StorageObject | Skip:
+    """The object a finalized-object event names, or :class:`Skip`; :class:`EventError` for anything else."""
+    if event_type == PUBSUB_PUBLISHED:
+        return pubsub_object(data)
+    if event_type != FINALIZED:
+        raise EventError(f"event type {event_type!r} is not handled; expected {FINALIZED} or {PUBSUB_PUBLISHED}")
+    return gcs_object(data)
+
+
+# -- Cloud Storage Pub/Sub notifications ------------------------------------------------------------
+
+def is_pubsub_push(doc: Mapping[str, Any]) -> bool:
+    return isinstance(doc.get("message"), Mapping) and "subscription" in doc
+
+
+def pubsub_object(data: Any) -> StorageObject | Skip:
+    """A Pub/Sub notification of a bucket (CloudEvent data or push body) -> the finalized object or Skip."""
+    doc = _json(data, "event data")
+    message = doc.get("message") if isinstance(doc, Mapping) else None
+    if not isinstance(message, Mapping):
+        raise EventError("a Pub/Sub message event has data {\"message\": {\"data\", \"attributes\"}}")
+    attributes = message.get("attributes")
+    if not isinstance(attributes, Mapping) or "eventType" not in attributes:
+        raise EventError("the Pub/Sub message has no attributes.eventType: not a Cloud Storage notification")
+    event_type = attributes.get("eventType")
+    if event_type != PUBSUB_FINALIZE:
+        return Skip(f"Cloud Storage notification {str(event_type)[:40]!r} is not {PUBSUB_FINALIZE}")
+    if attributes.get("payloadFormat") == "JSON_API_V1":
+        raw = message.get("data")
+        try:
+            payload = base64.b64decode(raw if isinstance(raw, str) else "", validate=True)
+        except (binascii.Error, ValueError):
+            raise EventError("the Pub/Sub message's data is not base64") from None
+        obj = gcs_object(payload)
+    else:  # payloadFormat NONE: the attributes name the object
+        bucket, name = attributes.get("bucketId"), attributes.get("objectId")
+        if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
+            raise EventError("the Pub/Sub message needs attributes bucketId and objectId")
+        obj = StorageObject(bucket, name)
+    return obj
+
+
+# -- S3 / MinIO bucket notifications, directly or through SNS ----------------------------------------
 
 S3_CREATED = ("ObjectCreated:", "s3:ObjectCreated:")
 
@@ -85,8 +197,10 @@ def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
     """The created objects of an S3 or MinIO notification (``{"Records": [...]}``).
 
     Keys arrive URL-encoded (spaces as ``+``); MinIO prefixes event names with ``s3:``. Records
-    for other events (removals...) are left out.
+    for other events (removals...) are left out. S3's ``s3:TestEvent`` (no Records) names none.
     """
+    if doc.get("Event") == "s3:TestEvent" and "Records" not in doc:
+        return []
     records = doc.get("Records")
     if not isinstance(records, list):
         raise EventError("an S3 notification has a 'Records' list")
@@ -94,14 +208,64 @@ def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
     for i, record in enumerate(records):
         try:
             name = record.get("eventName", "")
-            if not name.startswith(S3_CREATED):
+            if not isinstance(name, str) or not name.startswith(S3_CREATED):
                 continue
             s3 = record["s3"]
             bucket, key = s3["bucket"]["name"], unquote_plus(s3["object"]["key"])
             size = s3["object"].get("size")
             content_type = s3["object"].get("contentType")
+            region = record.get("awsRegion")
         except (AttributeError, KeyError, TypeError):
             raise EventError(f"Records[{i}] lacks s3.bucket.name or s3.object.key") from None
+        if not isinstance(bucket, str) or not bucket or not key:
+            raise EventError(f"Records[{i}] has an empty bucket name or object key")
         objects.append(StorageObject(bucket, key, content_type if isinstance(content_type, str) else None,
-                                     int(size) if isinstance(size, int) else None, scheme="s3"))
+                                     strict_size(size, f"Records[{i}].s3.object.size"), scheme="s3",
+                                     region=region if isinstance(region, str) else None))
     return objects
+
+
+SNS_NOTIFICATION, SNS_CONFIRMATION = "Notification", "SubscriptionConfirmation"
+SNS_TYPES = (SNS_NOTIFICATION, SNS_CONFIRMATION, "UnsubscribeConfirmation")
+_SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+
+
+def is_sns_envelope(doc: Mapping[str, Any]) -> bool:
+    return doc.get("Type") in SNS_TYPES and isinstance(doc.get("TopicArn"), str)
+
+
+def sns_records(doc: Mapping[str, Any]) -> list[StorageObject]:
+    """The objects of an SNS ``Notification`` envelope whose Message is an S3 notification."""
+    message = _json(doc.get("Message"), "the SNS Message")
+    if not isinstance(message, Mapping):
+        raise EventError("the SNS Message is not an S3 notification (a JSON object with 'Records')")
+    return s3_objects(message)
+
+
+def subscribe_url(doc: Mapping[str, Any], topics: frozenset[str]) -> str:
+    """The SubscribeURL of a confirmation worth following; :class:`EventError` (403) otherwise.
+
+    Only for topics the operator listed in ``SNS_TOPIC_ARNS``, and only an https URL on an SNS
+    endpoint whose query confirms that same topic: anything else is a caller asking the function to
+    fetch a URL of its choosing.
+    """
+    topic, url = doc.get("TopicArn"), doc.get("SubscribeURL")
+    if not isinstance(topic, str) or topic not in topics:
+        raise _refused(f"SNS topic {str(topic)[:200]!r} is not listed in SNS_TOPIC_ARNS; the subscription "
+                       "is not confirmed")
+    if not isinstance(url, str):
+        raise _refused("the SubscriptionConfirmation has no SubscribeURL")
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if (parts.scheme != "https" or not _SNS_HOST.fullmatch(parts.hostname or "") or parts.port not in (None, 443)
+            or parts.username or parts.password or query.get("Action") != ["ConfirmSubscription"]
+            or query.get("TopicArn") != [topic]):
+        raise _refused("the SubscribeURL is not an https SNS endpoint (sns.REGION.amazonaws.com) confirming "
+                       "that topic; the subscription is not confirmed")
+    return url
+
+
+def _refused(message: str) -> EventError:
+    err = EventError(message, "subscription_refused")
+    err.status = 403
+    return err

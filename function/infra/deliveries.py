@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -10,22 +11,54 @@ from typing import Generic, TypeVar
 R = TypeVar("R")
 
 
+def delivery_key(*parts: str | bytes) -> bytes:
+    """A fixed-size key for a delivery: a digest of (source, id, body), each part length-prefixed.
+
+    The body is part of it, so a reused (source, id) naming another object is classified, not
+    answered with the earlier object's result; and a 900 KB id costs 32 bytes of memory, not 900 KB.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest()
+
+
 class RecentDeliveries(Generic[R]):
-    """Remembers the replies to the last ``capacity`` deliveries by (source, id).
+    """Remembers the replies to recent deliveries by key, within ``capacity`` entries and ``max_bytes``.
 
     Brokers deliver at least once: a redelivered event gets the first delivery's reply (the same
     reply event id), and a redelivery that arrives while the first is still being classified
     waits for it instead of classifying the object twice. Only final replies are kept; a reply that
     ``retryable`` says a retry should redo (a 5xx) is forgotten so the retry does the work again.
+    The oldest replies are forgotten first when either bound is passed (``size`` says what a reply costs).
     """
 
-    def __init__(self, retryable: Callable[[R], bool], capacity: int = 4096):
+    def __init__(self, retryable: Callable[[R], bool], capacity: int = 4096, max_bytes: int = 16 * 1024 * 1024,
+                 size: Callable[[R], int] = lambda _: 0):
         self._retryable = retryable
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._size = size
         self._lock = threading.Lock()
-        self._replies: OrderedDict[tuple[str, str], R | threading.Event] = OrderedDict()
+        self._replies: OrderedDict[bytes, R | threading.Event] = OrderedDict()
+        self._sizes: dict[bytes, int] = {}
+        self.bytes = 0
 
-    def run(self, key: tuple[str, str], work: Callable[[], R]) -> tuple[R, bool]:
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def _forget(self, key: bytes) -> None:
+        self._replies.pop(key, None)
+        self.bytes -= self._sizes.pop(key, 0)
+
+    def _trim(self) -> None:
+        while self._replies and (len(self._replies) > self.capacity or self.bytes > self.max_bytes):
+            oldest = next(iter(self._replies))
+            self._forget(oldest)
+
+    def run(self, key: bytes, work: Callable[[], R]) -> tuple[R, bool]:
         """The reply for ``key``, doing ``work`` only if no delivery of it is done or under way."""
         while True:
             with self._lock:
@@ -33,8 +66,7 @@ class RecentDeliveries(Generic[R]):
                 if entry is None:
                     pending = threading.Event()
                     self._replies[key] = pending
-                    while len(self._replies) > self.capacity:
-                        self._replies.popitem(last=False)
+                    self._trim()
                     break
                 if not isinstance(entry, threading.Event):
                     self._replies.move_to_end(key)
@@ -44,13 +76,17 @@ class RecentDeliveries(Generic[R]):
             reply = work()
         except BaseException:
             with self._lock:
-                self._replies.pop(key, None)
+                if self._replies.get(key) is pending:
+                    self._forget(key)
             pending.set()
             raise
         with self._lock:
-            if self._retryable(reply):
-                self._replies.pop(key, None)
-            else:
-                self._replies[key] = reply
+            if self._replies.get(key) is pending:
+                self._forget(key)
+                if not self._retryable(reply):
+                    self._replies[key] = reply
+                    self._sizes[key] = cost = len(key) + self._size(reply)
+                    self.bytes += cost
+                    self._trim()
         pending.set()
         return reply, False

@@ -13,6 +13,8 @@ from cloudevents.http import CloudEvent, from_http
 from function import app as service
 from function.api.events import REPLY_TYPE
 from function.api.storage import FINALIZED, StorageObject, s3_objects
+from function.errors import Answer
+from function.infra.deliveries import RecentDeliveries, delivery_key
 from standin import photos
 from tests.support import ROOT
 
@@ -23,6 +25,7 @@ def bucket(server, env):
     env.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{server.port}")
     env.setenv("S3_ENDPOINT", f"http://127.0.0.1:{server.port}/s3")
     env.setenv("K_SERVICE", "birds-test")
+    env.setenv("STORAGE_CREDENTIALS", "anonymous")  # addressing only; credentials: test_buckets.py
 
     def put(name: str, data: bytes, content_type: str = "image/jpeg", s3: bool = False) -> None:
         path = (f"/s3/birds/{quote(name)}" if s3 else
@@ -136,3 +139,73 @@ def test_a_malformed_notification_is_400(client):
     r = client.post("/", data=json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put"}]}),
                     content_type="application/json")
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_notification"
+
+
+def test_a_reused_id_naming_another_object_is_classified_not_answered_from_memory(client, bucket):
+    bucket("first.jpg", photos.solid(photos.class_colour(13)))
+    bucket("second.jpg", photos.solid(photos.class_colour(246)))
+    replies = []
+    for name in ("first.jpg", "second.jpg"):
+        headers, body = to_binary(finalized(name, event_id="reused-id"))
+        replies.append(client.post("/", headers=headers, data=body))
+    assert [from_http(dict(r.headers), r.get_data()).data["results"][0]["predictions"][0]["id"]
+            for r in replies] == [13, 246]
+    assert "X-Duplicate-Delivery" not in replies[1].headers
+
+
+def test_huge_event_ids_cost_a_digest_not_their_size(client):
+    deliveries = service.serving().deliveries
+    for i in range(20):  # each refused with 400 (no bucket): remembered, as a final answer
+        event = CloudEvent({"type": FINALIZED, "source": "x", "id": f"{i}-" + "i" * 500_000}, {"name": "x.jpg"})
+        headers, body = to_structured(event)
+        assert client.post("/", headers=headers, data=body).status_code == 400
+    assert len(deliveries) >= 20 and deliveries.bytes < 20 * 2_000  # the answers and 32-byte keys only
+
+
+def test_the_delivery_memory_is_bounded_in_bytes():
+    memory = RecentDeliveries(lambda r: r.status >= 500, max_bytes=10_000, size=lambda r: len(r.body))
+    for i in range(100):
+        memory.run(delivery_key("s", str(i), b""), lambda: Answer(200, b"x" * 1_000))
+    assert memory.bytes <= 10_000 and len(memory) < 10
+    assert memory.run(delivery_key("s", "99", b""), lambda: Answer(200, b"new"))[1] is True  # the newest kept
+    assert memory.run(delivery_key("s", "0", b""), lambda: Answer(200, b"new"))[1] is False  # the oldest gone
+
+
+@pytest.mark.parametrize("size", ["1e400", '"12.5"', "12.5", "-1", "true", '"0x10"', '"1' + "0" * 30 + '"'])
+def test_a_size_that_is_not_a_whole_number_is_a_4xx_not_a_500(client, server, size):
+    body = f'{{"bucket": "birds", "name": "x.jpg", "contentType": "image/jpeg", "size": {size}}}'.encode()
+    r = client.post("/", data=body, headers={"ce-specversion": "1.0", "ce-id": f"size-{size}", "ce-source": "x",
+                                               "ce-type": FINALIZED, "Content-Type": "application/json"})
+    assert r.status_code == 400 and "size" in r.get_json()["error"]["message"]
+    records = f'{{"Records": [{{"eventName": "ObjectCreated:Put", "s3": {{"bucket": {{"name": "birds"}}, ' \
+              f'"object": {{"key": "x.jpg", "size": {size}}}}}}}]}}'
+    r = client.post("/", data=records, content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_notification"
+
+
+@pytest.mark.parametrize("bucket_name, name", [
+    ("birds", "../../other-bucket/secret.jpg"), ("birds", "a/../../b.jpg"), ("birds", "a//b.jpg"),
+    ("birds", "./x.jpg"), ("birds", "/x.jpg"), ("birds", "x/"), ("..", "x.jpg"), ("a..b", "x.jpg"),
+    ("birds/../other", "x.jpg"), ("evil.example#", "x.jpg"), ("birds", "x\r\nHost: evil.jpg"),
+])
+def test_names_with_dot_or_empty_segments_are_refused_without_a_fetch(client, server, bucket_name, name):
+    before = sum(server.hits.values())
+    event = CloudEvent({"type": FINALIZED, "source": "x", "id": f"dots-{bucket_name}-{name}".encode().hex()},
+                       {"bucket": bucket_name, "name": name, "contentType": "image/jpeg"})
+    headers, body = to_binary(event)
+    r = client.post("/", headers=headers, data=body)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_object_name"
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket_name},
+                                                       "object": {"key": quote(name)}}}
+    r = client.post("/", json={"Records": [record]})
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_object_name"
+    assert sum(server.hits.values()) == before
+
+
+@pytest.mark.parametrize("source", [7.185527973767424e16, ["a"], {"b": 1}, None])
+def test_a_structured_event_whose_attributes_are_not_strings_is_refused_not_a_500(client, source):
+    # Found by the contract fuzzer: a JSON number as `source` reached a log line that measured its length.
+    body = json.dumps({"specversion": "1.0", "id": "x1", "source": source,
+                       "type": "google.cloud.storage.object.v1.finalized", "data": {"bucket": "birds", "name": "a.jpg"}})
+    r = client.post("/", data=body, headers={"Content-Type": "application/cloudevents+json"})
+    assert 400 <= r.status_code < 500, r.get_data(as_text=True)

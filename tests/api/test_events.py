@@ -114,12 +114,30 @@ def test_object_url_quotes_the_name():
     ({"name": "x.jpg"}, "bucket"),
     ({"bucket": "b"}, "name"),
     ({"bucket": "b", "name": "x", "size": "big"}, "size"),
+    ({"bucket": "b", "name": "x", "size": float("inf")}, "size"),
+    ({"bucket": "b", "name": "x", "size": 12.5}, "size"),
+    ({"bucket": "b", "name": "x", "size": True}, "size"),
+    ({"bucket": "b", "name": "a/../x.jpg"}, "segment"),
+    ({"bucket": "b/..", "name": "x.jpg"}, "bucket"),
     ("not json", "JSON"),
     ([1, 2], "object"),
 ])
 def test_bad_event_data_is_an_event_error(data, why):
     with pytest.raises(EventError, match=why):
         storage_object(FINALIZED, data if not isinstance(data, str) else data.encode())
+
+
+def test_a_size_of_1e400_is_an_event_error_not_an_overflow():
+    with pytest.raises(EventError, match="size"):
+        storage_object(FINALIZED, b'{"bucket": "b", "name": "x.jpg", "size": 1e400}')
+
+
+def test_a_size_of_1e400_is_acknowledged_by_the_cloudevent_target(client, caplog):
+    caplog.set_level(logging.INFO, logger="function")
+    body = b'{"bucket": "b", "name": "x.jpg", "contentType": "image/jpeg", "size": 1e400}'
+    r = client.post("/", data=body, headers={"ce-specversion": "1.0", "ce-id": "1", "ce-source": "x",
+                                              "ce-type": FINALIZED, "Content-Type": "application/json"})
+    assert r.status_code == 200 and records(caplog, "event ignored")
 
 
 def test_event_data_may_arrive_as_json_bytes():
