@@ -206,6 +206,7 @@ def test_names_with_dot_or_empty_segments_are_refused_without_a_fetch(client, se
 def test_a_structured_event_whose_attributes_are_not_strings_is_refused_not_a_500(client, source):
     # Found by the contract fuzzer: a JSON number as `source` reached a log line that measured its length.
     body = json.dumps({"specversion": "1.0", "id": "x1", "source": source,
-                       "type": "google.cloud.storage.object.v1.finalized", "data": {"bucket": "birds", "name": "a.jpg"}})
+                       "type": "google.cloud.storage.object.v1.finalized",
+                       "data": {"bucket": "birds", "name": "a.jpg"}})
     r = client.post("/", data=body, headers={"Content-Type": "application/cloudevents+json"})
     assert 400 <= r.status_code < 500, r.get_data(as_text=True)
