@@ -35,7 +35,9 @@ class FanOut:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fanout")
 
     def wanted(self, sources: Sequence[PhotoSource]) -> bool:
-        return len(sources) > self.chunk and all(s.kind == "url" for s in sources)
+        """Only caller URLs are split: a bucket object (ObjectSource) is read signed by this instance,
+        and another instance would get it as a plain URL, unsigned and behind the SSRF guard."""
+        return len(sources) > self.chunk and all(s.kind == "url" and type(s) is PhotoSource for s in sources)
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -112,3 +112,18 @@ def test_a_chunk_that_fails_becomes_per_photo_errors(cluster, serve_photo):
     assert [x["predictions"][0]["id"] for x in results[:4]] == ids[:4]
     assert [x["error"]["code"] for x in results[4:]] == ["fanout_failed", "fanout_failed"]
     assert "502" in results[4]["error"]["message"]
+
+
+def test_bucket_objects_are_never_split_across_instances():
+    # A bucket object is read signed by the instance that got the event; another instance would get
+    # it as a plain caller URL, unsigned and behind the SSRF guard.
+    from function.core.fanout import FanOut
+    from function.core.objects import ObjectSource
+    from function.core.sources import PhotoSource
+
+    fan = FanOut(requests.Session(), "http://127.0.0.1:9/", chunk=2, timeout_s=1)
+    try:
+        assert fan.wanted([PhotoSource.url(f"https://example.org/{i}.jpg") for i in range(3)])
+        assert not fan.wanted([ObjectSource.of(f"https://storage.googleapis.com/b/{i}.jpg") for i in range(3)])
+    finally:
+        fan.stop()
