@@ -108,7 +108,7 @@ image-test: $(VENV)/.installed
 ## Builds the image first; KUBE_TEST_BUILD=0 reuses $(IMAGE). See tests/kube/play.py for the translations.
 KUBE_TEST_BUILD ?= 1
 kube-test: $(VENV)/.installed-test
-	$(if $(filter 0,$(KUBE_TEST_BUILD)),,$(MAKE) image)
+	$(if $(filter 0,$(KUBE_TEST_BUILD)),,$(MAKE) image-test)
 	ENGINE=$(ENGINE) IMAGE=$(IMAGE) $(PY) tests/kube/play.py
 
 format: $(VENV)/.installed-test

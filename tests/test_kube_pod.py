@@ -15,7 +15,7 @@ from tests.kube.pod import TranslationError, for_podman, pod_from_service
 from tests.support import ROOT
 
 SERVICE = yaml.safe_load((ROOT / "knative" / "service.yaml").read_text())
-OVERRIDES = {"MODEL_URL": "http://127.0.0.1:1/m", "LABELS_URL": "http://127.0.0.1:1/l", "TRUSTED_HOSTS": "127.0.0.1"}
+OVERRIDES = {"TRUSTED_HOSTS": "127.0.0.1"}
 INJECTED = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 
 
@@ -30,9 +30,10 @@ def test_the_container_is_the_template_s_but_for_the_translations():
     got = pod["spec"]["containers"][0]
     for key in ("name", "ports", "resources", "securityContext", "volumeMounts"):
         assert got[key] == written[key]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert {**got[probe], "httpGet": {"path": got[probe]["httpGet"]["path"]}} == written[probe]
-        assert got[probe]["httpGet"]["port"] == 8080
+    assert {**got["readinessProbe"], "httpGet": {"path": got["readinessProbe"]["httpGet"]["path"]}} \
+        == written["readinessProbe"]
+    assert got["readinessProbe"]["httpGet"]["port"] == 8080
+    assert got["livenessProbe"] == written["livenessProbe"]  # a TCP probe of the container port, as written
     assert got["image"] == "localhost/bird-classifier:latest" and got["imagePullPolicy"] == "Never"
     assert pod["spec"]["volumes"] == SERVICE["spec"]["template"]["spec"]["volumes"]
     assert pod["spec"]["hostNetwork"] is True and pod["spec"]["restartPolicy"] == "Never"
@@ -54,7 +55,7 @@ def test_a_taken_port_moves_container_port_probes_and_port_env_together():
     c = pod["spec"]["containers"][0]
     assert c["ports"][0]["containerPort"] == 18080
     assert {e["name"]: e["value"] for e in c["env"]}["PORT"] == "18080"
-    assert c["readinessProbe"]["httpGet"]["port"] == c["livenessProbe"]["httpGet"]["port"] == 18080
+    assert c["readinessProbe"]["httpGet"]["port"] == c["livenessProbe"]["tcpSocket"]["port"] == 18080
     assert any("8080 -> 18080" in n for n in notes)
 
 

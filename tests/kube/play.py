@@ -2,11 +2,12 @@
 
 Reads ``knative/service.yaml``, derives a v1 Pod from its revision template (``tests/kube/pod.py``:
 the container spec, env, resources, securityContext, probes, volumeMounts and emptyDir volumes as
-written), points the model and the label map at a stand-in internet on 127.0.0.1, plays the pod,
+written; the image carries its model and label map, photos come from a stand-in on 127.0.0.1), plays the pod,
 waits for readiness through the readiness probe's own path, period and timeout, classifies two
 photos, checks what podman made of the securityContext and resources, and always tears the pod
 down again (``podman kube down``). Needs podman (>= 4.3; on this machine:
-``bash ../shared/tools/podman-setup.sh``) and the image (``make image``). Not collected by pytest.
+``bash ../shared/tools/podman-setup.sh``) and the image: ``make kube-test`` builds it with ``make
+image-test`` (against a stand-in hub, since the build converts the model). Not collected by pytest.
 
 Knative -> Pod translations (made by ``tests/kube/pod.py``, printed at every run):
 
@@ -27,9 +28,9 @@ Knative -> Pod translations (made by ``tests/kube/pod.py``, printed at every run
     volumes after them, so two pods would share ``tmp``); the test checks they do not exist before
     the play (each emptyDir starts empty) and are gone after ``kube down``.
 
-Environment overrides, and nothing else: ``MODEL_URL`` and ``LABELS_URL`` (the stand-in hub on
-127.0.0.1) and ``TRUSTED_HOSTS=127.0.0.1`` (the photos are on loopback, which the SSRF guard
-refuses otherwise). Everything else (WORKERS, THREADS, TFHUB_CACHE_DIR, timeouts, FANOUT_URL, ...)
+Environment overrides, and nothing else: ``TRUSTED_HOSTS=127.0.0.1`` (the photos are on loopback,
+which the SSRF guard refuses otherwise). The model and the label map are the image's own: the test
+checks that the pod fetches neither. Everything else (WORKERS, THREADS, TFHUB_CACHE_DIR, timeouts, FANOUT_URL, ...)
 keeps the manifest's value; two photos stay below FANOUT_CHUNK, so the fan-out URL is not used.
 
 What podman does not do as a kubelet would (reported, not hidden): it does not verify
@@ -61,7 +62,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from standin import hubmodel, photos  # noqa: E402
+from standin import photos  # noqa: E402
 from standin.server import StandInServer  # noqa: E402
 from tests.kube.pod import for_podman, pod_from_service  # noqa: E402
 
@@ -152,8 +153,7 @@ def main() -> int:
     port = written_port if port_free(written_port) else free_port()
     name = f"bird-classifier-kube-test-{os.getpid()}"
     server = StandInServer()
-    overrides = {"MODEL_URL": server.url(MODEL_PATH), "LABELS_URL": server.url(LABELS_PATH),
-                 "TRUSTED_HOSTS": "127.0.0.1"}
+    overrides = {"TRUSTED_HOSTS": "127.0.0.1"}
 
     if args.print_pod:
         pod, notes = pod_from_service(service, image=f"localhost/{args.image}:latest", port=port, name=name,
@@ -174,8 +174,6 @@ def main() -> int:
         print(f"  translation: {n}")
     print(f"  env overrides: {', '.join(f'{k}={v}' for k, v in overrides.items())} (nothing else)")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tarball = hubmodel.tar_gz(hubmodel.colour_model(Path(tmp) / "birds"))
     with tempfile.NamedTemporaryFile("w", prefix="bird-classifier-pod-", suffix=".yaml", delete=False) as pod_file:
         yaml.safe_dump(pod, pod_file, sort_keys=False)
     volumes = [v["name"] for v in pod["spec"]["volumes"]]
@@ -187,8 +185,6 @@ def main() -> int:
     played = ok = False
     timings: dict[str, float] = {}
     try:
-        server.add(MODEL_PATH, tarball, "application/x-tar")
-        server.add(LABELS_PATH, hubmodel.label_map_csv(), "text/csv")
         urls = [server.add(f"/photos/{k}.jpg", photos.solid(photos.class_colour(k)), "image/jpeg") for k in CLASSES]
 
         t0 = time.monotonic()
@@ -216,10 +212,17 @@ def main() -> int:
             check(time.monotonic() < deadline, f"{ready_url} did not answer 200 in {args.ready_timeout:.0f} s")
             time.sleep(ready_period)
         timings["ready_s"] = time.monotonic() - t0
-        live_url, live_timeout, _ = http_probe(container_spec["livenessProbe"], port)
-        live = requests.get(live_url, timeout=live_timeout).status_code
-        check(live == 200, f"liveness {live_url} answered {live}")
-        check(server.hits[MODEL_PATH] >= 1, "the model was not downloaded from the stand-in hub")
+        live_probe = container_spec["livenessProbe"]
+        if "tcpSocket" in live_probe:
+            with socket.create_connection(("127.0.0.1", live_probe["tcpSocket"]["port"]),
+                                          timeout=float(live_probe.get("timeoutSeconds", 1))):
+                pass  # the liveness probe's TCP handshake
+        else:
+            live_url, live_timeout, _ = http_probe(live_probe, port)
+            live = requests.get(live_url, timeout=live_timeout).status_code
+            check(live == 200, f"liveness {live_url} answered {live}")
+        check(server.hits[MODEL_PATH] == 0 and server.hits[LABELS_PATH] == 0,
+              "the pod fetched the model or the label map: the image should carry both")
 
         t = time.monotonic()
         r = requests.post(f"http://127.0.0.1:{port}/", json={"urls": urls}, timeout=60)
