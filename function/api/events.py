@@ -75,7 +75,9 @@ def handle(event: Any, app: App) -> Outcome | None:
     :class:`TransientEventError` (or NotReady) when a redelivery may help, so the framework
     answers 5xx and the trigger retries; permanent problems are logged and acknowledged.
     """
-    with logs.request_context(_short(str(event.get("id") or logs.new_request_id()))):
+    # The CloudEvents distributed-tracing extension carries a W3C traceparent.
+    trace = logs.trace_fields(_text(event.get("traceparent")), None, app.config.google_cloud_project)
+    with logs.request_context(_short(str(event.get("id") or logs.new_request_id()))), logs.trace_context(trace):
         try:
             obj = storage_object(event.get("type") or "", event.data)
         except EventError as err:
@@ -116,6 +118,10 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
 def _skipped(reason: str) -> Answer:
     """204: acknowledged (Knative, Pub/Sub and SNS take any 2xx), nothing fetched; why, in a header."""
     return Answer(204, b"", {"X-Skipped": re.sub(r"[^\x20-\x7e]", "?", reason)[:200]})
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _short(value: object, limit: int = 200) -> str:

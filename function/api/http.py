@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,7 +104,10 @@ def handle(request: flask.Request, app: App) -> flask.Response:
     app.metrics.in_flight.inc()
     response: flask.Response | None = None
     try:
-        response = _route(request, app)
+        trace = logs.trace_fields(request.headers.get("traceparent"), request.headers.get("X-Cloud-Trace-Context"),
+                                  app.config.google_cloud_project)
+        with logs.trace_context(trace):
+            response = _route(request, app)
     except Exception:
         rid = request.headers.get("X-Request-Id") or logs.new_request_id()
         log.exception("request failed", extra=logs.fields(status=500, request_id=rid, path=request.path))
@@ -156,6 +160,8 @@ def _route(request: flask.Request, app: App) -> flask.Response:
 
 
 def _classify(request: flask.Request, app: App, rid: str) -> flask.Response:
+    """Classify, answer, and log the request's one INFO line (with Cloud Logging's ``httpRequest``)."""
+    started = time.perf_counter()
     headers = {"X-Request-Id": rid}
     try:
         parsed = parse_request(request, app.config)
@@ -166,28 +172,45 @@ def _classify(request: flask.Request, app: App, rid: str) -> flask.Response:
         else:
             result = app.classifier.classify(parsed.sources, parsed.top_k)
     except RequestError as err:
-        log.info("request rejected: %s", err.message, extra=logs.fields(status=err.status, code=err.code))
-        return error_response(err, headers)
+        response = error_response(err, headers)
+        log.info("request rejected: %s", err.message, extra=logs.fields(
+            status=err.status, code=err.code, httpRequest=_http_request(request, response, started)))
+        return response
     except NotReady as err:
-        log.warning("request refused: %s", err, extra=logs.fields(status=503))
-        return error_response(err, headers)
+        response = error_response(err, headers)
+        log.warning("request refused: %s", err, extra=logs.fields(
+            status=503, httpRequest=_http_request(request, response, started)))
+        return response
     except Exception:
-        log.exception("request failed", extra=logs.fields(status=500))
-        return error_response(ServiceError(f"internal error; request id {rid}"), headers)
-    log_classification(result, parsed.sources)
+        response = error_response(ServiceError(f"internal error; request id {rid}"), headers)
+        log.exception("request failed", extra=logs.fields(
+            status=500, httpRequest=_http_request(request, response, started)))
+        return response
     app.metrics.observe_timings(result.timings_ms)
     for r in result.results:
         if r.error:
             app.metrics.photo_errors.labels(r.error.code).inc()
     headers["Server-Timing"] = server_timing(result.timings_ms)
-    return json_response(result.to_dict(), 200, headers)
+    response = json_response(result.to_dict(), 200, headers)
+    log_classification(result, parsed.sources, _http_request(request, response, started))
+    return response
 
 
-def log_classification(result: Classification, sources: Sequence[PhotoSource]) -> None:
+def _http_request(request: flask.Request, response: flask.Response, started: float) -> dict[str, Any]:
+    return logs.http_request(
+        request.method, request.full_path.rstrip("?"), response.status_code, response.calculate_content_length(),
+        request.headers.get("User-Agent"), request.remote_addr, time.perf_counter() - started,
+        request.environ.get("SERVER_PROTOCOL"))
+
+
+def log_classification(result: Classification, sources: Sequence[PhotoSource],
+                       http_request: dict[str, Any] | None = None) -> None:
+    """The request's one INFO line: counts, error codes and the phase timings (DEBUG: each photo)."""
     log.info("classified %d photo(s), %d failed", len(sources), result.failed, extra=logs.fields(
         photos=len(sources), failed=result.failed,
         errors=sorted({r.error.code for r in result.results if r.error}),
-        timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()}))
+        timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()},
+        **({"httpRequest": http_request} if http_request else {})))
     for r in result.results:
         log.debug("photo result", extra=logs.fields(
             photo=r.source.ref, top=[(p.label, round(p.score, 4)) for p in r.predictions[:1]],

@@ -10,14 +10,23 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Fields every record of the current request carries (the trace), set by trace_context().
+trace_var: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("trace", default={})  # noqa: B039
+
+TRACE = "logging.googleapis.com/trace"
+SPAN = "logging.googleapis.com/spanId"
+SAMPLED = "logging.googleapis.com/trace_sampled"
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([01]))?$")
 
 # Loggers of libraries whose start-up chatter an operator does not need at INFO.
 _NOISY = ("tensorflow", "absl", "h5py", "urllib3", "werkzeug", "PIL")
@@ -43,6 +52,61 @@ def request_context(request_id: str | None = None) -> Iterator[str]:
         request_id_var.reset(token)
 
 
+def trace_fields(traceparent: str | None, cloud_trace: str | None, project: str | None) -> dict[str, Any]:
+    """The request's trace, as Cloud Logging reads it: W3C ``traceparent``, else ``X-Cloud-Trace-Context``.
+
+    With ``project`` (``GOOGLE_CLOUD_PROJECT``) the trace is ``projects/P/traces/T``, which links the
+    log line to the trace in Cloud Trace; without it, the bare id goes in ``trace_id``. Malformed or
+    all-zero ids are ignored (a caller's header must not break or forge the log's structure).
+    """
+    trace = span = None
+    sampled: bool | None = None
+    match = _TRACEPARENT.match((traceparent or "").strip().lower())
+    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        trace, span, sampled = match.group(1), match.group(2), bool(int(match.group(3), 16) & 1)
+    else:
+        match = _CLOUD_TRACE.match((cloud_trace or "").strip())
+        if match and match.group(1) != "0" * 32:
+            trace = match.group(1).lower()
+            if match.group(2) and int(match.group(2)) < 2**64:
+                span = f"{int(match.group(2)):016x}"
+            sampled = None if match.group(3) is None else match.group(3) == "1"
+    if trace is None:
+        return {}
+    out: dict[str, Any] = {TRACE: f"projects/{project}/traces/{trace}"} if project else {"trace_id": trace}
+    if span:
+        out[SPAN] = span
+    if sampled is not None:
+        out[SAMPLED] = sampled
+    return out
+
+
+@contextmanager
+def trace_context(values: Mapping[str, Any]) -> Iterator[None]:
+    """Every record logged inside (in this thread, and in the photo fetches it starts) carries ``values``."""
+    token = trace_var.set(dict(values))
+    try:
+        yield
+    finally:
+        trace_var.reset(token)
+
+
+def http_request(method: str, url: str, status: int, response_size: int | None, user_agent: str | None,
+                 remote_ip: str | None, latency_s: float, protocol: str | None) -> dict[str, Any]:
+    """Cloud Logging's ``httpRequest`` field (LogEntry.HttpRequest) for the request's log line."""
+    out: dict[str, Any] = {"requestMethod": method, "requestUrl": url[:2000], "status": status,
+                           "latency": f"{latency_s:.3f}s"}
+    if response_size is not None:
+        out["responseSize"] = str(response_size)
+    if user_agent:
+        out["userAgent"] = user_agent[:500]
+    if remote_ip:
+        out["remoteIp"] = remote_ip
+    if protocol:
+        out["protocol"] = protocol
+    return out
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -55,6 +119,7 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid:
             entry["request_id"] = rid
+        entry.update(trace_var.get())
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
