@@ -57,7 +57,7 @@ class App:
             self.photo_session = guard_session(new_session(config.fetch_workers, config.user_agent), policy,
                                                config.fetch_workers)
         self.photo_session.max_redirects = 5
-        fetcher = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
+        self.fetcher = fetcher = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
                                config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
         # Parallel single-threaded calls beat one multi-threaded call for this model on a small
         # CPU (docs/performance.md): one intra-op thread per call, one call per usable CPU.
@@ -108,6 +108,7 @@ class App:
             return
         self._stopped = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.fetcher.close()
         if self.fanout is not None:
             self.fanout.stop()
         self.batcher.stop()

@@ -6,18 +6,26 @@ that the caller sees next to the other photos' results.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import io
+import itertools
 import logging
 import os
+import socket
+import threading
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
+from urllib3.connectionpool import HTTPConnectionPool
 
 from ..errors import BlockedAddress, PhotoError
 from ..infra import logs
@@ -26,14 +34,127 @@ from .sources import PhotoSource
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224
+RECHECK_S = 0.05  # a fired watch whose connection has no socket yet (still connecting) looks again this often
+
+
+@dataclass(order=True)
+class _Watch:
+    """One photo fetch's hard deadline and the connection it is using."""
+
+    deadline: float
+    seq: int
+    conn: Any = field(default=None, compare=False)
+    fired: bool = field(default=False, compare=False)
+    done: bool = field(default=False, compare=False)
+
+    def attach(self, conn: Any) -> None:
+        self.conn = conn
+        if self.fired:
+            _shut(conn)
+
+    def fire(self) -> bool:
+        """Shut the connection's socket down; True when there is none yet, to look again shortly."""
+        self.fired = True
+        conn = self.conn
+        return not _shut(conn)
+
+
+def _shut(conn: Any) -> bool:
+    """``shutdown(SHUT_RDWR)`` on the connection's socket: a thread blocked in recv() on it wakes
+    with EOF at once, whatever it was reading (status line, headers, body, a TLS record). The plain
+    socket method, also for TLS sockets: ``SSLSocket.shutdown`` would drop the SSL object under the
+    reading thread."""
+    sock = getattr(conn, "sock", None) if conn is not None else None
+    if sock is None:
+        return False
+    with contextlib.suppress(OSError):  # already closed or never connected: nothing left to wake
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    return True
+
+
+class Watchdog:
+    """One thread that enforces every photo fetch's hard deadline (not a timer thread per photo).
+
+    Read and connect timeouts bound each wait for a byte; they cannot bound a host that sends one
+    header byte every 2 s (measured: 150 s on one fetch worker). At the deadline the watchdog shuts
+    the fetch's socket down, so the fetch ends whatever phase it is in; the fetcher then answers
+    ``timeout``. The thread starts on first use and ends with :meth:`stop`.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[_Watch] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def watch(self, deadline: float) -> _Watch:
+        watch = _Watch(deadline, next(self._seq))
+        with self._cond:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="photo-watchdog", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, watch)
+            self._cond.notify()
+        return watch
+
+    def done(self, watch: _Watch) -> None:
+        watch.done = True  # left in the heap; dropped when its time comes (no O(n) removal)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            due: list[_Watch] = []
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic()
+                    while self._heap and (self._heap[0].done or self._heap[0].deadline <= now):
+                        watch = heapq.heappop(self._heap)
+                        if not watch.done:
+                            due.append(watch)
+                    if due:
+                        break
+                    self._cond.wait(self._heap[0].deadline - now if self._heap else None)
+                if self._stopped:
+                    return
+            for watch in due:
+                if watch.fire() and not watch.done:  # still connecting: look again shortly
+                    with self._cond:
+                        watch.deadline = time.monotonic() + RECHECK_S
+                        heapq.heappush(self._heap, watch)
+
+
+def _watched_pool(pool_cls: type[HTTPConnectionPool], local: threading.local) -> type[HTTPConnectionPool]:
+    """A connection pool class that hands each connection it gives out to the thread's watch."""
+
+    def _get_conn(self: Any, timeout: float | None = None) -> Any:
+        conn = pool_cls._get_conn(self, timeout)
+        watch = getattr(local, "watch", None)
+        if watch is not None:
+            watch.attach(conn)
+        return conn
+
+    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"_get_conn": _get_conn})
 
 
 class PhotoFetcher:
-    """Fetches photo bytes over one pooled ``requests.Session``, streaming up to a byte limit."""
+    """Fetches photo bytes over one pooled ``requests.Session``, streaming up to a byte limit.
+
+    Each URL fetch has a hard deadline (``deadline_s``, retries included) kept by a
+    :class:`Watchdog`: the session's connection pools are wrapped so the watchdog knows which
+    connection a fetch is using. Bytes are counted on the wire: the fetcher asks for ``identity``
+    and reads the body undecoded; a host that compresses anyway is decompressed here, bounded.
+    """
 
     def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float,
                  max_bytes: int, retries: int = 0, deadline_s: float = 30.0, backoff_s: float = 0.2,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, watchdog: Watchdog | None = None):
         self.session = session
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_bytes = max_bytes
@@ -41,6 +162,16 @@ class PhotoFetcher:
         self.deadline_s = deadline_s
         self.backoff_s = backoff_s
         self._sleep = sleep
+        self.watchdog = watchdog or Watchdog()
+        self._local = threading.local()
+        for adapter in session.adapters.values():
+            manager = getattr(adapter, "poolmanager", None)
+            if manager is not None:  # a new dict: the default one is urllib3's module-level table
+                manager.pool_classes_by_scheme = {
+                    scheme: _watched_pool(cls, self._local) for scheme, cls in manager.pool_classes_by_scheme.items()}
+
+    def close(self) -> None:
+        self.watchdog.stop()
 
     def read(self, source: PhotoSource) -> bytes:
         if source.kind == "bytes":
@@ -84,10 +215,19 @@ class PhotoFetcher:
         if parts.scheme.lower() not in ("http", "https") or not host:
             raise PhotoError("invalid_url", f"not an http(s) URL: {url!r}")
         deadline = time.monotonic() + self.deadline_s
+        watch = self.watchdog.watch(deadline)
+        self._local.watch = watch
+        try:
+            return self._fetch_retrying(url, deadline, watch)
+        finally:
+            self._local.watch = None
+            self.watchdog.done(watch)
+
+    def _fetch_retrying(self, url: str, deadline: float, watch: _Watch) -> bytes:
         attempt = 0
         while True:
             try:
-                return self._fetch_once(url, deadline)
+                return self._fetch_once(url, deadline, watch)
             except PhotoError as err:
                 pause = (err.retry_after_s if err.retry_after_s is not None else self.backoff_s * 2 ** attempt)
                 if not err.retryable or attempt >= self.retries or time.monotonic() + pause >= deadline:
@@ -97,11 +237,29 @@ class PhotoFetcher:
                                                               pause_s=round(pause, 2)))
                 self._sleep(pause)
 
-    def _fetch_once(self, url: str, deadline: float) -> bytes:
+    def _timeout(self) -> PhotoError:
+        return PhotoError("timeout", f"the photo took longer than {self.deadline_s:g} s to arrive")
+
+    def _fetch_once(self, url: str, deadline: float, watch: _Watch) -> bytes:
+        try:
+            data = self._get(url, deadline, watch)
+        except PhotoError:
+            if watch.fired:  # whatever the socket's shutdown looked like to the reader
+                raise self._timeout() from None
+            raise
+        if watch.fired:  # EOF from the shutdown can look like the end of headers or of the body
+            raise self._timeout()
+        return data
+
+    def _get(self, url: str, deadline: float, watch: _Watch) -> bytes:
         remaining = max(0.05, deadline - time.monotonic())  # no attempt may outlast the photo's deadline
         timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
         try:
-            with self.session.get(url, timeout=timeout, stream=True) as response:
+            # identity: the byte limit counts what crosses the wire, not what a decoder makes of it
+            with self.session.get(url, timeout=timeout, stream=True,
+                                  headers={"Accept-Encoding": "identity"}) as response:
+                if watch.fired:
+                    raise self._timeout()
                 if response.status_code != 200:
                     status = response.status_code
                     raise PhotoError("http_error", f"the photo host answered HTTP {status}",
@@ -112,14 +270,16 @@ class PhotoFetcher:
                     raise PhotoError("too_large", f"photo is {declared} bytes; the limit is {self.max_bytes}")
                 body = bytearray()
                 # read1 returns what one receive brings; iter_content's read(n) waits for all n bytes, so
-                # a host trickling a byte at a time could hold the photo far past its deadline.
-                while chunk := response.raw.read1(64 * 1024, decode_content=True):
+                # a host trickling a byte at a time could hold the photo far past its deadline. Undecoded:
+                # a gzip header that never ends would keep urllib3's decoder reading without returning.
+                while chunk := response.raw.read1(64 * 1024, decode_content=False):
                     body += chunk
                     if len(body) > self.max_bytes:
                         raise PhotoError("too_large", f"photo is over the limit of {self.max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise PhotoError("timeout", f"the photo took longer than {self.deadline_s:g} s to arrive")
-                return self._check_size(bytes(body), url)
+                    if time.monotonic() > deadline or watch.fired:
+                        raise self._timeout()
+                data = _decompress(bytes(body), response.headers.get("Content-Encoding", ""), self.max_bytes)
+                return self._check_size(data, url)
         except BlockedAddress as exc:
             raise PhotoError("blocked_address", str(exc)) from None
         except requests.TooManyRedirects:
@@ -137,6 +297,30 @@ class PhotoFetcher:
                 # a read timeout while streaming the body: requests reports it as a ConnectionError
                 raise PhotoError("timeout", "the photo host stopped sending in time", retryable=True) from None
             raise PhotoError("fetch_failed", f"could not fetch the photo: {_reason(exc)}", retryable=True) from None
+
+
+def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    """The body a host compressed although asked for ``identity``, decoded up to ``max_bytes``."""
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    for coding in reversed(codings):  # applied in the order listed: undone last first
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise PhotoError("fetch_failed", f"the photo host sent Content-Encoding {coding!r}, which this "
+                             "service does not decode (it asks for identity)")
+        out = bytearray()
+        data = body
+        while data:  # a gzip stream may hold several members
+            decoder = zlib.decompressobj(47)  # 32 + 15: a gzip or a zlib header, whichever it is
+            try:
+                out += decoder.decompress(data, max_bytes + 1 - len(out))
+            except zlib.error as exc:
+                raise PhotoError("fetch_failed", f"the photo's {coding} encoding is broken: {exc}") from None
+            if len(out) > max_bytes:
+                raise PhotoError("too_large", f"photo is over the limit of {max_bytes} bytes once decompressed")
+            if not decoder.eof:
+                raise PhotoError("fetch_failed", f"the photo's {coding} encoding is cut short")
+            data = decoder.unused_data
+        body = bytes(out)
+    return body
 
 
 MAX_RETRY_AFTER_S = 5.0

@@ -166,6 +166,12 @@ PHOTO_ROWS = [
     Row("declared-length-over-limit", at(hostile.declares_too_much(released, WAIT)), "too_large", within_s=2.0),
     Row("headers-then-stall", at(hostile.stall_after_headers(released, WAIT)), "timeout", within_s=5.0),
     Row("trickle-one-byte-at-a-time", at(hostile.trickle(released, WAIT)), "timeout", hits=1, within_s=5.0),
+    # Issue 12, finding 1: the photo's deadline holds in every phase of the fetch, not only the body.
+    Row("status-line-one-byte-at-a-time", at(hostile.status_drip(released, WAIT)), "timeout", hits=1,
+        within_s=4.5),
+    Row("headers-one-byte-at-a-time", at(hostile.header_drip(released, WAIT)), "timeout", hits=1, within_s=4.5),
+    Row("gzip-header-that-never-ends", at(hostile.endless_gzip_header(released, WAIT)), "too_large",
+        within_s=3.0),
     Row("redirect-to-metadata-server", then_redirect("http://169.254.169.254/computeMetadata/v1/"),
         "blocked_address", hits=1),
     Row("redirect-to-private-network", then_redirect("http://10.0.0.1/x.jpg"), "blocked_address", hits=1),

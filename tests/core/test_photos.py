@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import socket
 import struct
 import time
 import zlib
@@ -12,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from function.core.photos import IMAGE_SIZE, PhotoError, PhotoFetcher, PhotoSource, decode, load
+from function.core.photos import IMAGE_SIZE, PhotoError, PhotoFetcher, PhotoSource, Watchdog, decode, load
 from standin import photos
 
 MAX_PIXELS = 64_000_000
@@ -287,11 +289,59 @@ def test_an_empty_body_is_empty(fetcher, requests_mock):
     assert fetch_error(fetcher, PhotoSource.url(URL)).code == "empty"
 
 
+def test_photos_are_asked_for_uncompressed_so_the_limit_counts_bytes_on_the_wire(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"x")
+    fetcher.read(PhotoSource.url(URL))
+    assert requests_mock.last_request.headers["Accept-Encoding"] == "identity"
+
+
+def test_a_host_that_compresses_anyway_is_decompressed(fetcher, requests_mock):
+    jpeg = photos.solid(RED)
+    requests_mock.get(URL, content=gzip.compress(jpeg), headers={"Content-Encoding": "gzip"})
+    assert fetcher.read(PhotoSource.url(URL)) == jpeg
+
+
+def test_a_compressed_body_is_decompressed_only_up_to_the_limit(fetcher, requests_mock):
+    bomb = gzip.compress(b"\0" * 50_000_000)  # 50 KB on the wire
+    requests_mock.get(URL, content=bomb, headers={"Content-Encoding": "gzip"})
+    started = time.perf_counter()
+    assert fetch_error(fetcher, PhotoSource.url(URL)).code == "too_large"
+    assert time.perf_counter() - started < 0.5
+
+
+def test_an_encoding_the_service_did_not_ask_for_is_fetch_failed(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"\x1b\x00", headers={"Content-Encoding": "br"})
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert err.code == "fetch_failed" and "br" in err.message
+
+
 @pytest.mark.parametrize("url", ["ftp://photos.example.org/robin.jpg", "file:///etc/passwd", "http:///robin.jpg",
                                  "robin.jpg"])
 def test_anything_but_an_http_url_with_a_host_is_an_invalid_url(fetcher, requests_mock, url):
     assert fetch_error(fetcher, PhotoSource.url(url)).code == "invalid_url"
     assert requests_mock.call_count == 0
+
+
+def test_the_watchdog_wakes_a_blocked_read_at_the_deadline_even_on_a_connection_made_late():
+    class Conn:
+        sock = None
+
+    watchdog = Watchdog()
+    ours, theirs = socket.socketpair()
+    try:
+        watch = watchdog.watch(time.monotonic() + 0.1)
+        conn = Conn()
+        watch.attach(conn)
+        time.sleep(0.2)  # the deadline passes while "connecting": no socket to shut yet
+        conn.sock = ours
+        started = time.monotonic()
+        assert ours.recv(1) == b""  # blocks until the watchdog's next look shuts the socket down
+        assert time.monotonic() - started < 1.0
+        assert watch.fired
+    finally:
+        watchdog.stop()
+        ours.close()
+        theirs.close()
 
 
 # -- local files and uploads ----------------------------------------------------------------
