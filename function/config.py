@@ -33,6 +33,7 @@ class Config:
     max_photo_bytes: int = 25 * 1024 * 1024
     max_photo_pixels: int = 64_000_000
     fetch_workers: int = 16
+    fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // 4))
     max_urls: int = 64
     max_request_bytes: int = 1024 * 1024  # JSON request bodies (uploads have their own limit)
     max_upload_bytes: int = 64 * 1024 * 1024  # a whole upload request (multipart or image/*)
@@ -88,8 +89,8 @@ class Config:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        non_negative = ("fetch_retries", "model_load_retry_s", "batch_wait_ms", "tf_intra_op_threads",
-                        "tf_inter_op_threads", "inference_workers")
+        non_negative = ("fetch_retries", "fetch_per_request", "model_load_retry_s", "batch_wait_ms",
+                        "tf_intra_op_threads", "tf_inter_op_threads", "inference_workers")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from function.config import Config
 from function.core.classifier import top_k
 from function.core.labels import LabelMap
 from function.core.photos import PhotoSource
-from standin import hubmodel, photos
+from standin import hostile, hubmodel, photos
 from tests.support import MODEL_PATH
 
 
@@ -120,3 +121,42 @@ def test_top_k_breaks_ties_by_lower_id():
     labels = LabelMap({i: f"s{i}" for i in range(5)})
     preds = top_k(np.array([0.1, 0.3, 0.3, 0.2, 0.1], np.float32), 3, labels)
     assert [p.id for p in preds] == [1, 2, 3]
+
+
+def test_a_request_of_stalled_urls_does_not_delay_a_one_photo_request(config, server, serve_photo):
+    """Issue 12, finding 7: 64 stalled URLs in one request held every fetch worker, and a one-photo
+    request queued behind them (50 s in production). Each request now has a share of the pool."""
+    released = threading.Event()
+    stalled = server.add("/photos/stalled.jpg", hostile.stall_after_headers(released, 10.0))
+    app = App(replace(config, fetch_workers=4, photo_deadline_s=3.0, read_timeout_s=5.0, request_deadline_s=4.0))
+    app.classifier.model.get(timeout=120)
+    hits = server.hits["/photos/stalled.jpg"]
+    slow = threading.Thread(target=app.classifier.classify,
+                            args=([PhotoSource.url(f"{stalled}?n={n}") for n in range(64)],))
+    slow.start()
+    try:
+        while server.hits["/photos/stalled.jpg"] == hits:  # the stalled request holds its workers
+            time.sleep(0.01)
+        started = time.monotonic()
+        result = app.classifier.classify([PhotoSource.url(serve_photo(33))])
+        elapsed = time.monotonic() - started
+        assert result.results[0].error is None and result.results[0].predictions[0].id == 33
+        assert elapsed < 1.5, f"the one-photo request waited {elapsed:.1f} s behind the stalled one"
+    finally:
+        released.set()
+        slow.join(timeout=10)
+        app.stop()
+
+
+def test_each_request_has_at_most_its_share_of_the_pool_in_flight(config, server):
+    released = threading.Event()
+    stalled = server.add("/photos/stalled-share.jpg", hostile.stall_after_headers(released, 10.0))
+    app = App(replace(config, fetch_workers=8, fetch_per_request=3, photo_deadline_s=2.0, request_deadline_s=1.0))
+    hits = server.hits["/photos/stalled-share.jpg"]
+    try:
+        result = app.classifier.classify([PhotoSource.url(f"{stalled}?n={n}") for n in range(8)])
+        assert server.hits["/photos/stalled-share.jpg"] - hits == 3  # three of eight started; five waited
+        assert {r.error.code for r in result.results} == {"deadline_exceeded"}
+    finally:
+        released.set()
+        app.stop()
