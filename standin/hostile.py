@@ -95,6 +95,21 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+def ico_bomb(width: int = 6000, height: int = 6000) -> bytes:
+    """An ICO whose directory says 256x256 and whose PNG says ``width`` x ``height``: Pillow decodes an
+    ICO's image inside ``Image.open``, before any size check of ours can run."""
+    png = png_bomb(width, height)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def icns_bomb(side: int = 3000) -> bytes:
+    """An ICNS whose one element says 512x512 ('ic09') and holds a ``side`` x ``side`` PNG."""
+    png = encode(Image.new("RGBA", (side, side), (0, 0, 255, 255)), "PNG")
+    element = b"ic09" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(element)) + element
+
+
 @cache
 def _gzip_bomb_body() -> bytes:
     return gzip.compress(b"\x00" * 64_000_000, 9)

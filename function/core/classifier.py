@@ -26,7 +26,7 @@ import numpy as np
 from ..config import Config
 from ..errors import PhotoError
 from .labels import LabelMap
-from .photos import LoadedPhoto, PhotoFetcher, load
+from .photos import DecodeBudget, LoadedPhoto, PhotoFetcher, allowed_formats, limit_decoders, load
 from .results import Classification, PhotoResult, Prediction
 from .sources import PhotoSource
 
@@ -177,6 +177,9 @@ class Classifier:
         self.calls = calls
         per_request = config.fetch_per_request or max(1, config.fetch_workers // 4)
         self._pool = FairPool(pool, config.fetch_workers, per_request)
+        self.formats = allowed_formats(config.photo_formats)
+        self.decoding = DecodeBudget(config.decode_budget_mpx * 1_000_000)
+        limit_decoders(config.max_photo_pixels)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -218,8 +221,11 @@ class Classifier:
         self.start()
         # Each fetch runs in a copy of this thread's context, so its log records carry the request id.
         share = self._pool.share()
+        # a photo waits for decoding memory no longer than its request waits for it
+        decode_by = time.monotonic() + self.config.request_deadline_s
         futures = [self._pool.submit(share, contextvars.copy_context().run, load, self.fetcher, s,
-                                     self.config.max_photo_pixels) for s in sources]
+                                     self.config.max_photo_pixels, self.formats, self.decoding, decode_by)
+                   for s in sources]
         if progress is not None:
             _report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s
