@@ -78,7 +78,7 @@ class App:
             [config.storage_emulator_host] if config.storage_emulator_host else [])
         objects = PhotoFetcher(self.object_session, config.connect_timeout_s, config.read_timeout_s,
                                config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
-        fetcher = RoutingFetcher(photos, objects)
+        self.fetcher = fetcher = RoutingFetcher(photos, objects)
         # Parallel single-threaded calls beat one multi-threaded call for this model on a small
         # CPU (docs/performance.md): one intra-op thread per call, one call per usable CPU.
         workers = config.inference_workers or usable_cpus()
@@ -138,6 +138,7 @@ class App:
             return
         self._stopped = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.fetcher.close()
         if self.fanout is not None:
             self.fanout.stop()
         self.batcher.stop()

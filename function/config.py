@@ -34,7 +34,13 @@ class Config:
     read_timeout_s: float = 15.0
     max_photo_bytes: int = 25 * 1024 * 1024
     max_photo_pixels: int = 64_000_000
+    # Formats decoded (Pillow's names; HEIF and AVIF only where their plugin is installed)
+    photo_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF,HEIF,AVIF"
+    # Megapixels decoded at once per instance: 128 is two 64 Mpx photos at ~8 B/px (RGBA's peak),
+    # ~1.0 GB next to the ~0.93 GB of a ready instance, under the pod's 2560 Mi (docs/reliability.md)
+    decode_budget_mpx: int = 128
     fetch_workers: int = 16
+    fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // 4))
     max_urls: int = 64
     max_request_bytes: int = 1024 * 1024  # JSON request bodies (uploads have their own limit)
     max_upload_bytes: int = 64 * 1024 * 1024  # a whole upload request (multipart or image/*)
@@ -95,8 +101,8 @@ class Config:
 
     def validate(self) -> None:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
-                    "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s", "model_wait_s",
-                    "fanout_chunk", "fanout_timeout_s",
+                    "max_photo_pixels", "decode_budget_mpx", "fetch_workers", "max_urls", "labels_timeout_s",
+                    "model_wait_s", "fanout_chunk", "fanout_timeout_s",
                     "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
                     "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s"]
         for name in positive:
@@ -106,11 +112,13 @@ class Config:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        non_negative = ("fetch_retries", "model_load_retry_s", "batch_wait_ms", "tf_intra_op_threads",
-                        "tf_inter_op_threads", "inference_workers")
+        non_negative = ("fetch_retries", "fetch_per_request", "model_load_retry_s", "batch_wait_ms",
+                        "tf_intra_op_threads", "tf_inter_op_threads", "inference_workers")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
+        if not self.photo_formats.strip(", "):
+            raise ConfigError("PHOTO_FORMATS must name at least one format")
         if self.max_batch_images <= 0:
             raise ConfigError("MAX_BATCH_IMAGES must be positive")
         if self.model_runtime not in MODEL_RUNTIMES:

@@ -95,6 +95,21 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+def ico_bomb(width: int = 6000, height: int = 6000) -> bytes:
+    """An ICO whose directory says 256x256 and whose PNG says ``width`` x ``height``: Pillow decodes an
+    ICO's image inside ``Image.open``, before any size check of ours can run."""
+    png = png_bomb(width, height)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def icns_bomb(side: int = 3000) -> bytes:
+    """An ICNS whose one element says 512x512 ('ic09') and holds a ``side`` x ``side`` PNG."""
+    png = encode(Image.new("RGBA", (side, side), (0, 0, 255, 255)), "PNG")
+    element = b"ic09" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(element)) + element
+
+
 @cache
 def _gzip_bomb_body() -> bytes:
     return gzip.compress(b"\x00" * 64_000_000, 9)
@@ -201,5 +216,65 @@ def fails_first(times: int, status: int, then: bytes = b"", headers: dict[str, s
             req.close_connection = True
             return None
         return Reply(b"busy", status, "text/plain", dict(headers or {}))
+
+    return handler
+
+
+def _drip(req, data: bytes, stop: threading.Event, max_s: float, every_s: float) -> None:
+    """Send ``data`` one byte every ``every_s`` until it is sent, ``stop``, ``max_s`` or a hang-up."""
+    give_up = time.monotonic() + max_s
+    for i in range(len(data)):
+        if stop.wait(every_s) or time.monotonic() > give_up:
+            break
+        try:
+            req.wfile.write(data[i : i + 1])
+            req.wfile.flush()
+        except OSError:  # the client hung up: what it should do
+            break
+    req.close_connection = True
+
+
+def status_drip(stop: threading.Event, max_s: float = 10.0, every_s: float = 0.2) -> Handler:
+    """The status line itself, one byte every ``every_s``: no read timeout ever passes."""
+
+    def handler(req):
+        _drip(req, b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 3\r\n\r\n\xff\xd8\xff",
+              stop, max_s, every_s)
+
+    return handler
+
+
+def header_drip(stop: threading.Event, max_s: float = 10.0, every_s: float = 0.2) -> Handler:
+    """A status line at once, then a header one byte every ``every_s`` (the read timeout and the
+    photo's deadline used to start only once the headers were complete)."""
+
+    def handler(req):
+        try:
+            req.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            req.wfile.flush()
+        except OSError:
+            return
+        _drip(req, b"X-Padding: " + b"a" * 10_000 + b"\r\n\r\n", stop, max_s, every_s)
+
+    return handler
+
+
+def endless_gzip_header(stop: threading.Event, max_s: float = 10.0) -> Handler:
+    """``Content-Encoding: gzip`` and a gzip header whose file name never ends: a decoder consumes it
+    all and yields nothing, so a byte limit on decoded bytes never trips (30 GB in 45 s, measured)."""
+
+    def handler(req):
+        _headers(req, {"Content-Type": "image/jpeg", "Content-Encoding": "gzip", "Connection": "close"})
+        piece = b"a" * (64 * 1024)
+        give_up = time.monotonic() + max_s
+        try:
+            req.wfile.write(b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\x03")  # gzip, FNAME set
+            for _ in range(4096):
+                if stop.is_set() or time.monotonic() > give_up:
+                    break
+                req.wfile.write(piece)
+        except OSError:  # the client hung up: what it should do
+            pass
+        req.close_connection = True
 
     return handler

@@ -197,8 +197,10 @@ def _classify(request: flask.Request, app: App, rid: str) -> flask.Response:
 
 
 def _http_request(request: flask.Request, response: flask.Response, started: float) -> dict[str, Any]:
+    # The Content-Length header, not calculate_content_length(): that would turn a streamed answer (a
+    # 413 that leaves the body unread) into a sequence, and functions-framework would then read the body.
     return logs.http_request(
-        request.method, request.full_path.rstrip("?"), response.status_code, response.calculate_content_length(),
+        request.method, request.full_path.rstrip("?"), response.status_code, response.content_length,
         request.headers.get("User-Agent"), request.remote_addr, time.perf_counter() - started,
         request.environ.get("SERVER_PROTOCOL"))
 

@@ -25,13 +25,15 @@ class ObjectSource(PhotoSource):
         return cls(url, "url")
 
 
-class RoutingFetcher(PhotoFetcher):
+class RoutingFetcher:
     """The photo fetcher for caller-supplied sources; ``objects`` for :class:`ObjectSource`."""
 
     def __init__(self, photos: PhotoFetcher, objects: PhotoFetcher):
-        super().__init__(photos.session, *photos.timeout, photos.max_bytes, photos.retries, photos.deadline_s,
-                         photos.backoff_s)
         self.photos, self.objects = photos, objects
+
+    def close(self) -> None:
+        self.photos.close()
+        self.objects.close()
 
     def read(self, source: PhotoSource) -> bytes:
         if isinstance(source, ObjectSource):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from function.config import Config
 from function.core.classifier import top_k
 from function.core.labels import LabelMap
 from function.core.photos import PhotoSource
-from standin import hubmodel, photos
+from standin import hostile, hubmodel, photos
 from tests.support import MODEL_PATH
 
 
@@ -120,3 +121,63 @@ def test_top_k_breaks_ties_by_lower_id():
     labels = LabelMap({i: f"s{i}" for i in range(5)})
     preds = top_k(np.array([0.1, 0.3, 0.3, 0.2, 0.1], np.float32), 3, labels)
     assert [p.id for p in preds] == [1, 2, 3]
+
+
+def test_a_five_photo_request_fetches_all_five_at_once_when_alone(config, server):
+    # Fair sharing must not slow the common case: the pool's default share (16 // 4 = 4) is below five.
+    gate, arrived = threading.Barrier(5, timeout=5), []
+
+    def together(_req):
+        arrived.append(1)
+        gate.wait()  # answers only once all five fetches are in flight at the same time
+        from standin.server import Reply
+        return Reply(photos.solid(photos.class_colour(7)), 200, "image/jpeg")
+
+    url = server.add("/photos/together.jpg", together)
+    app = App(replace(config, fetch_workers=16, fetch_per_request=0, threads=4))
+    try:
+        result = app.classifier.classify([PhotoSource.url(f"{url}?n={n}") for n in range(5)])
+        assert [r.error for r in result.results] == [None] * 5, [r.error for r in result.results]
+    finally:
+        app.stop()
+
+
+def test_a_request_of_stalled_urls_does_not_delay_a_one_photo_request(config, server, serve_photo):
+    """Issue 12, finding 7: 64 stalled URLs in one request held every fetch worker, and a one-photo
+    request queued behind them (50 s in production). Each request now has a share of the pool."""
+    released = threading.Event()
+    stalled = server.add("/photos/stalled.jpg", hostile.stall_after_headers(released, 10.0))
+    app = App(replace(config, fetch_workers=4, photo_deadline_s=3.0, read_timeout_s=5.0, request_deadline_s=4.0))
+    app.classifier.model.get(timeout=120)
+    hits = server.hits["/photos/stalled.jpg"]
+    slow = threading.Thread(target=app.classifier.classify,
+                            args=([PhotoSource.url(f"{stalled}?n={n}") for n in range(64)],))
+    slow.start()
+    try:
+        while server.hits["/photos/stalled.jpg"] == hits:  # the stalled request holds its workers
+            time.sleep(0.01)
+        started = time.monotonic()
+        result = app.classifier.classify([PhotoSource.url(serve_photo(33))])
+        elapsed = time.monotonic() - started
+        assert result.results[0].error is None and result.results[0].predictions[0].id == 33
+        assert elapsed < 1.5, f"the one-photo request waited {elapsed:.1f} s behind the stalled one"
+    finally:
+        released.set()
+        slow.join(timeout=10)
+        app.stop()
+
+
+def test_a_request_alone_uses_idle_workers_but_leaves_one_for_each_other_request(config, server):
+    released = threading.Event()
+    stalled = server.add("/photos/stalled-share.jpg", hostile.stall_after_headers(released, 10.0))
+    # 8 workers, THREADS=4: 3 stay free for the 3 other requests that may be served at once.
+    app = App(replace(config, fetch_workers=8, fetch_per_request=3, threads=4, photo_deadline_s=2.0,
+                      request_deadline_s=1.0))
+    hits = server.hits["/photos/stalled-share.jpg"]
+    try:
+        result = app.classifier.classify([PhotoSource.url(f"{stalled}?n={n}") for n in range(8)])
+        assert server.hits["/photos/stalled-share.jpg"] - hits == 5  # five of eight started; three kept free
+        assert {r.error.code for r in result.results} == {"deadline_exceeded"}
+    finally:
+        released.set()
+        app.stop()

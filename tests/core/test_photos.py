@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import gzip
 import io
+import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
 import zlib
 
@@ -12,8 +18,9 @@ import pytest
 import requests
 from PIL import Image
 
-from function.core.photos import IMAGE_SIZE, PhotoError, PhotoFetcher, PhotoSource, decode, load
+from function.core.photos import IMAGE_SIZE, DecodeBudget, PhotoError, PhotoFetcher, PhotoSource, Watchdog, decode, load
 from standin import photos
+from tests.support import ROOT
 
 MAX_PIXELS = 64_000_000
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -199,6 +206,126 @@ def test_an_image_exactly_at_the_pixel_limit_is_decoded():
     assert decode_error(png, max_pixels=4999).code == "image_too_large"
 
 
+# -- decode: within budget (issue 12, findings 2 and 3) -------------------------------------
+
+ALL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "ICNS")
+
+
+def ico_holding(png: bytes) -> bytes:
+    """An ICO whose one entry says 256x256 and holds ``png``, whatever size that is."""
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def icns_holding(png: bytes) -> bytes:
+    """An ICNS whose one element is 'ic09' (512x512), holding ``png``, whatever size that is."""
+    element = b"ic09" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(element)) + element
+
+
+def test_an_ico_is_refused_as_an_unsupported_format_before_any_decoder_runs():
+    ico = encode(Image.new("RGB", (64, 64), RED), "ICO")
+    err = decode_error(ico)
+    assert err.code == "unsupported_format"
+    assert "ICO" in err.message
+
+
+def test_a_web_page_is_still_not_an_image_rather_than_an_unsupported_format():
+    assert decode_error(b"<!doctype html><html><body>Sorry</body></html>").code == "not_an_image"
+
+
+def test_an_ico_holding_a_huge_png_is_refused_by_pillows_check_before_the_png_is_decoded():
+    # 6000x6000 declared, ten rows of data: decoded, it would fail as corrupt (and cost 36 MB)
+    ico = ico_holding(png_header_only(6000, 6000))
+    with pytest.raises(PhotoError) as caught:
+        decode(ico, 1_000_000, formats=ALL_FORMATS)
+    assert caught.value.code == "image_too_large"
+    assert "1000000" in caught.value.message
+
+
+def test_an_icns_whose_header_understates_its_image_is_refused():
+    # The header says 512x512 (262144 px, under the limit); the PNG inside is 1500x1500.
+    icns = icns_holding(encode(Image.new("RGBA", (1500, 1500), (0, 0, 255, 255)), "PNG"))
+    with pytest.raises(PhotoError) as caught:
+        decode(icns, 1_000_000, formats=ALL_FORMATS)
+    assert caught.value.code == "image_too_large"
+    assert decode_error(icns, 1_000_000).code == "unsupported_format"
+
+
+def test_a_decode_waits_for_memory_no_longer_than_its_deadline():
+    budget = DecodeBudget(10_000_000)
+    budget.acquire(10_000_000, None)  # another photo is being decoded: the budget is spent
+    png = encode(Image.new("RGB", (100, 100), GREEN), "PNG")
+    started = time.monotonic()
+    with pytest.raises(PhotoError) as caught:
+        decode(png, MAX_PIXELS, budget=budget, deadline=started + 0.2)
+    assert caught.value.code == "deadline_exceeded"
+    assert 0.2 <= time.monotonic() - started < 1.0
+    budget.release(10_000_000)
+    assert decode(png, MAX_PIXELS, budget=budget, deadline=time.monotonic() + 0.2).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert budget.used == 0
+
+
+def test_decodes_share_the_budget_and_one_bigger_than_it_runs_alone():
+    budget = DecodeBudget(100)
+    budget.acquire(60, None)
+    waiting = threading.Thread(target=budget.acquire, args=(60, time.monotonic() + 5))
+    waiting.start()
+    waiting.join(0.1)
+    assert waiting.is_alive() and budget.used == 60  # 60 + 60 is over 100: it waits
+    budget.release(60)
+    waiting.join(5)
+    assert budget.used == 60
+    budget.release(60)
+    budget.acquire(500, time.monotonic())  # over the whole budget, but nothing else is decoding
+    assert budget.used == 500
+
+
+def test_a_failed_decode_keeps_no_image_alive_through_its_error():
+    # A rejected photo's image was pinned by the traceback of the error kept in its result, in a
+    # cycle that only a full collection frees (3.1 GB of RSS for 30 more requests).
+    png = encode(Image.new("RGB", (600, 600), GREEN), "PNG")
+    truncated = PhotoSource.upload("cut.png", png[: len(png) // 2])
+    fetcher = PhotoFetcher(requests.Session(), 1.0, 1.0, max_bytes=10_000_000)
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(isinstance(o, Image.Image) for o in gc.get_objects())
+        loaded = load(fetcher, truncated, MAX_PIXELS)
+        after = sum(isinstance(o, Image.Image) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert loaded.error.code == "corrupt_image"
+    assert after == before
+    assert loaded.error.__traceback__ is None and loaded.error.__context__ is None
+
+
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child of the test process would start at pytest's RSS.
+DECODE_PEAK = """
+import sys
+from function.core.photos import decode
+data = open(sys.argv[1], "rb").read()
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+base = status("VmRSS")
+for _ in range(3):
+    decode(data, 64_000_000)
+print(base, status("VmHWM"), status("VmRSS"))
+"""
+
+
+def test_a_big_rgba_png_costs_under_ten_bytes_a_pixel_and_its_memory_goes_back(tmp_path):
+    # 4000x4000 RGBA: 16 Mpx, 4 bytes a pixel decoded. Converting and compositing at full size
+    # peaked at 20 bytes a pixel (320 MB); scaled down first, 8.
+    path = tmp_path / "big.png"
+    Image.new("RGBA", (4000, 4000), (10, 200, 30, 128)).save(path)
+    out = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True)
+    base, peak, after = map(float, out.stdout.split())
+    assert peak - base < 10 * 16, f"peak {peak - base:.0f} MB over the {base:.0f} MB before"
+    assert after - base < 30, f"{after - base:.0f} MB kept after three decodes"
+
+
 # -- fetching URLs --------------------------------------------------------------------------
 
 
@@ -287,11 +414,59 @@ def test_an_empty_body_is_empty(fetcher, requests_mock):
     assert fetch_error(fetcher, PhotoSource.url(URL)).code == "empty"
 
 
+def test_photos_are_asked_for_uncompressed_so_the_limit_counts_bytes_on_the_wire(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"x")
+    fetcher.read(PhotoSource.url(URL))
+    assert requests_mock.last_request.headers["Accept-Encoding"] == "identity"
+
+
+def test_a_host_that_compresses_anyway_is_decompressed(fetcher, requests_mock):
+    jpeg = photos.solid(RED)
+    requests_mock.get(URL, content=gzip.compress(jpeg), headers={"Content-Encoding": "gzip"})
+    assert fetcher.read(PhotoSource.url(URL)) == jpeg
+
+
+def test_a_compressed_body_is_decompressed_only_up_to_the_limit(fetcher, requests_mock):
+    bomb = gzip.compress(b"\0" * 50_000_000)  # 50 KB on the wire
+    requests_mock.get(URL, content=bomb, headers={"Content-Encoding": "gzip"})
+    started = time.perf_counter()
+    assert fetch_error(fetcher, PhotoSource.url(URL)).code == "too_large"
+    assert time.perf_counter() - started < 0.5
+
+
+def test_an_encoding_the_service_did_not_ask_for_is_fetch_failed(fetcher, requests_mock):
+    requests_mock.get(URL, content=b"\x1b\x00", headers={"Content-Encoding": "br"})
+    err = fetch_error(fetcher, PhotoSource.url(URL))
+    assert err.code == "fetch_failed" and "br" in err.message
+
+
 @pytest.mark.parametrize("url", ["ftp://photos.example.org/robin.jpg", "file:///etc/passwd", "http:///robin.jpg",
                                  "robin.jpg"])
 def test_anything_but_an_http_url_with_a_host_is_an_invalid_url(fetcher, requests_mock, url):
     assert fetch_error(fetcher, PhotoSource.url(url)).code == "invalid_url"
     assert requests_mock.call_count == 0
+
+
+def test_the_watchdog_wakes_a_blocked_read_at_the_deadline_even_on_a_connection_made_late():
+    class Conn:
+        sock = None
+
+    watchdog = Watchdog()
+    ours, theirs = socket.socketpair()
+    try:
+        watch = watchdog.watch(time.monotonic() + 0.1)
+        conn = Conn()
+        watch.attach(conn)
+        time.sleep(0.2)  # the deadline passes while "connecting": no socket to shut yet
+        conn.sock = ours
+        started = time.monotonic()
+        assert ours.recv(1) == b""  # blocks until the watchdog's next look shuts the socket down
+        assert time.monotonic() - started < 1.0
+        assert watch.fired
+    finally:
+        watchdog.stop()
+        ours.close()
+        theirs.close()
 
 
 # -- local files and uploads ----------------------------------------------------------------
