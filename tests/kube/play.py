@@ -217,10 +217,12 @@ def main() -> int:
             with socket.create_connection(("127.0.0.1", live_probe["tcpSocket"]["port"]),
                                           timeout=float(live_probe.get("timeoutSeconds", 1))):
                 pass  # the liveness probe's TCP handshake
+            live_said = f"TCP connect to port {live_probe['tcpSocket']['port']}: accepted (by the test)"
         else:
             live_url, live_timeout, _ = http_probe(live_probe, port)
             live = requests.get(live_url, timeout=live_timeout).status_code
             check(live == 200, f"liveness {live_url} answered {live}")
+            live_said = f"GET {live_url} -> {live} (by the test)"
         check(server.hits[MODEL_PATH] == 0 and server.hits[LABELS_PATH] == 0,
               "the pod fetched the model or the label map: the image should carry both")
 
@@ -317,9 +319,9 @@ def main() -> int:
               f"NoNewPrivs {status['NoNewPrivs']}, Seccomp {status['Seccomp']}, uid {uid}; "
               f"limits {host['Memory'] // 2**20} Mi, {cpus / 1e9:g} CPU")
         print(f"  writable mounts: {writable}; TFHUB cache: {cached}")
-        print(f"  liveness: GET {live_url} -> {live} (by the test); podman's healthcheck made of it "
+        print(f"  liveness: {live_said}; podman's healthcheck made of it "
               f"({health_test}, curl in the image: {has_curl}) says {health_said!r} when run by hand; "
-              "podman runs it only from a systemd timer (none here), a kubelet probes over HTTP itself")
+              "podman runs it only from a systemd timer (none here); a kubelet makes the probe itself")
         if extra:
             print(f"  NOTE: podman also made {extra} writable (a kubelet would not; the app did not need them "
                   "to pass here, but a read-only /var/tmp or /run under Kubernetes is untested by this run)")
