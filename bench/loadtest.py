@@ -524,6 +524,13 @@ def hostile_phase(args, server: StandInServer, good: list[Photo], base_env: dict
                 "STORAGE_EMULATOR_HOST": f"127.0.0.1:{server.port}", "STORAGE_CREDENTIALS": "anonymous",
                 **extra_env}
     limits = attacks.pod_limits()
+    # The image serves a .tflite on LiteRT and has no TensorFlow: convert the model into the cache
+    # first (the normal phase has done it already unless --hostile-only), and allow no fallback.
+    done = subprocess.run([sys.executable, "-m", "function.model.convert", base_env["MODEL_URL"]], cwd=ROOT,
+                          env=base_env, capture_output=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"converting the model failed:\n{done.stderr.decode()[-2000:]}")
+    settings["MODEL_RUNTIME"] = "litert"
     service = ImageServer({**base_env, **settings}, tmp_path / "hostile.log")
     try:
         service.start()
