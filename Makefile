@@ -71,9 +71,17 @@ test-network: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-## The load test of issue 5 (not in CI; about two minutes): 16 clients send good photos and hostile
-## inputs to one function process on 127.0.0.1; fails on any 5xx, wrong answer, RSS growth >= 10 % or
-## threads/sockets not back to baseline. Smoke run: make loadtest LOADTEST_ARGS="--duration 10 --warmup 5".
+## The load test (not in CI; about 3.5 minutes), on 127.0.0.1, the service started as the image starts it
+## (gunicorn + gunicorn.conf.py). Normal load (issue 5): 16 clients send good photos and hostile inputs;
+## fails on any 5xx, wrong answer, RSS growth >= 10 % or threads/sockets not back to baseline. Then the
+## hostile phase (issue 12, bench/attacks.py), with the image's settings: 45 s of attacks (slow clients,
+## big bodies, query bomb, stalled photo hosts, decompression bombs, de-dup flood, bad storage events)
+## mixed with normal clients; fails on any 5xx, a normal request over its bound (1 photo 10 s, 5 photos
+## 15 s), peak RSS over the pod's memory limit (knative/service.yaml; the service is then killed, as the
+## OOM killer would) or RSS not within 20 % of its pre-attack level 30 s after. Results in
+## bench/results/loadtest.json; docs/reliability.md, "Hostile phase". Smoke run:
+## make loadtest LOADTEST_ARGS="--duration 10 --warmup 5 --attack 10 --settle 10"; also --no-hostile,
+## --hostile-only, --skip ATTACK,...
 loadtest: $(VENV)/.installed-test
 	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
