@@ -160,7 +160,7 @@ class AwsSigner(Signer):
         if self._credentials is None:
             return
         from botocore.auth import S3SigV4Auth  # type: ignore[import-untyped]  # no stubs shipped
-        from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+        from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]  # no stubs shipped
 
         frozen = self._credentials.get_frozen_credentials()  # refreshes temporary credentials when due
         aws = AWSRequest(method=request.method, url=request.url, headers={"User-Agent": request.headers.get(
