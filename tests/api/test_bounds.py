@@ -178,3 +178,26 @@ def test_slow_clients_are_cut_and_do_not_block_liveness(served):
         stop.set()
     assert sorted(cut) == list(range(8)), f"connections not cut: {sorted(set(range(8)) - set(cut))}"
     assert max(cut.values()) < max(HEADER_TIMEOUT_S, BODY_TIMEOUT_S) + 3, cut
+
+
+def test_a_short_body_dripped_a_byte_a_second_is_cut_well_before_body_timeout(server, tmp_path):
+    # BODY_TIMEOUT_S stays at its default (60 s); the declared 90 bytes may take 5 s + 90 B / 64 KiB/s.
+    body = b'{"urls": ["http://127.0.0.1/x.jpg"], "top_k": 1}' + b" " * 40
+    with serve(server, tmp_path, "gunicorn") as s, socket.create_connection((HOST, s.port), timeout=30) as conn:
+        conn.sendall((f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode())
+        start = time.monotonic()
+        conn.settimeout(1.0)
+        answer = b""
+        for byte in body:
+            try:
+                conn.sendall(bytes([byte]))
+                answer = conn.recv(4096)
+                break  # the server answered (or closed)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        elapsed = time.monotonic() - start
+    assert elapsed < 9, f"a 90-byte body dripped for {elapsed:.1f} s"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:80]
