@@ -29,6 +29,16 @@ The attacks (each a bounded loop on its own thread(s), all on 127.0.0.1):
 * ``storage-events``: ``"size": 1e400`` and object or bucket names with ``..`` (CloudEvents and S3
   Records), which must be refused with 400 and never fetched.
 
+**Slots.** A pod serves ``containerConcurrency`` = THREADS requests at once: Knative's queue-proxy
+admits no more, and it reads request headers itself (a slow-header client never reaches the pod).
+When attackers hold every slot of a pod, Knative sends normal requests to another pod, or holds them
+at the activator while it scales out; one process cannot show that. So the attacks that hold a
+request thread hold ``--attack-slots`` connections at once, THREADS - 1 by default, dealt in turn to
+three groups so each kind keeps attacking the whole time: slow headers, slow bodies, and photo
+requests (stalled hosts, bombs). What is tested is that they cannot take the slot they do not have,
+and that a normal request in its own slot keeps its latency bound. ``--attack-slots 0`` lifts the
+limit (every attacker at once, more than the pod's slots), to measure that case too.
+
 The harness plays the pod's OOM killer: when the service's RSS passes the pod's memory limit
 (``knative/service.yaml``) it kills the process group it started (``--no-oom-kill``: it lets it run,
 up to a safety ceiling of three times the limit, to measure the real peak).
@@ -36,6 +46,7 @@ up to a safety ceiling of three times the limit, to measure the real peak).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -177,8 +188,26 @@ class Ctx:
     urls: dict[str, list[str]]
     rng: random.Random
 
+    slots: dict[str, threading.Semaphore] | None = None  # per group of attacks that hold a request thread
+
     def on(self) -> bool:
         return not self.over.is_set() and time.monotonic() < self.until
+
+    @contextlib.contextmanager
+    def slot(self, group: str):
+        """Hold one of the pod's slots for a thread-holding attack (waits while the window is open)."""
+        sem = None if self.slots is None else self.slots.get(group)
+        if self.slots is None:
+            yield True
+            return
+        while self.on() and sem is not None:
+            if sem.acquire(timeout=0.2):
+                try:
+                    yield True
+                finally:
+                    sem.release()
+                return
+        yield False
 
     def left(self) -> float:
         return max(0.5, self.until - time.monotonic())
@@ -192,32 +221,38 @@ def _status(data: bytes) -> str:
 def _drip(ctx: Ctx, attack: str, head: bytes, drip: bytes) -> None:
     """Send ``head`` at once, then ``drip`` one byte a second; record how it ended and how long it held."""
     while ctx.on():
-        start = time.monotonic()
-        outcome = "connect failed"
-        try:
-            with socket.create_connection((HOST, ctx.port), timeout=5) as s:
-                outcome = "still open at the end"
-                if head:
-                    s.sendall(head)
-                s.settimeout(1.0)
-                for i in range(len(drip)):
-                    if not ctx.on():
-                        break
-                    try:
-                        s.sendall(drip[i:i + 1])
-                        got = s.recv(4096)  # up to 1 s: the pace
-                    except TimeoutError:
-                        continue
-                    except OSError:
-                        outcome = "cut"
-                        break
-                    outcome = f"answered {_status(got)}" if got else "cut"
+        with ctx.slot(attack) as held:
+            if held:
+                _drip_once(ctx, attack, head, drip)
+
+
+def _drip_once(ctx: Ctx, attack: str, head: bytes, drip: bytes) -> None:
+    start = time.monotonic()
+    outcome = "connect failed"
+    try:
+        with socket.create_connection((HOST, ctx.port), timeout=5) as s:
+            outcome = "still open at the end"
+            if head:
+                s.sendall(head)
+            s.settimeout(1.0)
+            for i in range(len(drip)):
+                if not ctx.on():
                     break
-                else:
-                    outcome = "all sent"
-        except OSError:
-            pass
-        ctx.log.add(attack, outcome, time.monotonic() - start)
+                try:
+                    s.sendall(drip[i:i + 1])
+                    got = s.recv(4096)  # up to 1 s: the pace
+                except TimeoutError:
+                    continue
+                except OSError:
+                    outcome = "cut"
+                    break
+                outcome = f"answered {_status(got)}" if got else "cut"
+                break
+            else:
+                outcome = "all sent"
+    except OSError:
+        pass
+    ctx.log.add(attack, outcome, time.monotonic() - start)
 
 
 def slow_headers(ctx: Ctx) -> None:
@@ -275,7 +310,9 @@ def stalled(n: int) -> Callable[[Ctx], None]:
     def run(ctx: Ctx) -> None:
         hosts = ctx.urls["stalled"]
         while ctx.on():
-            _photos_once(ctx, f"stalled-{n}", [hosts[i % len(hosts)] for i in range(n)])
+            with ctx.slot("photos") as held:
+                if held:
+                    _photos_once(ctx, f"stalled-{n}", [hosts[i % len(hosts)] for i in range(n)])
             ctx.over.wait(0.5)
 
     return run
@@ -285,7 +322,9 @@ def bombs(ctx: Ctx) -> None:
     """Four bombs in one request: four ICOs, then four big RGBA PNGs, and so on."""
     i = 0
     while ctx.on():
-        _photos_once(ctx, "bombs", [ctx.urls[("ico", "rgba")[i % 2]][0]] * 4)
+        with ctx.slot("photos") as held:
+            if held:
+                _photos_once(ctx, "bombs", [ctx.urls[("ico", "rgba")[i % 2]][0]] * 4)
         i += 1
         ctx.over.wait(1.0)
 
@@ -473,7 +512,7 @@ def unrouted_hits(server: StandInServer) -> int:
 
 def run_phase(service: ImageServer, server: StandInServer, good: list, rss: Callable[[], float], *,
               warmup_s: float, attack_s: float, settle_s: float, skip: set[str], oom_kill: bool,
-              seed: int, limits: dict, settings) -> dict:
+              seed: int, limits: dict, settings, attack_slots: int | None = None) -> dict:
     """Run the hostile phase against a ready ``service``; returns its report (``passed`` included)."""
     over = threading.Event()
     urls = serve_attacks(server, over)
@@ -493,6 +532,12 @@ def run_phase(service: ImageServer, server: StandInServer, good: list, rss: Call
     pre = statistics.median(pre_window) if pre_window else rss()
     log = AttackLog()
     ctx = Ctx(service.port, service.url, t_attack + attack_s, over, log, urls, random.Random(seed))
+    threads_n = int(settings.get("THREADS", "4"))
+    slots = (threads_n - 1) if attack_slots is None else attack_slots
+    groups = ("slow-headers", "slow-body", "photos")
+    shares = {g: len(range(i, slots, len(groups))) for i, g in enumerate(groups)} if slots > 0 else {}
+    ctx.slots = {g: threading.Semaphore(n) for g, n in shares.items()} if slots > 0 else None
+    print(f"attacks holding a request thread: {shares or 'unlimited'} of THREADS={threads_n} slots", flush=True)
     chosen = [(n, k, f) for n, k, f in ATTACKS if n not in skip]
     threads = [threading.Thread(target=f, args=(ctx,), daemon=True, name=n) for n, k, f in chosen for _ in range(k)]
     print(f"pre-attack RSS {pre:.0f} MiB; attacks for {attack_s:g} s: {', '.join(n for n, _, _ in chosen)}...",

@@ -465,6 +465,9 @@ def main() -> int:
                     help="extra environment for the function, both phases (e.g. MALLOC_ARENA_MAX=16)")
     ap.add_argument("--attack", type=float, default=45.0, help="seconds of attacks in the hostile phase")
     ap.add_argument("--settle", type=float, default=30.0, help="seconds after the attack before RSS is compared")
+    ap.add_argument("--attack-slots", type=int, default=None, metavar="N",
+                    help="connections the thread-holding attacks share at once (default THREADS - 1, the pod's "
+                         "slots but one; 0: no limit, more attackers than the pod has slots)")
     ap.add_argument("--skip", default="", metavar="ATTACK,...",
                     help="attacks left out: " + ", ".join(n for n, _, _ in attacks.ATTACKS))
     ap.add_argument("--no-oom-kill", action="store_true",
@@ -540,7 +543,8 @@ def hostile_phase(args, server: StandInServer, good: list[Photo], base_env: dict
         report = attacks.run_phase(
             service, server, good, lambda: snapshot(pid)["rss_mb"], warmup_s=min(args.warmup, 15.0),
             attack_s=args.attack, settle_s=args.settle, skip=skip, oom_kill=not args.no_oom_kill, seed=args.seed,
-            limits=limits, settings={k: v for k, v in settings.items() if k != "STORAGE_EMULATOR_HOST"})
+            limits=limits, settings={k: v for k, v in settings.items() if k != "STORAGE_EMULATOR_HOST"},
+            attack_slots=args.attack_slots)
         report["ready_s"] = round(ready_s, 1)
         report["log_tail"] = tail(tmp_path / "hostile.log", 20)
         return report
