@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             if "cli" in only:
                 results["cli"] = attempt("cli", litert_scenarios.cli, b)
             if "services" in only:
-                results["services"] = attempt("services", litert_scenarios.services, b)
+                results["services"] = attempt("services", litert_scenarios.services, b, 1 if args.quick else 2)
             if "container" in only:
                 results["container"] = attempt("container", litert_scenarios.container, b, args.image, args.engine)
             if "sweep" in only:
