@@ -272,7 +272,13 @@ def render(results: dict[str, Any]) -> str:
     if "tflite" in fx:
         w(f"converted: float32 .tflite {fx['tflite']['bytes'] / 1e6:.1f} MB, max |TF - LiteRT| "
           f"{fx['tflite']['max_abs_diff']:.2g}")
-    w(f"functions-framework: WORKERS={meta['service']['WORKERS']}, THREADS={meta['service']['THREADS']}")
+    image = meta["service"].get("issue 10 services (as the image)")
+    if image and (results.get("services") or results.get("sweep")):
+        w("functions-framework (issue 10's services, as the image runs it): "
+          + ", ".join(f"{k}={v}" for k, v in image.items()))
+    if any(k in results for k in ("warm", "throughput", "fanout")):
+        w(f"functions-framework (issue 3's scenarios): WORKERS={meta['service']['WORKERS']}, "
+          f"THREADS={meta['service']['THREADS']}")
 
     cold = results.get("cold_cli")
     if cold:
