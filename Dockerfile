@@ -80,10 +80,14 @@ COPY function/ function/
 # WORKERS=1: one process; LiteRT runs one single-threaded interpreter per model-call worker, one
 #   worker per CPU of the cgroup (function/infra/cpu.py), so one process already uses the pod's
 #   cores for inference (docs/performance.md measures a second process).
-# THREADS=4: requests a worker serves at once. A request spends most of its time waiting on
-#   photo downloads (I/O, GIL released), then a short CPU-bound inference; four threads let the
-#   downloads of up to four requests overlap. knative/service.yaml sets containerConcurrency to
-#   this same number (a test checks).
+# THREADS=8: requests a worker serves at once. A request spends most of its time waiting on
+#   photo downloads (I/O, GIL released), then a short CPU-bound decode and inference (LiteRT:
+#   ~6 ms per image). With 4 threads the service ran out of slots before it ran out of CPU: 8
+#   clients got 12.2 five-photo req/s with 1.15 of 2 cores busy; with 8 threads 16.2-16.5 req/s
+#   with 1.6 cores busy (p50 at 8 clients 667 -> ~490 ms; one client unchanged, ~268 ms); 16
+#   threads gave 14.6 (make bench's sweep on the stand-in internet, 80 ms, 16 MB/s;
+#   docs/performance.md). knative/service.yaml sets containerConcurrency to this same number
+#   (a test checks).
 # XDG_RUNTIME_DIR=/tmp: where gunicorn (>= 25) puts its control socket; its fallback is $HOME,
 #   which this user does not have and the read-only root filesystem would refuse.
 # MALLOC_ARENA_MAX=2: glibc gives each busy thread its own malloc arena, which keeps freed photo
@@ -102,7 +106,7 @@ ENV PORT=8080 \
     MODEL_CACHE_DIR=/var/cache/tfhub \
     TFHUB_CACHE_DIR=/var/cache/tfhub \
     WORKERS=1 \
-    THREADS=4 \
+    THREADS=8 \
     XDG_RUNTIME_DIR=/tmp \
     MALLOC_ARENA_MAX=2 \
     MALLOC_MMAP_THRESHOLD_=1048576

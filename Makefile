@@ -66,10 +66,13 @@ $(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json
 test-network: $(VENV)/.installed-test
 	$(PY) -m pytest -m network
 
-## The benchmark of issue 3 on a stand-in internet (127.0.0.1; a few minutes; prints a table and
-## writes bench/results/latest.json). Smoke run: make bench BENCH_ARGS=--quick. See bench/run.py.
+## The benchmark of issue 10 (LiteRT serving vs TensorFlow and the naive original) on a stand-in internet
+## (127.0.0.1; ~12 minutes; prints a table with the targets and writes bench/results/latest.json). Smoke
+## run: make bench BENCH_ARGS=--quick; issue 3's scenarios: BENCH_ARGS="--only cold,warm,throughput,fanout";
+## the container figures need $(IMAGE) built (make image), else they are skipped with the reason.
+## See bench/run.py and docs/performance.md.
 bench: $(VENV)/.installed-test
-	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.run --image $(IMAGE) --engine $(ENGINE) $(BENCH_ARGS)
 
 ## The load test (not in CI; about 3.5 minutes), on 127.0.0.1, the service started as the image starts it
 ## (gunicorn + gunicorn.conf.py). Normal load (issue 5): 16 clients send good photos and hostile inputs;

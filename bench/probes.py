@@ -12,6 +12,12 @@ pixels in [0,1], converted with ``tf.constant`` per call as the function does) f
 and reports images/s and, for the function's unit of work, five-photo requests/s. No I/O, no
 decoding: what the function's throughput is compared with.
 
+``litert-ceiling`` (issue 10) is the serving path's own ceiling without HTTP: ``--parallel`` threads
+(default: one per usable CPU, as the function's call queue), each with its own single-threaded
+LiteRT interpreter, each repeatedly decoding the five photos with the function's own decoder (JPEG
+draft mode, resize to 224) and running them through the model in calls of ``--batch`` images.
+Never imports TensorFlow.
+
 Each prints one JSON document on stdout.
 """
 
@@ -99,18 +105,69 @@ def ceiling(model_dir: str, seconds: float, batches: list[int], max_calls: int =
             "cpus": len(os.sched_getaffinity(0))}
 
 
+def litert_ceiling(model: str, photos: list[str], seconds: float, parallel: int, batch: int) -> dict:
+    """Five-photo requests/s of decode + LiteRT inference alone (no HTTP, no downloads)."""
+    import threading
+
+    import numpy as np
+
+    from function.core.photos import decode
+    from function.model.litert import LiteRTModel
+
+    datas = [open(p, "rb").read() for p in photos]  # noqa: SIM115 - read at once
+    parallel = parallel or len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    lite = LiteRTModel(model)
+    lite.warmup()
+    load_ms = (time.perf_counter() - t0) * 1000
+    counts = [0] * parallel
+    decode_s = [0.0] * parallel
+    infer_s = [0.0] * parallel
+
+    def worker(i: int, started: float) -> None:
+        while counts[i] < 2 or time.perf_counter() - started < seconds:
+            t = time.perf_counter()
+            pixels = np.stack([decode(d, 64_000_000) for d in datas])
+            t1 = time.perf_counter()
+            for k in range(0, len(pixels), batch):
+                lite.predict(pixels[k:k + batch])
+            decode_s[i] += t1 - t
+            infer_s[i] += time.perf_counter() - t1
+            counts[i] += 1
+
+    started, cpu0 = time.perf_counter(), _cpu_s()
+    threads = [threading.Thread(target=worker, args=(i, started)) for i in range(parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu0
+    requests = sum(counts)
+    return {"parallel": parallel, "batch": batch, "requests": requests, "seconds": round(elapsed, 3),
+            "requests_per_s": round(requests / elapsed, 3), "images_per_s": round(requests * len(datas) / elapsed, 2),
+            "cpu_cores_busy": round(cpu / elapsed, 2),
+            "decode_ms_per_request": round(sum(decode_s) / requests * 1000, 1),
+            "inference_ms_per_request": round(sum(infer_s) / requests * 1000, 1),
+            "model_load_ms": round(load_ms, 1), "tensorflow_imported": "tensorflow" in sys.modules}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.probes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=["floor", "ceiling"])
-    parser.add_argument("--model-dir", required=True, help="an unpacked TF1 Hub module directory")
-    parser.add_argument("--batch", type=int, default=PHOTOS_PER_REQUEST, help="floor: the first call's batch")
+    parser.add_argument("probe", choices=["floor", "ceiling", "litert-ceiling"])
+    parser.add_argument("--model-dir", help="an unpacked TF1 Hub module directory (floor, ceiling)")
+    parser.add_argument("--tflite", help="litert-ceiling: the .tflite file")
+    parser.add_argument("--photos", nargs="*", default=[], help="litert-ceiling: JPEG files")
+    parser.add_argument("--batch", type=int, default=PHOTOS_PER_REQUEST,
+                        help="floor: the first call's batch; litert-ceiling: images per model call")
     parser.add_argument("--seconds", type=float, default=5.0, help="ceiling: time per batch size")
     parser.add_argument("--batches", default="5", help="ceiling: comma-separated batch sizes")
     parser.add_argument("--parallel", type=int, default=0,
                         help="ceiling: N concurrent single-threaded callers (0: one caller, default threads)")
     args = parser.parse_args(argv)
-    if args.probe == "floor":
+    if args.probe == "litert-ceiling":
+        doc = litert_ceiling(args.tflite, args.photos, args.seconds, args.parallel, args.batch)
+    elif args.probe == "floor":
         doc = floor(args.model_dir, args.batch)
     else:
         doc = ceiling(args.model_dir, args.seconds, [int(b) for b in args.batches.split(",")],

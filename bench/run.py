@@ -1,13 +1,20 @@
-"""``make bench``: the benchmark of issue 3 against a stand-in internet on 127.0.0.1.
+"""``make bench``: the benchmark of issues 3 and 10 against a stand-in internet on 127.0.0.1.
 
-    python -m bench.run                 # everything, a few minutes; prints a table
+    python -m bench.run                 # issue 10's scenarios, ~10 minutes; prints a table
     python -m bench.run --quick         # a short smoke run (one round, short load levels)
-    python -m bench.run --only cold,warm --latency-ms 20 --bandwidth-mbps 100
+    python -m bench.run --only cli,services --latency-ms 20 --bandwidth-mbps 100
+    python -m bench.run --only cold,warm,throughput,fanout   # issue 3's scenarios (TensorFlow era)
 
-Builds (once, cached outside the repository) a MobileNetV2-sized hub module, the label map and five
-photo-like JPEGs; serves them with a per-request latency and a per-connection bandwidth; runs the
-scenarios (see ``bench/scenarios.py``); prints the table with the issue's targets as PASS/MISS and
-writes every number, raw samples included, to ``bench/results/latest.json`` (git-ignored).
+Builds (once, cached outside the repository) a MobileNetV2-sized hub module, its float32 .tflite
+conversion, the label map and five photo-like JPEGs; serves them with a per-request latency and a
+per-connection bandwidth; runs the scenarios (issue 10: ``bench/litert_scenarios.py``; issue 3:
+``bench/scenarios.py``); prints the table with the targets as PASS/MISS and writes every number,
+raw samples included, to ``bench/results/latest.json`` (git-ignored).
+
+Issue 10's scenarios (the default): ``cli`` (naive original, first runs with empty caches, repeat
+run), ``services`` (LiteRT cold start by URL, warm, throughput, ceiling, RSS, and the TensorFlow
+runtime beside it), ``container`` (``podman run`` -> first answer; skipped with the reason when
+there is no engine or image), ``sweep`` (MAX_BATCH_IMAGES, INFERENCE_WORKERS, THREADS, WORKERS).
 
 Environment: BENCH_LATENCY_MS (80), BENCH_BANDWIDTH_MBPS (16, MB/s per connection, 0 = unlimited),
 BENCH_RUNS (3), BENCH_CACHE_DIR (~/.cache/bird-bench). The function itself is configured as usual
@@ -30,14 +37,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import report, scenarios
+from . import litert_scenarios, report, scenarios
 from .scenarios import Bench, Settings
 from .services import FunctionServer
 from .standin_internet import StandInInternet, cache_root, run_prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
-SCENARIOS = ("cold", "warm", "throughput", "fanout")
+SCENARIOS = ("cli", "services", "container", "sweep", "cold", "warm", "throughput", "fanout")
+DEFAULT_SCENARIOS = ("cli", "services", "container", "sweep")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a short smoke run: 1 round, short levels")
-    p.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p.add_argument("--only", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default {','.join(DEFAULT_SCENARIOS)})")
     p.add_argument("--latency-ms", type=float, default=float(env("BENCH_LATENCY_MS", "80")))
     p.add_argument("--bandwidth-mbps", type=float, default=float(env("BENCH_BANDWIDTH_MBPS", "16")),
                    help="MB/s (10^6 bytes) per connection; 0 = unlimited")
@@ -55,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--level-seconds", type=float, default=None, help="duration of each throughput level")
     p.add_argument("--fanout", choices=["auto", "on", "off"], default="auto",
                    help="auto: run scenario 5 only if the function has fan-out; on: run it anyway")
+    p.add_argument("--image", default=None,
+                   help="container scenario: the image to `podman run` (default bird-classifier, if it exists)")
+    p.add_argument("--engine", default=os.environ.get("ENGINE", "podman"), help="container engine")
+    p.add_argument("--sweep-seconds", type=float, default=None, help="sweep: seconds per load level (default 6)")
+    p.add_argument("--sweep-rounds", type=int, default=None, help="sweep: passes over the settings (default 2)")
     p.add_argument("--cache-dir", default=None, help="fixtures cache (default BENCH_CACHE_DIR or ~/.cache/bird-bench)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
@@ -77,6 +91,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.clients = tuple(int(c) for c in args.clients.split(","))
     s.level_seconds = args.level_seconds or s.level_seconds
     s.fanout = args.fanout
+    s.sweep_seconds = args.sweep_seconds or (2.5 if args.quick else s.sweep_seconds)
+    s.sweep_rounds = args.sweep_rounds or (1 if args.quick else s.sweep_rounds)
     if s.runs < 1 or s.warm_requests < 1 or not s.clients or min(s.clients) < 1:
         raise SystemExit("runs, warm requests and clients must be positive")
     return s
@@ -140,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "standin": {"latency_ms": args.latency_ms, "bandwidth_mbps": args.bandwidth_mbps},
         "service": {"WORKERS": os.environ.get("WORKERS", "default (1)"),
-                    "THREADS": os.environ.get("THREADS", f"default ({(os.cpu_count() or 1) * 4})")},
+                    "THREADS": os.environ.get("THREADS", f"default ({(os.cpu_count() or 1) * 4})"),
+                    "issue 10 services (as the image)": litert_scenarios.image_env()},
         "settings": {k: v for k, v in vars(settings).items()}, "quick": args.quick,
         "fixtures": manifest, "command": " ".join(sys.argv)}}
     errors: dict[str, str] = {}
@@ -158,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         with StandInInternet(root, args.latency_ms / 1000, bandwidth, logs / "standin.log") as net:
             b = Bench(settings, net, manifest, logs, tmp)
             b.env = scenarios.base_env(net)
+            if "cli" in only:
+                results["cli"] = attempt("cli", litert_scenarios.cli, b)
+            if "services" in only:
+                results["services"] = attempt("services", litert_scenarios.services, b, 1 if args.quick else 2)
+            if "container" in only:
+                results["container"] = attempt("container", litert_scenarios.container, b, args.image, args.engine)
+            if "sweep" in only:
+                results["sweep"] = attempt("sweep", litert_scenarios.sweep, b, settings.sweep_seconds,
+                                           settings.sweep_rounds)
             if "cold" in only:
                 results["cold_cli"] = attempt("cold_cli", scenarios.cold_cli, b)
             if only & {"warm", "throughput"}:
@@ -179,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     results = {k: v for k, v in results.items() if v is not None}
     results["breakdown"] = scenarios.breakdown(results)
+    results["breakdown10"] = report.breakdown10(results)
     results["targets"] = report.targets(results)
+    results["targets10"] = report.targets10(results)
     results["errors"] = errors
     results["meta"]["machine"]["load_avg_end"] = round(os.getloadavg()[0], 2)
     results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)

@@ -55,6 +55,8 @@ class Settings:
     process_timeout_s: float = 300.0
     ready_timeout_s: float = 240.0
     request_timeout_s: float = 120.0
+    sweep_seconds: float = 6.0  # issue 10's sweep: seconds per load level
+    sweep_rounds: int = 2  # issue 10's sweep: passes over the settings (the second in reverse order)
 
 
 @dataclass

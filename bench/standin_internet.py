@@ -40,6 +40,9 @@ if str(ROOT) not in sys.path:
 # Bump when a generator or a spec below changes: the cache is keyed by it.
 FIXTURES_VERSION = 2
 MODEL_PATH = "/google/aiy/vision/classifier/birds_V1/1"
+# The same module converted to a float32 .tflite (issue 10), served as a file: what the LiteRT
+# service fetches by URL.
+TFLITE_PATH = "/models/birds_V1_mobilenet_v2_float32.tflite"
 LABELS_PATH = "/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 STATS_PATH = "/__stats"
 PHOTO_MIN_BYTES, PHOTO_MAX_BYTES = 100_000, 2_500_000
@@ -90,7 +93,11 @@ def prepare(root: Path, log=print) -> dict[str, Any]:
     out = fixtures_dir(root)
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
-        return json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text())
+        if "tflite" not in manifest:  # fixtures made before issue 10: add the flatbuffer only
+            manifest["tflite"] = convert_tflite(out, log)
+            manifest_path.write_text(json.dumps(manifest, indent=2))
+        return manifest
     out.mkdir(parents=True, exist_ok=True)
 
     module_dir = out / "model"
@@ -124,9 +131,24 @@ def prepare(root: Path, log=print) -> dict[str, Any]:
         "labels": {"file": "labels.csv", "bytes": (out / "labels.csv").stat().st_size},
         "photos": photo_entries,
     }
+    manifest["tflite"] = convert_tflite(out, log)
     manifest["warnings"] = check(manifest)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def convert_tflite(out: Path, log=print) -> dict[str, Any]:
+    """The hub module converted once with the function's own converter (float32, checked against
+    TensorFlow's scores), written to ``model.tflite`` beside it."""
+    from function.model import convert as conv
+
+    log("converting the hub module to a float32 .tflite (once; ~10 s)...")
+    target = out / "model.tflite"
+    done = conv.convert(str(out / "model"), out / "model.tflite.partial")
+    (out / "model.tflite.partial").rename(target)
+    return {"file": "model.tflite", "bytes": target.stat().st_size, "max_abs_diff": done.max_abs_diff,
+            "conversion_s": round(done.seconds, 2),
+            "sha256": hashlib.sha256(target.read_bytes()).hexdigest()[:16]}
 
 
 def _photo_in_range(photo_like, spec: PhotoSpec) -> tuple[bytes, int]:
@@ -175,13 +197,18 @@ def serve(root: Path, latency_s: float, bandwidth_bps: float | None, lifetime_s:
     with server:
         server.add(MODEL_PATH, (out / manifest["model"]["tar_gz"]).read_bytes(), "application/x-tar")
         server.add(LABELS_PATH, (out / manifest["labels"]["file"]).read_text(), "text/csv")
+        tflite_url = None
+        if "tflite" in manifest:
+            tflite_url = server.url(TFLITE_PATH)
+            server.add(TFLITE_PATH, (out / manifest["tflite"]["file"]).read_bytes(), "application/octet-stream")
         server.add(STATS_PATH, stats)
         photo_urls = []
         for p in manifest["photos"]:
             path = "/photos/" + Path(p["file"]).name
             photo_urls.append(server.add(path, (out / p["file"]).read_bytes(), "image/jpeg"))
         print(json.dumps({"base": server.url(""), "model_url": server.url(MODEL_PATH),
-                          "labels_url": server.url(LABELS_PATH), "stats_url": server.url(STATS_PATH),
+                          "labels_url": server.url(LABELS_PATH), "tflite_url": tflite_url,
+                          "stats_url": server.url(STATS_PATH),
                           "photo_urls": photo_urls, "pid": os.getpid()}), flush=True)
         closed = threading.Event()
 
@@ -250,6 +277,12 @@ class StandInInternet:
         return self.info["model_url"]
 
     @property
+    def tflite_url(self) -> str:
+        if not self.info.get("tflite_url"):
+            raise RuntimeError("the fixtures have no converted .tflite (run prepare)")
+        return self.info["tflite_url"]
+
+    @property
     def labels_url(self) -> str:
         return self.info["labels_url"]
 
@@ -264,6 +297,9 @@ class StandInInternet:
 
     def model_downloads(self) -> int:
         return self.hits().get(MODEL_PATH, 0)
+
+    def tflite_downloads(self) -> int:
+        return self.hits().get(TFLITE_PATH, 0)
 
 
 def run_prepare(root: Path, log_path: Path, timeout_s: float = 600.0) -> dict[str, Any]:
