@@ -48,12 +48,15 @@ WORKDIR /app
 # Dependency layer first: serving only (LiteRT, functions-framework, Pillow, numpy...), no
 # TensorFlow; it changes only with requirements-serve.txt.
 # botocore ships the API models of every AWS service (28 MB); object reads need S3's, and the
-# credential chain STS's (web identity, IRSA) and SSO's: the rest is removed.
+# credential chain STS's (web identity, IRSA) and SSO's: the rest is removed, as are the packages'
+# own test suites (17 MB, numpy's most of it). 530 -> 493 MB on this machine's stand-in base image.
 COPY requirements-serve.txt .
 RUN pip install --no-cache-dir -r requirements-serve.txt \
-    && python -c "import botocore, pathlib, shutil; \
+    && python -c "import botocore, numpy, pathlib, shutil; \
 data = pathlib.Path(botocore.__file__).parent / 'data'; \
-[shutil.rmtree(d) for d in data.iterdir() if d.is_dir() and d.name not in {'s3', 'sts', 'sso', 'sso-oidc'}]"
+[shutil.rmtree(d) for d in data.iterdir() if d.is_dir() and d.name not in {'s3', 'sts', 'sso', 'sso-oidc'}]; \
+site = pathlib.Path(numpy.__file__).parent.parent; \
+[shutil.rmtree(d, ignore_errors=True) for d in list(site.glob('*/tests')) + list(site.glob('*/*/tests'))]"
 
 # A system user with no login and no home, numeric so Kubernetes' runAsNonRoot can verify it. It
 # owns nothing in /app or /opt (read-only to it), only the cache directory, which the Service's

@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         # The CLI runs on the user's own machine for the user: no SSRF guard on their URLs.
         # One call follows the load at once, so a separate warm-up call would only add to the wait.
+        # One request, the user's: it may use the whole fetch pool (no share kept for other requests).
         config = dataclasses.replace(Config.from_env(), ssrf_guard=False, warmup=False)
+        config = dataclasses.replace(config, fetch_per_request=config.fetch_per_request or config.fetch_workers)
         if args.runtime:
             config = dataclasses.replace(config, model_runtime=args.runtime)
     except ConfigError as err:

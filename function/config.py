@@ -40,7 +40,7 @@ class Config:
     # ~1.0 GB next to the ~0.93 GB of a ready instance, under the pod's 2560 Mi (docs/reliability.md)
     decode_budget_mpx: int = 128
     fetch_workers: int = 16
-    fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // 4))
+    fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // THREADS))
     max_urls: int = 64
     max_request_bytes: int = 1024 * 1024  # JSON request bodies (uploads have their own limit)
     max_upload_bytes: int = 64 * 1024 * 1024  # a whole upload request (multipart or image/*)
@@ -76,7 +76,7 @@ class Config:
     batch_wait_ms: float = 0.0
     # The HTTP server (gunicorn.conf.py, function/infra/server.py) and the bounds on every request
     workers: int = 1  # gunicorn worker processes (functions-framework's WORKERS)
-    threads: int = 4  # request threads per worker (functions-framework's THREADS)
+    threads: int = 8  # request threads per worker = containerConcurrency (docs/performance.md: 8 beat 4 and 16)
     max_query_bytes: int = 4096  # a longer query string is 414 (gunicorn refuses a request line past 8190)
     header_timeout_s: float = 10.0  # request headers not complete by then: the connection is dropped
     body_timeout_s: float = 60.0  # a request body not in by then (after its headers): 408

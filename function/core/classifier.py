@@ -105,8 +105,9 @@ class FairPool:
     CLI's list runs ``workers - reserve`` at a time), and a request that arrives later always finds
     a worker. So one request with 64 stalled URLs holds at most ``workers - reserve`` workers, and
     a one-photo request arriving after it starts at once instead of waiting behind its queue
-    (measured before: 50 s). Defaults: the share is FETCH_WORKERS // 4 and the reserve THREADS - 1,
-    one worker for each other request served at once. Nothing waits in the executor's own queue: at
+    (measured before: 50 s). Defaults: the share is FETCH_WORKERS // THREADS (each request served
+    at once has its share, all together the pool) and the reserve THREADS - 1, one worker for each
+    other request. Nothing waits in the executor's own queue: at
     most ``workers`` tasks are handed to it at a time.
     """
 
@@ -180,7 +181,7 @@ class Classifier:
         self.model = model
         self.labels = labels
         self.calls = calls
-        per_request = config.fetch_per_request or max(1, config.fetch_workers // 4)
+        per_request = config.fetch_per_request or max(1, config.fetch_workers // config.threads)
         self._pool = FairPool(pool, config.fetch_workers, per_request, reserve=max(0, config.threads - 1))
         self.formats = allowed_formats(config.photo_formats)
         self.decoding = DecodeBudget(config.decode_budget_mpx * 1_000_000)

@@ -514,6 +514,20 @@ def _litert_version() -> str:
 # -- python -m function.model.convert ---------------------------------------------------------------
 
 
+def wait_for_exit(pid: int, timeout_s: float) -> bool:
+    """Until process ``pid`` is gone (True) or ``timeout_s`` passed (False); polls, as a non-child cannot wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
@@ -526,7 +540,14 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                         help="the model cache (default: $MODEL_CACHE_DIR, else $TFHUB_CACHE_DIR, else "
                              "~/.cache/bird-classifier)")
     parser.add_argument("--verbose", action="store_true", help="let TensorFlow's own output through")
+    parser.add_argument("--after-pid", type=int, default=None, metavar="PID",
+                        help="first wait (up to 10 min) for process PID to exit (the CLI converts for its next run)")
+    parser.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
     args = parser.parse_args(argv)
+    if args.after_pid:
+        wait_for_exit(args.after_pid, 600.0)
+    if args.nice:
+        os.nice(args.nice)
     cache = ConvertedCache(args.cache_dir or default_cache_dir(environ))
     started = time.perf_counter()
     try:
