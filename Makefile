@@ -48,10 +48,10 @@ serve-events: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
-## The web page in headless Chromium (tests/test_browser.py), the browser tools installed first.
+## The web page in headless Chromium (tests/api/test_browser.py), the browser tools installed first.
 ## `make test` runs it too when they are there (CI installs them), and skips it with the reason if not.
 test-browser: browser-tools $(VENV)/.installed-test
-	$(PY) -m pytest tests/test_browser.py
+	$(PY) -m pytest tests/api/test_browser.py
 
 ## Debian's Chromium (apt, as root) and playwright-core (npm, into tests/browser/node_modules).
 browser-tools: $(BROWSER_DIR)/node_modules/.installed
@@ -106,7 +106,8 @@ knative-check: $(KNATIVE_CHECK)
 $(KNATIVE_CHECK): knative/check/main.go knative/check/go.mod knative/check/go.sum
 	cd knative/check && GOFLAGS=-mod=mod $(GO) build -trimpath -ldflags=-s -o $(CURDIR)/$@ .
 
-## The container image (Dockerfile): the HTTP target, model and labels fetched at run time.
+## The container image (Dockerfile): the build stage converts MODEL_URL to .tflite (needs TF Hub, or
+## BUILD_FLAGS="--build-arg MODEL_URL=... --build-arg LABELS_URL=..."); the image carries model and labels.
 image:
 	$(ENGINE) build $(BUILD_FLAGS) -t $(IMAGE) .
 

@@ -37,7 +37,8 @@ class Config:
     # Formats decoded (Pillow's names; HEIF and AVIF only where their plugin is installed)
     photo_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF,HEIF,AVIF"
     # Megapixels decoded at once per instance: 128 is two 64 Mpx photos at ~8 B/px (RGBA's peak),
-    # ~1.0 GB next to the ~0.93 GB of a ready instance, under the pod's 2560 Mi (docs/reliability.md)
+    # ~1.0 GB next to the ~0.2 GB of a ready LiteRT instance, inside the pod's 2560 Mi limit with every
+    # other bound at its maximum too (tests/test_knative.py adds them up; docs/reliability.md)
     decode_budget_mpx: int = 128
     fetch_workers: int = 16
     fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // THREADS))
@@ -72,7 +73,7 @@ class Config:
     tf_intra_op_threads: int = 0
     tf_inter_op_threads: int = 0
     inference_workers: int = 0  # parallel model calls (0 = one per usable CPU)
-    max_batch_images: int = 2  # images per model call: small calls run fastest per image on a CPU
+    max_batch_images: int = 2  # images per model call (TensorFlow: small calls fastest; LiteRT: 1-8 equal)
     batch_wait_ms: float = 0.0
     # The HTTP server (gunicorn.conf.py, function/infra/server.py) and the bounds on every request
     workers: int = 1  # gunicorn worker processes (functions-framework's WORKERS)

@@ -74,6 +74,7 @@ def test_podman_gets_no_port_mappings_on_the_host_network_and_pod_scoped_volume_
     assert {e["name"]: e["value"] for e in c["env"]}["PORT"] == "8080"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert set(volumes) == {"p-tfhub-cache", "p-tmp"}
-    assert volumes["p-tmp"]["emptyDir"] == {"sizeLimit": "512Mi"}
+    written = {v["name"]: v for v in SERVICE["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["p-tmp"]["emptyDir"] == written["tmp"]["emptyDir"]  # renamed, not changed
     assert {m["mountPath"]: m["name"] for m in c["volumeMounts"]} == {"/var/cache/tfhub": "p-tfhub-cache",
                                                                        "/tmp": "p-tmp"}
