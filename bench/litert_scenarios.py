@@ -485,8 +485,10 @@ def _container_run(b: Bench, engine: str, image: str, cname: str, extra: list[st
 
 # -- 4. the sweep -------------------------------------------------------------------------------------
 SWEEP = (("MAX_BATCH_IMAGES", ("1", "2", "4", "8")), ("INFERENCE_WORKERS", ("1", "2", "3")),
-         ("THREADS", ("4", "8", "16")), ("WORKERS", ("1", "2")))
-SWEEP_DEFAULTS = {"MAX_BATCH_IMAGES": "2", "INFERENCE_WORKERS": "0", "THREADS": "4", "WORKERS": "1"}
+         ("THREADS", ("4", "8", "16")), ("WORKERS", ("1", "2")),
+         ("FETCH_PER_REQUEST", ("0", "5", "16")), ("FETCH_WORKERS", ("16", "32")))
+SWEEP_DEFAULTS = {"MAX_BATCH_IMAGES": "2", "INFERENCE_WORKERS": "0", "THREADS": "4", "WORKERS": "1",
+                  "FETCH_PER_REQUEST": "0", "FETCH_WORKERS": "16"}
 
 
 def sweep(b: Bench, seconds: float, rounds: int = 1) -> dict[str, Any]:

@@ -106,9 +106,9 @@ class FairPool:
     a worker. So one request with 64 stalled URLs holds at most ``workers - reserve`` workers, and
     a one-photo request arriving after it starts at once instead of waiting behind its queue
     (measured before: 50 s). Defaults: the share is FETCH_WORKERS // THREADS (each request served
-    at once has its share, all together the pool) and the reserve THREADS - 1, one worker for each
-    other request. Nothing waits in the executor's own queue: at
-    most ``workers`` tasks are handed to it at a time.
+    at once has its share, all together the pool) and the reserve min(THREADS - 1, FETCH_WORKERS // 4):
+    a worker for each other request, but never more than a quarter of the pool. Nothing waits in
+    the executor's own queue: at most ``workers`` tasks are handed to it at a time.
     """
 
     def __init__(self, executor: Executor, workers: int, per_request: int, reserve: int = 0):
@@ -182,7 +182,10 @@ class Classifier:
         self.labels = labels
         self.calls = calls
         per_request = config.fetch_per_request or max(1, config.fetch_workers // config.threads)
-        self._pool = FairPool(pool, config.fetch_workers, per_request, reserve=max(0, config.threads - 1))
+        # One free worker kept for each other request that may be served at once, but never more than a
+        # quarter of the pool: a lone request still gets most of it (THREADS=16 left it 1 worker).
+        reserve = min(max(0, config.threads - 1), config.fetch_workers // 4)
+        self._pool = FairPool(pool, config.fetch_workers, per_request, reserve=reserve)
         self.formats = allowed_formats(config.photo_formats)
         self.decoding = DecodeBudget(config.decode_budget_mpx * 1_000_000)
         limit_decoders(config.max_photo_pixels)
