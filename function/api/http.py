@@ -49,7 +49,8 @@ def install(flask_app: flask.Flask, app: App) -> None:
     config = app.config
     flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
         flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
-        max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s)
+        max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s,
+        on_refused=lambda path, status: app.metrics.requests.labels(route_name(path), str(status)).inc())
 
 
 def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
@@ -116,6 +117,7 @@ def handle(request: flask.Request, app: App) -> flask.Response:
         app.metrics.in_flight.dec()
         status = response.status_code if response is not None else 500
         app.metrics.requests.labels(route_name(request.path), str(status)).inc()
+        request.environ["bird.counted"] = True  # a 408 given later below the routes is not counted again
     return response
 
 

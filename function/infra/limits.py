@@ -204,8 +204,10 @@ class BoundedRequests:
     """The WSGI middleware (see the module's docstring)."""
 
     def __init__(self, app: WsgiApp, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
-                 body_timeout_s: float, deadlines: Deadlines | None = None):
+                 body_timeout_s: float, deadlines: Deadlines | None = None,
+                 on_refused: Callable[[str, int], None] | None = None):
         self.app = app
+        self.on_refused = on_refused  # (path, status) of each answer given here, for the request metrics
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
         self.max_query_bytes = max_query_bytes
@@ -229,6 +231,20 @@ class BoundedRequests:
         return body.finished()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.on_refused is None:
+            return self._bounded(environ, start_response)
+        on_refused = self.on_refused
+
+        def counted(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
+            if "bird.refused" in environ and "bird.counted" not in environ:  # answered here, below the routes
+                on_refused(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
+            return start_response(status, headers, exc_info)
+
+        # _must_close finds gunicorn's response through start_response.__self__: keep it reachable.
+        setattr(counted, "__self__", getattr(start_response, "__self__", None))  # noqa: B010
+        return self._bounded(environ, counted)
+
+    def _bounded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
             return _refuse(environ, start_response, RequestError(

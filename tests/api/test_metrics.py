@@ -55,3 +55,18 @@ def test_each_app_has_its_own_registry(env):
 
     assert service.serving().metrics.registry is not REGISTRY
     assert "bird_http_requests" not in {name for name in REGISTRY._names_to_collectors}
+
+
+def test_answers_given_below_the_routes_are_counted_too(client):
+    # 413 and 414 come from the bounds around the app (function/infra/limits.py), before any route.
+    before = scrape(client)
+    assert client.get("/?url=" + "x" * 5000).status_code == 414
+    assert client.post("/healthz", data=b"x" * (2 * 1024 * 1024), content_type="application/json").status_code == 413
+    after = scrape(client)
+
+    def moved(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("bird_http_requests_total", route="/", status="414") == 1
+    assert moved("bird_http_requests_total", route="/healthz", status="413") == 1
