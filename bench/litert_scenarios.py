@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,9 @@ from typing import Any
 import requests
 
 from . import scenarios
+from .loadtest import tree
 from .scenarios import PHOTOS_PER_REQUEST, Bench, load_level, many_photos, post, rate_in_window
+from .service_memory import Sampler
 from .services import HOST, ROOT, CpuMeter, FunctionServer, free_port, machine_busy_seconds, tail
 from .stats import median, phase_medians, summary
 
@@ -52,20 +53,6 @@ def image_env() -> dict[str, str]:
 
 
 # -- process trees and memory -------------------------------------------------------------------------
-def tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    return pids
-
-
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS summed over the tree (what the issue names), and PSS (shared pages once: closer to the cgroup)."""
     rss = pss = 0
@@ -78,25 +65,6 @@ def memory_mb(pid: int) -> dict[str, float]:
         except (OSError, AttributeError, StopIteration):
             continue
     return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1)}
-
-
-class PeakMemory(threading.Thread):
-    def __init__(self, pid: int, period_s: float = 0.05):
-        super().__init__(daemon=True)
-        self.pid, self.period_s = pid, period_s
-        self.peak = {"rss_mb": 0.0, "pss_mb": 0.0}
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            m = memory_mb(self.pid)
-            self.peak = {k: max(self.peak[k], m[k]) for k in m}
-            self._halt.wait(self.period_s)
-
-    def stop(self) -> dict[str, float]:
-        self._halt.set()
-        self.join()
-        return self.peak
 
 
 # -- 1. CLI -------------------------------------------------------------------------------------------
@@ -281,7 +249,7 @@ def memory_under_load(b: Bench, server: FunctionServer, clients: int = 4, photos
     assert server.proc is not None
     biggest = max(b.manifest["photos"], key=lambda p: p["bytes"])
     url = next(u for u in b.photo_urls if u.endswith(Path(biggest["file"]).name))
-    sampler = PeakMemory(server.proc.pid)
+    sampler = Sampler(server.proc.pid, measure=memory_mb)
     sampler.start()
     errors = [0]
 

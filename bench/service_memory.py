@@ -79,15 +79,16 @@ def memory_mb(pid: int) -> dict[str, float]:
 class Sampler(threading.Thread):
     """Samples the tree's memory every ``period_s`` and keeps the peak."""
 
-    def __init__(self, pid: int, period_s: float = 0.05):
+    def __init__(self, pid: int, period_s: float = 0.05, measure=None):
         super().__init__(daemon=True)
         self.pid, self.period_s = pid, period_s
+        self.measure = measure or memory_mb  # pid -> {"rss_mb", "pss_mb"}
         self.peak = {"rss_mb": 0.0, "pss_mb": 0.0}
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            m = memory_mb(self.pid)
+            m = self.measure(self.pid)
             self.peak = {k: max(self.peak[k], m[k]) for k in m}
             self._halt.wait(self.period_s)
 

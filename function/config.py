@@ -151,7 +151,8 @@ def default_model_cache_dir(env: Mapping[str, str]) -> str:
     """``TFHUB_CACHE_DIR`` when set (one cache volume for both), else the user's cache directory."""
     if env.get("TFHUB_CACHE_DIR", "").strip():
         return env["TFHUB_CACHE_DIR"].strip()
-    base = env.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    home = env.get("HOME", "").strip() or os.path.expanduser("~")
+    base = env.get("XDG_CACHE_HOME", "").strip() or os.path.join(home, ".cache")
     return os.path.join(base, "bird-classifier")
 
 

@@ -1,4 +1,4 @@
-"""Graceful shutdown: SIGTERM to a real ``functions-framework`` process (as Knative sends it when it
+"""Graceful shutdown: SIGTERM to a real server process (gunicorn, as the image runs it) (as Knative sends it when it
 scales an instance down) lets the request in flight finish, takes no new ones, and exits 0.
 
 Between SIGTERM and the exit, gunicorn stops accepting but its worker still holds the listening
@@ -14,27 +14,16 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from standin import photos
 from standin.server import Reply
-from tests.support import LABELS_PATH, MODEL_PATH, ROOT
+from tests.api.serving import HOST, serve
 
-HOST = "127.0.0.1"
-START_S = 120.0  # TensorFlow import + model load on a busy two-core machine; reached only on failure
 SLOW_S = 2.0  # how long the slow photo takes to arrive
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0):
@@ -50,32 +39,9 @@ def request(port: int, method: str, path: str, body: dict | None = None, timeout
 
 @pytest.fixture
 def function_process(server, tmp_path):
-    """``functions-framework --target classify_http`` on a free loopback port, ready to serve."""
-    port = free_port()
-    env = {**os.environ, "MODEL_URL": server.url(MODEL_PATH), "LABELS_URL": server.url(LABELS_PATH),
-           "TRUSTED_HOSTS": HOST, "WORKERS": "1", "THREADS": "4", "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "function.log"
-    ff = Path(sys.executable).with_name("functions-framework")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(ff), "--target", "classify_http", "--host", HOST, "--port", str(port)],
-                                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            assert proc.poll() is None, f"functions-framework exited:\n{log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"/readyz not 200 within {START_S} s:\n{log.read_text()[-2000:]}"
-            try:
-                if request(port, "GET", "/readyz", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            threading.Event().wait(0.1)
-        yield proc, port, log
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture started, by its id
-        proc.wait(10)
+    """The HTTP target started as the image starts it (gunicorn + gunicorn.conf.py), ready to serve."""
+    with serve(server, tmp_path) as served:
+        yield served.proc, served.port, served.log
 
 
 def refused(port: int) -> bool:

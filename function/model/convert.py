@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import default_model_cache_dir
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -80,12 +82,8 @@ class CacheError(RuntimeError):
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> str:
-    """``MODEL_CACHE_DIR``, else ``TFHUB_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, + bird-classifier."""
-    for name in ("MODEL_CACHE_DIR", "TFHUB_CACHE_DIR"):
-        if environ.get(name):
-            return environ[name]
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "bird-classifier")
+    """``MODEL_CACHE_DIR``, else the configuration's default (``TFHUB_CACHE_DIR``, else the user's cache)."""
+    return (environ.get("MODEL_CACHE_DIR") or "").strip() or default_model_cache_dir(environ)
 
 
 def is_tflite_handle(handle: str) -> bool:

@@ -84,11 +84,21 @@ def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | N
         return _tflite(spec, session)
     if spec.runtime == "tensorflow":
         return _tensorflow(spec, prefetcher)
-    if spec.runtime == "auto" and spec.convert_in_background and _cache(spec).lookup(spec.url) is None:
+    started = time.perf_counter()
+    cache = _cache(spec)
+    cached: Path | None = None
+    lookup_error: convert.CacheError | None = None
+    try:
+        cached = cache.lookup(spec.url)  # hashes the file: once per load
+    except convert.CacheError as exc:  # the cache cannot be used: as a failed conversion, below
+        lookup_error = exc
+    if cached is None and spec.runtime == "auto" and spec.convert_in_background:
         _convert_detached(spec)
         return _tensorflow(spec, prefetcher)
     try:
-        return _converted(spec)
+        if lookup_error is not None:
+            raise lookup_error
+        return _converted(spec, cache, cached, started)
     except (convert.ConversionError, convert.CacheError, LiteRTError, OSError) as exc:
         if spec.runtime == "litert" or isinstance(exc, (convert.TensorFlowMissingError,
                                                          convert.SourceUnavailableError)):
@@ -98,17 +108,19 @@ def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | N
         return _tensorflow(spec, prefetcher)
 
 
-def _cache(spec: ModelSpec) -> convert.ConvertedCache:
+def _cache_dir(spec: ModelSpec) -> str:
     # Config.from_env always names one; a Config built in code may not: the temp dir, as tensorflow_hub does.
-    return convert.ConvertedCache(spec.cache_dir or os.path.join(tempfile.gettempdir(), "bird-classifier"))
+    return spec.cache_dir or os.path.join(tempfile.gettempdir(), "bird-classifier")
+
+
+def _cache(spec: ModelSpec) -> convert.ConvertedCache:
+    return convert.ConvertedCache(_cache_dir(spec))
 
 
 def _tflite(spec: ModelSpec, session: Any | None) -> LiteRTModel:
     started = time.perf_counter()
     try:
-        path = (convert.local_path(spec.url) if convert.local_path(spec.url) is not None
-                else convert.fetch_tflite(spec.url, _cache(spec).root.parent, session))
-        assert path is not None
+        path = convert.fetch_tflite(spec.url, _cache_dir(spec), session)  # a local path is used in place
         fetched = time.perf_counter()
         model = _litert(str(path), spec, source=spec.url)
     except (convert.CacheError, OSError, LiteRTError) as exc:
@@ -118,10 +130,8 @@ def _tflite(spec: ModelSpec, session: Any | None) -> LiteRTModel:
     return model
 
 
-def _converted(spec: ModelSpec) -> LiteRTModel:
-    started = time.perf_counter()
-    cache = _cache(spec)
-    path = cache.lookup(spec.url)
+def _converted(spec: ModelSpec, cache: convert.ConvertedCache, path: Path | None, started: float) -> LiteRTModel:
+    """The cached flatbuffer (``path``, already verified), or a conversion now, on LiteRT."""
     converted = path is None
     if path is None:
         log.info("converting %s to a .tflite for LiteRT (once; cached in %s)", spec.url, cache.root,
@@ -146,7 +156,7 @@ def _convert_detached(spec: ModelSpec) -> None:
     log_path = cache.root / "convert.log"
     package_root = Path(__file__).resolve().parents[2]
     with open(log_path, "ab") as out:
-        command = [sys.executable, "-m", "function.model.convert", spec.url, "--cache-dir", str(cache.root.parent),
+        command = [sys.executable, "-m", "function.model.convert", spec.url, "--cache-dir", _cache_dir(spec),
                    "--after-pid", str(os.getpid()), "--nice", "10"]
         subprocess.Popen(command, cwd=package_root, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                          start_new_session=True)

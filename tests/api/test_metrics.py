@@ -24,15 +24,22 @@ def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(r.get_data(as_text=True)) for s in family.samples}
 
 
+def change(before: dict, after: dict):
+    """``moved(name, **labels)``: how much a sample grew between two scrapes."""
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    return moved
+
+
 def test_a_scrape_shows_requests_errors_and_phases_moving(client, serve_photo, server):
     before = scrape(client)
     assert client.post("/", json={"urls": [serve_photo(7), server.url("/gone.jpg")], "top_k": 1}).status_code == 200
     assert client.get("/nothing").status_code == 404
     after = scrape(client)
 
-    def moved(name, **labels):
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0) - before.get(key, 0)
+    moved = change(before, after)
 
     assert moved("bird_http_requests_total", route="/", status="200") == 1
     assert moved("bird_http_requests_total", route="other", status="404") == 1
@@ -64,9 +71,7 @@ def test_answers_given_below_the_routes_are_counted_too(client):
     assert client.post("/healthz", data=b"x" * (2 * 1024 * 1024), content_type="application/json").status_code == 413
     after = scrape(client)
 
-    def moved(name, **labels):
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0) - before.get(key, 0)
+    moved = change(before, after)
 
     assert moved("bird_http_requests_total", route="/", status="414") == 1
     assert moved("bird_http_requests_total", route="/healthz", status="413") == 1
