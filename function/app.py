@@ -1,40 +1,49 @@
 """The composition root: everything built from one :class:`~function.config.Config`, owned in one place.
 
-:class:`App` wires the pieces (sessions, the SSRF guard, the photo fetcher and pool, the model and
-label map with their lifecycle, the model's call queue, fan-out, the delivery memory) and owns
-every piece of process state, with a visible lifecycle like knative/func's function instance:
-``start()`` begins the loads, ``ready()`` / ``status()`` report them, ``stop()`` shuts the pools
-and the call queue down.
+:class:`App` is what the entry points talk to, through its verbs only: :meth:`App.classify` (photo
+sources -> a :class:`~function.core.results.Classification`, fanned out across instances when that
+is configured), :meth:`App.classify_objects` (a bucket notification -> each object's outcome),
+:meth:`App.deliver_once` (a broker's delivery, answered once however often it comes),
+:meth:`App.confirm_subscription`, :meth:`App.readiness`, and the request metrics. Its lifecycle is
+visible, like knative/func's function instance: ``start()`` begins the loads, ``readiness()``
+reports them, ``stop()`` shuts the pools and the call queue down. The pieces are made by the small
+factories below it, each from the configuration.
 
-The functions-framework targets share one :func:`serving` app per process, built on first use; it
-is the package's only module-level singleton, next to :data:`RESOURCES`, the loaded model and label
-maps that every app in the process shares (keyed by everything that changes a load).
+:data:`PROCESS` owns what the process keeps: the one serving app of the functions-framework targets
+(:func:`serving`, built on first use) and the loaded models and label maps every app in the process
+shares, one per (source, runtime, settings), so an app built again (tests, after :func:`reset`) does
+not load them again.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from .config import Config
+from .core import outcomes
+from .core.buckets import Notification
 from .core.classifier import Classifier
 from .core.fanout import FanOut
+from .core.images import Decoder, allowed_formats
 from .core.labels import LabelMap
-from .core.objects import RoutingFetcher
-from .core.photos import PhotoFetcher
-from .errors import Answer
-from .infra import logs
+from .core.outcomes import ObjectsOutcome
+from .core.photos import PhotoReader
+from .core.pool import Progress
+from .core.results import Classification
+from .core.sources import PhotoSource
+from .errors import Answer, ObjectUnavailable
+from .infra import fetch, logs
 from .infra.cpu import usable_cpus
-from .infra.credentials import AwsSigner, GoogleSigner, StoreAuth
+from .infra.deadlines import Deadlines
 from .infra.deliveries import RecentDeliveries
-from .infra.guard import AddressPolicy, guard_session
 from .infra.metrics import Metrics
-from .infra.sessions import new_session
 from .model import loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
@@ -42,95 +51,55 @@ from .model.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
-RESOURCES = ResourceCache()
-_PREFETCHER = Prefetcher()
+
+@dataclass
+class Readiness:
+    """Whether the app can classify now, and each load's state and error (``/readyz``)."""
+
+    ready: bool
+    status: dict[str, Any]
 
 
 class App:
     """One configured service: the classifier and everything around it."""
 
-    def __init__(self, config: Config, resources: ResourceCache = RESOURCES, quiet_runtime: bool = True,
+    def __init__(self, config: Config, process: Process | None = None, *, quiet_runtime: bool = True,
                  convert_in_background: bool = False):
         self.config = config
-        # The label map and fan-out target come from configuration and are trusted; photos come from
-        # caller-supplied URLs, so their session goes through the SSRF guard.
-        self.session = new_session(config.fetch_workers, config.user_agent)
-        self.photo_session = self.session
-        if config.ssrf_guard:
-            policy = AddressPolicy.from_trusted(config.trusted_hosts.split(","))
-            self.photo_session = guard_session(new_session(config.fetch_workers, config.user_agent), policy,
-                                               config.fetch_workers)
-        self.photo_session.max_redirects = 5
-        photos = PhotoFetcher(self.photo_session, config.connect_timeout_s, config.read_timeout_s,
-                              config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
-        # Bucket objects: URLs the service works out from configured endpoints, read signed with the
-        # platform's credentials, with the photos' limits; see core/objects.py and infra/credentials.py.
-        self.object_session = new_session(config.fetch_workers, config.user_agent)
-        if config.ssrf_guard:
-            trusted = config.trusted_hosts.split(",") + config.storage_hosts()
-            self.object_session = guard_session(self.object_session, AddressPolicy.from_trusted(trusted),
-                                                config.fetch_workers)
-        self.object_session.max_redirects = 0  # a signed read is never sent on to another place
-        anonymous = config.storage_credentials == "anonymous"
-        self.object_session.auth = StoreAuth(
-            None if anonymous else GoogleSigner(), None if anonymous else AwsSigner(),
-            [config.gcs_endpoint or "https://storage.googleapis.com"], config.s3_endpoint,
-            [config.storage_emulator_host] if config.storage_emulator_host else [])
-        objects = PhotoFetcher(self.object_session, config.connect_timeout_s, config.read_timeout_s,
-                               config.max_photo_bytes, config.fetch_retries, config.photo_deadline_s)
-        self.fetcher = fetcher = RoutingFetcher(photos, objects)
-        # Parallel single-threaded calls beat one multi-threaded call for this model on a small
-        # CPU (docs/performance.md): one intra-op thread per call, one call per usable CPU.
-        workers = config.inference_workers or usable_cpus()
-        intra = config.tf_intra_op_threads or 1
-        inter = config.tf_inter_op_threads or max(2, workers)
-        spec = loader.ModelSpec(config.model_url, config.model_runtime, config.model_cache_dir, intra, inter,
-                                config.warmup, config.tfhub_cache_dir, quiet_runtime, convert_in_background)
-        model_session = self.session  # the model URL comes from configuration: trusted, like the label map
-        self.model: LazyResource[loader.LoadedModel] = resources.get(
-            ("model", spec), "model", lambda: loader.load(spec, _PREFETCHER, model_session),
-            config.model_load_retry_s)
-        labels_session = self.session
-        self.labels: LazyResource[LabelMap] = resources.get(
-            ("labels", config.labels_url, config.labels_timeout_s, config.user_agent), "label map",
-            lambda: LabelMap.fetch(labels_session, config.labels_url, config.labels_timeout_s),
-            config.model_load_retry_s)
+        process = process or PROCESS
+        self._deadlines = Deadlines()
+        self._trusted = fetch.trusted_session(config)  # model, label map, fan-out: URLs from configuration
+        self._photos = fetch.photo_fetcher(config, self._deadlines)  # callers' URLs: behind the SSRF guard
+        self._reader = PhotoReader(self._photos, fetch.object_fetcher(config, self._deadlines), config.max_photo_bytes)
+        self._decoder = Decoder(config.max_photo_pixels, allowed_formats(config.photo_formats),
+                                config.decode_budget_mpx * 1_000_000)
+        self._model = _model(config, process, self._trusted, quiet_runtime, convert_in_background)
+        self._labels = _labels(config, process, self._trusted)
         self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
-        self.batcher = Batcher(self._predict, config.max_batch_images, config.batch_wait_ms / 1000, workers)
-        self.classifier = Classifier(config, fetcher, self._pool, self.model, self.labels, self.batcher)
-        self.fanout = (FanOut(self.session, config.fanout_url, config.fanout_chunk, config.fanout_timeout_s)
-                       if config.fanout_url else None)
-        # Replies to recent CloudEvent deliveries; a 5xx is forgotten, so the broker's retry does the work.
-        # Bounded by entries and bytes; keys are digests of (source, id, body) (infra/deliveries.py).
-        self.deliveries: RecentDeliveries[Answer] = RecentDeliveries(
-            lambda reply: reply.status >= 500,
-            size=lambda r: len(r.body) + sum(len(k) + len(v) for k, v in r.headers.items()))
-        self.metrics = Metrics()
-        self.metrics.watch(lambda: {name: s["state"] for name, s in self.status().items()},
-                           lambda: self.model.load_seconds,
-                           lambda: (self.batcher.stats.calls, self.batcher.stats.images, self.batcher.stats.largest))
+        self._batcher = Batcher(lambda batch: self._model.get().predict(batch), config.max_batch_images,
+                                config.batch_wait_ms / 1000, config.inference_workers or usable_cpus())
+        self._classifier = Classifier(config, self._reader, self._decoder, self._pool, self._model, self._labels,
+                                      self._batcher)
+        self._fanout = _fanout(config, self._trusted)
+        self._deliveries = _deliveries()
+        self._metrics = Metrics()
+        self._metrics.watch(lambda: {name: s["state"] for name, s in self._classifier.status().items()},
+                           lambda: self._model.load_seconds,
+                           lambda: (self._batcher.stats.calls, self._batcher.stats.images, self._batcher.stats.largest))
         self._stopped = False
-
-    @classmethod
-    def from_env(cls) -> App:
-        return cls(Config.from_env())
-
-    def _predict(self, batch: Any) -> Any:
-        return self.model.get().predict(batch)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         """Begin loading the model and the label map in the background (idempotent)."""
-        self.classifier.start()
+        self._classifier.start()
 
-    def ready(self) -> bool:
-        return self.classifier.ready()
-
-    def status(self) -> dict[str, Any]:
-        status = self.classifier.status()
-        if self.model.ready():
-            status["model"]["runtime"] = self.model.get().runtime
-        return status
+    def readiness(self) -> Readiness:
+        """Starts the loads if they are not under way; ready once both are loaded and the model warmed up."""
+        self.start()
+        status = self._classifier.status()
+        if self._model.ready():
+            status["model"]["runtime"] = self._model.get().runtime
+        return Readiness(self._classifier.ready(), status)
 
     def stop(self) -> None:
         """Shut down: photo pool and fan-out pool (running work finishes), the call queue, sessions."""
@@ -138,49 +107,158 @@ class App:
             return
         self._stopped = True
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.fetcher.close()
-        if self.fanout is not None:
-            self.fanout.stop()
-        self.batcher.stop()
-        for session in {id(s): s for s in (self.session, self.photo_session, self.object_session)}.values():
-            _close(session)
+        self._reader.close()
+        self._decoder.close()
+        if self._fanout is not None:
+            self._fanout.stop()
+        self._batcher.stop()
+        self._deadlines.stop()
+        with contextlib.suppress(Exception):  # closing is best effort at shutdown
+            self._trusted.close()
         log.info("stopped")
 
+    # -- verbs ------------------------------------------------------------------------------
+    def classify(self, sources: Sequence[PhotoSource], k: int | None = None, *, progress: Progress | None = None,
+                 request_id: str | None = None, fanned_out: bool = False) -> Classification:
+        """Classify photos; spread over the Service's instances when ``FANOUT_URL`` is set, unless the
+        request is itself a fan-out chunk (``fanned_out``). Raises :class:`~function.errors.NotReady`."""
+        k = k or self.config.top_k
+        if self._fanout is not None and not fanned_out:
+            result = self._fanout.classify(self._classifier.classify, sources, k, request_id)
+        else:
+            result = self._classifier.classify(sources, k, progress=progress)
+        self._metrics.observe(result.timings_ms, [r.error.code for r in result.results if r.error])
+        return result
 
-def _close(session: requests.Session) -> None:
-    try:
-        session.close()
-    except Exception:  # closing is best effort at shutdown
-        log.debug("closing a session failed", exc_info=True)
+    def classify_objects(self, notification: Notification, k: int | None = None) -> ObjectsOutcome:
+        """Classify the objects a bucket notification names (never fanned out: each is read signed by
+        this instance); every outcome is logged once."""
+        if notification.objects:
+            result = self.classify([o.source(self.config) for o in notification.objects], k, fanned_out=True)
+        else:
+            result = Classification([], {})
+        return outcomes.outcomes(notification, result)
+
+    def deliver_once(self, key: bytes, work: Callable[[], Answer]) -> tuple[Answer, bool]:
+        """The answer to a delivery, ``work()`` done only if no delivery with this key is done or under way;
+        True when the answer comes from memory (brokers deliver at least once)."""
+        return self._deliveries.run(key, work)
+
+    def confirm_subscription(self, url: str) -> None:
+        """Follow an SNS SubscribeURL already checked to be SNS's (``buckets.subscribe_url``), through the
+        SSRF guard like any URL from a caller; :class:`~function.errors.ObjectUnavailable` if it fails."""
+        try:
+            status = self._photos.status(url)
+        except Exception as exc:  # SNS sends the confirmation again; a 503 asks for that
+            raise ObjectUnavailable(f"could not reach SNS to confirm the subscription: {type(exc).__name__}") from None
+        if status != 200:
+            raise ObjectUnavailable(f"SNS answered HTTP {status} to the subscription confirmation")
+
+    # -- request metrics (answers given by the entry points) -------------------------------
+    @contextlib.contextmanager
+    def serving_request(self) -> Iterator[None]:
+        """Counts the request as in flight while it is served."""
+        self._metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self._metrics.in_flight.dec()
+
+    def count_answer(self, route: str, status: int) -> None:
+        self._metrics.requests.labels(route, str(status)).inc()
+
+    def metrics_text(self) -> bytes:
+        return self._metrics.exposition()
 
 
-_lock = threading.Lock()
-_serving: App | None = None
+# -- factories: each piece from the configuration ---------------------------------------------------
+
+
+def _model(config: Config, process: Process, session: Any, quiet: bool,
+           convert_in_background: bool) -> LazyResource[loader.LoadedModel]:
+    # Parallel single-threaded calls beat one multi-threaded call for this model on a small
+    # CPU (docs/performance.md): one intra-op thread per call, one call per usable CPU.
+    workers = config.inference_workers or usable_cpus()
+    spec = loader.ModelSpec(config.model_url, config.model_runtime, config.model_cache_dir,
+                            config.tf_intra_op_threads or 1, config.tf_inter_op_threads or max(2, workers),
+                            config.warmup, config.tfhub_cache_dir, quiet, convert_in_background)
+    return process.resources.get(("model", spec), "model",
+                                 lambda: loader.load(spec, process.prefetcher, session), config.model_load_retry_s)
+
+
+def _labels(config: Config, process: Process, session: Any) -> LazyResource[LabelMap]:
+    def read(url: str) -> bytes:
+        return fetch.read_document(session, url, config.labels_timeout_s)
+
+    def load() -> LabelMap:
+        labels = LabelMap.load(config.labels_url, read)
+        log.info("label map loaded", extra=logs.fields(labels=len(labels), url=config.labels_url))
+        return labels
+
+    key = ("labels", config.labels_url, config.labels_timeout_s, config.user_agent)
+    return process.resources.get(key, "label map", load, config.model_load_retry_s)
+
+
+def _fanout(config: Config, session: Any) -> FanOut | None:
+    if not config.fanout_url:
+        return None
+    return FanOut(fetch.JsonPoster(session, config.fanout_url, config.fanout_timeout_s), config.fanout_chunk)
+
+
+def _deliveries() -> RecentDeliveries[Answer]:
+    # Replies to recent deliveries; a 5xx is forgotten, so the broker's retry does the work again.
+    # Bounded by entries and bytes; keys are digests of (source, id, body) (infra/deliveries.py).
+    return RecentDeliveries(lambda reply: reply.status >= 500,
+                            size=lambda r: len(r.body) + sum(len(k) + len(v) for k, v in r.headers.items()))
+
+
+# -- the process -------------------------------------------------------------------------------------
+
+
+class Process:
+    """What the process keeps across apps: the loaded models and label maps (keyed by everything that
+    changes a load), the model-download prefetcher, and the serving app."""
+
+    def __init__(self) -> None:
+        self.resources = ResourceCache()
+        self.prefetcher = Prefetcher()
+        self._lock = threading.Lock()
+        self._app: App | None = None
+
+    def serving(self) -> App:
+        """The app the functions-framework targets share, built on first use from the environment.
+
+        JSON-lines logging is set up first; the app's ``stop()`` runs when the process exits (gunicorn's
+        worker exits after SIGTERM once the requests in flight are answered).
+        """
+        app = self._app
+        if app is None:
+            with self._lock:
+                app = self._app
+                if app is None:
+                    config = Config.from_env()
+                    logs.setup(config.log_level, json_lines=True)
+                    app = App(config, self, quiet_runtime=config.log_level != "DEBUG")
+                    atexit.register(app.stop)
+                    self._app = app
+        return app
+
+    def reset(self) -> None:
+        """Stop and forget the serving app so the next one reads the environment again (tests); the loaded
+        models stay."""
+        with self._lock:
+            app, self._app = self._app, None
+        if app is not None:
+            atexit.unregister(app.stop)
+            app.stop()
+
+
+PROCESS = Process()
 
 
 def serving() -> App:
-    """The app the functions-framework targets share, built on first use from the environment.
-
-    JSON-lines logging is set up first; the app's ``stop()`` runs when the process exits (gunicorn's
-    worker exits after SIGTERM once the requests in flight are answered).
-    """
-    global _serving
-    if _serving is None:
-        with _lock:
-            if _serving is None:
-                config = Config.from_env()
-                logs.setup(config.log_level, json_lines=True)
-                app = App(config, quiet_runtime=config.log_level != "DEBUG")
-                atexit.register(app.stop)
-                _serving = app
-    return _serving
+    return PROCESS.serving()
 
 
 def reset() -> None:
-    """Stop and forget the serving app so the next call reads the environment again (tests)."""
-    global _serving
-    with _lock:
-        app, _serving = _serving, None
-    if app is not None:
-        atexit.unregister(app.stop)
-        app.stop()
+    PROCESS.reset()

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     # A one-shot run does not wait for a model conversion: see function/model/loader.py.
     app = App(config, quiet_runtime=level != "DEBUG", convert_in_background=True)
     try:
-        result = app.classifier.classify(sources, top_k, progress=bar)
+        result = app.classify(sources, top_k, progress=bar)
     except NotReady as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -24,6 +25,8 @@ MODEL_RUNTIMES = ("auto", "litert", "tensorflow")
 
 @dataclass(frozen=True)
 class Config:
+    GCS_PUBLIC: ClassVar[str] = "https://storage.googleapis.com"
+
     model_url: str = DEFAULT_MODEL_URL
     labels_url: str = DEFAULT_LABELS_URL
     top_k: int = 3
@@ -35,7 +38,7 @@ class Config:
     max_photo_bytes: int = 25 * 1024 * 1024
     max_photo_pixels: int = 64_000_000
     # Formats decoded (Pillow's names; HEIF and AVIF only where their plugin is installed)
-    photo_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF,HEIF,AVIF"
+    photo_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
     # Megapixels decoded at once per instance: 128 is two 64 Mpx photos at ~8 B/px (RGBA's peak),
     # ~1.0 GB next to the ~0.2 GB of a ready LiteRT instance, inside the pod's 2560 Mi limit with every
     # other bound at its maximum too (tests/test_knative.py adds them up; docs/reliability.md)
@@ -49,7 +52,7 @@ class Config:
     photo_deadline_s: float = 30.0  # total time for one photo's fetch, retries included
     fetch_retries: int = 2  # for connection resets, 429, 502, 503, 504
     ssrf_guard: bool = True  # refuse private/loopback/link-local addresses (the CLI turns it off)
-    trusted_hosts: str = ""  # comma-separated names, IPs or CIDRs exempt from the guard
+    trusted_hosts: tuple[str, ...] = ()  # names, IPs or CIDRs exempt from the guard (comma-separated)
     user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
     # Model and label map loading
     model_runtime: str = "auto"  # auto | litert | tensorflow (function/model/loader.py)
@@ -64,7 +67,7 @@ class Config:
     gcs_endpoint: str | None = None  # Cloud Storage somewhere else (Private Service Connect...), JSON API
     s3_endpoint: str | None = None  # e.g. http://minio.storage:9000 for MinIO notifications (path-style)
     storage_credentials: str = "auto"  # auto: ADC / the AWS chain, anonymous if none; anonymous: never look
-    sns_topic_arns: str = ""  # comma-separated: SNS topics whose SubscriptionConfirmation is confirmed
+    sns_topic_arns: frozenset[str] = frozenset()  # SNS topics whose SubscriptionConfirmation is confirmed
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
     fanout_chunk: int = 8  # photos per sub-request when fanning out
     fanout_timeout_s: float = 120.0
@@ -82,6 +85,13 @@ class Config:
     header_timeout_s: float = 10.0  # request headers not complete by then: the connection is dropped
     body_timeout_s: float = 60.0  # a request body not in by then (after its headers): 408
     google_cloud_project: str | None = None  # names the trace in log lines (logging.googleapis.com/trace)
+
+    def __post_init__(self) -> None:
+        # A list given as one comma-separated string (as the environment spells it) is split here too.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, (tuple, frozenset)) and isinstance(value, str):
+                object.__setattr__(self, f.name, _parse(f.name.upper(), value, f.default))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -118,7 +128,7 @@ class Config:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
-        if not self.photo_formats.strip(", "):
+        if not self.photo_formats:
             raise ConfigError("PHOTO_FORMATS must name at least one format")
         if self.max_batch_images <= 0:
             raise ConfigError("MAX_BATCH_IMAGES must be positive")
@@ -130,12 +140,13 @@ class Config:
             value = getattr(self, name)
             if value and urlsplit(value).scheme not in ("http", "https"):
                 raise ConfigError(f"{name.upper()} must be an http(s) URL, got {value!r}")
-        bad = [a for a in self.topic_arns() if not a.startswith("arn:aws") or a.count(":") != 5]
+        bad = sorted(a for a in self.sns_topic_arns if not a.startswith("arn:aws") or a.count(":") != 5)
         if bad:
             raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
 
-    def topic_arns(self) -> frozenset[str]:
-        return frozenset(a.strip() for a in self.sns_topic_arns.split(",") if a.strip())
+    def gcs_base_url(self) -> str:
+        """Where Cloud Storage's JSON API is: ``GCS_ENDPOINT``, else Google's public endpoint."""
+        return self.gcs_endpoint or self.GCS_PUBLIC
 
     def storage_hosts(self) -> list[str]:
         """The hosts of the configured object stores: trusted, unlike the hosts of callers' URLs."""
@@ -157,6 +168,11 @@ def default_model_cache_dir(env: Mapping[str, str]) -> str:
 
 
 def _parse(name: str, raw: str, default: object) -> object:
+    if isinstance(default, (tuple, frozenset)):  # a comma-separated list
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        if name == "PHOTO_FORMATS":
+            items = [item.upper() for item in items]
+        return type(default)(items)
     if name in ("LOG_LEVEL",):
         return raw.upper()
     if name == "MODEL_RUNTIME":

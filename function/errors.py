@@ -1,11 +1,13 @@
-"""Every error the service names, and the one place they become answers.
+"""Every error the service names, each carrying its own answer, and the one function that turns it into one.
 
-One base class, :class:`ServiceError`, carries a stable ``code``, a message that says what to fix,
-the HTTP status and, for what a later try may fix, a ``retry_after_s``. Photo problems
-(:class:`PhotoError`) are values inside a 200; request problems are 4xx; the model not being there
-yet (:class:`NotReady`) is a 503 with ``Retry-After``. :func:`answer` is the only function that
-turns an error into status, headers and body, for the HTTP target and for CloudEvent deliveries
-alike (Starlette's leaf ``exceptions.py`` and KServe's ``errors.py`` follow the same idea).
+Each error is a named class that declares its stable ``code``, its HTTP ``status``, whether a later
+try may fix it (``retryable``) and any fixed headers, as class attributes; every class is built the
+same way, ``SomeError(message, *, retry_after_s=None, retryable=None)``: the message says what to
+fix. Photo problems (:class:`PhotoError`) are values inside a 200; request problems
+(:class:`RequestError`) are 4xx; the model not being there yet (:class:`NotReady`) is a 503 with
+``Retry-After``. :func:`answer` is the only function that turns an error into status, headers and
+body, for the HTTP target, CloudEvent deliveries and bucket notifications alike (Starlette's leaf
+``exceptions.py`` and KServe's ``errors.py`` follow the same idea).
 
 A leaf module: it imports nothing from the package.
 """
@@ -16,27 +18,30 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 class ServiceError(Exception):
     """Base of every error the service reports by name."""
 
-    code = "internal"
-    status = 500
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    retryable: bool = False  # a later try of the same thing may succeed (a host down, a model loading)
+    headers: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 retry_after_s: float | None = None, headers: Mapping[str, str] | None = None):
+    def __init__(self, message: str, *, retry_after_s: float | None = None, retryable: bool | None = None):
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
         self.retry_after_s = retry_after_s
-        self.headers = dict(headers or {})
+        if retryable is not None:
+            self.retryable = retryable
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+
+class Internal(ServiceError):
+    """Something nobody foresaw; logged with its stack trace, answered with the request id."""
 
 
 class ConfigError(ServiceError, ValueError):
@@ -45,20 +50,7 @@ class ConfigError(ServiceError, ValueError):
     code = "invalid_config"
 
 
-class RequestError(ServiceError):
-    """A request the service cannot act on (4xx); retrying the same request will not help."""
-
-    status = 400
-
-    def __init__(self, code: str, message: str, status: int = 400, headers: Mapping[str, str] | None = None):
-        super().__init__(message, code=code, status=status, headers=headers)
-
-
-class EventError(RequestError):
-    """An event that cannot be acted on (wrong type, missing fields): a redelivery will not help."""
-
-    def __init__(self, message: str, code: str = "invalid_event"):
-        super().__init__(code, message, 400)
+# -- the model and the label map -------------------------------------------------------------------
 
 
 class NotReady(ServiceError):
@@ -66,31 +58,18 @@ class NotReady(ServiceError):
 
     code = "model_unavailable"
     status = 503
+    retryable = True
 
-    def __init__(self, name: str, state: str, reason: str | None, retry_after_s: float):
-        self.name, self.state, self.reason = name, state, reason
+    name: str = ""  # what is not ready: "model", "label map"
+    state: str = ""  # its lifecycle state: loading, failed...
+    reason: str | None = None  # why it failed, if it did
+
+    @classmethod
+    def of(cls, name: str, state: str, reason: str | None, retry_after_s: float) -> NotReady:
         detail = f": {reason}" if reason else ""
-        super().__init__(f"{name} is {state.replace('_', ' ')}{detail}", retry_after_s=retry_after_s)
-
-
-class TransientEventError(ServiceError):
-    """Classifying a bucket object failed in a way a redelivery may fix (host down)."""
-
-    code = "object_unavailable"
-    status = 503
-
-    def __init__(self, message: str, retry_after_s: float = 5.0):
-        super().__init__(message, retry_after_s=retry_after_s)
-
-
-class PhotoError(ServiceError):
-    """Why one photo has no predictions: a value in its result, next to the other photos' results."""
-
-    status = 422
-
-    def __init__(self, code: str, message: str, retryable: bool = False, retry_after_s: float | None = None):
-        super().__init__(message, code=code, retry_after_s=retry_after_s)
-        self.retryable = retryable
+        err = cls(f"{name} is {state.replace('_', ' ')}{detail}", retry_after_s=retry_after_s)
+        err.name, err.state, err.reason = name, state, reason
+        return err
 
 
 class ModelError(ServiceError):
@@ -99,20 +78,304 @@ class ModelError(ServiceError):
     code = "model_invalid"
 
 
+class ModelFormatError(ModelError, ValueError):
+    """The model file cannot be run: not a TFLite flatbuffer, or not an image classifier's shape."""
+
+    code = "model_format"
+
+
+class InputShapeError(ModelError, ValueError):
+    """A batch that is not float [N,H,W,3] at the model's own height and width (a bug upstream)."""
+
+    code = "model_input_shape"
+
+
+class ConversionError(ModelError):
+    """The handle could not be turned into a usable ``.tflite``; ``output`` holds the tail of what
+    TensorFlow printed while it was held back, if anything."""
+
+    code = "model_conversion_failed"
+    output: str = ""
+
+
+class TensorFlowMissing(ConversionError):
+    """Converting needs TensorFlow and tensorflow_hub, and this environment does not have them."""
+
+    code = "tensorflow_missing"
+
+
+class ModelSourceUnavailable(ConversionError):
+    """The module could not be downloaded (or found): nothing was tried to convert, so no other
+    runtime would do better; the load is retried after the back-off like any failed download."""
+
+    code = "model_source_unavailable"
+
+
+class ModelCacheError(ModelError):
+    """The model cache directory cannot be used, or a download into it failed."""
+
+    code = "model_cache_unusable"
+
+
 class LabelMapError(ServiceError, ValueError):
     """The label map could not be fetched or does not have the expected shape."""
 
     code = "label_map_invalid"
 
 
-class BlockedAddress(ServiceError):
+# -- requests: 4xx, retrying the same request will not help ----------------------------------------
+
+
+class RequestError(ServiceError):
+    """A request the service cannot act on."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class InvalidJson(RequestError):
+    code = "invalid_json"
+
+
+class MissingUrls(RequestError):
+    code = "missing_urls"
+
+
+class InvalidUrls(RequestError):
+    code = "invalid_urls"
+
+
+class TooManyUrls(RequestError):
+    code = "too_many_urls"
+
+
+class InvalidTopK(RequestError):
+    code = "invalid_top_k"
+
+
+class UnknownField(RequestError):
+    code = "unknown_field"
+
+
+class MissingPhotos(RequestError):
+    code = "missing_photos"
+
+
+class TooManyPhotos(RequestError):
+    code = "too_many_photos"
+
+
+class InvalidPhoto(RequestError):
+    code = "invalid_photo"
+
+
+class InvalidMultipart(RequestError):
+    code = "invalid_multipart"
+
+
+class InvalidContentLength(RequestError):
+    code = "invalid_content_length"
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    status = 413
+
+
+class BodyTimeout(RequestError):
+    code = "body_timeout"
+    status = 408
+
+
+class QueryTooLong(RequestError):
+    code = "query_too_long"
+    status = 414
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(RequestError):
+    code = "method_not_allowed"
+    status = 405
+    headers = {"Allow": "GET, POST"}
+
+
+class InvalidCloudEvent(RequestError):
+    code = "invalid_cloudevent"
+
+
+# -- bucket events and notifications ---------------------------------------------------------------
+
+
+class EventError(RequestError):
+    """An event that cannot be acted on (wrong type, missing fields): a redelivery will not help."""
+
+    code = "invalid_event"
+
+
+class InvalidNotification(EventError):
+    """A bucket notification body (S3 Records, Pub/Sub push, SNS envelope) that is malformed."""
+
+    code = "invalid_notification"
+
+
+class InvalidObjectName(EventError):
+    """A bucket or object name that would not address exactly one object."""
+
+    code = "invalid_object_name"
+
+
+class SubscriptionRefused(EventError):
+    """An SNS subscription confirmation for a topic that is not listed, or to a URL that is not SNS's."""
+
+    code = "subscription_refused"
+    status = 403
+
+
+class ObjectNotAnImage(ServiceError):
+    """The object a delivery names is not an image (by its content type or its content)."""
+
+    code = "not_an_image"
+    status = 422
+
+
+class ObjectFailed(ServiceError):
+    """The object a delivery names could not be classified, and a redelivery will not change that."""
+
+    code = "object_failed"
+    status = 422
+
+
+class ObjectUnavailable(ServiceError):
+    """Classifying a bucket object failed in a way a redelivery may fix (host down)."""
+
+    code = "object_unavailable"
+    status = 503
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 5.0, retryable: bool | None = None):
+        super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
+
+
+# -- photos: values inside a 200, next to the other photos' results --------------------------------
+
+
+class PhotoError(ServiceError):
+    """Why one photo has no predictions."""
+
+    code = "photo_failed"
+    status = 422
+    _by_code: ClassVar[dict[str, type[PhotoError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        PhotoError._by_code[cls.code] = cls
+
+    @classmethod
+    def from_code(cls, code: str, message: str) -> PhotoError:
+        """The photo error a result document names (another instance's answer, read back by fan-out)."""
+        known = PhotoError._by_code.get(code)
+        if known is not None:
+            return known(message)
+        err = PhotoError(message)
+        err.code = code  # type: ignore[misc]  # a code this version does not know: kept as sent
+        return err
+
+
+class InvalidUrl(PhotoError):
+    code = "invalid_url"
+
+
+class BlockedAddress(PhotoError):
     """A connection the SSRF guard refused; deliberately not an OSError, so no retry layer swallows it."""
 
     code = "blocked_address"
+    why: str = ""  # "loopback", "private", ...: what kind of address was refused
 
-    def __init__(self, host: str, address: str, why: str):
-        super().__init__(f"{host} resolves to {address}, a {why} address; only public addresses may be fetched")
-        self.host, self.address, self.why = host, address, why
+
+class HttpError(PhotoError):
+    code = "http_error"
+
+
+class Timeout(PhotoError):
+    code = "timeout"
+
+
+class FetchFailed(PhotoError):
+    code = "fetch_failed"
+    retryable = True
+
+
+class TooManyRedirects(PhotoError):
+    code = "too_many_redirects"
+
+
+class TooLarge(PhotoError):
+    code = "too_large"
+
+
+class Empty(PhotoError):
+    code = "empty"
+
+
+class NotAnImage(PhotoError):
+    code = "not_an_image"
+
+
+class UnsupportedFormat(PhotoError):
+    code = "unsupported_format"
+
+
+class CorruptImage(PhotoError):
+    code = "corrupt_image"
+
+
+class ImageTooLarge(PhotoError):
+    code = "image_too_large"
+
+
+class DecodeTooCostly(PhotoError):
+    """Decoding would cost (or did cost) more memory or CPU than one photo's budget."""
+
+    code = "decode_too_costly"
+
+
+class DeadlineExceeded(PhotoError):
+    code = "deadline_exceeded"
+    retryable = True
+
+
+class FanoutFailed(PhotoError):
+    code = "fanout_failed"
+    retryable = True
+
+
+class FileNotFound(PhotoError):
+    code = "file_not_found"
+
+
+class FileUnreadable(PhotoError):
+    code = "file_unreadable"
+
+
+class AccessDenied(PhotoError):
+    code = "access_denied"
+
+
+class CredentialsUnavailable(PhotoError):
+    code = "credentials_unavailable"
+    retryable = True
+
+
+# -- answers ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def _threads(prefix: str) -> list[threading.Thread]:
 def test_stop_ends_the_photo_pool_and_the_call_queue(config, serve_photo):
     before = {t.ident for t in threading.enumerate()}  # other apps' threads (other tests) are not this one's
     app = App(config)
-    result = app.classifier.classify([PhotoSource.url(serve_photo(12)), PhotoSource.url(serve_photo(40))], 1)
+    result = app.classify([PhotoSource.url(serve_photo(12)), PhotoSource.url(serve_photo(40))], 1)
     assert [r.predictions[0].id for r in result.results] == [12, 40]
     started = {t.ident for t in _threads("photo") + _threads("model-call")} - before
     assert started, "classifying started no photo or model-call threads"
@@ -35,7 +35,7 @@ def test_stop_is_idempotent_and_a_stopped_app_refuses_model_calls(config, serve_
     app.stop()
     app.stop()
     with pytest.raises(RuntimeError, match="stopped"):
-        app.batcher.predict(np.zeros((1, 224, 224, 3), np.float32))
+        app._batcher.predict(np.zeros((1, 224, 224, 3), np.float32))
 
 
 def test_importing_the_package_has_no_side_effects():

@@ -22,7 +22,7 @@ TOLERANCE = 0.06  # decoding (draft mode, resampling) moves scores a little, nev
 
 @pytest.mark.network
 def test_the_default_photos_give_the_known_species():
-    result = App(Config()).classifier.classify([PhotoSource.url(u) for u in DEFAULT_PHOTOS])
+    result = App(Config()).classify([PhotoSource.url(u) for u in DEFAULT_PHOTOS])
     for photo, (label, score) in zip(result.results, EXPECTED, strict=True):
         assert photo.error is None, photo.error
         assert photo.predictions[0].label == label

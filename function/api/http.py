@@ -10,8 +10,8 @@ Routes (the functions-framework target receives every path):
 * an S3 / MinIO bucket notification (``{"Records": [...]}``) posted to ``/``
 
 Every answer is JSON. A malformed request is a 400 that says what to fix; a model that cannot be
-loaded is a 503 with ``Retry-After``; one bad photo is an error inside a 200. Errors become answers
-in one place, :func:`function.errors.answer`.
+loaded is a 503 with ``Retry-After``; one bad photo is an error inside a 200. Routes raise; errors
+become answers in one place, the ``try`` of :func:`handle` (through :func:`function.errors.answer`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,26 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flask
 
 from ..app import App
 from ..config import Config
+from ..core.buckets import Notification
 from ..core.fanout import HEADER as FANOUT_HEADER
 from ..core.results import Classification
-from ..core.sources import PhotoSource
-from ..errors import NotReady, RequestError, ServiceError, answer
+from ..errors import (
+    Answer,
+    Internal,
+    MethodNotAllowed,
+    NotFound,
+    RequestError,
+    ServiceError,
+    UnsupportedMediaType,
+    answer,
+)
 from ..infra import logs
 from ..infra.limits import BoundedRequests
 from ..infra.metrics import CONTENT_TYPE
@@ -50,11 +59,12 @@ def install(flask_app: flask.Flask, app: App) -> None:
     flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
         flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
         max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s,
-        on_refused=lambda path, status: app.metrics.requests.labels(route_name(path), str(status)).inc())
+        on_refused=lambda path, status: app.count_answer(route_name(path), status))
 
 
-def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
-    """The photos and ``top_k`` of a classification request, whatever form it came in."""
+def parse_request(request: flask.Request, config: Config) -> ClassifyRequest | Notification:
+    """The photos and ``top_k`` of a classification request, whatever form it came in (or the bucket
+    notification a JSON body is)."""
     if request.method == "GET":
         urls = request.args.getlist("url") or None
         return ClassifyRequest(parse_urls(urls, config), parse_top_k(request.args.get("top_k"), config))
@@ -62,8 +72,7 @@ def parse_request(request: flask.Request, config: Config) -> ClassifyRequest:
     if uploads.accepts(mimetype):
         return uploads.parse(request, config)
     if mimetype not in ("", "application/json", "text/plain") and not mimetype.endswith("+json"):
-        raise RequestError("unsupported_media_type",
-                           f"send application/json, multipart/form-data or image/*, not {mimetype}", 415)
+        raise UnsupportedMediaType(f"send application/json, multipart/form-data or image/*, not {mimetype}")
     return parse_json_body(read_body(request, config.max_request_bytes), config)
 
 
@@ -84,9 +93,7 @@ def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None
     return response
 
 
-def error_response(err: ServiceError, headers: Mapping[str, str] | None = None) -> flask.Response:
-    """The answer :func:`function.errors.answer` gives for ``err``, as a Flask response."""
-    reply = answer(err, headers)
+def answer_response(reply: Answer) -> flask.Response:
     response = flask.Response(reply.body, reply.status, headers=reply.headers)
     return leave_body_unread(response) if reply.status == 413 else response
 
@@ -97,30 +104,36 @@ def server_timing(timings_ms: Mapping[str, float]) -> str:
 
 
 def handle(request: flask.Request, app: App) -> flask.Response:
-    """The whole HTTP target: route, parse, classify, answer; one log line per request.
+    """The whole HTTP target: route, answer, one log line per classification or refusal.
 
-    Nothing escapes as a bare 500: an unexpected error is logged with its stack trace and the
-    caller gets a JSON error with the request id.
+    The one place errors become answers: a :class:`ServiceError` raised anywhere below is its own
+    answer; anything else is logged with its stack trace and answered as a JSON 500 with the request id.
+    Every answer carries ``X-Request-Id``.
     """
-    app.metrics.in_flight.inc()
-    response: flask.Response | None = None
-    try:
-        trace = logs.trace_fields(request.headers.get("traceparent"), request.headers.get("X-Cloud-Trace-Context"),
-                                  app.config.google_cloud_project)
-        with logs.trace_context(trace):
-            response = _route(request, app)
-    except Exception:
-        rid = request.headers.get("X-Request-Id") or logs.new_request_id()
-        log.exception("request failed", extra=logs.fields(status=500, request_id=rid, path=request.path))
-        response = error_response(ServiceError(f"internal error; request id {rid}"), {"X-Request-Id": rid})
-    finally:
-        app.metrics.in_flight.dec()
-        status = response.status_code if response is not None else 500
-        app.metrics.requests.labels(route_name(request.path), str(status)).inc()
-        request.environ["bird.counted"] = True  # a 408 given later below the routes is not counted again
+    started = time.perf_counter()
+    rid = request.headers.get("X-Request-Id") or logs.new_request_id()
+    trace = logs.trace_fields(request.headers.get("traceparent"), request.headers.get("X-Cloud-Trace-Context"),
+                              app.config.google_cloud_project)
+    with app.serving_request(), logs.trace_context(trace), logs.request_context(rid):
+        try:
+            response = _route(request, app, rid, started)
+        except ServiceError as err:
+            response = answer_response(answer(err))
+            level = logging.INFO if isinstance(err, RequestError) else logging.WARNING
+            log.log(level, "request %s: %s", "rejected" if level == logging.INFO else "refused", err.message,
+                    extra=logs.fields(status=err.status, code=err.code,
+                                      httpRequest=_http_request(request, response, started)))
+        except Exception:
+            response = answer_response(answer(Internal(f"internal error; request id {rid}")))
+            log.exception("request failed", extra=logs.fields(
+                status=500, path=request.path, httpRequest=_http_request(request, response, started)))
+    response.headers["X-Request-Id"] = rid
+    app.count_answer(route_name(request.path), response.status_code)
+    request.environ["bird.counted"] = True  # a 408 given later below the routes is not counted again
     return response
 
 
+NO_RESULTS = Answer(200, b'{"results": [], "timings_ms": {}}', {"Content-Type": "application/json"})
 ROUTES = ("/", "/healthz", "/readyz", "/openapi.json", "/metrics")
 
 
@@ -130,71 +143,33 @@ def route_name(path: str) -> str:
     return path if path in ROUTES else "other"
 
 
-def _route(request: flask.Request, app: App) -> flask.Response:
+def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.Response:
     path = request.path.rstrip("/") or "/"
     if path == "/healthz":
         return json_response({"status": "ok"})
     if path == "/readyz":
-        app.start()
-        ready = app.ready()
-        return json_response({"status": "ready" if ready else "not_ready", **app.status()}, 200 if ready else 503)
+        readiness = app.readiness()
+        return json_response({"status": "ready" if readiness.ready else "not_ready", **readiness.status},
+                             200 if readiness.ready else 503)
     if path == "/openapi.json":
         return web.openapi_response()
     if path == "/metrics":
-        return flask.Response(app.metrics.exposition(), 200, content_type=CONTENT_TYPE)
+        return flask.Response(app.metrics_text(), 200, content_type=CONTENT_TYPE)
     if path != "/":
-        return error_response(RequestError("not_found", f"no endpoint {request.path}; POST / to classify photos", 404))
+        raise NotFound(f"no endpoint {request.path}; POST / to classify photos")
     if request.method not in ("GET", "POST"):
-        return error_response(RequestError("method_not_allowed", f"{request.method} is not supported; use POST or GET",
-                                           405, {"Allow": "GET, POST"}))
+        raise MethodNotAllowed(f"{request.method} is not supported; use POST or GET")
     if request.method == "GET" and "url" not in request.args and web.wants_page(request):
         return web.page_response()
-    if request.method == "POST" and events.is_cloudevent(dict(request.headers)):
-        try:
-            body = read_body(request, app.config.max_request_bytes)
-        except RequestError as err:
-            return error_response(err)
-        reply = events.deliver(dict(request.headers), body, app)
-        return flask.Response(reply.body, reply.status, headers=reply.headers)
-    rid = request.headers.get("X-Request-Id") or logs.new_request_id()
-    with logs.request_context(rid):
-        return _classify(request, app, rid)
-
-
-def _classify(request: flask.Request, app: App, rid: str) -> flask.Response:
-    """Classify, answer, and log the request's one INFO line (with Cloud Logging's ``httpRequest``)."""
-    started = time.perf_counter()
-    headers = {"X-Request-Id": rid}
-    try:
-        parsed = parse_request(request, app.config)
-        if not parsed.sources:  # a bucket notification with nothing to classify
-            return json_response({"results": [], "timings_ms": {}}, 200, headers)
-        if app.fanout is not None and FANOUT_HEADER not in request.headers:
-            result = app.fanout.classify(app.classifier.classify, parsed.sources, parsed.top_k, rid)
-        else:
-            result = app.classifier.classify(parsed.sources, parsed.top_k)
-    except RequestError as err:
-        response = error_response(err, headers)
-        log.info("request rejected: %s", err.message, extra=logs.fields(
-            status=err.status, code=err.code, httpRequest=_http_request(request, response, started)))
-        return response
-    except NotReady as err:
-        response = error_response(err, headers)
-        log.warning("request refused: %s", err, extra=logs.fields(
-            status=503, httpRequest=_http_request(request, response, started)))
-        return response
-    except Exception:
-        response = error_response(ServiceError(f"internal error; request id {rid}"), headers)
-        log.exception("request failed", extra=logs.fields(
-            status=500, httpRequest=_http_request(request, response, started)))
-        return response
-    app.metrics.observe_timings(result.timings_ms)
-    for r in result.results:
-        if r.error:
-            app.metrics.photo_errors.labels(r.error.code).inc()
-    headers["Server-Timing"] = server_timing(result.timings_ms)
-    response = json_response(result.to_dict(), 200, headers)
-    log_classification(result, parsed.sources, _http_request(request, response, started))
+    if request.method == "POST" and events.is_delivery(dict(request.headers)):
+        body = read_body(request, app.config.max_request_bytes)
+        return answer_response(events.deliver(dict(request.headers), body, app))
+    parsed = parse_request(request, app.config)
+    if isinstance(parsed, Notification):  # a bucket notification posted as a plain body
+        return answer_response(events.notification_answer(parsed, app, empty=NO_RESULTS))
+    result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=FANOUT_HEADER in request.headers)
+    response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
+    log_classification(result, _http_request(request, response, started))
     return response
 
 
@@ -207,11 +182,10 @@ def _http_request(request: flask.Request, response: flask.Response, started: flo
         request.environ.get("SERVER_PROTOCOL"))
 
 
-def log_classification(result: Classification, sources: Sequence[PhotoSource],
-                       http_request: dict[str, Any] | None = None) -> None:
+def log_classification(result: Classification, http_request: dict[str, Any] | None = None) -> None:
     """The request's one INFO line: counts, error codes and the phase timings (DEBUG: each photo)."""
-    log.info("classified %d photo(s), %d failed", len(sources), result.failed, extra=logs.fields(
-        photos=len(sources), failed=result.failed,
+    log.info("classified %d photo(s), %d failed", len(result.results), result.failed, extra=logs.fields(
+        photos=len(result.results), failed=result.failed,
         errors=sorted({r.error.code for r in result.results if r.error}),
         timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()},
         **({"httpRequest": http_request} if http_request else {})))

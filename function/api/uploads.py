@@ -26,7 +26,16 @@ from werkzeug.http import parse_options_header
 
 from ..config import Config
 from ..core.sources import PhotoSource
-from ..errors import RequestError
+from ..errors import (
+    BodyTooLarge,
+    InvalidMultipart,
+    InvalidPhoto,
+    InvalidTopK,
+    InvalidUrls,
+    MissingPhotos,
+    TooManyPhotos,
+    UnknownField,
+)
 from .parsing import ClassifyRequest, parse_top_k
 
 MULTIPART = "multipart/form-data"
@@ -40,11 +49,11 @@ def accepts(mimetype: str) -> bool:
 
 
 def parse(request: flask.Request, config: Config) -> ClassifyRequest:
-    """The photos and ``top_k`` of an upload request; :class:`~function.http.RequestError` if malformed."""
+    """The photos and ``top_k`` of an upload request; :class:`~function.errors.RequestError` if malformed."""
     limit = config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise RequestError("body_too_large", f"the upload is {request.content_length} bytes; the limit is {limit} "
-                           "(MAX_UPLOAD_BYTES)", 413)
+        raise BodyTooLarge(f"the upload is {request.content_length} bytes; the limit is {limit} "
+                           "(MAX_UPLOAD_BYTES)")
     # Bounds a body sent without Content-Length (chunked) while it is read.
     request.max_content_length = limit
     try:
@@ -52,8 +61,8 @@ def parse(request: flask.Request, config: Config) -> ClassifyRequest:
             return _parse_multipart(request, config)
         return _parse_image(request, config)
     except RequestEntityTooLarge:
-        raise RequestError("body_too_large", f"the upload is over the limit of {limit} bytes (MAX_UPLOAD_BYTES), "
-                           f"or a form field is over {config.max_request_bytes} bytes", 413) from None
+        raise BodyTooLarge(f"the upload is over the limit of {limit} bytes (MAX_UPLOAD_BYTES), "
+                           f"or a form field is over {config.max_request_bytes} bytes") from None
 
 
 def _parse_image(request: flask.Request, config: Config) -> ClassifyRequest:
@@ -80,7 +89,7 @@ def file_name(name: str | None) -> str:
 
 def _parse_multipart(request: flask.Request, config: Config) -> ClassifyRequest:
     if not request.mimetype_params.get("boundary"):
-        raise RequestError("invalid_multipart", "multipart/form-data without a boundary parameter; let your "
+        raise InvalidMultipart("multipart/form-data without a boundary parameter; let your "
                            "HTTP client build the body (curl -F photo=@bird.jpg)")
     parser = FormDataParser(max_form_memory_size=config.max_request_bytes, max_content_length=config.max_upload_bytes,
                             max_form_parts=4 * config.max_urls + 16, silent=False)
@@ -88,7 +97,7 @@ def _parse_multipart(request: flask.Request, config: Config) -> ClassifyRequest:
         _, form, files = parser.parse(request.stream, request.mimetype, request.content_length,
                                       request.mimetype_params)
     except ValueError as exc:
-        raise RequestError("invalid_multipart", f"the multipart body cannot be parsed: {exc}") from None
+        raise InvalidMultipart(f"the multipart body cannot be parsed: {exc}") from None
     try:
         return ClassifyRequest(_multipart_sources(form, files, config), _multipart_top_k(form, config))
     finally:
@@ -100,23 +109,23 @@ def _multipart_sources(form: MultiDict[str, str], files: MultiDict[str, FileStor
                        config: Config) -> list[PhotoSource]:
     unknown = sorted((set(form) | set(files)) - set(FIELDS))
     if unknown:
-        raise RequestError("unknown_field", f"unknown form field(s) {', '.join(unknown)}; "
+        raise UnknownField(f"unknown form field(s) {', '.join(unknown)}; "
                            f"expected {', '.join(FIELDS)}")
     if "photo" in form:
-        raise RequestError("invalid_photo", "the photo field must be a file, not text: "
+        raise InvalidPhoto("the photo field must be a file, not text: "
                            "curl -F photo=@bird.jpg (note the @)")
     for key in ("urls", "url", "top_k"):
         if key in files:
-            raise RequestError("unknown_field", f"{key} must be a text field, not a file")
+            raise UnknownField(f"{key} must be a text field, not a file")
     # A browser sends an empty part (no file name, no bytes) for a file input left empty.
     uploads = [f for f in files.getlist("photo") if f.filename or _has_bytes(f)]
     urls = [u for key in ("urls", "url") for value in form.getlist(key) for u in _split_urls(value)]
     total = len(uploads) + len(urls)
     if total == 0:
-        raise RequestError("missing_photos", "no photo: send files in the field 'photo' "
+        raise MissingPhotos("no photo: send files in the field 'photo' "
                            "(curl -F photo=@bird.jpg) and/or photo URLs in 'urls'")
     if total > config.max_urls:
-        raise RequestError("too_many_photos", f"{total} photos given; at most {config.max_urls} per request")
+        raise TooManyPhotos(f"{total} photos given; at most {config.max_urls} per request")
     sources = [PhotoSource.upload(file_name(f.filename), _read(f)) for f in uploads]
     return sources + [PhotoSource.url(u) for u in urls]
 
@@ -140,14 +149,14 @@ def _split_urls(value: str) -> list[str]:
     try:
         urls = json.loads(text)
     except ValueError as exc:
-        raise RequestError("invalid_urls", f"urls looks like a JSON array but is not valid JSON: {exc}") from None
+        raise InvalidUrls(f"urls looks like a JSON array but is not valid JSON: {exc}") from None
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise RequestError("invalid_urls", "a JSON urls field must be an array of strings")
+        raise InvalidUrls("a JSON urls field must be an array of strings")
     return [u.strip() for u in urls if u.strip()]
 
 
 def _multipart_top_k(form: MultiDict[str, str], config: Config) -> int:
     values = form.getlist("top_k")
     if len(values) > 1:
-        raise RequestError("invalid_top_k", "top_k is given more than once")
+        raise InvalidTopK("top_k is given more than once")
     return parse_top_k(values[0] if values else None, config)

@@ -13,10 +13,8 @@ request ids and answers are the callers' business.
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar
@@ -24,16 +22,14 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from ..config import Config
-from ..errors import PhotoError
+from ..errors import DeadlineExceeded
 from .labels import LabelMap
-from .photos import DecodeBudget, LoadedPhoto, PhotoReader, allowed_formats, limit_decoders, load
+from .photos import LoadedPhoto, PhotoDecoder, PhotoReader, load
+from .pool import FairPool, Progress, report_progress
 from .results import Classification, PhotoResult, Prediction
 from .sources import PhotoSource
 
 T_co = TypeVar("T_co", covariant=True)
-T = TypeVar("T")
-
-Progress = Callable[[int, int], None]
 
 
 class Loadable(Protocol[T_co]):
@@ -75,109 +71,14 @@ def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
     return [Prediction(int(i), labels[int(i)], float(scores[i])) for i in idx]
 
 
-def _report_progress(futures: Sequence[Future[Any]], progress: Progress) -> None:
-    done, lock = [0], threading.Lock()
-
-    def one_more(_: Future[Any]) -> None:
-        with lock:
-            done[0] += 1
-            progress(done[0], len(futures))
-
-    for future in futures:
-        future.add_done_callback(one_more)
-
-
-class _Share:
-    """One request's place in the :class:`FairPool`: its waiting photos and how many are running."""
-
-    def __init__(self) -> None:
-        self.pending: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
-        self.running = 0
-
-
-class FairPool:
-    """The photo pool, shared fairly between requests.
-
-    Each request may always have ``per_request`` photos in flight (its share), and a worker that
-    frees up goes to the next request in turn (round-robin) that has photos waiting. Past its share,
-    a request may use idle workers too, but only while more than ``reserve`` stay idle: the pool is
-    not left unused when a request is alone (a five-photo request fetches its five at once, the
-    CLI's list runs ``workers - reserve`` at a time), and a request that arrives later always finds
-    a worker. So one request with 64 stalled URLs holds at most ``workers - reserve`` workers, and
-    a one-photo request arriving after it starts at once instead of waiting behind its queue
-    (measured before: 50 s). Defaults: the share is FETCH_WORKERS // THREADS (each request served
-    at once has its share, all together the pool) and the reserve min(THREADS - 1, FETCH_WORKERS // 4):
-    a worker for each other request, but never more than a quarter of the pool. Nothing waits in
-    the executor's own queue: at most ``workers`` tasks are handed to it at a time.
-    """
-
-    def __init__(self, executor: Executor, workers: int, per_request: int, reserve: int = 0):
-        self._executor = executor
-        self._workers = workers
-        self.per_request = per_request
-        self.reserve = reserve
-        self._lock = threading.Lock()
-        self._ring: deque[_Share] = deque()
-        self._running = 0
-
-    def share(self) -> _Share:
-        return _Share()
-
-    def submit(self, share: _Share, fn: Callable[..., T], *args: Any) -> Future[T]:
-        future: Future[T] = Future()
-        with self._lock:
-            share.pending.append((future, fn, args))
-            if share not in self._ring:
-                self._ring.append(share)
-        self._dispatch()
-        return future
-
-    def _next(self) -> tuple[_Share, Future[Any], Callable[..., Any], tuple[Any, ...]] | None:
-        """The next photo to start, taking requests in turn; called with the lock held."""
-        for _ in range(len(self._ring)):
-            share = self._ring[0]
-            self._ring.rotate(-1)
-            while share.pending and (share.running < self.per_request
-                                     or self._workers - self._running > self.reserve):
-                future, fn, args = share.pending.popleft()
-                if not share.pending:
-                    self._ring.remove(share)
-                if future.set_running_or_notify_cancel():  # False: cancelled at its request's deadline
-                    return share, future, fn, args
-        return None
-
-    def _dispatch(self) -> None:
-        with self._lock:
-            while self._running < self._workers and (task := self._next()) is not None:
-                share, future, fn, args = task
-                self._running += 1
-                share.running += 1
-                try:
-                    self._executor.submit(self._run, share, future, fn, args)
-                except RuntimeError as exc:  # the executor is shut down (the app is stopping)
-                    self._running -= 1
-                    share.running -= 1
-                    future.set_exception(exc)
-
-    def _run(self, share: _Share, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # the caller sees it from future.result()
-            future.set_exception(exc)
-        finally:
-            with self._lock:
-                self._running -= 1
-                share.running -= 1
-            self._dispatch()
-
-
 class Classifier:
     """Long-lived, shared by all threads of the process: ``start()``, ``ready()``, ``classify()``."""
 
-    def __init__(self, config: Config, fetcher: PhotoReader, pool: Executor, model: Loadable[Model],
-                 labels: Loadable[LabelMap], calls: CallQueue):
+    def __init__(self, config: Config, reader: PhotoReader, decoder: PhotoDecoder, pool: Executor,
+                 model: Loadable[Model], labels: Loadable[LabelMap], calls: CallQueue):
         self.config = config
-        self.fetcher = fetcher
+        self.reader = reader
+        self.decoder = decoder
         self.model = model
         self.labels = labels
         self.calls = calls
@@ -186,9 +87,6 @@ class Classifier:
         # quarter of the pool: a lone request still gets most of it (THREADS=16 left it 1 worker).
         reserve = min(max(0, config.threads - 1), config.fetch_workers // 4)
         self._pool = FairPool(pool, config.fetch_workers, per_request, reserve=reserve)
-        self.formats = allowed_formats(config.photo_formats)
-        self.decoding = DecodeBudget(config.decode_budget_mpx * 1_000_000)
-        limit_decoders(config.max_photo_pixels)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -210,8 +108,8 @@ class Classifier:
             return future.result(timeout=max(0.0, deadline - time.perf_counter()))
         except FutureTimeout:
             future.cancel()  # not started yet: never will be; running: bounded by its own timeouts
-            err = PhotoError("deadline_exceeded", f"the request's deadline of {self.config.request_deadline_s:g} s "
-                             "passed before this photo was fetched and decoded", retryable=True)
+            err = DeadlineExceeded(f"the request's deadline of {self.config.request_deadline_s:g} s "
+                                   "passed before this photo was fetched and decoded")
             return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0)
 
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None,
@@ -232,11 +130,11 @@ class Classifier:
         share = self._pool.share()
         # a photo waits for decoding memory no longer than its request waits for it
         decode_by = time.monotonic() + self.config.request_deadline_s
-        futures = [self._pool.submit(share, contextvars.copy_context().run, load, self.fetcher, s,
-                                     self.config.max_photo_pixels, self.formats, self.decoding, decode_by)
+        futures = [self._pool.submit(share, contextvars.copy_context().run, load, self.reader, self.decoder, s,
+                                     decode_by)
                    for s in sources]
         if progress is not None:
-            _report_progress(futures, progress)
+            report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s
         loaded = [self._wait(f, deadline) for f in futures]
         t_photos = time.perf_counter()

@@ -7,20 +7,20 @@ must), and the answers are merged in request order. Sub-requests carry :data:`HE
 request carrying it is never split again. A chunk that fails becomes per-photo errors.
 
 A wrapper around the classifier, not a part of it: :meth:`FanOut.classify` takes the local
-``classify`` to run on the first chunk, and reads the other instances' answers with the result
-types' own ``from_dict``.
+``classify`` to run on the first chunk, sends the others with the injected ``post`` (the HTTP call
+is infra's, :class:`function.infra.fetch.JsonPoster`), and reads the other instances' answers with
+the result types' own ``from_dict``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-import requests
-
-from ..errors import PhotoError
+from ..errors import FanoutFailed, PhotoError
 from .results import Classification, PhotoResult
 from .sources import PhotoSource
 
@@ -28,10 +28,14 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Bird-Fanout"
 
+# post(document, headers) -> the answer's JSON document; raises a PhotoError (FanoutFailed) when the
+# other instance does not answer 200.
+Post = Callable[[Mapping[str, Any], Mapping[str, str]], Any]
+
 
 class FanOut:
-    def __init__(self, session: requests.Session, url: str, chunk: int, timeout_s: float, workers: int = 16):
-        self.session, self.url, self.chunk, self.timeout_s = session, url, chunk, timeout_s
+    def __init__(self, post: Post, chunk: int, workers: int = 16):
+        self.post, self.chunk = post, chunk
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fanout")
 
     def wanted(self, sources: Sequence[PhotoSource]) -> bool:
@@ -66,21 +70,15 @@ class FanOut:
         t0 = time.perf_counter()
         headers = {HEADER: "1", **({"X-Request-Id": request_id} if request_id else {})}
         try:
-            response = self.session.post(self.url, json={"urls": [s.ref for s in chunk], "top_k": k},
-                                         headers=headers, timeout=self.timeout_s)
-            if response.status_code != 200:
-                raise PhotoError("fanout_failed", f"the instance handling this chunk answered HTTP "
-                                 f"{response.status_code}", retryable=True)
-            doc = response.json()
+            doc = self.post({"urls": [s.ref for s in chunk], "top_k": k}, headers)
             answered = doc["results"]
             if len(answered) != len(chunk):
-                raise PhotoError("fanout_failed", "the instance handling this chunk answered for "
-                                 f"{len(answered)} photos, not {len(chunk)}", retryable=True)
+                raise FanoutFailed("the instance handling this chunk answered for "
+                                   f"{len(answered)} photos, not {len(chunk)}")
             results = Classification.from_dict(chunk, doc).results
         except PhotoError as err:
             results = [PhotoResult(s, error=err) for s in chunk]
-        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-            failed = PhotoError("fanout_failed", f"the chunk could not be classified by another instance: {exc}",
-                                retryable=True)
+        except (ValueError, KeyError, TypeError) as exc:  # an answer that is not a result document
+            failed = FanoutFailed(f"the chunk could not be classified by another instance: {exc}")
             results = [PhotoResult(s, error=failed) for s in chunk]
         return results, (time.perf_counter() - t0) * 1000

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
-from urllib.parse import unquote, urlsplit
-
-import requests
+from collections.abc import Callable
 
 from ..errors import LabelMapError
-from ..infra import logs
-
-log = logging.getLogger(__name__)
 
 
 class LabelMap:
@@ -48,21 +42,10 @@ class LabelMap:
         return cls(names)
 
     @classmethod
-    def fetch(cls, session: requests.Session, url: str, timeout: float) -> LabelMap:
-        """The label map at an http(s) URL, or in a local file (a path or ``file://``; the image carries one)."""
-        parts = urlsplit(url)
-        if parts.scheme in ("http", "https"):
-            response = session.get(url, timeout=timeout)
-            if response.status_code != 200:
-                raise LabelMapError(f"label map {url} answered HTTP {response.status_code}")
-            content = response.content
-        else:
-            path = unquote(parts.path) if parts.scheme == "file" else url
-            try:
-                with open(path, "rb") as f:
-                    content = f.read()
-            except OSError as exc:
-                raise LabelMapError(f"cannot read the label map {path}: {exc.strerror or exc}") from None
-        labels = cls.parse(content.decode("utf-8", errors="replace"))
-        log.info("label map loaded", extra=logs.fields(labels=len(labels), url=url))
-        return labels
+    def load(cls, url: str, read: Callable[[str], bytes]) -> LabelMap:
+        """The label map ``read(url)`` gives (infra's ``read_document``: an http(s) URL or a local file)."""
+        try:
+            content = read(url)
+        except Exception as exc:  # unreachable, refused, missing: the reason goes to /readyz
+            raise LabelMapError(f"cannot read the label map {url}: {exc}") from None
+        return cls.parse(content.decode("utf-8", errors="replace"))

@@ -48,7 +48,7 @@ class PhotoResult:
         """A result document (one item of ``results``) for ``source``; KeyError/TypeError/ValueError if malformed."""
         err = doc.get("error")
         return cls(source, [Prediction.from_dict(p) for p in doc["predictions"]],
-                   PhotoError(str(err["code"]), str(err["message"])) if err else None)
+                   PhotoError.from_code(str(err["code"]), str(err["message"])) if err else None)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Where a photo comes from: a URL to fetch, a local path (CLI only) or bytes already at hand."""
+"""Where a photo comes from: a URL to fetch, a local path (CLI only), bytes already at hand, or a bucket object."""
 
 from __future__ import annotations
 
@@ -30,3 +30,17 @@ class PhotoSource:
     def from_argument(cls, arg: str) -> PhotoSource:
         """A command-line argument: an http(s) URL, or else a local file path."""
         return cls.url(arg) if urlsplit(arg).scheme.lower() in ("http", "https") else cls.path(arg)
+
+
+@dataclass(frozen=True)
+class ObjectSource(PhotoSource):
+    """A bucket object's URL, worked out by the service from an event and the configuration.
+
+    Read by the object fetcher (signed with the store's credentials, the configured endpoints exempt
+    from the SSRF guard). A caller can only make plain :class:`PhotoSource` values, so no
+    caller-supplied URL is ever sent with the store's credentials or past the guard.
+    """
+
+    @classmethod
+    def of(cls, url: str) -> ObjectSource:
+        return cls(url, "url")

@@ -1,6 +1,6 @@
 """Credentials for reading bucket objects: a bearer token for Cloud Storage, SigV4 for S3 / MinIO.
 
-Objects are read through the same :class:`~function.core.photos.PhotoFetcher` as photo URLs (same
+Objects are read through the same kind of :class:`~function.infra.fetch.HttpFetcher` as photo URLs (same
 size limit, deadline and retries); :class:`StoreAuth` is that fetcher's session's ``auth``, so each
 request to a configured store is signed just before it is sent, and a retry is signed afresh.
 
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.auth import AuthBase
 
-from ..errors import PhotoError
+from ..errors import AccessDenied, CredentialsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,8 @@ class GoogleSigner(Signer):
             try:
                 self._credentials.before_request(self._transport, request.method, request.url, request.headers)
             except google.auth.exceptions.GoogleAuthError as exc:
-                raise PhotoError("credentials_unavailable", f"could not get a token for {self.identity()} "
-                                 f"from Application Default Credentials: {type(exc).__name__}",
-                                 retryable=True) from None
+                raise CredentialsUnavailable(f"could not get a token for {self.identity()} "
+                                             f"from Application Default Credentials: {type(exc).__name__}") from None
 
     def identity(self) -> str:
         if self._credentials is None:
@@ -236,9 +235,9 @@ def _refusal_check(route: Route) -> Callable[..., requests.Response]:
         permission = signer.permission if signer else "read access"
         detail = _store_code(response)
         response.close()
-        raise PhotoError("access_denied", f"{store} answered HTTP {response.status_code}"
-                         f"{f' ({detail})' if detail else ''} to a read as {who}: grant it {permission} "
-                         "on the object's bucket (docs/deploy.md, Bucket access and notifications)")
+        raise AccessDenied(f"{store} answered HTTP {response.status_code}"
+                           f"{f' ({detail})' if detail else ''} to a read as {who}: grant it {permission} "
+                           "on the object's bucket (docs/deploy.md, Bucket access and notifications)")
 
     return check
 

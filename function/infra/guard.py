@@ -89,7 +89,10 @@ class AddressPolicy:
         for address in addresses:
             why = self.refusal(host, address)
             if why:
-                raise BlockedAddress(host, address, why)
+                refused = BlockedAddress(f"{host} resolves to {address}, a {why} address; only public addresses "
+                                         "may be fetched")
+                refused.why = why
+                raise refused
         return addresses[0]
 
 

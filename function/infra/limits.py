@@ -25,18 +25,14 @@ Plain WSGI, no web framework: answers are built by :func:`function.errors.answer
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol
 
-from ..errors import RequestError, answer
+from ..errors import BodyTimeout, BodyTooLarge, InvalidContentLength, QueryTooLong, RequestError, answer
 from . import logs
+from .deadlines import Deadline, Deadlines
 
 Environ = dict[str, Any]
 Headers = list[tuple[str, str]]
@@ -74,59 +70,6 @@ def body_seconds(length: int | None, body_timeout_s: float) -> float:
     return min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
 
 
-class _Handle:
-    __slots__ = ("cancelled", "fired", "sock")
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.cancelled = False
-        self.fired = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class Deadlines:
-    """One thread that shuts the read side of a socket whose deadline has passed.
-
-    Shutting ``SHUT_RD`` wakes a thread blocked in ``recv`` (it reads end-of-stream) whatever the
-    client's pace, where a socket timeout would only bound each ``recv``: a byte a second never
-    trips a 10 s per-read timeout. Cheap: one heap push per armed deadline, one thread per process.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Handle]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, sock: socket.socket, seconds: float) -> _Handle:
-        handle = _Handle(sock)
-        with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), handle))
-            if self._thread is None or not self._thread.is_alive():  # started lazily: after a fork too
-                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return handle
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                due, _, handle = self._heap[0]
-                wait = due - time.monotonic()
-                if wait > 0 and not handle.cancelled:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            if not handle.cancelled:
-                handle.fired = True
-                with contextlib.suppress(OSError):  # already closed: nothing left to cut
-                    handle.sock.shutdown(socket.SHUT_RD)
-
-
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
@@ -134,7 +77,7 @@ class _Readable(Protocol):
 class BoundedInput:
     """``wsgi.input`` that hands out at most ``limit + 1`` bytes and knows whether the body is all read."""
 
-    def __init__(self, inner: _Readable, limit: int, length: int | None, deadline: _Handle | None):
+    def __init__(self, inner: _Readable, limit: int, length: int | None, deadline: Deadline | None):
         self._inner = inner
         self._left = limit + 1  # one past the limit: enough for a route to see that it is over
         self._length = length  # None: chunked (gunicorn ends it; wsgi.input_terminated)
@@ -221,7 +164,7 @@ class BoundedRequests:
         sock = environ.get("gunicorn.socket")
         if length > DRAIN_BYTES or not isinstance(sock, socket.socket):
             return False
-        deadline = self.deadlines.arm(sock, DRAIN_S)
+        deadline = self.deadlines.shut_on(sock, DRAIN_S)
         body = BoundedInput(environ["wsgi.input"], length, length, deadline)
         try:
             while body.read(64 * 1024):
@@ -247,9 +190,9 @@ class BoundedRequests:
     def _bounded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
-            return _refuse(environ, start_response, RequestError(
-                "query_too_long", f"the query string is {len(query)} bytes; the limit is {self.max_query_bytes} "
-                "(MAX_QUERY_BYTES): POST the URLs as JSON instead", 414), body_unread=True)
+            return _refuse(environ, start_response, QueryTooLong(
+                f"the query string is {len(query)} bytes; the limit is {self.max_query_bytes} "
+                "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), body_unread=True)
         limit = body_limit(environ, self.max_request_bytes, self.max_upload_bytes)
         raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
         chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
@@ -258,18 +201,18 @@ class BoundedRequests:
             length = None
         elif raw_length:
             if not raw_length.isdigit():
-                return _refuse(environ, start_response, RequestError(
-                    "invalid_content_length", f"Content-Length {raw_length[:40]!r} is not a number"), body_unread=True)
+                return _refuse(environ, start_response, InvalidContentLength(
+                    f"Content-Length {raw_length[:40]!r} is not a number"), body_unread=True)
             length = int(raw_length)
         if length is not None and length > limit:
-            return _refuse(environ, start_response, RequestError(
-                "body_too_large", f"the body is {length} bytes; the limit for this request is {limit}", 413),
+            return _refuse(environ, start_response, BodyTooLarge(
+                f"the body is {length} bytes; the limit for this request is {limit}"),
                 body_unread=not self._drain(environ, length))
         sock = environ.get("gunicorn.socket")
         deadline = None
         allowed_s = body_seconds(length, self.body_timeout_s)
         if length != 0 and isinstance(sock, socket.socket) and self.body_timeout_s > 0:
-            deadline = self.deadlines.arm(sock, allowed_s)
+            deadline = self.deadlines.shut_on(sock, allowed_s)
         body = BoundedInput(environ["wsgi.input"], limit, length, deadline)
         environ["wsgi.input"] = body
         if length is None:
@@ -287,10 +230,9 @@ class BoundedRequests:
                 deadline.cancel()
         if body.timed_out:
             _close(result)
-            return _refuse(environ, start_response, RequestError(
-                "body_timeout", f"the body did not arrive within {allowed_s:g} s ({BODY_GRACE_S:g} s plus its length "
-                f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)", 408),
-                body_unread=True)
+            return _refuse(environ, start_response, BodyTimeout(
+                f"the body did not arrive within {allowed_s:g} s ({BODY_GRACE_S:g} s plus its length "
+                f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), body_unread=True)
         headers = list(captured.get("headers", []))
         if not body.finished():
             _must_close(start_response, headers)

@@ -9,7 +9,7 @@ state and load time, the call queue's batch totals) is read at scrape time throu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,10 +42,13 @@ class Metrics:
         self.phase = Histogram("bird_phase_seconds", "Time per request phase (Server-Timing's phases)",
                                ["phase"], buckets=BUCKETS, registry=r)
 
-    def observe_timings(self, timings_ms: Mapping[str, float]) -> None:
+    def observe(self, timings_ms: Mapping[str, float], error_codes: Iterable[str]) -> None:
+        """One classification: its phase timings and its photos' error codes."""
         for name in PHASES:
             if name in timings_ms:
                 self.phase.labels(name).observe(max(0.0, timings_ms[name]) / 1000)
+        for code in error_codes:
+            self.photo_errors.labels(code).inc()
 
     def watch(self, states: Callable[[], Mapping[str, str]], load_seconds: Callable[[], float | None],
               batches: Callable[[], tuple[int, int, int]]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]  # no stubs shipped
 
 from ..config import Config
-from .limits import Deadlines
+from .deadlines import Deadlines
 
 # gunicorn's ceiling for limit_request_line (gunicorn.http.message.MAX_REQUEST_LINE): it caps larger values.
 MAX_REQUEST_LINE = 8190
@@ -35,7 +35,7 @@ def header_deadline_worker(header_timeout_s: float) -> type[ThreadWorker]:
 
     class HeaderDeadlineWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
         def handle(self, conn: Any) -> Any:
-            conn.header_deadline = deadlines.arm(conn.sock, header_timeout_s)
+            conn.header_deadline = deadlines.shut_on(conn.sock, header_timeout_s)
             try:
                 return super().handle(conn)
             finally:

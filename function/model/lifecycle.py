@@ -86,7 +86,7 @@ class LazyResource(Generic[T]):
             if self._state == READY and self._value is not None:
                 return self._value
             remaining = max(1.0, self._retry_after_s - (self._clock() - self._failed_at))
-            raise NotReady(self.name, self._state, self._error, remaining)
+            raise NotReady.of(self.name, self._state, self._error, remaining)
 
 
 class ResourceCache:

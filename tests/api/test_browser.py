@@ -51,9 +51,9 @@ def browser_tools():
 def served_function(env):
     """The HTTP target on 127.0.0.1, in this process (werkzeug's threaded server), with a warm model."""
     app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
-    classifier = service.serving().classifier
-    classifier.model.get(timeout=120)
-    classifier.labels.get(timeout=120)
+    classifier = service.serving()._classifier
+    classifier._model.get(timeout=120)
+    classifier._labels.get(timeout=120)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -24,7 +24,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from function import app as service
-from function.api.storage import FINALIZED, PUBSUB_PUBLISHED
+from function.core.buckets import FINALIZED, PUBSUB_PUBLISHED
 from standin import photos
 from standin.server import Reply, StandInServer
 from tests.support import ROOT
@@ -60,7 +60,7 @@ def no_host_credentials(env, tmp_path) -> None:
 
 def http_client():
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     return client
 
 
@@ -483,4 +483,4 @@ def test_sns_topics_are_a_comma_separated_list():
     from function.config import Config
 
     config = Config.from_env({"SNS_TOPIC_ARNS": f" {TOPIC} , arn:aws:sns:eu-west-1:1:b ,"})
-    assert config.topic_arns() == {TOPIC, "arn:aws:sns:eu-west-1:1:b"}
+    assert config.sns_topic_arns == {TOPIC, "arn:aws:sns:eu-west-1:1:b"}

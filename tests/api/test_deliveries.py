@@ -12,7 +12,7 @@ from cloudevents.http import CloudEvent, from_http
 
 from function import app as service
 from function.api.events import REPLY_TYPE
-from function.api.storage import FINALIZED, StorageObject, s3_objects
+from function.core.buckets import FINALIZED, StorageObject, s3_objects
 from function.errors import Answer
 from function.infra.deliveries import RecentDeliveries, delivery_key
 from standin import photos
@@ -38,7 +38,7 @@ def bucket(server, env):
 @pytest.fixture
 def client(bucket):
     app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     return app.test_client()
 
 
@@ -154,7 +154,7 @@ def test_a_reused_id_naming_another_object_is_classified_not_answered_from_memor
 
 
 def test_huge_event_ids_cost_a_digest_not_their_size(client):
-    deliveries = service.serving().deliveries
+    deliveries = service.serving()._deliveries
     for i in range(20):  # each refused with 400 (no bucket): remembered, as a final answer
         event = CloudEvent({"type": FINALIZED, "source": "x", "id": f"{i}-" + "i" * 500_000}, {"name": "x.jpg"})
         headers, body = to_structured(event)

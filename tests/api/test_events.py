@@ -12,7 +12,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from function import app as service
-from function.api.storage import FINALIZED, StorageObject, storage_object
+from function.core.buckets import FINALIZED, StorageObject, storage_object
 from function.errors import EventError
 from standin import photos
 from tests.support import ROOT
@@ -58,7 +58,7 @@ def test_a_finalized_photo_is_classified_and_logged(client, emulator, caplog, mo
     caplog.set_level(logging.INFO, logger="function")
     r = post(client, finalized("birds", "uploads/2026/robin 1.jpg"), mode)
     assert r.status_code == 200
-    assert service.serving().model.get().runtime == "litert"  # the CloudEvent target serves on LiteRT
+    assert service.serving()._model.get().runtime == "litert"  # the CloudEvent target serves on LiteRT
     (rec,) = records(caplog, "classified gs://birds/uploads/2026/robin 1.jpg")
     assert rec.fields["bucket"] == "birds" and rec.fields["object"] == "uploads/2026/robin 1.jpg"
     assert rec.fields["predictions"][0]["id"] == 321

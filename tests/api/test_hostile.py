@@ -70,8 +70,8 @@ def make_client(env, trusted: str | None = "127.0.0.1", **extra: str):
         env.setenv("TRUSTED_HOSTS", trusted)
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving().model.get(timeout=120)
-    service.serving().labels.get(timeout=30)
+    service.serving()._model.get(timeout=120)
+    service.serving()._labels.get(timeout=30)
     return client
 
 
@@ -365,7 +365,7 @@ def test_a_failed_model_load_is_503_with_retry_after_then_retried_after_the_back
         env.setenv(name, value)
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    model = service.serving().model
+    model = service.serving()._model
     clock = [1000.0]
     model._clock = lambda: clock[0]  # the back-off is measured on a clock the test moves
     photo = server.add("/good/model-retry.png", solid(42, "PNG"), "image/png")
@@ -423,7 +423,7 @@ def test_an_internal_error_is_json_without_a_trace_and_the_trace_is_logged_with_
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals at 0xdeadbeef")
 
-    monkeypatch.setattr(service.serving().classifier, "classify", broken)
+    monkeypatch.setattr(service.serving()._classifier, "classify", broken)
     r = client.post("/", json={"urls": [server.url(f"/good/{BEFORE}.jpg")]}, headers={"X-Request-Id": "req-500"})
     text = r.get_data(as_text=True)
     assert r.status_code == 500
@@ -438,7 +438,7 @@ def test_an_internal_error_is_json_without_a_trace_and_the_trace_is_logged_with_
 
 def test_an_internal_error_outside_classification_is_json_too(server, env, log_lines, monkeypatch):
     client = make_client(env)
-    monkeypatch.setattr(service.serving(), "status", lambda: 1 / 0)
+    monkeypatch.setattr(service.serving(), "readiness", lambda: 1 / 0)
     r = client.get("/readyz", headers={"X-Request-Id": "req-ready"})
     assert r.status_code == 500 and r.get_json()["error"]["code"] == "internal"
     assert "Traceback" not in r.get_data(as_text=True)
@@ -449,17 +449,17 @@ def test_an_internal_error_outside_classification_is_json_too(server, env, log_l
 
 def test_an_unforeseen_error_on_one_photo_is_that_photos_error_and_is_logged_with_the_request_id(
         server, env, log_lines, monkeypatch):
-    import function.core.photos
+    import function.core.images
 
     client = make_client(env)
-    real = function.core.photos.decode
+    real = function.core.images.decode
 
     def decode_breaks_on_png(data, *args, **kwargs):
         if data.startswith(b"\x89PNG"):
             raise MemoryError("the decoder blew up")
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(function.core.photos, "decode", decode_breaks_on_png)
+    monkeypatch.setattr(function.core.images, "decode", decode_breaks_on_png)
     urls = [server.add("/good/a.jpg", solid(BEFORE)), server.add("/good/b.png", solid(5, "PNG")),
             server.add("/good/c.jpg", solid(AFTER))]
     r = client.post("/", json={"urls": urls, "top_k": 1}, headers={"X-Request-Id": "req-photo"})

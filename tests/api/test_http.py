@@ -20,7 +20,7 @@ def client(env):
 
 @pytest.fixture
 def warm_client(client):
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     return client
 
 

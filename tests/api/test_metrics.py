@@ -13,7 +13,7 @@ from tests.support import ROOT
 @pytest.fixture
 def client(env):
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     return client
 
 
@@ -60,7 +60,7 @@ def test_the_model_state_is_a_gauge_per_state(client):
 def test_each_app_has_its_own_registry(env):
     from prometheus_client import REGISTRY
 
-    assert service.serving().metrics.registry is not REGISTRY
+    assert service.serving()._metrics.registry is not REGISTRY
     assert "bird_http_requests" not in {name for name in REGISTRY._names_to_collectors}
 
 

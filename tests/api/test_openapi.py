@@ -45,7 +45,7 @@ def make_app():
 @pytest.fixture
 def client(env):
     app = make_app()
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     return app.test_client()
 
 
@@ -132,7 +132,7 @@ def test_answers_to_deliveries_match_the_contract(env, server, serve_photo):
     server.add("/birds/wren.png", png(62), "image/png")
     service.reset()
     client = make_app().test_client()
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     ce = {"ce-specversion": "1.0", "ce-source": "//storage.googleapis.com/projects/_/buckets/birds",
           "ce-type": "google.cloud.storage.object.v1.finalized"}
     data = {"bucket": "birds", "name": "robin.png", "contentType": "image/png", "size": "100"}
@@ -169,17 +169,21 @@ def test_model_unavailable_matches_the_contract(env, server):
         check_against_spec(method, path, response)
 
 
+def every_subclass(cls: type) -> set[type]:
+    return {cls} | {sub for direct in cls.__subclasses__() for sub in every_subclass(direct)}
+
+
 def test_every_error_code_the_function_can_answer_is_in_the_contract():
-    source = "\n".join(p.read_text() for p in (ROOT / "function").rglob("*.py"))
-    request_codes = set(re.findall(r'(?:RequestError|EventError)\(\s*"([a-z_]+)"', source))
-    request_codes |= set(re.findall(r'ServiceError\([^)]*code="([a-z_]+)"', source))
-    # The error types that answer requests with their own code (errors.answer maps them).
-    request_codes |= {cls.code for cls in (errors.ServiceError, errors.NotReady, errors.TransientEventError)}
-    request_codes.add(errors.EventError("x").code)
-    photo_codes = set(re.findall(r'PhotoError\(\s*"([a-z_]+)"', source))
+    # What answers a request: request errors, the model not there yet, bucket objects' outcomes, a 500;
+    # model, label-map and configuration errors only ever reach a caller as a NotReady's reason.
+    answered = (errors.RequestError, errors.NotReady, errors.ObjectNotAnImage, errors.ObjectFailed,
+                errors.ObjectUnavailable, errors.Internal)
+    request_codes = {cls.code for base in answered for cls in every_subclass(base)} - {errors.RequestError.code}
+    photo_codes = {cls.code for cls in every_subclass(errors.PhotoError)} - {errors.PhotoError.code}
     schemas = SPEC["components"]["schemas"]
-    assert request_codes and request_codes <= set(schemas["Error"]["properties"]["error"]["properties"]["code"]["enum"])
-    assert photo_codes and photo_codes <= set(schemas["PhotoError"]["properties"]["code"]["enum"])
+    assert request_codes <= set(schemas["Error"]["properties"]["error"]["properties"]["code"]["enum"])
+    assert photo_codes <= set(schemas["PhotoError"]["properties"]["code"]["enum"])
+    assert len(photo_codes) >= 19 and len(request_codes) >= 25  # the hierarchy was found
 
 
 def test_every_route_is_in_the_contract():
@@ -194,15 +198,15 @@ def test_every_route_is_in_the_contract():
 def api_schema(env, serve_photo):
     """The function as a WSGI app; every photo URL it is given answers with a photo (no traffic leaves)."""
     app = make_app()
-    classifier = service.serving().classifier
-    classifier.model.get(timeout=120)
-    classifier.labels.get(timeout=120)
+    served = service.serving()
+    served._model.get(timeout=120)
+    served._labels.get(timeout=120)
     adapter = requests_mock.Adapter()
     adapter.register_uri(requests_mock.ANY, requests_mock.ANY, content=png(7), headers={"Content-Type": "image/png"})
     session = requests.Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    classifier.fetcher.session = session
+    served._photos.session = session
     return schemathesis.openapi.from_wsgi("/openapi.json", app)
 
 

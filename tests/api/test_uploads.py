@@ -28,7 +28,7 @@ def make_client(env):
             env.setenv(name, value)
         service.reset()
         app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
-        service.serving().model.get(timeout=120)
+        service.serving()._model.get(timeout=120)
         return app.test_client()
 
     return make

@@ -20,8 +20,8 @@ from tests.support import MODEL_PATH
 
 @pytest.fixture(scope="module")
 def classifier(config):
-    c = App(config).classifier
-    c.model.get(timeout=120)
+    c = App(config)
+    c._model.get(timeout=120)
     return c
 
 
@@ -80,7 +80,7 @@ def test_every_stage_is_timed(classifier, serve_photo):
 
 def test_only_failed_photos_need_no_model(config):
     # A request whose photos all fail answers without waiting for (or needing) the model.
-    c = App(Config(model_url="http://127.0.0.1:9/nowhere", labels_url=config.labels_url)).classifier
+    c = App(Config(model_url="http://127.0.0.1:9/nowhere", labels_url=config.labels_url))
     result = c.classify([PhotoSource.url("ftp://example.org/x.jpg")])
     assert result.results[0].error.code == "invalid_url"
 
@@ -88,13 +88,13 @@ def test_only_failed_photos_need_no_model(config):
 def test_many_threads_asking_at_once_load_the_model_once(config, server):
     path = MODEL_PATH + "-concurrent"
     server.add(path, server.routes[MODEL_PATH].body, "application/x-tar")
-    c = App(Config(model_url=server.url(path), labels_url=config.labels_url)).classifier
+    c = App(Config(model_url=server.url(path), labels_url=config.labels_url))
     barrier = threading.Barrier(8)
     models = []
 
     def ask():
         barrier.wait()
-        models.append(c.model.get(timeout=120))
+        models.append(c._model.get(timeout=120))
 
     threads = [threading.Thread(target=ask) for _ in range(8)]
     for t in threads:
@@ -103,18 +103,18 @@ def test_many_threads_asking_at_once_load_the_model_once(config, server):
         t.join()
     assert len(models) == 8 and all(m is models[0] for m in models)
     assert server.hits[path] == 1
-    assert c.model.loads_started == 1
+    assert c._model.loads_started == 1
 
 
 def test_the_model_is_cached_per_process_across_apps(config, classifier):
-    assert App(config).classifier.model is classifier.model
+    assert App(config)._model is classifier._model
 
 
 def test_a_configuration_that_loads_differently_gets_its_own_model(config, classifier):
     # Other thread settings or no warm-up change the load: they must not inherit the first app's model.
-    assert App(replace(config, tf_inter_op_threads=7)).model is not classifier.model
-    assert App(replace(config, warmup=False)).model is not classifier.model
-    assert App(replace(config, top_k=5)).model is classifier.model  # not a load setting
+    assert App(replace(config, tf_inter_op_threads=7))._model is not classifier._model
+    assert App(replace(config, warmup=False))._model is not classifier._model
+    assert App(replace(config, top_k=5))._model is classifier._model  # not a load setting
 
 
 def test_top_k_breaks_ties_by_lower_id():
@@ -136,7 +136,7 @@ def test_a_five_photo_request_fetches_all_five_at_once_when_alone(config, server
     url = server.add("/photos/together.jpg", together)
     app = App(replace(config, fetch_workers=16, fetch_per_request=0, threads=4))
     try:
-        result = app.classifier.classify([PhotoSource.url(f"{url}?n={n}") for n in range(5)])
+        result = app.classify([PhotoSource.url(f"{url}?n={n}") for n in range(5)])
         assert [r.error for r in result.results] == [None] * 5, [r.error for r in result.results]
     finally:
         app.stop()
@@ -148,16 +148,16 @@ def test_a_request_of_stalled_urls_does_not_delay_a_one_photo_request(config, se
     released = threading.Event()
     stalled = server.add("/photos/stalled.jpg", hostile.stall_after_headers(released, 10.0))
     app = App(replace(config, fetch_workers=4, photo_deadline_s=3.0, read_timeout_s=5.0, request_deadline_s=4.0))
-    app.classifier.model.get(timeout=120)
+    app._model.get(timeout=120)
     hits = server.hits["/photos/stalled.jpg"]
-    slow = threading.Thread(target=app.classifier.classify,
+    slow = threading.Thread(target=app.classify,
                             args=([PhotoSource.url(f"{stalled}?n={n}") for n in range(64)],))
     slow.start()
     try:
         while server.hits["/photos/stalled.jpg"] == hits:  # the stalled request holds its workers
             time.sleep(0.01)
         started = time.monotonic()
-        result = app.classifier.classify([PhotoSource.url(serve_photo(33))])
+        result = app.classify([PhotoSource.url(serve_photo(33))])
         elapsed = time.monotonic() - started
         assert result.results[0].error is None and result.results[0].predictions[0].id == 33
         assert elapsed < 1.5, f"the one-photo request waited {elapsed:.1f} s behind the stalled one"
@@ -175,7 +175,7 @@ def test_a_request_alone_uses_idle_workers_but_leaves_some_for_the_other_request
                       request_deadline_s=1.0))
     hits = server.hits["/photos/stalled-share.jpg"]
     try:
-        result = app.classifier.classify([PhotoSource.url(f"{stalled}?n={n}") for n in range(8)])
+        result = app.classify([PhotoSource.url(f"{stalled}?n={n}") for n in range(8)])
         assert server.hits["/photos/stalled-share.jpg"] - hits == 6  # six of eight started; two kept free
         assert {r.error.code for r in result.results} == {"deadline_exceeded"}
     finally:

@@ -71,7 +71,7 @@ def cluster(env):
     env.setenv("FANOUT_URL", proxy.url + "/")
     env.setenv("FANOUT_CHUNK", "4")
     service.reset()
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     yield proxy
     proxy.httpd.shutdown()
     for s in servers:
@@ -118,10 +118,9 @@ def test_bucket_objects_are_never_split_across_instances():
     # A bucket object is read signed by the instance that got the event; another instance would get
     # it as a plain caller URL, unsigned and behind the SSRF guard.
     from function.core.fanout import FanOut
-    from function.core.objects import ObjectSource
-    from function.core.sources import PhotoSource
+    from function.core.sources import ObjectSource, PhotoSource
 
-    fan = FanOut(requests.Session(), "http://127.0.0.1:9/", chunk=2, timeout_s=1)
+    fan = FanOut(lambda doc, headers: None, chunk=2)
     try:
         assert fan.wanted([PhotoSource.url(f"https://example.org/{i}.jpg") for i in range(3)])
         assert not fan.wanted([ObjectSource.of(f"https://storage.googleapis.com/b/{i}.jpg") for i in range(3)])

@@ -7,14 +7,19 @@ import requests
 
 from function.core.labels import LabelMap
 from function.errors import LabelMapError
+from function.infra.fetch import read_document
 from standin import hubmodel
 
 URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 
 
+def load(session: requests.Session, url: str, timeout: float) -> LabelMap:
+    return LabelMap.load(url, lambda u: read_document(session, u, timeout))
+
+
 def fetch(requests_mock, body: bytes, **kwargs) -> LabelMap:
     requests_mock.get(URL, content=body, **kwargs)
-    return LabelMap.fetch(requests.Session(), URL, timeout=5.0)
+    return load(requests.Session(), URL, 5.0)
 
 
 def test_the_published_format_gives_every_class_its_name():
@@ -103,7 +108,7 @@ def test_fetch_parses_the_served_map(requests_mock):
 def test_fetch_rejects_a_404(requests_mock):
     requests_mock.get(URL, status_code=404, text="Not Found")
     with pytest.raises(LabelMapError, match="404"):
-        LabelMap.fetch(requests.Session(), URL, timeout=5.0)
+        load(requests.Session(), URL, 5.0)
 
 
 def test_fetch_reads_a_local_file_by_path_or_file_url(tmp_path):
@@ -111,10 +116,10 @@ def test_fetch_reads_a_local_file_by_path_or_file_url(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("id,name\n964,background\n0,Turdus merula\n")
     for where in (str(path), path.as_uri()):
-        labels = LabelMap.fetch(requests.Session(), where, 1.0)
+        labels = load(requests.Session(), where, 1.0)
         assert labels[0] == "Turdus merula"
 
 
 def test_fetch_names_a_missing_local_file(tmp_path):
     with pytest.raises(LabelMapError, match="cannot read the label map .*nope.csv"):
-        LabelMap.fetch(requests.Session(), str(tmp_path / "nope.csv"), 1.0)
+        load(requests.Session(), str(tmp_path / "nope.csv"), 1.0)

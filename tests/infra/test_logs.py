@@ -53,7 +53,7 @@ def log_lines(monkeypatch):
 def test_the_request_line_carries_the_trace_and_an_http_request_field(env, serve_photo, log_lines):
     env.setenv("GOOGLE_CLOUD_PROJECT", "birds-prod")
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving().model.get(timeout=120)
+    service.serving()._model.get(timeout=120)
     r = client.post("/?top_k=2", json={"urls": [serve_photo(71)]},
                     headers={"traceparent": f"00-{TRACE}-{SPAN}-01", "User-Agent": "birdwatcher/2"})
     assert r.status_code == 200

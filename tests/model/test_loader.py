@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from function.app import App
+from function.app import App, Process
 from function.core.sources import PhotoSource
 from function.errors import ModelError
 from function.model import convert, loader
-from function.model.lifecycle import ResourceCache
 from function.model.litert import LiteRTModel
 from standin import hubmodel
 from tests.support import LABELS_PATH, MODEL_PATH, ROOT
@@ -36,11 +35,11 @@ def spec(url: str, tmp_path: Path, runtime: str = "auto") -> loader.ModelSpec:
 
 def fresh_app(config, **changes) -> App:
     """An app with its own resource cache: the model is loaded for this test, not shared with others."""
-    return App(replace(config, **changes), resources=ResourceCache())
+    return App(replace(config, **changes), process=Process())
 
 
 def scores_of(app: App, urls: list[str]) -> np.ndarray:
-    result = app.classifier.classify([PhotoSource.url(u) for u in urls], 5)
+    result = app.classify([PhotoSource.url(u) for u in urls], 5)
     assert all(r.ok for r in result.results), [r.error for r in result.results]
     return np.array([[p.score for p in r.predictions] for r in result.results])
 
@@ -58,10 +57,10 @@ def test_litert_scores_match_tensorflow_end_to_end(config, serve_photo, tmp_path
     lite = fresh_app(config, model_runtime="auto", model_cache_dir=str(tmp_path / "models"))
     reference = fresh_app(config, model_runtime="tensorflow")
     try:
-        assert lite.model.get(timeout=120).runtime == "litert"
-        assert reference.model.get(timeout=120).runtime == "tensorflow"
+        assert lite._model.get(timeout=120).runtime == "litert"
+        assert reference._model.get(timeout=120).runtime == "tensorflow"
         assert np.abs(scores_of(lite, urls) - scores_of(reference, urls)).max() < 1e-5
-        tops = lite.classifier.classify([PhotoSource.url(u) for u in urls], 1).results
+        tops = lite.classify([PhotoSource.url(u) for u in urls], 1).results
         assert [r.predictions[0].id for r in tops] == CLASSES
     finally:
         lite.stop()
@@ -137,13 +136,13 @@ def test_a_service_without_tensorflow_serves_a_tflite_and_reports_a_hub_module_c
         from function.errors import NotReady
         base = dict(labels_url={server.url(LABELS_PATH)!r}, model_cache_dir={str(tmp_path)!r})
         app = App(Config(model_url={str(float_tflite)!r}, **base))
-        app.model.get(timeout=60)
-        print(json.dumps(app.status()["model"]))
+        app._model.get(timeout=60)
+        print(json.dumps(app.readiness().status["model"]))
         hub = App(Config(model_url={server.url(MODEL_PATH)!r}, **base))
         try:
-            hub.model.get(timeout=60)
+            hub._model.get(timeout=60)
         except NotReady as err:
-            print(json.dumps(hub.status()["model"]))
+            print(json.dumps(hub.readiness().status["model"]))
     """)
     assert result.returncode == 0, result.stderr[-3000:]
     served, failed = result.stdout.splitlines()

@@ -1,4 +1,8 @@
-"""Bucket objects named by storage events, on every path a bucket reaches the function by.
+"""Bucket objects named by storage events, on every path a bucket reaches the function by: one door.
+
+:func:`notification` turns any envelope into a :class:`Notification` (the objects to classify,
+the objects skipped by content type, or why the envelope names nothing to do), or raises an
+:class:`~function.errors.EventError` that says what is wrong. The envelopes:
 
 * Cloud Storage through Eventarc: ``google.cloud.storage.object.v1.finalized`` CloudEvents whose
   data is the object resource (``bucket``, ``name``, ``contentType``, ``size`` as a number or a
@@ -32,13 +36,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
 from ..config import Config
-from ..core.objects import ObjectSource
-from ..errors import EventError
+from ..errors import EventError, InvalidNotification, InvalidObjectName, SubscriptionRefused, TooManyUrls
+from .sources import ObjectSource
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 PUBSUB_FINALIZE = "OBJECT_FINALIZE"
-PUBLIC_ENDPOINT = "https://storage.googleapis.com"
 MAX_NAME_BYTES = 1024  # Cloud Storage's and S3's limit for object names
 
 _BUCKET = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,220}[A-Za-z0-9])?")
@@ -85,7 +88,7 @@ class StorageObject:
             base = base if "://" in base else f"http://{base}"
             return (f"{base.rstrip('/')}/download/storage/v1/b/{quote(self.bucket, safe='')}"
                     f"/o/{quote(self.name, safe='')}?alt=media")
-        return f"{PUBLIC_ENDPOINT}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
+        return f"{Config.GCS_PUBLIC}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
 
     def source(self, config: Config) -> ObjectSource:
         """The object as a photo source read with the store's credentials (core/objects.py)."""
@@ -102,18 +105,17 @@ class Skip:
 def check_names(bucket: str, name: str) -> None:
     """Refuse names that would not address exactly one object (:class:`EventError`)."""
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise EventError(f"bucket name {bucket[:80]!r} is not a valid bucket name "
-                         "(letters, digits, '.', '-', '_'; no '..')", "invalid_object_name")
+        raise InvalidObjectName(f"bucket name {bucket[:80]!r} is not a valid bucket name "
+                                "(letters, digits, '.', '-', '_'; no '..')")
     segments = name.split("/")
     if any(s in ("", ".", "..") for s in segments):
-        raise EventError(f"object name {name[:200]!r} has an empty, '.' or '..' segment; "
-                         "such names are refused", "invalid_object_name")
+        raise InvalidObjectName(f"object name {name[:200]!r} has an empty, '.' or '..' segment; "
+                                "such names are refused")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise EventError(f"object name {name[:200]!r} is too long or holds control characters",
-                         "invalid_object_name")
+        raise InvalidObjectName(f"object name {name[:200]!r} is too long or holds control characters")
 
 
-def strict_size(value: Any, where: str = "size") -> int | None:
+def strict_size(value: Any, where: str = "size", error: type[EventError] = EventError) -> int | None:
     """An object size: an integer or a string of digits (JSON floats like 1e400 are refused)."""
     if value is None or value == "":
         return None
@@ -121,15 +123,15 @@ def strict_size(value: Any, where: str = "size") -> int | None:
         return value
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
-    raise EventError(f"event data {where!r} is not a whole number of bytes: {str(value)[:40]!r}")
+    raise error(f"event data {where!r} is not a whole number of bytes: {str(value)[:40]!r}")
 
 
-def _json(data: Any, what: str) -> Any:
+def _json(data: Any, what: str, error: type[EventError] = EventError) -> Any:
     if isinstance(data, (bytes, str)):
         try:
             return json.loads(data)
         except (ValueError, RecursionError):
-            raise EventError(f"{what} is not JSON") from None
+            raise error(f"{what} is not JSON") from None
     return data
 
 
@@ -163,13 +165,13 @@ def is_pubsub_push(doc: Mapping[str, Any]) -> bool:
 
 def pubsub_object(data: Any) -> StorageObject | Skip:
     """A Pub/Sub notification of a bucket (CloudEvent data or push body) -> the finalized object or Skip."""
-    doc = _json(data, "event data")
+    doc = _json(data, "event data", InvalidNotification)
     message = doc.get("message") if isinstance(doc, Mapping) else None
     if not isinstance(message, Mapping):
-        raise EventError("a Pub/Sub message event has data {\"message\": {\"data\", \"attributes\"}}")
+        raise InvalidNotification("a Pub/Sub message event has data {\"message\": {\"data\", \"attributes\"}}")
     attributes = message.get("attributes")
     if not isinstance(attributes, Mapping) or "eventType" not in attributes:
-        raise EventError("the Pub/Sub message has no attributes.eventType: not a Cloud Storage notification")
+        raise InvalidNotification("the Pub/Sub message has no attributes.eventType: not a Cloud Storage notification")
     event_type = attributes.get("eventType")
     if event_type != PUBSUB_FINALIZE:
         return Skip(f"Cloud Storage notification {str(event_type)[:40]!r} is not {PUBSUB_FINALIZE}")
@@ -178,12 +180,12 @@ def pubsub_object(data: Any) -> StorageObject | Skip:
         try:
             payload = base64.b64decode(raw if isinstance(raw, str) else "", validate=True)
         except (binascii.Error, ValueError):
-            raise EventError("the Pub/Sub message's data is not base64") from None
+            raise InvalidNotification("the Pub/Sub message's data is not base64") from None
         obj = gcs_object(payload)
     else:  # payloadFormat NONE: the attributes name the object
         bucket, name = attributes.get("bucketId"), attributes.get("objectId")
         if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
-            raise EventError("the Pub/Sub message needs attributes bucketId and objectId")
+            raise InvalidNotification("the Pub/Sub message needs attributes bucketId and objectId")
         obj = StorageObject(bucket, name)
     return obj
 
@@ -203,7 +205,7 @@ def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
         return []
     records = doc.get("Records")
     if not isinstance(records, list):
-        raise EventError("an S3 notification has a 'Records' list")
+        raise InvalidNotification("an S3 notification has a 'Records' list")
     objects = []
     for i, record in enumerate(records):
         try:
@@ -216,12 +218,12 @@ def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
             content_type = s3["object"].get("contentType")
             region = record.get("awsRegion")
         except (AttributeError, KeyError, TypeError):
-            raise EventError(f"Records[{i}] lacks s3.bucket.name or s3.object.key") from None
+            raise InvalidNotification(f"Records[{i}] lacks s3.bucket.name or s3.object.key") from None
         if not isinstance(bucket, str) or not bucket or not key:
-            raise EventError(f"Records[{i}] has an empty bucket name or object key")
-        objects.append(StorageObject(bucket, key, content_type if isinstance(content_type, str) else None,
-                                     strict_size(size, f"Records[{i}].s3.object.size"), scheme="s3",
-                                     region=region if isinstance(region, str) else None))
+            raise InvalidNotification(f"Records[{i}] has an empty bucket name or object key")
+        size = strict_size(size, f"Records[{i}].s3.object.size", InvalidNotification)
+        objects.append(StorageObject(bucket, key, content_type if isinstance(content_type, str) else None, size,
+                                     scheme="s3", region=region if isinstance(region, str) else None))
     return objects
 
 
@@ -236,9 +238,9 @@ def is_sns_envelope(doc: Mapping[str, Any]) -> bool:
 
 def sns_records(doc: Mapping[str, Any]) -> list[StorageObject]:
     """The objects of an SNS ``Notification`` envelope whose Message is an S3 notification."""
-    message = _json(doc.get("Message"), "the SNS Message")
+    message = _json(doc.get("Message"), "the SNS Message", InvalidNotification)
     if not isinstance(message, Mapping):
-        raise EventError("the SNS Message is not an S3 notification (a JSON object with 'Records')")
+        raise InvalidNotification("the SNS Message is not an S3 notification (a JSON object with 'Records')")
     return s3_objects(message)
 
 
@@ -265,7 +267,57 @@ def subscribe_url(doc: Mapping[str, Any], topics: frozenset[str]) -> str:
     return url
 
 
-def _refused(message: str) -> EventError:
-    err = EventError(message, "subscription_refused")
-    err.status = 403
-    return err
+def _refused(message: str) -> SubscriptionRefused:
+    return SubscriptionRefused(message)
+
+
+# -- the one door ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What an envelope asks for: the objects to classify, the created objects whose content type says
+    they are not images (never fetched), or why it names nothing to do."""
+
+    objects: tuple[StorageObject, ...] = ()
+    not_images: tuple[StorageObject, ...] = ()
+    skip: str | None = None
+
+    @property
+    def empty_reason(self) -> str:
+        return self.skip or ("no created image objects" if self.not_images or not self.objects else "")
+
+
+def notification(data: Any, event_type: str | None = None, max_objects: int | None = None) -> Notification:
+    """Any bucket envelope -> :class:`Notification`; an :class:`~function.errors.EventError` if malformed.
+
+    ``event_type`` is a CloudEvent's type (``FINALIZED`` or ``PUBSUB_PUBLISHED``) and ``data`` its data;
+    without it, ``data`` is a body posted as it is: S3 / MinIO ``Records`` (also SNS raw delivery), a
+    Pub/Sub push, or an SNS ``Notification`` envelope. At most ``max_objects`` images per envelope.
+    """
+    if event_type is not None:
+        found: list[StorageObject] | StorageObject | Skip = storage_object(event_type, data)
+    else:
+        doc = _json(data, "the notification", InvalidNotification)
+        if not isinstance(doc, Mapping):
+            raise InvalidNotification("a bucket notification is a JSON object")
+        if is_pubsub_push(doc):
+            found = pubsub_object(doc)
+        elif is_sns_envelope(doc):
+            if doc.get("Type") != SNS_NOTIFICATION:
+                raise InvalidNotification("SNS confirmations are only taken with SNS's x-amz-sns-message-type header")
+            found = sns_records(doc) if "Records" not in doc else s3_objects(doc)
+        else:
+            found = s3_objects(doc)
+    if isinstance(found, Skip):
+        return Notification(skip=found.reason)
+    objects = [found] if isinstance(found, StorageObject) else found
+    images = tuple(o for o in objects if o.is_image is not False)
+    if max_objects is not None and len(images) > max_objects:
+        raise TooManyUrls(f"{len(images)} objects; at most {max_objects} per notification")
+    return Notification(images, tuple(o for o in objects if o.is_image is False))
+
+
+def is_notification(doc: Mapping[str, Any]) -> bool:
+    """Whether a JSON body posted to the HTTP target is a bucket notification rather than a request."""
+    return "Records" in doc or is_pubsub_push(doc) or is_sns_envelope(doc)

@@ -1,0 +1,374 @@
+"""Getting bytes from elsewhere: pooled sessions behind the SSRF guard, bounded photo fetches, files.
+
+:class:`HttpFetcher` streams one URL's body up to a byte limit, with bounded retries for what a
+later try may fix, inside a hard per-fetch deadline (:mod:`function.infra.deadlines`): the
+session's connection pools are wrapped so the deadline knows which connection a fetch is using,
+and at the deadline that socket is shut down, so the fetch ends whatever phase it is in. Read and
+connect timeouts bound each wait for a byte; they cannot bound a host that sends one header byte
+every 2 s (measured: 150 s on one fetch worker). Bytes are counted on the wire: the fetcher asks for
+``identity`` and reads the body undecoded; a host that compresses anyway is decompressed here,
+bounded.
+
+The factories at the end build the fetchers from :class:`~function.config.Config`: caller URLs go
+through the guard, bucket objects are signed with the platform's credentials and never redirected,
+the model and label map (URLs from configuration) use a plain trusted session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool
+
+from ..config import Config
+from ..errors import (
+    Empty,
+    FanoutFailed,
+    FetchFailed,
+    FileNotFound,
+    FileUnreadable,
+    HttpError,
+    InvalidUrl,
+    PhotoError,
+    Timeout,
+    TooLarge,
+    TooManyRedirects,
+)
+from . import logs
+from .credentials import AwsSigner, GoogleSigner, StoreAuth
+from .deadlines import Deadline, Deadlines, shut
+from .guard import AddressPolicy, guard_session
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 0.05  # a fired deadline whose connection has no socket yet (still connecting) looks again this often
+MAX_RETRY_AFTER_S = 5.0  # a photo is not worth a longer wait
+
+
+def new_session(pool_size: int, user_agent: str) -> requests.Session:
+    """One pooled session: ``pool_size`` connections per host, our User-Agent on every request."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = user_agent
+    return session
+
+
+class _Watch:
+    """One fetch's hard deadline and the connection it is using."""
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.fired = False
+        self.deadline: Deadline | None = None
+
+    def attach(self, conn: Any) -> None:
+        self.conn = conn
+        if self.fired:
+            shut(getattr(conn, "sock", None))
+
+    def fire(self) -> float | None:
+        """Shut the connection's socket down; look again shortly when there is none yet."""
+        self.fired = True
+        sock = getattr(self.conn, "sock", None)
+        if sock is None:
+            return RECHECK_S
+        shut(sock)
+        return None
+
+
+def _watched_pool(pool_cls: type[HTTPConnectionPool], local: threading.local) -> type[HTTPConnectionPool]:
+    """A connection pool class that hands each connection it gives out to the thread's watch."""
+
+    def _get_conn(self: Any, timeout: float | None = None) -> Any:
+        conn = pool_cls._get_conn(self, timeout)
+        watch = getattr(local, "watch", None)
+        if watch is not None:
+            watch.attach(conn)
+        return conn
+
+    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"_get_conn": _get_conn})
+
+
+class HttpFetcher:
+    """Fetches one URL's bytes over a pooled ``requests.Session``, streaming up to a byte limit."""
+
+    def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float,
+                 max_bytes: int, retries: int = 0, deadline_s: float = 30.0, backoff_s: float = 0.2,
+                 sleep: Callable[[float], None] = time.sleep, deadlines: Deadlines | None = None):
+        self.session = session
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.max_bytes = max_bytes
+        self.retries = retries
+        self.deadline_s = deadline_s
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+        self._owns_deadlines = deadlines is None
+        self.deadlines = deadlines or Deadlines()
+        self._local = threading.local()
+        for adapter in session.adapters.values():
+            manager = getattr(adapter, "poolmanager", None)
+            if manager is not None:  # a new dict: the default one is urllib3's module-level table
+                manager.pool_classes_by_scheme = {
+                    scheme: _watched_pool(cls, self._local) for scheme, cls in manager.pool_classes_by_scheme.items()}
+
+    def close(self) -> None:
+        if self._owns_deadlines:
+            self.deadlines.stop()
+        _close(self.session)
+
+    def get(self, url: str) -> bytes:
+        """GET with bounded retries for transient failures, all within the fetch's deadline."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # "http://[oops/": an unbalanced IPv6 bracket
+            raise InvalidUrl(f"not a valid URL: {url!r}") from None
+        if parts.scheme.lower() not in ("http", "https") or not host:
+            raise InvalidUrl(f"not an http(s) URL: {url!r}")
+        deadline = time.monotonic() + self.deadline_s
+        watch = _Watch()
+        watch.deadline = self.deadlines.arm(self.deadline_s, watch.fire)
+        self._local.watch = watch
+        try:
+            return self._retrying(url, deadline, watch)
+        finally:
+            self._local.watch = None
+            watch.deadline.cancel()
+
+    def status(self, url: str) -> int:
+        """The status one GET of ``url`` answers (no redirects followed, the body left unread)."""
+        with self.session.get(url, timeout=self.timeout, stream=True, allow_redirects=False) as response:
+            return response.status_code
+
+    def _retrying(self, url: str, deadline: float, watch: _Watch) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                return self._once(url, deadline, watch)
+            except PhotoError as err:
+                pause = (err.retry_after_s if err.retry_after_s is not None else self.backoff_s * 2 ** attempt)
+                if not err.retryable or attempt >= self.retries or time.monotonic() + pause >= deadline:
+                    raise
+                attempt += 1
+                log.debug("retrying photo", extra=logs.fields(photo=url, attempt=attempt, error=err.code,
+                                                              pause_s=round(pause, 2)))
+                self._sleep(pause)
+
+    def _timeout(self) -> Timeout:
+        return Timeout(f"the photo took longer than {self.deadline_s:g} s to arrive")
+
+    def _once(self, url: str, deadline: float, watch: _Watch) -> bytes:
+        try:
+            data = self._get(url, deadline, watch)
+        except PhotoError:
+            if watch.fired:  # whatever the socket's shutdown looked like to the reader
+                raise self._timeout() from None
+            raise
+        if watch.fired:  # EOF from the shutdown can look like the end of headers or of the body
+            raise self._timeout()
+        return data
+
+    def _get(self, url: str, deadline: float, watch: _Watch) -> bytes:
+        remaining = max(0.05, deadline - time.monotonic())  # no attempt may outlast the fetch's deadline
+        timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+        try:
+            # identity: the byte limit counts what crosses the wire, not what a decoder makes of it
+            with self.session.get(url, timeout=timeout, stream=True,
+                                  headers={"Accept-Encoding": "identity"}) as response:
+                if watch.fired:
+                    raise self._timeout()
+                if response.status_code != 200:
+                    status = response.status_code
+                    raise HttpError(f"the photo host answered HTTP {status}", retryable=status in (429, 502, 503, 504),
+                                    retry_after_s=_retry_after(response.headers.get("Retry-After")))
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise TooLarge(f"photo is {declared} bytes; the limit is {self.max_bytes}")
+                body = bytearray()
+                # read1 returns what one receive brings; iter_content's read(n) waits for all n bytes, so
+                # a host trickling a byte at a time could hold the photo far past its deadline. Undecoded:
+                # a gzip header that never ends would keep urllib3's decoder reading without returning.
+                while chunk := response.raw.read1(64 * 1024, decode_content=False):
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise TooLarge(f"photo is over the limit of {self.max_bytes} bytes")
+                    if time.monotonic() > deadline or watch.fired:
+                        raise self._timeout()
+                data = _decompress(bytes(body), response.headers.get("Content-Encoding", ""), self.max_bytes)
+                return checked_size(data, self.max_bytes)
+        except PhotoError:
+            raise
+        except requests.TooManyRedirects:
+            raise TooManyRedirects("the photo URL redirects too many times") from None
+        except requests.Timeout:
+            raise Timeout("the photo host did not answer in time", retryable=True) from None
+        except requests.exceptions.InvalidURL as exc:
+            raise InvalidUrl(f"invalid URL: {exc}") from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise Timeout("the photo host stopped sending in time", retryable=True) from None
+        except urllib3.exceptions.HTTPError as exc:  # the body broke off: reset, short read, bad encoding
+            raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
+        except requests.RequestException as exc:
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                # a read timeout while streaming the body: requests reports it as a ConnectionError
+                raise Timeout("the photo host stopped sending in time", retryable=True) from None
+            raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
+
+
+def checked_size(data: bytes, max_bytes: int) -> bytes:
+    """The photo's bytes, or :class:`TooLarge` / :class:`Empty`."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"photo is {len(data)} bytes; the limit is {max_bytes}")
+    if not data:
+        raise Empty("photo is empty (0 bytes)")
+    return data
+
+
+def read_file(path: str, max_bytes: int) -> bytes:
+    """A local photo (the CLI's arguments), within the same byte limit as a fetched one."""
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(path)
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise TooLarge(f"{path} is {size} bytes; the limit is {max_bytes}")
+        with open(path, "rb") as f:
+            return checked_size(f.read(), max_bytes)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFound(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise FileNotFound(f"{path} is a directory, not a photo") from None
+    except PermissionError:
+        raise FileUnreadable(f"no permission to read {path}") from None
+    except OSError as exc:  # name too long, symlink loop, I/O error...
+        raise FileUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    """The body a host compressed although asked for ``identity``, decoded up to ``max_bytes``."""
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    for coding in reversed(codings):  # applied in the order listed: undone last first
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise FetchFailed(f"the photo host sent Content-Encoding {coding!r}, which this service does not "
+                              "decode (it asks for identity)", retryable=False)
+        out = bytearray()
+        data = body
+        while data:  # a gzip stream may hold several members
+            decoder = zlib.decompressobj(47)  # 32 + 15: a gzip or a zlib header, whichever it is
+            try:
+                out += decoder.decompress(data, max_bytes + 1 - len(out))
+            except zlib.error as exc:
+                raise FetchFailed(f"the photo's {coding} encoding is broken: {exc}", retryable=False) from None
+            if len(out) > max_bytes:
+                raise TooLarge(f"photo is over the limit of {max_bytes} bytes once decompressed")
+            if not decoder.eof:
+                raise FetchFailed(f"the photo's {coding} encoding is cut short", retryable=False)
+            data = decoder.unused_data
+        body = bytes(out)
+    return body
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (numeric form only), capped."""
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value))) if value else None
+    except ValueError:
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error, without the noise of urllib3's wrappers."""
+    inner: BaseException = exc
+    while inner.__context__ is not None and inner.__context__ is not inner:
+        inner = inner.__context__
+    text = str(inner)
+    return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(inner).__name__
+
+
+def _close(session: requests.Session) -> None:
+    try:
+        session.close()
+    except Exception:  # closing is best effort at shutdown
+        log.debug("closing a session failed", exc_info=True)
+
+
+def read_document(session: requests.Session, url: str, timeout: float) -> bytes:
+    """A small document from configuration (the label map): an http(s) URL, or a local file
+    (a path or ``file://``; the image carries one). ``OSError`` or ``requests`` errors propagate."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        response = session.get(url, timeout=timeout)
+        if response.status_code != 200:
+            raise OSError(f"{url} answered HTTP {response.status_code}")
+        return response.content
+    with open(unquote(parts.path) if parts.scheme == "file" else url, "rb") as f:
+        return f.read()
+
+
+# -- the fetchers a service needs, from its configuration --------------------------------------------
+
+
+def trusted_session(config: Config) -> requests.Session:
+    """For URLs that come from configuration (model, label map, fan-out): no guard."""
+    return new_session(config.fetch_workers, config.user_agent)
+
+
+def photo_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
+    """For callers' photo URLs: behind the SSRF guard (``TRUSTED_HOSTS`` exempt), at most 5 redirects."""
+    session = new_session(config.fetch_workers, config.user_agent)
+    if config.ssrf_guard:
+        session = guard_session(session, AddressPolicy.from_trusted(config.trusted_hosts), config.fetch_workers)
+    session.max_redirects = 5
+    return _fetcher(session, config, deadlines)
+
+
+def object_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
+    """For bucket objects: URLs the service works out from configured endpoints, signed with the platform's
+    credentials (infra/credentials.py), never sent on to another place; the photos' limits."""
+    session = new_session(config.fetch_workers, config.user_agent)
+    if config.ssrf_guard:
+        policy = AddressPolicy.from_trusted((*config.trusted_hosts, *config.storage_hosts()))
+        session = guard_session(session, policy, config.fetch_workers)
+    session.max_redirects = 0
+    anonymous = config.storage_credentials == "anonymous"
+    session.auth = StoreAuth(None if anonymous else GoogleSigner(), None if anonymous else AwsSigner(),
+                             [config.gcs_base_url()], config.s3_endpoint,
+                             [config.storage_emulator_host] if config.storage_emulator_host else [])
+    return _fetcher(session, config, deadlines)
+
+
+def _fetcher(session: requests.Session, config: Config, deadlines: Deadlines) -> HttpFetcher:
+    return HttpFetcher(session, config.connect_timeout_s, config.read_timeout_s, config.max_photo_bytes,
+                       config.fetch_retries, config.photo_deadline_s, deadlines=deadlines)
+
+
+
+class JsonPoster:
+    """POSTs a JSON document to one configured URL (fan-out to the Service's other instances)."""
+
+    def __init__(self, session: requests.Session, url: str, timeout_s: float):
+        self.session, self.url, self.timeout_s = session, url, timeout_s
+
+    def __call__(self, doc: Mapping[str, Any], headers: Mapping[str, str]) -> Any:
+        try:
+            response = self.session.post(self.url, json=doc, headers=dict(headers), timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise FanoutFailed(f"the chunk could not be sent to another instance: {_reason(exc)}") from None
+        if response.status_code != 200:
+            raise FanoutFailed(f"the instance handling this chunk answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise FanoutFailed("the instance handling this chunk did not answer JSON") from None
