@@ -21,7 +21,7 @@ import atexit
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +43,7 @@ from .infra import fetch, logs
 from .infra.cpu import usable_cpus
 from .infra.deadlines import Deadlines
 from .infra.deliveries import RecentDeliveries
-from .infra.metrics import Metrics
+from .infra.metrics import Metrics, RequestMeter
 from .model import loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
@@ -154,18 +154,10 @@ class App:
         if status != 200:
             raise ObjectUnavailable(f"SNS answered HTTP {status} to the subscription confirmation")
 
-    # -- request metrics (answers given by the entry points) -------------------------------
-    @contextlib.contextmanager
-    def serving_request(self) -> Iterator[None]:
-        """Counts the request as in flight while it is served."""
-        self._metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            self._metrics.in_flight.dec()
-
-    def count_answer(self, route: str, status: int) -> None:
-        self._metrics.requests.labels(route, str(status)).inc()
+    # -- metrics ----------------------------------------------------------------------------
+    def request_meter(self, routes: Sequence[str]) -> RequestMeter:
+        """What counts the HTTP target's requests and answers by route (the bounds middleware calls it)."""
+        return RequestMeter(self._metrics, routes)
 
     def metrics_text(self) -> bytes:
         return self._metrics.exposition()

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import functions_framework
 import pytest
 
 from tests.support import ROOT
+from tests.walk import walk
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
@@ -46,3 +48,18 @@ def test_an_import_against_the_flow_breaks_a_contract(copy_of_the_package, modul
     done = lint_imports(copy_of_the_package)
     assert done.returncode != 0
     assert broken in done.stdout and "BROKEN" in done.stdout
+
+
+def test_a_classification_request_goes_down_once_and_comes_back_once(env, serve_photo):
+    # Before the one-door layout the HTTP module was entered 6 times by one request (it called the events,
+    # uploads and parsing modules and the fan-out itself); now: from the target, back from parsing the
+    # request, back from the app's verb.
+    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    client.post("/", json={"urls": [serve_photo(3)]})  # warm: the model's load is not the request's walk
+    response, path = walk(lambda: client.post("/", json={"urls": [serve_photo(5), serve_photo(7)]}))
+    assert response.status_code == 200
+    assert path.entries("function/api/http.py") <= 3, path.stays
+    assert path.entries("function/core/classifier.py") <= 3, path.stays
+    down = [m for m in path.stays if m not in ("main.py", "function/infra/limits.py")]
+    assert down.index("function/app.py", down.index("function/api/http.py")) < down.index("function/core/classifier.py")
+    assert path.returns <= 15, path.stays

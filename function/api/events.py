@@ -26,6 +26,7 @@ from ..core.buckets import Notification
 from ..errors import Answer, EventError, InvalidCloudEvent, InvalidNotification, ServiceError, answer
 from ..infra import logs
 from ..infra.deliveries import delivery_key
+from .parsing import sns_type
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,6 @@ def handle(event: Any, app: App) -> None:
                 raise refusal
 
 
-def is_delivery(headers: Mapping[str, str]) -> bool:
-    """A delivery for :func:`deliver`: a CloudEvent, or an SNS HTTP(S) message (``x-amz-sns-message-type``)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    return "ce-specversion" in lowered or _sns_type(headers) is not None or (
-        lowered.get("content-type", "").split(";")[0].strip().lower() == "application/cloudevents+json")
-
-
 def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
     """A delivery posted to the HTTP target (a Trigger's CloudEvent, binary or structured; an SNS message).
 
@@ -73,7 +67,7 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
     loading); an event that names nothing to do, 204. The same delivery again gets the same answer.
     """
     try:
-        if _sns_type(headers) is not None:
+        if sns_type(headers) is not None:
             return _deliver_sns(headers, body, app)
         try:
             event = from_http(dict(headers), body)
@@ -88,13 +82,17 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
         return answer(err)
 
 
-def notification_answer(notification: Notification, app: App, *, empty: Answer | None = None) -> Answer:
-    """Several objects (S3 / MinIO ``Records``, SNS, a Pub/Sub push): the result document, or 503 when a
-    redelivery may read some object later; ``empty`` (default 204) when nothing is to be classified."""
-    if not notification.objects:
-        return empty or _skipped(notification.empty_reason)
+def notification_answer(notification: Notification, app: App, *, delivered: bool = True) -> Answer:
+    """Several objects (S3 / MinIO ``Records``, SNS, a Pub/Sub push): the result document.
+
+    A broker's delivery (``delivered``: SNS) gets 503 when a redelivery may read some object later, and
+    204 when nothing is to be classified; a notification posted as a plain body gets the result
+    document either way, each object's error in it, as a request naming photo URLs would.
+    """
+    if not notification.objects and delivered:
+        return _skipped(notification.empty_reason)
     found = app.classify_objects(notification)
-    err = outcomes.notification_error(found.outcomes)
+    err = outcomes.notification_error(found.outcomes) if delivered else None
     if err is not None:
         raise err
     return Answer(200, json.dumps(found.classification.to_dict()).encode(), dict(JSON))
@@ -154,13 +152,6 @@ def _short(value: object, limit: int = 200) -> str:
 # -- SNS HTTP(S) deliveries of S3 notifications -------------------------------------------------------
 
 
-def _sns_type(headers: Mapping[str, str]) -> str | None:
-    for name, value in headers.items():
-        if name.lower() == "x-amz-sns-message-type":
-            return value
-    return None
-
-
 def _deliver_sns(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
     """An SNS message: a Notification classified; a SubscriptionConfirmation followed for listed topics only.
 
@@ -174,7 +165,7 @@ def _deliver_sns(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
         raise InvalidNotification("the SNS message is not JSON") from None
     if not isinstance(doc, dict):
         raise InvalidNotification("the SNS message is not a JSON object")
-    kind = doc.get("Type") or _sns_type(headers)
+    kind = doc.get("Type") or sns_type(headers)
     if kind == buckets.SNS_CONFIRMATION:
         url = buckets.subscribe_url(doc, app.config.sns_topic_arns)
         app.confirm_subscription(url)

@@ -26,7 +26,6 @@ from typing import Any
 import flask
 
 from ..app import App
-from ..config import Config
 from ..core.buckets import Notification
 from ..core.fanout import HEADER as FANOUT_HEADER
 from ..core.results import Classification
@@ -37,14 +36,13 @@ from ..errors import (
     NotFound,
     RequestError,
     ServiceError,
-    UnsupportedMediaType,
     answer,
 )
 from ..infra import logs
 from ..infra.limits import BoundedRequests
 from ..infra.metrics import CONTENT_TYPE
-from . import events, uploads, web
-from .parsing import ClassifyRequest, parse_json_body, parse_top_k, parse_urls, read_body
+from . import events, web
+from .parsing import Delivery, read_request
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +57,7 @@ def install(flask_app: flask.Flask, app: App) -> None:
     flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
         flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
         max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s,
-        on_refused=lambda path, status: app.count_answer(route_name(path), status))
-
-
-def parse_request(request: flask.Request, config: Config) -> ClassifyRequest | Notification:
-    """The photos and ``top_k`` of a classification request, whatever form it came in (or the bucket
-    notification a JSON body is)."""
-    if request.method == "GET":
-        urls = request.args.getlist("url") or None
-        return ClassifyRequest(parse_urls(urls, config), parse_top_k(request.args.get("top_k"), config))
-    mimetype = request.mimetype or ""
-    if uploads.accepts(mimetype):
-        return uploads.parse(request, config)
-    if mimetype not in ("", "application/json", "text/plain") and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(f"send application/json, multipart/form-data or image/*, not {mimetype}")
-    return parse_json_body(read_body(request, config.max_request_bytes), config)
+        meter=app.request_meter(ROUTES))
 
 
 def leave_body_unread(response: flask.Response) -> flask.Response:
@@ -114,7 +98,7 @@ def handle(request: flask.Request, app: App) -> flask.Response:
     rid = request.headers.get("X-Request-Id") or logs.new_request_id()
     trace = logs.trace_fields(request.headers.get("traceparent"), request.headers.get("X-Cloud-Trace-Context"),
                               app.config.google_cloud_project)
-    with app.serving_request(), logs.trace_context(trace), logs.request_context(rid):
+    with logs.trace_context(trace), logs.request_context(rid):
         try:
             response = _route(request, app, rid, started)
         except ServiceError as err:
@@ -128,19 +112,10 @@ def handle(request: flask.Request, app: App) -> flask.Response:
             log.exception("request failed", extra=logs.fields(
                 status=500, path=request.path, httpRequest=_http_request(request, response, started)))
     response.headers["X-Request-Id"] = rid
-    app.count_answer(route_name(request.path), response.status_code)
-    request.environ["bird.counted"] = True  # a 408 given later below the routes is not counted again
     return response
 
 
-NO_RESULTS = Answer(200, b'{"results": [], "timings_ms": {}}', {"Content-Type": "application/json"})
 ROUTES = ("/", "/healthz", "/readyz", "/openapi.json", "/metrics")
-
-
-def route_name(path: str) -> str:
-    """The route a path belongs to, for metric labels: a bounded set, whatever paths clients send."""
-    path = path.rstrip("/") or "/"
-    return path if path in ROUTES else "other"
 
 
 def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.Response:
@@ -161,12 +136,11 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
         raise MethodNotAllowed(f"{request.method} is not supported; use POST or GET")
     if request.method == "GET" and "url" not in request.args and web.wants_page(request):
         return web.page_response()
-    if request.method == "POST" and events.is_delivery(dict(request.headers)):
-        body = read_body(request, app.config.max_request_bytes)
-        return answer_response(events.deliver(dict(request.headers), body, app))
-    parsed = parse_request(request, app.config)
+    parsed = read_request(request, app.config)
+    if isinstance(parsed, Delivery):
+        return answer_response(events.deliver(parsed.headers, parsed.body, app))
     if isinstance(parsed, Notification):  # a bucket notification posted as a plain body
-        return answer_response(events.notification_answer(parsed, app, empty=NO_RESULTS))
+        return answer_response(events.notification_answer(parsed, app, delivered=False))
     result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=FANOUT_HEADER in request.headers)
     response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
     log_classification(result, _http_request(request, response, started))

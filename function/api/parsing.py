@@ -1,5 +1,6 @@
-"""Request documents -> photo sources: JSON bodies and query parameters (a bucket notification posted
-as a JSON body is handed on as one, to the bucket door: ``core/buckets.py``).
+"""What a request asks for: photo sources from JSON bodies, query parameters and uploads (``uploads.py``),
+a bucket notification posted as a JSON body (through the bucket door, ``core/buckets.py``), or a
+broker's delivery (for ``events.py``).
 
 Every problem is a :class:`~function.errors.RequestError` that says what to fix.
 """
@@ -7,51 +8,62 @@ Every problem is a :class:`~function.errors.RequestError` that says what to fix.
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import flask
 
 from ..config import Config
 from ..core import buckets
 from ..core.buckets import Notification
-from ..core.sources import PhotoSource
-from ..errors import BodyTooLarge, InvalidJson, InvalidTopK, InvalidUrls, MissingUrls, TooManyUrls, UnknownField
+from ..errors import (
+    BodyTooLarge,
+    InvalidJson,
+    InvalidUrls,
+    UnknownField,
+    UnsupportedMediaType,
+)
+from . import uploads
+from .fields import ClassifyRequest, classify_request
 
 
 @dataclass(frozen=True)
-class ClassifyRequest:
-    sources: list[PhotoSource]
-    top_k: int
+class Delivery:
+    """A broker's delivery (a CloudEvent, an SNS message): its headers and body, answered by ``events.deliver``."""
+
+    headers: dict[str, str]
+    body: bytes
 
 
-def parse_top_k(value: Any, config: Config) -> int:
-    if value is None:
-        return config.top_k
-    if isinstance(value, str) and re.fullmatch(r"\+?[0-9]{1,9}", value.strip()):  # not "²", "++3", 5000 digits
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= config.max_top_k:
-        raise InvalidTopK(f"top_k must be an integer from 1 to {config.max_top_k}, got {value!r}")
-    return value
+def read_request(request: flask.Request, config: Config) -> ClassifyRequest | Notification | Delivery:
+    """What a ``GET /`` or ``POST /`` asks for: photos to classify (URLs, uploads), a bucket notification
+    posted as a plain body, or a broker's delivery."""
+    if request.method == "GET":
+        urls = request.args.getlist("url") or None
+        return classify_request(urls, request.args.get("top_k"), config)
+    headers = dict(request.headers)
+    if is_delivery(headers):
+        return Delivery(headers, read_body(request, config.max_request_bytes))
+    mimetype = request.mimetype or ""
+    if mimetype == uploads.MULTIPART or mimetype.startswith("image/"):
+        return uploads.parse(request, config)
+    if mimetype not in ("", "application/json", "text/plain") and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(f"send application/json, multipart/form-data or image/*, not {mimetype}")
+    return parse_json_body(read_body(request, config.max_request_bytes), config)
 
 
-def parse_urls(urls: Any, config: Config) -> list[PhotoSource]:
-    if urls is None:
-        raise MissingUrls('give the photos as {"urls": ["https://...", ...]} (or ?url=... on a GET)')
-    if not isinstance(urls, list):
-        raise InvalidUrls(f"urls must be a list of strings, got {type(urls).__name__}"
-                          + ('; give one URL as {"url": "https://..."}' if isinstance(urls, str) else ""))
-    if not urls:
-        raise MissingUrls("urls is empty: give at least one photo URL")
-    if len(urls) > config.max_urls:
-        raise TooManyUrls(f"{len(urls)} URLs given; at most {config.max_urls} per request")
-    bad = [i for i, u in enumerate(urls) if not isinstance(u, str)]
-    if bad:
-        raise InvalidUrls(f"urls[{bad[0]}] is not a string: {urls[bad[0]]!r}")
-    return [PhotoSource.url(u.strip()) for u in urls]
+def is_delivery(headers: Mapping[str, str]) -> bool:
+    """A CloudEvent (binary or structured), or an SNS HTTP(S) message (``x-amz-sns-message-type``)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return "ce-specversion" in lowered or sns_type(headers) is not None or (
+        lowered.get("content-type", "").split(";")[0].strip().lower() == "application/cloudevents+json")
+
+
+def sns_type(headers: Mapping[str, str]) -> str | None:
+    for name, value in headers.items():
+        if name.lower() == "x-amz-sns-message-type":
+            return value
+    return None
 
 
 _FIELDS = {"urls", "url", "top_k"}
@@ -77,7 +89,7 @@ def parse_json_body(body: bytes, config: Config) -> ClassifyRequest | Notificati
         raise InvalidUrls(f"url must be one URL string, got {type(doc['url']).__name__}; "
                           'give several as {"urls": [...]}')
     urls = doc.get("urls") if "urls" in doc else [doc["url"]] if doc.get("url") is not None else None
-    return ClassifyRequest(parse_urls(urls, config), parse_top_k(doc.get("top_k"), config))
+    return classify_request(urls, doc.get("top_k"), config)
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:

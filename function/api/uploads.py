@@ -36,16 +36,11 @@ from ..errors import (
     TooManyPhotos,
     UnknownField,
 )
-from .parsing import ClassifyRequest, parse_top_k
+from .fields import ClassifyRequest, parse_top_k
 
 MULTIPART = "multipart/form-data"
 DEFAULT_NAME = "upload"
 FIELDS = ("photo", "urls", "url", "top_k")
-
-
-def accepts(mimetype: str) -> bool:
-    """Whether a body of this media type is an upload this module parses."""
-    return mimetype == MULTIPART or mimetype.startswith("image/")
 
 
 def parse(request: flask.Request, config: Config) -> ClassifyRequest:

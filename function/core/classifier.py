@@ -63,6 +63,10 @@ class CallQueue(Protocol):
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]: ...
 
 
+def _in_context(context: contextvars.Context, *args: Any) -> LoadedPhoto:
+    return context.run(load, *args)
+
+
 def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
     """The k best classes of one score vector, best first (ties: lower id first)."""
     k = min(k, scores.shape[0])
@@ -126,13 +130,11 @@ class Classifier:
         t0 = time.perf_counter()
         cold = not self.ready()
         self.start()
-        # Each fetch runs in a copy of this thread's context, so its log records carry the request id.
-        share = self._pool.share()
-        # a photo waits for decoding memory no longer than its request waits for it
+        # Each photo runs in a copy of this thread's context, so its log records carry the request id; it
+        # waits for decoding memory no longer than its request waits for it.
         decode_by = time.monotonic() + self.config.request_deadline_s
-        futures = [self._pool.submit(share, contextvars.copy_context().run, load, self.reader, self.decoder, s,
-                                     decode_by)
-                   for s in sources]
+        futures = self._pool.submit_all(_in_context, [(contextvars.copy_context(), self.reader, self.decoder, s,
+                                                       decode_by) for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s

@@ -4,7 +4,8 @@ An object is ``classified``, ``skipped`` (its content type or its content says i
 or ``failed`` (``retryable`` when a redelivery may fix it: a host down, credentials not yet there).
 Each outcome is logged once, here. :func:`delivery_error` is the table for deliveries that name one
 object and want a reply (a Knative Trigger's CloudEvent); :func:`notification_error` for those that
-name several (SNS, S3 / MinIO ``Records``, Pub/Sub push): the error to answer with, or None for 200.
+name several and were delivered by a broker (SNS): the error to answer with, or None for 200. A
+notification posted as a plain body gets its result document, each object's error in it.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class FairPool:
     CLI's list runs ``workers - reserve`` at a time), and a request that arrives later always finds
     a worker. So one request with 64 stalled URLs holds at most ``workers - reserve`` workers, and
     a one-photo request arriving after it starts at once instead of waiting behind its queue
-    (measured before: 50 s). Defaults: the share is FETCH_WORKERS // THREADS (each request served
+    (50 s behind 64 stalled URLs with one FIFO queue: docs/reliability.md). Defaults: the share is
+    FETCH_WORKERS // THREADS (each request served
     at once has its share, all together the pool) and the reserve min(THREADS - 1, FETCH_WORKERS // 4):
     a worker for each other request, but never more than a quarter of the pool. Nothing waits in
     the executor's own queue: at most ``workers`` tasks are handed to it at a time.
@@ -60,6 +61,11 @@ class FairPool:
 
     def share(self) -> _Share:
         return _Share()
+
+    def submit_all(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[Future[T]]:
+        """``fn(*args)`` for each of one request's ``calls``, as that request's share of the pool."""
+        share = _Share()
+        return [self.submit(share, fn, *args) for args in calls]
 
     def submit(self, share: _Share, fn: Callable[..., T], *args: Any) -> Future[T]:
         future: Future[T] = Future()

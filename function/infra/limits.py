@@ -1,8 +1,8 @@
 """Bounds on every request before any route sees it: one WSGI middleware around the whole app.
 
 functions-framework reads the whole body after every answer that is not streamed (its
-``read_request`` hook), whatever the route: a ``POST /healthz`` with 512 MiB was read into memory
-(issue 12, finding 4). So the bounds live below the routes, on ``wsgi.input`` itself:
+``read_request`` hook), whatever the route: a ``POST /healthz`` with 512 MiB is read into memory
+unless something below stops it. So the bounds live below the routes, on ``wsgi.input`` itself:
 
 * **one body limit** for every path and method (:func:`body_limit`): a declared length past it is
   answered 413 without calling the app; a chunked body is cut one byte past it, so the route's own
@@ -13,12 +13,14 @@ functions-framework reads the whole body after every answer that is not streamed
   read side is shut, which wakes a blocked read) and answered 408: a client sending a byte a
   second cannot hold a request thread. A body of declared length gets less: ``BODY_GRACE_S`` plus
   its length at ``BODY_MIN_RATE`` bytes/s, so a 200-byte JSON body dripped at a byte a second is
-  cut after 5 s, not 60 (the hostile phase of ``make loadtest``: four such clients held every
-  request thread for the whole minute);
+  cut after 5 s, not 60 (four such clients would otherwise hold every request thread for a minute:
+  docs/reliability.md);
 * **a usable connection after the answer**: when a body is left unread, the answer says
   ``Connection: close`` and the server closes it (gunicorn drains at most 64 KiB and then closes a
-  connection it had announced as kept alive; a ``requests.Session`` then failed its next request
-  14-18 times in 20, finding 8).
+  connection it had announced as kept alive, and a ``requests.Session`` reusing it fails its next
+  request).
+* **every answer counted once**, whoever gave it (a route, or these bounds: 413, 414, 408), by the
+  request meter.
 
 Plain WSGI, no web framework: answers are built by :func:`function.errors.answer`.
 """
@@ -68,6 +70,14 @@ def body_seconds(length: int | None, body_timeout_s: float) -> float:
     if length is None:
         return body_timeout_s
     return min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
+
+
+class Meter(Protocol):
+    """Counts requests in flight and answers by route and status (``function.infra.metrics.RequestMeter``)."""
+
+    def started(self) -> None: ...
+
+    def answered(self, path: str, status: int) -> None: ...
 
 
 class _Readable(Protocol):
@@ -147,10 +157,9 @@ class BoundedRequests:
     """The WSGI middleware (see the module's docstring)."""
 
     def __init__(self, app: WsgiApp, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
-                 body_timeout_s: float, deadlines: Deadlines | None = None,
-                 on_refused: Callable[[str, int], None] | None = None):
+                 body_timeout_s: float, deadlines: Deadlines | None = None, meter: Meter | None = None):
         self.app = app
-        self.on_refused = on_refused  # (path, status) of each answer given here, for the request metrics
+        self.meter = meter  # every answer, whoever gave it (a route or these bounds), counted once
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
         self.max_query_bytes = max_query_bytes
@@ -174,18 +183,22 @@ class BoundedRequests:
         return body.finished()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if self.on_refused is None:
+        meter = self.meter
+        if meter is None:
             return self._bounded(environ, start_response)
-        on_refused = self.on_refused
+        answered: list[int] = []
 
         def counted(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
-            if "bird.refused" in environ and "bird.counted" not in environ:  # answered here, below the routes
-                on_refused(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
+            answered[:] = [int(status.split(" ", 1)[0])]
             return start_response(status, headers, exc_info)
 
         # _must_close finds gunicorn's response through start_response.__self__: keep it reachable.
         setattr(counted, "__self__", getattr(start_response, "__self__", None))  # noqa: B010
-        return self._bounded(environ, counted)
+        meter.started()
+        try:
+            return self._bounded(environ, counted)
+        finally:
+            meter.answered(str(environ.get("PATH_INFO") or "/"), answered[0] if answered else 500)
 
     def _bounded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         query = environ.get("QUERY_STRING") or ""
@@ -269,7 +282,6 @@ def _refuse(environ: Environ, start_response: StartResponse, err: RequestError,
     headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
     if body_unread:
         _must_close(start_response, headers)
-    environ["bird.refused"] = err.code  # for the request's log line and metrics
     start_response(f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers)
     return [reply.body]
 

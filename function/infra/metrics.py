@@ -76,3 +76,23 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestMeter:
+    """Requests in flight and answers by route and status, counted once per request below the routes
+    (``function.infra.limits.BoundedRequests``), so answers the bounds give (413, 414, 408) count too."""
+
+    def __init__(self, metrics: Metrics, routes: Iterable[str]):
+        self._metrics, self._routes = metrics, frozenset(routes)
+
+    def started(self) -> None:
+        self._metrics.in_flight.inc()
+
+    def answered(self, path: str, status: int) -> None:
+        self._metrics.in_flight.dec()
+        self._metrics.requests.labels(self.route(path), str(status)).inc()
+
+    def route(self, path: str) -> str:
+        """The route a path belongs to, for metric labels: a bounded set, whatever paths clients send."""
+        path = path.rstrip("/") or "/"
+        return path if path in self._routes else "other"
