@@ -7,7 +7,7 @@ import pytest
 from function.app import App
 from function.cli import DEFAULT_PHOTOS
 from function.config import Config
-from function.core.photos import PhotoSource
+from function.core.sources import PhotoSource
 
 # Top-1 species and score given by the real model, from the task.
 EXPECTED = [

@@ -196,17 +196,9 @@ class HttpFetcher:
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise TooLarge(f"photo is {declared} bytes; the limit is {self.max_bytes}")
-                body = bytearray()
-                # read1 returns what one receive brings; iter_content's read(n) waits for all n bytes, so
-                # a host trickling a byte at a time could hold the photo far past its deadline. Undecoded:
-                # a gzip header that never ends would keep urllib3's decoder reading without returning.
-                while chunk := response.raw.read1(64 * 1024, decode_content=False):
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise TooLarge(f"photo is over the limit of {self.max_bytes} bytes")
-                    if time.monotonic() > deadline or watch.fired:
-                        raise self._timeout()
-                data = _decompress(bytes(body), response.headers.get("Content-Encoding", ""), self.max_bytes)
+                length = int(declared) if declared and declared.isdigit() else None
+                body = self._read_body(response.raw, length, deadline, watch)
+                data = _decompress(body, response.headers.get("Content-Encoding", ""), self.max_bytes)
                 return checked_size(data, self.max_bytes)
         except PhotoError:
             raise
@@ -225,6 +217,51 @@ class HttpFetcher:
                 # a read timeout while streaming the body: requests reports it as a ConnectionError
                 raise Timeout("the photo host stopped sending in time", retryable=True) from None
             raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
+
+
+    def _read_body(self, raw: Any, length: int | None, deadline: float, watch: _Watch) -> bytes:
+        """The body as sent (undecoded), within the byte limit and the deadline.
+
+        A declared length is read straight into one buffer of that size: 6 ms of CPU for a five-photo
+        request of 4.5 MB where 64 KiB reads joined into a growing buffer cost 14 ms (docs/performance.md).
+        A read blocked on a host that trickles is woken by the deadline, which shuts the socket down.
+        """
+        fp = getattr(raw, "_fp", None)  # http.client's response under urllib3's (pinned urllib3)
+        if length is not None and fp is not None and hasattr(fp, "readinto"):
+            buf = bytearray(length)
+            view = memoryview(buf)
+            got = 0
+            while got < length:
+                try:
+                    n = fp.readinto(view[got:])
+                except OSError as exc:  # urllib3 is not in between here: the socket's own errors
+                    if watch.fired:
+                        raise self._timeout() from None
+                    if isinstance(exc, TimeoutError):
+                        raise Timeout("the photo host stopped sending in time", retryable=True) from None
+                    raise FetchFailed(f"could not fetch the photo: {exc}") from None
+                if not n:
+                    break
+                got += n
+                if time.monotonic() > deadline or watch.fired:
+                    raise self._timeout()
+            if got < length:
+                if watch.fired:
+                    raise self._timeout()
+                raise FetchFailed(f"could not fetch the photo: the body broke off after {got} of {length} bytes")
+            if fp.isclosed():  # all read: the connection goes back to the pool, as urllib3's own reads do
+                raw.release_conn()
+            return bytes(buf)
+        body = bytearray()
+        # read1 returns what one receive brings; a read(n) would wait for all n bytes. Undecoded: a gzip
+        # header that never ends would keep urllib3's decoder reading without returning.
+        while chunk := raw.read1(min(1 << 20, self.max_bytes + 1 - len(body)), decode_content=False):
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise TooLarge(f"photo is over the limit of {self.max_bytes} bytes")
+            if time.monotonic() > deadline or watch.fired:
+                raise self._timeout()
+        return bytes(body)
 
 
 def checked_size(data: bytes, max_bytes: int) -> bytes:

@@ -13,7 +13,7 @@ from function.app import App
 from function.config import Config
 from function.core.classifier import top_k
 from function.core.labels import LabelMap
-from function.core.photos import PhotoSource
+from function.core.sources import PhotoSource
 from standin import hostile, hubmodel, photos
 from tests.support import MODEL_PATH
 
