@@ -58,7 +58,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         worst = max(per_round) if per_round and all(math.isfinite(r) for r in per_round) else math.nan
         rounds = "; ".join(
             f"{_by(d, 'first')['wall_s']:.2f} -> {_by(d, 'second')['wall_s']:.2f} s (second on "
-            f"{'TensorFlow' if _by(d, 'second')['tensorflow_imported'] else 'LiteRT'}, started "
+            f"{_runtime(_by(d, 'second')['tensorflow_imported'])}, started "
             f"{d['gap_first_exit_to_second_spawn_ms']:.1f} ms after the first exited, conversion "
             f"{'done' if d['conversion_done_when_second_started'] else 'not done'} then: flatbuffer "
             f"{_s(d['flatbuffer_after_first_exit_s'])} s after the first exited)" for d in cli["rounds"])
@@ -115,6 +115,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{_s(c)} s / naive {_s(naive)} s, model in the image; errors {ctr['errors']}; image "
                             f"{ctr['image']} {ctr['image_mb']} MB", result="info"))
     return out
+
+
+def _runtime(tensorflow_imported: bool | None) -> str:
+    return {True: "TensorFlow", False: "LiteRT", None: "an unverified runtime"}[tensorflow_imported]
 
 
 def _by(round_doc: dict[str, Any], kind: str) -> dict[str, Any]:

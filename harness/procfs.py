@@ -130,15 +130,19 @@ class Sampler(threading.Thread):
         self.peak: dict[str, float] = {}
         self._halt = threading.Event()
 
+    def _sample(self) -> None:
+        sample = dict(self.probe())
+        self.samples.append(sample)
+        self.peak = {k: max(self.peak.get(k, v), v) for k, v in sample.items()}
+
     def run(self) -> None:
         while not self._halt.is_set():
-            sample = dict(self.probe())
-            self.samples.append(sample)
-            self.peak = {k: max(self.peak.get(k, v), v) for k, v in sample.items()}
+            self._sample()
             self._halt.wait(self.period_s)
 
     def stop(self) -> dict[str, float]:
-        """Stop sampling; returns the peaks."""
+        """Stop sampling, after one last sample (so the peak is never below the end); returns the peaks."""
         self._halt.set()
         self.join(10)
+        self._sample()
         return self.peak
