@@ -66,23 +66,25 @@ $(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json
 test-network: $(VENV)/.installed-test
 	$(PY) -m pytest -m network
 
-## The benchmark of issue 10 (LiteRT serving vs TensorFlow and the naive original) on a stand-in internet
-## (127.0.0.1; ~12 minutes; prints a table with the targets and writes bench/results/latest.json). Smoke
-## run: make bench BENCH_ARGS=--quick; issue 3's scenarios: BENCH_ARGS="--only cold,warm,throughput,fanout";
-## the container figures need $(IMAGE) built (make image), else they are skipped with the reason.
-## See bench/run.py and docs/performance.md.
+## The benchmark (bench/run.py), on a stand-in internet (127.0.0.1; ~6 minutes): the CLI's first, back-to-back
+## second and repeat runs against the naive original, the service's cold start, 8-client throughput against
+## the decode+inference ceiling and RSS against the TensorFlow service (started as the image starts it),
+## the container's cold start (needs $(IMAGE): make image; skipped with the reason otherwise) and the
+## service's import chain. Prints one table with the targets as PASS/MISS; writes bench/results/latest.json.
+## Smoke run: make bench BENCH_ARGS=--quick; a subset: BENCH_ARGS="--only cli,service"; what a setting
+## costs: BENCH_ARGS="--only compare --compare DECODE_WORKERS=0,DECODE_WORKERS=2". docs/performance.md.
 bench: $(VENV)/.installed-test
 	$(PY) -m bench.run --image $(IMAGE) --engine $(ENGINE) $(BENCH_ARGS)
 
-## The load test (not in CI; about 3.5 minutes), on 127.0.0.1, the service started as the image starts it
-## (gunicorn + gunicorn.conf.py). Normal load (issue 5): 16 clients send good photos and hostile inputs;
-## fails on any 5xx, wrong answer, RSS growth >= 10 % or threads/sockets not back to baseline. Then the
-## hostile phase (issue 12, bench/attacks.py), with the image's settings: 45 s of attacks (slow clients,
-## big bodies, query bomb, stalled photo hosts, decompression bombs, de-dup flood, bad storage events)
-## mixed with normal clients; fails on any 5xx, a normal request over its bound (1 photo 10 s, 5 photos
-## 15 s), peak RSS over the pod's memory limit (knative/service.yaml; the service is then killed, as the
-## OOM killer would) or RSS not within 20 % of its pre-attack level 30 s after. Results in
-## bench/results/loadtest.json; docs/reliability.md, "Hostile phase". Smoke run:
+## The load test (bench/loadtest.py; not in CI; about 3.5 minutes), on 127.0.0.1, the service started as
+## the image starts it (harness/: gunicorn + gunicorn.conf.py). Normal load (issue 5): 16 clients send
+## good photos and hostile inputs; fails on any 5xx, wrong answer, RSS growth >= 10 % or threads/sockets
+## not back to baseline. Then the hostile phase (issue 12, bench/attacks.py), with the image's settings:
+## 45 s of attacks (slow clients, big bodies, query bomb, stalled photo hosts, decompression bombs, de-dup
+## flood, bad storage events) mixed with normal clients; fails on any 5xx, a normal request over its bound
+## (1 photo 10 s, 5 photos 15 s), peak RSS over the pod's memory limit (knative/service.yaml; the service
+## is then killed, as the OOM killer would) or RSS not within 20 % of its pre-attack level 30 s after.
+## Results in bench/results/loadtest.json; docs/reliability.md, "Hostile phase". Smoke run:
 ## make loadtest LOADTEST_ARGS="--duration 10 --warmup 5 --attack 10 --settle 10"; also --no-hostile,
 ## --hostile-only, --skip ATTACK,...
 loadtest: $(VENV)/.installed-test

@@ -1,1 +1,1 @@
-"""The benchmark of issue 3: ``make bench`` (or ``python -m bench.run``); see ``bench/run.py``."""
+"""The benchmark (``make bench``: ``bench/run.py``) and the load test (``make loadtest``: ``bench/loadtest.py``)."""

@@ -48,15 +48,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import re
-import shlex
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -68,14 +63,11 @@ from pathlib import Path
 import requests
 import yaml
 
-from bench.services import FunctionServer
+from harness import HOST, ROOT, FunctionProcess
 from standin import attackers
 from standin.server import StandInServer
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 MIB = 1024 * 1024
-APP = 'functions_framework:create_app(target="classify_http")'
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 # What a normal request may take, start to answer, during and after the attacks. With fair sharing of
 # the fetch pool a hostile request holds at most its share of it, and bombs wait for the decode
@@ -85,44 +77,6 @@ NORMAL_BOUND_S = {1: 10.0, 5: 15.0}
 RSS_BACK_WITHIN = 0.20  # RSS --settle s after the attack within 20 % of its pre-attack level
 NORMAL_CLIENTS = 4
 SAFETY_CEILING = 3.0  # x the pod's limit: killed even with --no-oom-kill (a shared machine)
-# Settings of the image that are paths or URLs of its own file system: not copied to the test process.
-IMAGE_ENV_SKIP = {"PORT", "MODEL_URL", "LABELS_URL", "MODEL_CACHE_DIR", "TFHUB_CACHE_DIR", "XDG_RUNTIME_DIR"}
-
-
-# -- the service as the image runs it -----------------------------------------------------------
-
-
-class ImageServer(FunctionServer):
-    """The Dockerfile's CMD: gunicorn with ``gunicorn.conf.py`` (header deadline, request-line limit)
-    and functions-framework's app, bound to 127.0.0.1, in its own process group."""
-
-    def start(self) -> ImageServer:
-        gunicorn = Path(sys.executable).with_name("gunicorn")
-        cmd = [str(gunicorn), "--config", str(ROOT / "gunicorn.conf.py"), "--bind", f"{HOST}:{self.port}", APP]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this object started, by its id
-
-
-def image_env(dockerfile: Path = ROOT / "Dockerfile") -> dict[str, str]:
-    """The settings the image's last stage sets with ``ENV`` (not its paths and URLs, not pip's)."""
-    text = dockerfile.read_text().replace("\\\n", " ")
-    stages = re.split(r"(?im)^FROM\s", text)
-    env: dict[str, str] = {}
-    for line in stages[-1].splitlines():
-        if re.match(r"(?i)^ENV\s", line.strip()):
-            for token in shlex.split(line.strip()[4:]):
-                if "=" in token:
-                    k, v = token.split("=", 1)
-                    env[k] = v
-    return {k: v for k, v in env.items()
-            if k not in IMAGE_ENV_SKIP and not k.startswith(("PIP_", "PYTHON", "TF_CPP"))}
 
 
 def _quantity_mib(value: str) -> float:
@@ -447,7 +401,7 @@ def normal_client(base: str, good: list, stop: threading.Event, log: NormalLog, 
 class Probes(threading.Thread):
     """RSS every 0.1 s (kept every 0.5 s; the OOM-kill emulation), TCP connect every 0.5 s, /healthz every 1 s."""
 
-    def __init__(self, service: ImageServer, rss: Callable[[], float], limit_mib: float, oom_kill: bool):
+    def __init__(self, service: FunctionProcess, rss: Callable[[], float], limit_mib: float, oom_kill: bool):
         super().__init__(daemon=True)
         self.service, self.rss, self.limit, self.oom_kill = service, rss, limit_mib, oom_kill
         self.halt = threading.Event()
@@ -510,7 +464,7 @@ def unrouted_hits(server: StandInServer) -> int:
         return sum(n for path, n in server.hits.items() if path not in server.routes)
 
 
-def run_phase(service: ImageServer, server: StandInServer, good: list, rss: Callable[[], float], *,
+def run_phase(service: FunctionProcess, server: StandInServer, good: list, rss: Callable[[], float], *,
               warmup_s: float, attack_s: float, settle_s: float, skip: set[str], oom_kill: bool,
               seed: int, limits: dict, settings, attack_slots: int | None = None) -> dict:
     """Run the hostile phase against a ready ``service``; returns its report (``passed`` included)."""

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import attacks  # noqa: E402
-from bench.attacks import ImageServer  # noqa: E402
+from harness import APP, FunctionProcess, Sampler, image_env, status_kb, tail, tree  # noqa: E402
 from standin import hostile, hubmodel, photos  # noqa: E402
 from standin.server import Reply, StandInServer  # noqa: E402
 
@@ -329,29 +329,6 @@ def reuse_after_413(base: str, tries: int = 20) -> int:
 # -- the process, from /proc --------------------------------------------------------------------
 
 
-def tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return pids
-
-
-def status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def socket_inodes(pid: int) -> list[int]:
     inodes = []
     try:
@@ -406,23 +383,6 @@ def snapshot(pid: int, service_port: int = 0, photo_port: int = 0) -> dict[str, 
 
 Probe = Callable[[], dict[str, float]]
 SETTLING = ("threads", "listening", "from_clients", "other")  # what must come back to the baseline
-
-
-class Sampler(threading.Thread):
-    def __init__(self, probe: Probe, period_s: float = 1.0):
-        super().__init__(daemon=True)
-        self.probe, self.period_s = probe, period_s
-        self.samples: list[dict[str, float]] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.wait(self.period_s):
-            self.samples.append(self.probe())
-
-    def stop(self) -> list[dict[str, float]]:
-        self._halt.set()
-        self.join(5)
-        return self.samples
 
 
 def settle(probe: Probe, target: dict[str, float] | None, timeout_s: float = SETTLE_S) -> tuple[dict, float]:
@@ -485,7 +445,7 @@ def main() -> int:
     stop = threading.Event()
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"),
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                    "launcher": "gunicorn --config gunicorn.conf.py " + attacks.APP}
+                    "launcher": "gunicorn --config gunicorn.conf.py " + APP}
     with tempfile.TemporaryDirectory() as tmp, StandInServer() as server:
         tmp_path = Path(tmp)
         # Resets from the function hanging up on stalls and endless bodies are expected: no tracebacks.
@@ -523,7 +483,7 @@ def main() -> int:
 def hostile_phase(args, server: StandInServer, good: list[Photo], base_env: dict, extra_env: dict,
                   skip: set[str], tmp_path: Path) -> dict:
     """The image's settings (bench/attacks.py); the stand-in also plays an (empty) storage emulator."""
-    settings = {**attacks.image_env(), "TRUSTED_HOSTS": "127.0.0.1", "LOG_LEVEL": "WARNING",
+    settings = {**image_env(), "TRUSTED_HOSTS": "127.0.0.1", "LOG_LEVEL": "WARNING",
                 "STORAGE_EMULATOR_HOST": f"127.0.0.1:{server.port}", "STORAGE_CREDENTIALS": "anonymous",
                 **extra_env}
     limits = attacks.pod_limits()
@@ -534,10 +494,10 @@ def hostile_phase(args, server: StandInServer, good: list[Photo], base_env: dict
     if done.returncode != 0:
         raise SystemExit(f"converting the model failed:\n{done.stderr.decode()[-2000:]}")
     settings["MODEL_RUNTIME"] = "litert"
-    service = ImageServer({**base_env, **settings}, tmp_path / "hostile.log")
+    service = FunctionProcess({**base_env, **settings}, tmp_path / "hostile.log")
     try:
         service.start()
-        ready_s = service.wait_ready()
+        ready_s = service.wait_ready(240)
         print(f"hostile phase: service ready in {ready_s:.1f} s ({settings})", flush=True)
         pid = service.proc.pid
         report = attacks.run_phase(
@@ -546,27 +506,20 @@ def hostile_phase(args, server: StandInServer, good: list[Photo], base_env: dict
             limits=limits, settings={k: v for k, v in settings.items() if k != "STORAGE_EMULATOR_HOST"},
             attack_slots=args.attack_slots)
         report["ready_s"] = round(ready_s, 1)
-        report["log_tail"] = tail(tmp_path / "hostile.log", 20)
+        report["log_tail"] = tail(tmp_path / "hostile.log", 20).splitlines()
         return report
     finally:
         service.stop()
 
 
-def tail(path: Path, lines: int) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
-
-
 def normal_phase(args, server: StandInServer, good: list[Photo], bad: list[Photo], env: dict, shown_env: dict,
                  tmp_path: Path) -> dict:
-    service = ImageServer(env, tmp_path / "function.log")
+    service = FunctionProcess(env, tmp_path / "function.log")
     report: dict = {"function_env": shown_env, "clients": args.clients, "duration_s": args.duration,
                     "warmup_s": args.warmup, "photos": {"good": len(good), "hostile": len(bad)}}
     try:
         service.start()
-        ready_s = service.wait_ready()
+        ready_s = service.wait_ready(240)
         probe = partial(snapshot, service.proc.pid, service.port, server.port)
         report["ready_s"] = round(ready_s, 1)
         report["at_ready"] = probe()
@@ -578,12 +531,13 @@ def normal_phase(args, server: StandInServer, good: list[Photo], bad: list[Photo
         report["baseline_idle"] = {**baseline, "settled_after_s": round(waited, 1)}
         print(f"baseline (idle after warm-up): {baseline}; load {args.duration:g} s...", flush=True)
 
-        sampler = Sampler(probe)
+        sampler = Sampler(probe, period_s=1.0)
         sampler.start()
         started = time.monotonic()
         tally = run_load(service.url, good, bad, args.duration, args.clients, args.seed + 1)
         elapsed = time.monotonic() - started
-        samples = sampler.stop()
+        sampler.stop()
+        samples = sampler.samples
         report["load_end"] = probe()
         after, waited = settle(probe, baseline)
         report["after_idle"] = {**after, "settled_after_s": round(waited, 1)}

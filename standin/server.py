@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from harness import HOST
+
 
 @dataclass
 class Reply:
@@ -51,7 +53,7 @@ class StandInServer:
             def do_HEAD(self):
                 server._serve(self, head=True)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = ThreadingHTTPServer((HOST, 0), _Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -67,7 +69,7 @@ class StandInServer:
         return self.url(path)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{HOST}:{self.port}{path}"
 
     @property
     def port(self) -> int:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from harness import free_port  # noqa: E402
 from standin import hubmodel, photos  # noqa: E402
 from standin.server import StandInServer  # noqa: E402
 
@@ -56,12 +56,6 @@ class SmokeFailure(AssertionError):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise SmokeFailure(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_run(engine: str, *args: str, check_rc: bool = True) -> str:

@@ -62,6 +62,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from harness import free_port  # noqa: E402
 from standin import photos  # noqa: E402
 from standin.server import StandInServer  # noqa: E402
 from tests.kube.pod import for_podman, pod_from_service  # noqa: E402
@@ -91,12 +92,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
 
 
 def engine(cmd: str, *args: str, check_rc: bool = True, timeout: float = 120) -> str:
@@ -150,7 +145,7 @@ def main() -> int:
 
     service = yaml.safe_load(Path(args.service).read_text())
     written_port = service["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
-    port = written_port if port_free(written_port) else free_port()
+    port = written_port if port_free(written_port) else free_port("0.0.0.0")
     name = f"bird-classifier-kube-test-{os.getpid()}"
     server = StandInServer()
     overrides = {"TRUSTED_HOSTS": "127.0.0.1"}
