@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import flask
-import yaml
 
 PAGE_PATH = Path(__file__).resolve().parent / "static" / "index.html"
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
@@ -48,6 +47,8 @@ def content_security_policy(html: str) -> str:
 
 
 def load_spec(path: Path = SPEC_PATH) -> dict[str, Any]:
+    import yaml  # here: the contract is read on its first request, not on a cold start's path
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path, encoding="utf-8") as f:
         spec: dict[str, Any] = yaml.load(f, Loader=loader)
