@@ -3,8 +3,8 @@
 gunicorn 27's gthread worker hands every accepted connection to the thread pool at once, and the
 pool thread waits up to 5 s (``DEFAULT_WORKER_DATA_TIMEOUT``) for a first byte before giving the
 connection back to the poller. With ``THREADS=8``, N connections that send nothing delayed
-``/healthz`` by N/8 x 5 s (measured: 8 -> 4.7 s, 16 -> 9.7 s, 64 and 300: no answer within 15 s),
-and a client sending its headers a byte a second held a thread until the header deadline.
+``/healthz`` by N/8 x 5 s (measured: 8 -> 4.7 s, 64 -> 39.7 s, 300: no answer within 60 s), and a
+client sending its headers a byte a second held a thread until the header deadline.
 
 :class:`HeadFirstWorker` reads the request head in the worker's event loop instead, without
 blocking, and hands the connection to a pool thread only once the head has ended (with the bytes
