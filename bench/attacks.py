@@ -27,7 +27,10 @@ The attacks (each a bounded loop on its own thread(s), all on 127.0.0.1):
   RGBA PNG of 250 kB), alternately;
 * ``dedup-flood``: 300 structured CloudEvents with 900 KB ids (each refused with 400);
 * ``storage-events``: ``"size": 1e400`` and object or bucket names with ``..`` (CloudEvents and S3
-  Records), which must be refused with 400 and never fetched.
+  Records), which must be refused with 400 and never fetched;
+* ``idle-connections``: 300 connections that never send a byte, each reopened when the server
+  closes it (at ``HEADER_TIMEOUT_S``). They hold no request thread (the worker reads heads in its
+  event loop), so they take no slot; 300 is below ``MAX_CONNECTIONS``, so none may be refused.
 
 **Slots.** A pod serves ``containerConcurrency`` = THREADS requests at once: Knative's queue-proxy
 admits no more, and it reads request headers itself (a slow-header client never reaches the pod).
@@ -50,6 +53,7 @@ import contextlib
 import json
 import random
 import re
+import selectors
 import socket
 import statistics
 import threading
@@ -350,6 +354,37 @@ def storage_events(ctx: Ctx) -> None:
             ctx.over.wait(0.5)
 
 
+def idle_connections(ctx: Ctx, n: int = 300) -> None:
+    """``n`` connections open at once that send nothing; one reopened as soon as the server closes it."""
+    poller = selectors.DefaultSelector()
+    opened: dict[socket.socket, float] = {}  # socket -> when it was opened
+    while ctx.on():
+        while len(opened) < n and ctx.on():
+            try:
+                s = socket.create_connection((HOST, ctx.port), timeout=5)
+            except OSError:
+                ctx.log.add("idle-connections", "connect failed", 0.0)
+                ctx.over.wait(0.5)  # a dead service: do not spin
+                continue
+            s.setblocking(False)
+            poller.register(s, selectors.EVENT_READ, s)
+            opened[s] = time.monotonic()
+        for key, _ in poller.select(timeout=0.5):  # readable: an answer, or closed by the server
+            s = key.data
+            poller.unregister(s)
+            try:
+                got = s.recv(200)
+            except OSError:
+                got = b""
+            outcome = f"answered {_status(got)}" if got else "cut"
+            ctx.log.add("idle-connections", outcome, time.monotonic() - opened.pop(s))
+            s.close()
+    for s, start in opened.items():
+        ctx.log.add("idle-connections", "still open at the end", time.monotonic() - start)
+        s.close()
+    poller.close()
+
+
 ATTACKS: list[tuple[str, int, Callable[[Ctx], None]]] = [  # (name, threads, loop)
     ("slow-headers", 4, slow_headers),
     ("slow-body", 4, slow_body),
@@ -361,6 +396,7 @@ ATTACKS: list[tuple[str, int, Callable[[Ctx], None]]] = [  # (name, threads, loo
     ("bombs", 1, bombs),
     ("dedup-flood", 1, dedup_flood),
     ("storage-events", 1, storage_events),
+    ("idle-connections", 1, idle_connections),
 ]
 
 

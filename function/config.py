@@ -84,6 +84,9 @@ class Config:
     max_query_bytes: int = 4096  # a longer query string is 414 (gunicorn refuses a request line past 8190)
     header_timeout_s: float = 10.0  # request headers not complete by then: the connection is dropped
     body_timeout_s: float = 60.0  # a request body not in by then (after its headers): 408
+    # Connections per worker, idle ones included (gunicorn's worker_connections); past it, a 503 at
+    # once. Far above what the queue-proxy opens; 512 sockets fit a 1024-descriptor limit with room.
+    max_connections: int = 512
     google_cloud_project: str | None = None  # names the trace in log lines (logging.googleapis.com/trace)
 
     def __post_init__(self) -> None:
@@ -115,10 +118,13 @@ class Config:
                     "max_photo_pixels", "decode_budget_mpx", "fetch_workers", "max_urls", "labels_timeout_s",
                     "model_wait_s", "fanout_chunk", "fanout_timeout_s",
                     "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
-                    "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s"]
+                    "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s",
+                    "max_connections"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.max_connections <= self.threads:  # gunicorn keeps alive at most MAX_CONNECTIONS - THREADS
+            raise ConfigError(f"MAX_CONNECTIONS ({self.max_connections}) must exceed THREADS ({self.threads})")
         if self.top_k > self.max_top_k:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:

@@ -1,0 +1,193 @@
+"""gunicorn's threaded worker, changed so that a connection holds no request thread until its request head is in.
+
+gunicorn 27's gthread worker hands every accepted connection to the thread pool at once, and the
+pool thread waits up to 5 s (``DEFAULT_WORKER_DATA_TIMEOUT``) for a first byte before giving the
+connection back to the poller. With ``THREADS=8``, N connections that send nothing delayed
+``/healthz`` by N/8 x 5 s (measured: 8 -> 4.7 s, 64 -> 39.7 s, 300: no answer within 60 s), and a
+client sending its headers a byte a second held a thread until the header deadline.
+
+:class:`HeadFirstWorker` reads the request head in the worker's event loop instead, without
+blocking, and hands the connection to a pool thread only once the head has ended (with the bytes
+already read put back into gunicorn's parser). Every way gunicorn hands a connection to a thread
+goes through :meth:`HeadFirstWorker.enqueue_req`: new connections, kept-alive ones that become
+readable, and ones whose next request was read ahead with the last body. A head not complete within
+``HEADER_TIMEOUT_S`` of its first wait is dropped from the poller; one past :data:`HEAD_BYTES` goes to
+a thread anyway, where gunicorn's limits answer it and the same deadline still bounds it.
+
+gunicorn also stops accepting at ``worker_connections``: the connections past it then wait in the
+listen backlog, unseen, until their client gives up. This worker keeps accepting and answers those
+503 at once (:func:`refuse`). TLS and HTTP/2 prior knowledge keep gunicorn's own path (the image
+serves neither).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+from gunicorn.http2 import negotiation  # type: ignore[import-untyped]  # no stubs shipped
+from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
+
+from ..errors import error_body
+from .deadlines import Deadlines
+
+# Read in the poller at most this much of a head (memory: MAX_CONNECTIONS x this, at worst). A
+# longer head is handed over as it is: gunicorn's own limits (8190 bytes a line) answer it.
+HEAD_BYTES = 64 * 1024
+
+_BODY = error_body("too_many_connections", "this instance holds as many connections as it takes (MAX_CONNECTIONS); "
+                   "retry, or use fewer connections")
+REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s") % (len(_BODY), _BODY)
+
+
+def head_ended(head: bytes | bytearray, start: int = 0) -> bool:
+    """Whether a pool thread can take the head now (``start``: where the new bytes begin).
+
+    True at the blank line that ends it, at :data:`HEAD_BYTES`, or at a bare LF, which gunicorn
+    refuses at once (RFC 9112 section 2.2) and would never see end here.
+    """
+    if len(head) >= HEAD_BYTES or head.find(b"\r\n\r\n", max(0, start - 3)) >= 0:
+        return True
+    lf = head.find(b"\n", start)
+    while lf >= 0:
+        if lf == 0 or head[lf - 1] != ord("\r"):
+            return True
+        lf = head.find(b"\n", lf + 1)
+    return False
+
+
+def refuse(sock: socket.socket) -> None:
+    """Answer 503 and close, without blocking the event loop.
+
+    A request already here is read first: closing a socket with unread data sends a reset, which
+    can destroy the answer in the client's buffer before it is read. A request arriving after the
+    close gets that reset: refused at once all the same.
+    """
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.recv(HEAD_BYTES)
+        sock.send(REFUSAL)  # fits in a fresh socket's send buffer
+    sock.close()
+
+
+class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
+    """gthread, with request heads read in the event loop and connections past the cap refused."""
+
+    header_timeout_s = 10.0  # set by header_deadline_worker() from HEADER_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.heads: deque[Any] = deque()  # connections waiting for their head, oldest deadline first
+        self.deadlines = Deadlines()  # its thread starts on first use, in the worker process
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gunicorn turns accepting off at worker_connections; this worker accepts while it runs, to refuse.
+        super().set_accept_enabled(enabled or self.alive)
+
+    def accept(self, listener: socket.socket) -> None:
+        if self.nr_conns < self.worker_connections:
+            super().accept(listener)  # counts it and calls enqueue_req
+            return
+        try:
+            sock, _ = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        refuse(sock)
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Wait in the poller for the connection's head; a thread takes it once it is in."""
+        if self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
+            super().enqueue_req(conn)
+            return
+        conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
+        conn.head_deadline = time.monotonic() + self.header_timeout_s
+        if conn.head and head_ended(conn.head):
+            super().enqueue_req(conn)
+            return
+        conn.sock.setblocking(False)
+        self.heads.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
+        self.on_head_readable(conn)  # often in already (a kept-alive connection, a fast client)
+
+    def on_head_readable(self, conn: Any, _sock: Any = None) -> None:
+        try:
+            data = conn.sock.recv(HEAD_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the client
+            data = b""
+        if not data:  # closed before its request was in: nothing to answer
+            self._leave_poller(conn)
+            self._drop(conn)
+            return
+        conn.head += data
+        if head_ended(conn.head, len(conn.head) - len(data)):
+            self._leave_poller(conn)
+            super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        """Runs on a pool thread: gunicorn's handling, reading the head from the bytes already read."""
+        head, conn.head = getattr(conn, "head", None), None
+        if head is None:  # gunicorn's own path (TLS): its thread reads the head, under the whole deadline
+            conn.header_deadline = self.deadlines.shut_on(conn.sock, self.header_timeout_s)
+        else:
+            conn.init()  # the parser, on a blocking socket (a kept-alive connection has both)
+            conn.parser.unreader.unread(bytes(head))
+            conn.header_deadline = None
+            if b"\r\n\r\n" not in head:  # handed over unfinished: gunicorn reads on, within what is left
+                conn.header_deadline = self.deadlines.shut_on(conn.sock, conn.head_deadline - time.monotonic())
+        try:
+            return super().handle(conn)
+        finally:
+            if conn.header_deadline is not None:
+                conn.header_deadline.cancel()
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        if conn.header_deadline is not None:
+            conn.header_deadline.cancel()  # the headers are in
+        return super().handle_request(req, conn)
+
+    def murder_pending(self) -> None:
+        """Also drop the connections whose head is not in by its deadline (run() calls this every second)."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.heads and self.heads[0].head_deadline <= now:
+            conn = self.heads[0]
+            self._leave_poller(conn)
+            self._drop(conn)
+
+    def _cap_keepalive(self, deadline: float) -> None:
+        # On SIGTERM gunicorn keeps kept-alive connections a short while for a request already on its
+        # way; a head on its way gets the same while. Capping every deadline keeps the deque in order.
+        super()._cap_keepalive(deadline)
+        for conn in self.heads:
+            conn.head_deadline = min(conn.head_deadline, deadline)
+
+    def _leave_poller(self, conn: Any) -> None:
+        self.heads.remove(conn)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+
+    def _drop(self, conn: Any) -> None:
+        self.nr_conns -= 1
+        conn.close()
+
+
+def header_deadline_worker(header_timeout_s: float) -> type[HeadFirstWorker]:
+    """The worker class for gunicorn: heads must be in within ``header_timeout_s`` (``HEADER_TIMEOUT_S``)."""
+
+    class Worker(HeadFirstWorker):
+        pass
+
+    Worker.header_timeout_s = header_timeout_s
+    return Worker
