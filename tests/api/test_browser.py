@@ -51,7 +51,7 @@ def browser_tools():
 def served_function(env):
     """The HTTP target on 127.0.0.1, in this process (werkzeug's threaded server), with a warm model."""
     app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
-    classifier = service.serving()._classifier
+    classifier = service.serving()
     classifier._model.get(timeout=120)
     classifier._labels.get(timeout=120)
     server = make_server("127.0.0.1", 0, app, threaded=True)
