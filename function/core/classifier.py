@@ -131,7 +131,7 @@ class Classifier:
         # a photo waits for decoding memory no longer than its request waits for it
         decode_by = time.monotonic() + self.config.request_deadline_s
         futures = [self._pool.submit(share, contextvars.copy_context().run, load, self.reader, self.decoder, s,
-                                     decode_by)
+                                     decode_by, share)
                    for s in sources]
         if progress is not None:
             report_progress(futures, progress)

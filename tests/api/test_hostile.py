@@ -449,17 +449,16 @@ def test_an_internal_error_outside_classification_is_json_too(server, env, log_l
 
 def test_an_unforeseen_error_on_one_photo_is_that_photos_error_and_is_logged_with_the_request_id(
         server, env, log_lines, monkeypatch):
-    import function.core.images
-
     client = make_client(env)
-    real = function.core.images.decode
+    decoder = service.serving()._decoder
+    real = decoder.decode
 
     def decode_breaks_on_png(data, *args, **kwargs):
         if data.startswith(b"\x89PNG"):
             raise MemoryError("the decoder blew up")
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(function.core.images, "decode", decode_breaks_on_png)
+    monkeypatch.setattr(decoder, "decode", decode_breaks_on_png)
     urls = [server.add("/good/a.jpg", solid(BEFORE)), server.add("/good/b.png", solid(5, "PNG")),
             server.add("/good/c.jpg", solid(AFTER))]
     r = client.post("/", json={"urls": urls, "top_k": 1}, headers={"X-Request-Id": "req-photo"})
