@@ -58,10 +58,15 @@ def _segment(marker: int, body: bytes) -> bytes:
     return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
 
 
+def _up(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
 def _blocks(width: int, height: int, sampling: list[tuple[int, int]], c: int) -> int:
+    """8x8 blocks of component ``c`` (what a non-interleaved scan of it codes)."""
     hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
     h, v = sampling[c]
-    return -(-(-(-width * h // hmax)) // 8) * -(-(-(-height * v // vmax)) // 8)
+    return _up(_up(width * h, hmax), 8) * _up(_up(height * v, vmax), 8)
 
 
 def _eob_runs(bits: _Bits, blocks: int) -> None:

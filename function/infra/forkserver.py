@@ -68,7 +68,9 @@ class ForkServer:
 
     def close(self) -> None:
         with self._lock:
-            if self._sock is not None:
+            if self._sock is not None:  # shut down first: a close alone would wait for the reader's recv()
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
                 self._sock.close()  # the server reads EOF and exits; idle workers exit on their own EOF
             if self._proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
