@@ -103,7 +103,7 @@ def build_model(tmp: Path) -> bytes:
 
 def photo_like_class(data: bytes) -> int:
     """The class the colour model gives a photo-like JPEG: nearest prototype to its decoded mean."""
-    from function.core.photos import decode
+    from function.core.images import decode
 
     mean = tuple(decode(data, 10**9).reshape(-1, 3).mean(axis=0).tolist())
     ranking = hubmodel.expected_ranking(mean)

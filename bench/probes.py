@@ -111,7 +111,7 @@ def litert_ceiling(model: str, photos: list[str], seconds: float, parallel: int,
 
     import numpy as np
 
-    from function.core.photos import decode
+    from function.core.images import decode
     from function.model.litert import LiteRTModel
 
     datas = [open(p, "rb").read() for p in photos]  # noqa: SIM115 - read at once
