@@ -25,6 +25,9 @@ The attacks (each a bounded loop on its own thread(s), all on 127.0.0.1):
   accepted and never answered; a gzip header that never ends), and ``stalled-1``: one at a time;
 * ``bombs``: 4 decompression bombs in one request (an ICO holding a 30000x30000 PNG; an 8000x7999
   RGBA PNG of 250 kB), alternately;
+* ``progressive-8`` x2: 8 progressive 7999x7999 JPEGs in one request (384 MB of coefficients
+  each, 376 KB); ``scans-4``: JPEGs repeating a refinement scan 250 times (~9 s of CPU each) and
+  with 20003 scans; ``frames-4``: GIF and WebP animations of 5000 frames on a 4000x4000 canvas;
 * ``dedup-flood``: 300 structured CloudEvents with 900 KB ids (each refused with 400);
 * ``storage-events``: ``"size": 1e400`` and object or bucket names with ``..`` (CloudEvents and S3
   Records), which must be refused with 400 and never fetched;
@@ -68,7 +71,7 @@ import requests
 import yaml
 
 from harness import HOST, ROOT, FunctionProcess
-from standin import attackers
+from standin import attackers, costly
 from standin.server import StandInServer
 
 MIB = 1024 * 1024
@@ -115,6 +118,13 @@ def serve_attacks(server: StandInServer, over: threading.Event) -> dict[str, lis
                     server.add("/attack/endless-gzip-header.jpg", attackers.endless_gzip_header(over, window))],
         "ico": [server.add("/attack/bomb.ico", attackers.ico_bomb(), "image/x-icon")],
         "rgba": [server.add("/attack/big-rgba.png", attackers.big_rgba_png(), "image/png")],
+        # decoding costs (standin/costly.py): 384 MB of coefficients in 376 KB; ~9 s of CPU in 405 KB;
+        # 20003 scans; 5000 frames on a 4000x4000 canvas
+        "progressive": [server.add("/attack/progressive-8k.jpg", costly.jpeg(7999, 7999))],
+        "scans": [server.add("/attack/refinement-scans.jpg", costly.jpeg(7999, 7999, repeats=250, refine=True)),
+                  server.add("/attack/20000-scans.jpg", costly.jpeg(2000, 2000, repeats=20_000))],
+        "frames": [server.add("/attack/frames.gif", costly.gif(4000, 4000, 5000), "image/gif"),
+                   server.add("/attack/frames.webp", costly.webp(4000, 4000, 5000), "image/webp")],
     }
 
 
@@ -287,6 +297,21 @@ def bombs(ctx: Ctx) -> None:
         ctx.over.wait(1.0)
 
 
+def costly_photos(kind: str, n: int) -> Callable[[Ctx], None]:
+    """Requests of ``n`` photos costly to decode (progressive 8k JPEGs, many-scan JPEGs, thousand-frame
+    animations), one after another, in the photo requests' slots."""
+
+    def run(ctx: Ctx) -> None:
+        hosts = ctx.urls[kind]
+        while ctx.on():
+            with ctx.slot("photos") as held:
+                if held:
+                    _photos_once(ctx, f"{kind}-{n}", [hosts[i % len(hosts)] for i in range(n)])
+            ctx.over.wait(0.5)
+
+    return run
+
+
 def _photos_once(ctx: Ctx, attack: str, urls: list[str]) -> None:
     """POST the URLs (each with a fresh query string); the client gives up when the window ends."""
     sent = [f"{u}?k={uuid.uuid4().hex}" for u in urls]
@@ -394,6 +419,9 @@ ATTACKS: list[tuple[str, int, Callable[[Ctx], None]]] = [  # (name, threads, loo
     ("stalled-64", 1, stalled(64)),
     ("stalled-1", 1, stalled(1)),
     ("bombs", 1, bombs),
+    ("progressive-8", 2, costly_photos("progressive", 8)),
+    ("scans-4", 1, costly_photos("scans", 4)),
+    ("frames-4", 1, costly_photos("frames", 4)),
     ("dedup-flood", 1, dedup_flood),
     ("storage-events", 1, storage_events),
     ("idle-connections", 1, idle_connections),

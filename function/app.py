@@ -30,8 +30,9 @@ from .config import Config
 from .core import outcomes
 from .core.buckets import Notification
 from .core.classifier import Classifier
+from .core.decoding import Decoder
 from .core.fanout import FanOut
-from .core.images import Decoder, allowed_formats
+from .core.images import allowed_formats
 from .core.labels import LabelMap
 from .core.outcomes import ObjectsOutcome
 from .core.photos import PhotoReader
@@ -39,10 +40,11 @@ from .core.pool import Progress
 from .core.results import Classification
 from .core.sources import PhotoSource
 from .errors import Answer, ObjectUnavailable
-from .infra import fetch, logs
+from .infra import fetch, files, logs
 from .infra.cpu import usable_cpus
 from .infra.deadlines import Deadlines
 from .infra.deliveries import RecentDeliveries
+from .infra.forkserver import ForkServer
 from .infra.metrics import Metrics, RequestMeter
 from .model import loader
 from .model.batching import Batcher
@@ -71,8 +73,8 @@ class App:
         self._trusted = fetch.trusted_session(config)  # model, label map, fan-out: URLs from configuration
         self._photos = fetch.photo_fetcher(config, self._deadlines)  # callers' URLs: behind the SSRF guard
         self._reader = PhotoReader(self._photos, fetch.object_fetcher(config, self._deadlines), config.max_photo_bytes)
-        self._decoder = Decoder(config.max_photo_pixels, allowed_formats(config.photo_formats),
-                                config.decode_budget_mpx * 1_000_000)
+        self._metrics = Metrics()
+        self._decoder = _decoder(config, process, self._deadlines, self._metrics)
         self._model = _model(config, process, self._trusted, quiet_runtime, convert_in_background)
         self._labels = _labels(config, process, self._trusted)
         self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
@@ -82,7 +84,6 @@ class App:
                                       self._batcher)
         self._fanout = _fanout(config, self._trusted)
         self._deliveries = _deliveries()
-        self._metrics = Metrics()
         self._metrics.watch(lambda: {name: s["state"] for name, s in self._classifier.status().items()},
                            lambda: self._model.load_seconds,
                            lambda: (self._batcher.stats.calls, self._batcher.stats.images, self._batcher.stats.largest))
@@ -180,7 +181,7 @@ def _model(config: Config, process: Process, session: Any, quiet: bool,
 
 def _labels(config: Config, process: Process, session: Any) -> LazyResource[LabelMap]:
     def read(url: str) -> bytes:
-        return fetch.read_document(session, url, config.labels_timeout_s)
+        return files.read_document(session, url, config.labels_timeout_s)
 
     def load() -> LabelMap:
         labels = LabelMap.load(config.labels_url, read)
@@ -189,6 +190,15 @@ def _labels(config: Config, process: Process, session: Any) -> LazyResource[Labe
 
     key = ("labels", config.labels_url, config.labels_timeout_s, config.user_agent)
     return process.resources.get(key, "label map", load, config.model_load_retry_s)
+
+
+def _decoder(config: Config, process: Process, deadlines: Deadlines, metrics: Metrics) -> Decoder:
+    # Worker processes that can be killed at a photo's CPU budget (one per usable CPU, plus one so that
+    # a small photo finds a worker while big ones decode), unless DECODE_IN_PROCESS asks for none.
+    workers = 0 if config.decode_in_process else (config.decode_workers or usable_cpus() + 1)
+    return Decoder(config.max_photo_pixels, allowed_formats(config.photo_formats), config.decode_memory_mb * 1_000_000,
+                   workers=workers, cpu_s=config.decode_cpu_s, max_scans=config.max_jpeg_scans, deadlines=deadlines,
+                   on_refusal=metrics.count_cost_refusal, server=process.fork_server)
 
 
 def _fanout(config: Config, session: Any) -> FanOut | None:
@@ -209,11 +219,12 @@ def _deliveries() -> RecentDeliveries[Answer]:
 
 class Process:
     """What the process keeps across apps: the loaded models and label maps (keyed by everything that
-    changes a load), the model-download prefetcher, and the serving app."""
+    changes a load), the model-download prefetcher, the decode workers' fork server, and the serving app."""
 
     def __init__(self) -> None:
         self.resources = ResourceCache()
         self.prefetcher = Prefetcher()
+        self.fork_server = ForkServer()  # started by the first app's decoder, in the background
         self._lock = threading.Lock()
         self._app: App | None = None
 

@@ -39,10 +39,6 @@ class Config:
     max_photo_pixels: int = 64_000_000
     # Formats decoded (Pillow's names; HEIF and AVIF only where their plugin is installed)
     photo_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
-    # Megapixels decoded at once per instance: 128 is two 64 Mpx photos at ~8 B/px (RGBA's peak),
-    # ~1.0 GB next to the ~0.2 GB of a ready LiteRT instance, inside the pod's 2560 Mi limit with every
-    # other bound at its maximum too (tests/test_knative.py adds them up; docs/reliability.md)
-    decode_budget_mpx: int = 128
     fetch_workers: int = 32  # I/O-bound threads; 32 beat 16 by ~18 % at 8 clients (docs/performance.md, sweep)
     fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // THREADS))
     max_urls: int = 64
@@ -88,6 +84,15 @@ class Config:
     # once. Far above what the queue-proxy opens; 512 sockets fit a 1024-descriptor limit with room.
     max_connections: int = 512
     google_cloud_project: str | None = None  # names the trace in log lines (logging.googleapis.com/trace)
+    # Decoding costs (function/core/decoding.py; the cost model per format: function/core/costs.py).
+    # Each photo is charged, from its header, what its decoder will hold; the photos being decoded at
+    # once share DECODE_MEMORY_MB (one bigger than that is refused). Each is decoded in a worker
+    # process limited to its charge and killed after DECODE_CPU_S of CPU (decode_too_costly).
+    decode_memory_mb: int = 1000  # MB (10^6 bytes); in the pod's limit with every other bound (tests/test_knative.py)
+    decode_cpu_s: float = 2.0  # a 64 Mpx progressive CMYK JPEG, the costliest legitimate photo measured: 0.9 s
+    decode_workers: int = 0  # worker processes (0: one per usable CPU, plus one kept for small photos)
+    decode_in_process: bool = False  # decode on the request threads: the memory budget, no CPU bound
+    max_jpeg_scans: int = 256  # more is refused unread (libjpeg's own scripts write <= 10; nvImageCodec's limit)
 
     def __post_init__(self) -> None:
         # A list given as one comma-separated string (as the environment spells it) is split here too.
@@ -115,7 +120,7 @@ class Config:
 
     def validate(self) -> None:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
-                    "max_photo_pixels", "decode_budget_mpx", "fetch_workers", "max_urls", "labels_timeout_s",
+                    "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s",
                     "model_wait_s", "fanout_chunk", "fanout_timeout_s",
                     "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
                     "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s",
@@ -134,6 +139,7 @@ class Config:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
+        self._validate_decoding()
         if not self.photo_formats:
             raise ConfigError("PHOTO_FORMATS must name at least one format")
         if self.max_batch_images <= 0:
@@ -149,6 +155,16 @@ class Config:
         bad = sorted(a for a in self.sns_topic_arns if not a.startswith("arn:aws") or a.count(":") != 5)
         if bad:
             raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+
+    def _validate_decoding(self) -> None:
+        for name in ("decode_memory_mb", "decode_cpu_s", "max_jpeg_scans"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.decode_workers < 0:
+            raise ConfigError("DECODE_WORKERS must not be negative (0: one per usable CPU, plus one)")
+        if self.decode_memory_mb < 64:
+            raise ConfigError(f"DECODE_MEMORY_MB must be at least 64 (each decode is charged 16 MiB of working "
+                              f"memory besides its pixels), got {self.decode_memory_mb}")
 
     def gcs_base_url(self) -> str:
         """Where Cloud Storage's JSON API is: ``GCS_ENDPOINT``, else Google's public endpoint."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import yaml
 
 from function import app as function_app
 from function.config import Config
+from function.core.workers import RECYCLE_BYTES
 from tests.support import ROOT
 
 KNATIVE = ROOT / "knative"
@@ -45,6 +47,9 @@ RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 MEASURED_PEAK_RSS_BYTES = 448 * 1024**2
 # RSS once ready (LiteRT, the same run): what the bounds below add to.
 READY_RSS_BYTES = 202 * 1024**2
+# The decode workers' fork server (an interpreter with Pillow and numpy: 31 MB RSS measured), and what
+# each worker may keep between photos before it is replaced (function/core/workers.py).
+DECODE_SERVER_BYTES = 32 * 1024**2
 AUTOSCALING = "autoscaling.knative.dev/"
 KNOWN_AUTOSCALING = {"class", "metric", "target", "target-utilization-percentage", "min-scale", "max-scale",
                      "initial-scale", "scale-down-delay", "window", "panic-window-percentage",
@@ -455,11 +460,14 @@ def test_the_memory_request_has_headroom_over_the_measured_peak():
 
 def test_the_memory_limit_covers_the_worst_case_the_function_s_own_bounds_allow():
     """What the configuration lets one pod hold at once, each at its maximum: every request thread with
-    a parsed upload of MAX_UPLOAD_BYTES, every fetch worker with MAX_PHOTO_BYTES, and the decode budget
-    at 8 bytes a pixel (RGBA scaled before conversion, measured in tests/core/test_photos.py)."""
+    a parsed upload of MAX_UPLOAD_BYTES, every fetch worker with MAX_PHOTO_BYTES, the decode budget
+    (DECODE_MEMORY_MB: what the photos being decoded hold, each charged from its header, their bytes'
+    copy in the worker included; function/core/costs.py) and the decode workers themselves."""
     config = effective_config()
+    workers = config.decode_workers or math.ceil(quantity(the_container()["resources"]["limits"]["cpu"])) + 1
+    decoding = config.decode_memory_mb * 1_000_000 + DECODE_SERVER_BYTES + workers * RECYCLE_BYTES
     worst = (READY_RSS_BYTES + config.threads * config.max_upload_bytes
-             + config.fetch_workers * config.max_photo_bytes + config.decode_budget_mpx * 1_000_000 * 8)
+             + config.fetch_workers * config.max_photo_bytes + decoding)
     limit = quantity(the_container()["resources"]["limits"]["memory"])
     assert limit >= worst, f"limit {limit / 2**20:.0f} MiB < worst case {worst / 2**20:.0f} MiB"
 

@@ -133,8 +133,9 @@ class Classifier:
         # Each photo runs in a copy of this thread's context, so its log records carry the request id; it
         # waits for decoding memory no longer than its request waits for it.
         decode_by = time.monotonic() + self.config.request_deadline_s
+        request = object()  # which request a photo belongs to, for taking turns at the decode workers
         futures = self._pool.submit_all(_in_context, [(contextvars.copy_context(), self.reader, self.decoder, s,
-                                                       decode_by) for s in sources])
+                                                       decode_by, request) for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s

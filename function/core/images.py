@@ -29,6 +29,8 @@ from ..errors import (
     PhotoError,
     UnsupportedFormat,
 )
+from . import costs
+from .costs import Cost
 
 IMAGE_SIZE = 224
 
@@ -39,7 +41,8 @@ OPTIONAL_FORMATS = frozenset({"HEIF", "AVIF"})  # allowed when their Pillow plug
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-TRIM_AFTER_PIXELS = 4_000_000  # give freed memory back to the OS after decoding an image this big
+TRIM_AFTER_BYTES = 32_000_000  # give freed memory back to the OS after a decode charged this much
+MAX_JPEG_SCANS = 256  # nvImageCodec's default limit; libjpeg's own progressive scripts write 6-10 scans
 
 
 def allowed_formats(spec: Sequence[str] = PHOTO_FORMATS) -> tuple[str, ...]:
@@ -74,35 +77,43 @@ def limit_decoders(max_pixels: int) -> None:
 
 
 class DecodeBudget:
-    """Megapixels being decoded at once in this instance; a decode waits for its share, until its deadline.
+    """Bytes being decoded at once in this instance; a decode waits for its share, until its deadline.
 
     A decoded image costs far more than its bytes: one 262 KB 8000x7999 RGBA PNG held 1.2 GB at its
-    peak (20 B/px), four at once 4.8 GB, twice the pod's limit. The budget bounds the sum; a photo
-    bigger than the whole budget (but under MAX_PHOTO_PIXELS) is decoded alone.
+    peak, one 751 KB progressive 7999x7999 JPEG ~420 MB. Each photo is charged what its header says
+    its decode will hold (:mod:`function.core.costs`); the budget bounds the sum. A photo bigger than
+    the whole budget is decoded alone (the decode workers refuse it instead).
     """
 
-    def __init__(self, pixels: int):
-        self.capacity = pixels
+    def __init__(self, capacity: int):
+        self.capacity = capacity
         self.used = 0
         self._cond = threading.Condition()
 
-    def acquire(self, pixels: int, deadline: float | None) -> None:
+    def try_acquire(self, amount: int) -> bool:
         with self._cond:
-            while self.used and self.used + pixels > self.capacity:
+            if self.used and self.used + amount > self.capacity:
+                return False
+            self.used += amount
+            return True
+
+    def acquire(self, amount: int, deadline: float | None) -> None:
+        with self._cond:
+            while self.used and self.used + amount > self.capacity:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise DeadlineExceeded(f"the request's deadline passed while this photo "
-                                     f"({pixels / 1e6:.0f} Mpx) waited for decoding memory")
+                                           f"({amount / 1e6:.0f} MB to decode) waited for decoding memory")
                 self._cond.wait(left)
-            self.used += pixels
+            self.used += amount
 
-    def release(self, pixels: int) -> None:
+    def release(self, amount: int) -> None:
         with self._cond:
-            self.used -= pixels
+            self.used -= amount
             self._cond.notify_all()
 
 
-def _trim() -> None:
+def trim() -> None:
     """Hand freed heap memory back to the OS (glibc ``malloc_trim``); nothing elsewhere."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -116,27 +127,60 @@ def bare(err: PhotoError) -> PhotoError:
 
 
 def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE, formats: tuple[str, ...] | None = None,
-           budget: DecodeBudget | None = None, deadline: float | None = None) -> np.ndarray:
-    """Bytes of an allowed format -> float32 [size,size,3] RGB in [0,1].
+           budget: DecodeBudget | None = None, deadline: float | None = None,
+           max_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
+    """Bytes of an allowed format -> float32 [size,size,3] RGB in [0,1], on the caller's thread.
 
     The format is sniffed from the content, never trusted from a header, and must be one of
     ``formats`` (PHOTO_FORMATS). The pixel count is checked from the header before decoding, by
-    Pillow inside containers, and again after decoding. JPEGs are decoded with DCT scaling (draft
-    mode) close to the target size; other images are scaled down before any conversion, so no
-    full-size copy is made. EXIF orientation is applied; transparency is composited onto white;
-    16-bit grayscale is scaled, not clipped; GIF and other animations give their first frame.
+    Pillow inside containers, and again after decoding; the memory the decode will hold is
+    estimated from the header (:mod:`function.core.costs`) and charged to ``budget``. JPEGs are
+    decoded with DCT scaling (draft mode) close to the target size; other images are scaled down
+    before any conversion, so no full-size copy is made. EXIF orientation is applied; transparency
+    is composited onto white; 16-bit grayscale is scaled, not clipped; GIF and other animations
+    give their first frame. Nothing bounds its CPU time: :class:`function.core.decoding.Decoder`
+    runs the same steps in worker processes that are stopped at their budget.
     """
     limit_decoders(max_pixels)
     allowed = formats if formats is not None else allowed_formats()
-    result: np.ndarray | PhotoError = _decode(data, max_pixels, size, allowed, budget, deadline)
+    result = _decode(data, max_pixels, size, allowed, budget, deadline, max_scans)
     if isinstance(result, PhotoError):  # raised here, with the image and its frames already gone
         raise bare(result)
-    return result
+    return to_input(result.tobytes(), size)
+
+
+def to_input(rgb: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """8-bit RGB bytes of a ``size`` x ``size`` image -> the model's float32 input in [0,1]."""
+    return np.frombuffer(rgb, np.uint8).reshape(size, size, 3).astype(np.float32) / 255.0
 
 
 def _decode(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...], budget: DecodeBudget | None,
-            deadline: float | None) -> np.ndarray | PhotoError:
+            deadline: float | None, max_scans: int) -> Image.Image | PhotoError:
     """The decode, returning its error rather than raising it from frames that hold the image."""
+    opened = prepare(data, max_pixels, size, allowed, max_scans)
+    if isinstance(opened, PhotoError):
+        return opened
+    img, cost = opened
+    with img:
+        if budget is not None:
+            try:
+                budget.acquire(cost.bytes, deadline)
+            except PhotoError as err:
+                return err
+        try:
+            return render(img, max_pixels, size)
+        finally:
+            if budget is not None:
+                budget.release(cost.bytes)
+            if cost.bytes >= TRIM_AFTER_BYTES:
+                img.close()
+                trim()
+
+
+def prepare(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...],
+            max_scans: int) -> tuple[Image.Image, Cost] | PhotoError:
+    """The photo opened from its header (format, pixel count checked; draft scale set) and what
+    decoding it will cost; nothing decoded yet. The caller closes the image."""
     try:
         img = Image.open(io.BytesIO(data), formats=allowed)
     except UnidentifiedImageError:
@@ -148,34 +192,41 @@ def _decode(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...], b
         return _too_large(_declared_size(data, allowed), max_pixels, str(exc))
     except Exception as exc:
         return NotAnImage(f"cannot read the image header: {exc}")
-    with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            return _too_large((width, height), max_pixels)
+    error: PhotoError | None = None
+    width, height = img.size
+    if width * height > max_pixels:
+        error = _too_large((width, height), max_pixels)
+    layout = None
+    if error is None and img.format in ("JPEG", "MPO"):
+        found = costs.jpeg_layout(data, max_scans)
+        if isinstance(found, PhotoError):
+            error = found
+        else:
+            layout = found
+    if error is None:
         try:
             img.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; a no-op for others
         except Exception as exc:
-            return CorruptImage(f"cannot decode the image: {exc}")
-        need = img.size[0] * img.size[1]
-        if budget is not None:
-            try:
-                budget.acquire(need, deadline)
-            except PhotoError as err:
-                return err
-        try:
-            return _pixels(img, max_pixels, size)
-        except PhotoError as err:
-            return err
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            return _too_large(None, max_pixels, str(exc))
-        except Exception as exc:  # truncated or corrupt data, unsupported mode...
-            return CorruptImage(f"cannot decode the image: {exc}")
-        finally:
-            if budget is not None:
-                budget.release(need)
-            if need >= TRIM_AFTER_PIXELS:
-                img.close()
-                _trim()
+            error = CorruptImage(f"cannot decode the image: {exc}")
+    if error is not None:
+        img.close()
+        return error
+    return img, costs.estimate(img, data, layout)
+
+
+def render(img: Image.Image, max_pixels: int, size: int) -> Image.Image | PhotoError:
+    """The opened photo decoded and scaled to ``size`` x ``size`` 8-bit RGB, upright; or its error."""
+    try:
+        return _pixels(img, max_pixels, size)
+    except PhotoError as err:
+        return err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return _too_large(None, max_pixels, str(exc))
+    except MemoryError:
+        return costs.too_costly("memory", "the decoder needed more memory than this photo was charged "
+                                "(its header's estimate); the photo is refused")
+    except Exception as exc:  # truncated or corrupt data, unsupported mode...
+        return CorruptImage(f"cannot decode the image: {exc}")
 
 
 def _too_large(dims: tuple[int, int] | None, max_pixels: int, pillow: str | None = None) -> PhotoError:
@@ -220,7 +271,7 @@ def _declared_size(data: bytes, allowed: tuple[str, ...]) -> tuple[int, int] | N
     return None
 
 
-def _pixels(img: Image.Image, max_pixels: int, size: int) -> np.ndarray:
+def _pixels(img: Image.Image, max_pixels: int, size: int) -> Image.Image:
     orientation = img.getexif().get(0x0112)
     img.load()
     width, height = img.size
@@ -231,7 +282,7 @@ def _pixels(img: Image.Image, max_pixels: int, size: int) -> np.ndarray:
     turn = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
     if turn is not None:  # on the small image: turning a square after scaling is turning before it
         small = small.transpose(turn)
-    return np.asarray(small, dtype=np.float32) / 255.0
+    return small
 
 
 def _to_rgb(img: Image.Image, size: int) -> Image.Image:
@@ -252,22 +303,3 @@ def _to_rgb(img: Image.Image, size: int) -> Image.Image:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB")
-
-
-class Decoder:
-    """Decodes photos within this instance's limits: the allowed formats, the pixel limit, and the
-    decoding memory shared by every photo decoded at once (:class:`DecodeBudget`)."""
-
-    def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_pixels: int):
-        self.max_pixels = max_pixels
-        self.formats = formats
-        self.budget = DecodeBudget(budget_pixels)
-        limit_decoders(max_pixels)
-
-    def decode(self, data: bytes, deadline: float | None = None) -> np.ndarray:
-        """float32 [224,224,3] in [0,1], or a :class:`PhotoError`; a photo waits for decoding memory
-        no longer than ``deadline`` (``time.monotonic()``)."""
-        return decode(data, self.max_pixels, formats=self.formats, budget=self.budget, deadline=deadline)
-
-    def close(self) -> None:
-        """Nothing to release: decoding runs on the caller's thread."""

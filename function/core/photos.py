@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import CorruptImage, FetchFailed, PhotoError
 from ..infra import logs
-from ..infra.fetch import checked_size, read_file
+from ..infra.files import checked_size, read_file
 from .images import bare
 from .sources import ObjectSource, PhotoSource
 
@@ -33,9 +33,9 @@ class UrlReader(Protocol):
 
 
 class PhotoDecoder(Protocol):
-    """What turns a photo's bytes into the model's input (``function.core.images.Decoder``)."""
+    """What turns a photo's bytes into the model's input (``function.core.decoding.Decoder``)."""
 
-    def decode(self, data: bytes, deadline: float | None = None) -> np.ndarray: ...
+    def decode(self, data: bytes, deadline: float | None = None, share: object = None) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -76,8 +76,10 @@ def _unexpected(source: PhotoSource, exc: Exception, error: type[PhotoError]) ->
     return error(f"could not process the photo ({type(exc).__name__})", retryable=False)
 
 
-def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, deadline: float | None = None) -> LoadedPhoto:
-    """Read and decode one photo; never raises for a photo-level problem."""
+def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, deadline: float | None = None,
+         share: object = None) -> LoadedPhoto:
+    """Read and decode one photo; never raises for a photo-level problem. ``share``: its request, so
+    that requests take turns for the decoder."""
     t0 = time.perf_counter()
     try:
         data = reader.read(source)
@@ -89,7 +91,7 @@ def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, deadli
     pixels: np.ndarray | None = None
     error: PhotoError | None = None
     try:
-        pixels = decoder.decode(data, deadline)
+        pixels = decoder.decode(data, deadline, share)
     except PhotoError as err:
         error = bare(err)
     except Exception as exc:

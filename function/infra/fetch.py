@@ -17,13 +17,12 @@ the model and label map (URLs from configuration) use a plain trusted session.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -32,11 +31,8 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from ..config import Config
 from ..errors import (
-    Empty,
     FanoutFailed,
     FetchFailed,
-    FileNotFound,
-    FileUnreadable,
     HttpError,
     InvalidUrl,
     PhotoError,
@@ -47,6 +43,7 @@ from ..errors import (
 from . import logs
 from .credentials import AwsSigner, GoogleSigner, StoreAuth
 from .deadlines import Deadline, Deadlines, shut
+from .files import checked_size
 from .guard import AddressPolicy, guard_session
 
 log = logging.getLogger(__name__)
@@ -264,35 +261,6 @@ class HttpFetcher:
         return bytes(body)
 
 
-def checked_size(data: bytes, max_bytes: int) -> bytes:
-    """The photo's bytes, or :class:`TooLarge` / :class:`Empty`."""
-    if len(data) > max_bytes:
-        raise TooLarge(f"photo is {len(data)} bytes; the limit is {max_bytes}")
-    if not data:
-        raise Empty("photo is empty (0 bytes)")
-    return data
-
-
-def read_file(path: str, max_bytes: int) -> bytes:
-    """A local photo (the CLI's arguments), within the same byte limit as a fetched one."""
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(path)
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise TooLarge(f"{path} is {size} bytes; the limit is {max_bytes}")
-        with open(path, "rb") as f:
-            return checked_size(f.read(), max_bytes)
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFound(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise FileNotFound(f"{path} is a directory, not a photo") from None
-    except PermissionError:
-        raise FileUnreadable(f"no permission to read {path}") from None
-    except OSError as exc:  # name too long, symlink loop, I/O error...
-        raise FileUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
 def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
     """The body a host compressed although asked for ``identity``, decoded up to ``max_bytes``."""
     codings = [c.strip().lower() for c in encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
@@ -339,19 +307,6 @@ def _close(session: requests.Session) -> None:
         session.close()
     except Exception:  # closing is best effort at shutdown
         log.debug("closing a session failed", exc_info=True)
-
-
-def read_document(session: requests.Session, url: str, timeout: float) -> bytes:
-    """A small document from configuration (the label map): an http(s) URL, or a local file
-    (a path or ``file://``; the image carries one). ``OSError`` or ``requests`` errors propagate."""
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https"):
-        response = session.get(url, timeout=timeout)
-        if response.status_code != 200:
-            raise OSError(f"{url} answered HTTP {response.status_code}")
-        return response.content
-    with open(unquote(parts.path) if parts.scheme == "file" else url, "rb") as f:
-        return f.read()
 
 
 # -- the fetchers a service needs, from its configuration --------------------------------------------

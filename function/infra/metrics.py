@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PHASES = ("fetch", "decode", "queue", "inference", "total")
 STATES = ("not_loaded", "loading", "ready", "failed")
+COST_REASONS = ("memory", "cpu", "scans", "deadline")  # function/core/decoding.py
 # Seconds: a cached photo decodes in ms, a slow host takes up to the 60 s request deadline.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -41,6 +42,15 @@ class Metrics:
                                     ["code"], registry=r)
         self.phase = Histogram("bird_phase_seconds", "Time per request phase (Server-Timing's phases)",
                                ["phase"], buckets=BUCKETS, registry=r)
+        self.cost_refusals = Counter("bird_photo_cost_refusals", "Photos refused before decoding or stopped "
+                                     "while decoding for their cost (decode_too_costly), by reason",
+                                     ["reason"], registry=r)
+        for reason in COST_REASONS:
+            self.cost_refusals.labels(reason)
+
+    def count_cost_refusal(self, reason: str) -> None:
+        """One photo refused or stopped for its decoding cost: memory, cpu, scans or deadline."""
+        self.cost_refusals.labels(reason).inc()
 
     def observe(self, timings_ms: Mapping[str, float], error_codes: Iterable[str]) -> None:
         """One classification: its phase timings and its photos' error codes."""

@@ -26,7 +26,7 @@ import urllib3
 
 from function import app as service
 from function.infra import logs
-from standin import hostile
+from standin import costly, hostile
 from standin.hostile import fails_first, solid
 from standin.server import Reply, StandInServer
 from tests.support import MODEL_PATH, ROOT
@@ -169,6 +169,14 @@ PHOTO_ROWS = [
         env={"PHOTO_FORMATS": "JPEG,ICO", "MAX_PHOTO_PIXELS": "4000000"}, within_s=2.0),
     Row("icns-bomb-with-icns-allowed", at(lazy(hostile.icns_bomb), "image/icns"), "image_too_large",
         env={"PHOTO_FORMATS": "JPEG,ICNS", "MAX_PHOTO_PIXELS": "4000000"}),
+    # Decoding costs: bounded before they are paid (the header's charge, the scan limit) and while
+    # they are paid (the CPU budget), in worker processes (tests/api/test_costly.py measures them).
+    Row("jpeg-repeating-its-refinement-scans", at(lazy(lambda: costly.jpeg(7999, 7999, repeats=250, refine=True))),
+        "decode_too_costly", within_s=6.0),
+    Row("jpeg-with-20000-scans", at(lazy(lambda: costly.jpeg(2000, 2000, repeats=20_000))), "decode_too_costly",
+        within_s=2.0),
+    Row("progressive-jpeg-over-the-memory-budget", at(lazy(lambda: costly.jpeg(7999, 7999))), "decode_too_costly",
+        env={"DECODE_MEMORY_MB": "300"}, within_s=2.0),
     Row("endless-body", at(hostile.endless(released, WAIT)), "too_large", within_s=3.0),
     Row("endless-chunked-body", at(hostile.endless(released, WAIT, chunked=True)), "too_large", within_s=3.0),
     Row("declared-length-over-limit", at(hostile.declares_too_much(released, WAIT)), "too_large", within_s=2.0),
@@ -449,17 +457,16 @@ def test_an_internal_error_outside_classification_is_json_too(server, env, log_l
 
 def test_an_unforeseen_error_on_one_photo_is_that_photos_error_and_is_logged_with_the_request_id(
         server, env, log_lines, monkeypatch):
-    import function.core.images
-
     client = make_client(env)
-    real = function.core.images.decode
+    decoder = service.serving()._decoder
+    real = decoder.decode
 
     def decode_breaks_on_png(data, *args, **kwargs):
         if data.startswith(b"\x89PNG"):
             raise MemoryError("the decoder blew up")
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(function.core.images, "decode", decode_breaks_on_png)
+    monkeypatch.setattr(decoder, "decode", decode_breaks_on_png)
     urls = [server.add("/good/a.jpg", solid(BEFORE)), server.add("/good/b.png", solid(5, "PNG")),
             server.add("/good/c.jpg", solid(AFTER))]
     r = client.post("/", json={"urls": urls, "top_k": 1}, headers={"X-Request-Id": "req-photo"})

@@ -16,7 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from function.core.images import IMAGE_SIZE, DecodeBudget, Decoder, allowed_formats, decode
+from function.core.decoding import Decoder
+from function.core.images import IMAGE_SIZE, DecodeBudget, allowed_formats, decode
 from function.core.photos import PhotoReader, load
 from function.core.sources import PhotoSource
 from function.errors import PhotoError

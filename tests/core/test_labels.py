@@ -7,7 +7,7 @@ import requests
 
 from function.core.labels import LabelMap
 from function.errors import LabelMapError
-from function.infra.fetch import read_document
+from function.infra.files import read_document
 from standin import hubmodel
 
 URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"

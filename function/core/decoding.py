@@ -1,0 +1,352 @@
+"""The decoder the app uses: every photo decoded within its memory charge and its CPU budget.
+
+A photo's cost is bounded before it is paid and enforced while it is paid:
+
+* **before**: a worker reads the header and says what the decode will hold
+  (:mod:`function.core.costs`); a photo over the whole budget (``DECODE_MEMORY_MB``) is refused,
+  the others wait for their share of it (the budget is shared by every worker), and a JPEG with
+  more than ``MAX_JPEG_SCANS`` scans is refused without being decoded;
+* **while**: the decode runs in a worker process whose address space is limited to its charge, and
+  which the deadline thread kills when its CPU time reaches ``DECODE_CPU_S`` or the request's
+  deadline passes (a kill is the only real stop: Pillow's C decoders cannot be interrupted). The
+  photo gets ``decode_too_costly`` (or ``deadline_exceeded``), a fresh worker takes the place of
+  the killed one, and the other photos are not touched.
+
+Workers are dealt to requests in turn (round-robin between the requests waiting, first come first
+served within one), like the fetch pool; photos charged ``HEAVY_BYTES`` or more take at most all
+workers but one, so a small photo finds a worker while big ones decode. With ``workers=0`` photos
+are decoded on the caller's thread: the same checks and memory budget, but nothing bounds CPU time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import CorruptImage, DeadlineExceeded, PhotoError
+from ..infra import logs
+from ..infra.deadlines import Deadlines
+from ..infra.forkserver import ForkServer, Worker
+from . import costs, images
+from .workers import TARGET, Settings
+
+log = logging.getLogger(__name__)
+
+HEAVY_BYTES = 64_000_000  # a decode charged this much may not take the last free worker
+CHECK_S = 0.05  # the CPU watchdog looks again at least this often once the budget is near
+
+
+class Decoder:
+    """Decodes photos within this instance's limits: allowed formats, pixel limit, the memory budget
+    shared by every photo decoded at once and (with workers) each photo's CPU budget."""
+
+    def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
+                 cpu_s: float = 2.0, max_scans: int = images.MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
+                 on_refusal: Callable[[str], None] | None = None, size: int = images.IMAGE_SIZE,
+                 server: ForkServer | None = None):
+        self.max_pixels, self.formats, self.size = max_pixels, formats, size
+        self.cpu_s, self.max_scans = cpu_s, max_scans
+        self.budget = images.DecodeBudget(budget_bytes)
+        self._on_refusal = on_refusal
+        images.limit_decoders(max_pixels)
+        self._own_deadlines = deadlines is None
+        self._deadlines = deadlines or Deadlines()
+        self._own_server = server is None and workers > 0
+        self._server = server or ForkServer()
+        settings = Settings(max_pixels, formats, size, max_scans)
+        self._pool = _Pool(self._server, settings, workers) if workers > 0 else None
+
+    def decode(self, data: bytes, deadline: float | None = None, share: object = None) -> np.ndarray:
+        """float32 [224,224,3] in [0,1], or a :class:`PhotoError`; a photo waits for a worker and for
+        decoding memory no longer than ``deadline`` (``time.monotonic()``). ``share``: the request it
+        belongs to, for taking turns with other requests."""
+        if self._pool is None:
+            try:
+                return images.decode(data, self.max_pixels, self.size, self.formats, self.budget, deadline,
+                                     self.max_scans)
+            except PhotoError as err:
+                self._count(err)
+                raise
+        result = self._decode(data, deadline, share)
+        if isinstance(result, PhotoError):
+            self._count(result)
+            raise images.bare(result)
+        return images.to_input(result, self.size)
+
+    def close(self) -> None:
+        """Stop the workers (photos still decoding get an error); the fork server stays for the process."""
+        if self._pool is not None:
+            self._pool.close()
+        if self._own_server:
+            self._server.close()
+        if self._own_deadlines:
+            self._deadlines.stop()
+
+    # -- with workers ---------------------------------------------------------------------------
+    def _count(self, err: PhotoError) -> None:
+        reason = costs.reason_of(err)
+        if reason is not None and self._on_refusal is not None:
+            self._on_refusal(reason)
+
+    def _decode(self, data: bytes, deadline: float | None, share: object) -> bytes | PhotoError:
+        assert self._pool is not None
+        allowance, heavy, crashes = 0, False, 0
+        try:
+            while True:
+                try:
+                    worker = self._pool.acquire(share, deadline)
+                except PhotoError as err:
+                    return err
+                outcome = self._run(worker, data, allowance, deadline)
+                if isinstance(outcome, int):  # the decode needs this much: wait for it without a worker
+                    if outcome > self.budget.capacity:
+                        return costs.too_costly("memory", f"decoding it would hold {outcome / 1e6:.0f} MB; "
+                                                f"the limit is {self.budget.capacity / 1e6:.0f} MB (DECODE_MEMORY_MB)")
+                    try:
+                        if outcome >= HEAVY_BYTES and not heavy:
+                            self._pool.take_heavy(deadline)
+                            heavy = True
+                        self.budget.acquire(outcome - allowance, deadline)
+                    except PhotoError as err:
+                        return err
+                    allowance = outcome  # held from now on: the next try decodes at once
+                    continue
+                if outcome is None and crashes == 0:  # the worker was gone before it answered: once more
+                    crashes += 1
+                    continue
+                if outcome is None:
+                    return CorruptImage("the decoder process ended while decoding this image")
+                return outcome
+        finally:
+            if allowance:
+                self.budget.release(allowance)
+            if heavy:
+                self._pool.give_heavy()
+
+    def _run(self, worker: Worker, data: bytes, allowance: int,
+             deadline: float | None) -> bytes | PhotoError | int | None:
+        """One try on ``worker``: the pixels, an error, the bytes to charge before decoding (int), or
+        None when the worker died for no reason of ours."""
+        assert self._pool is not None
+        start = worker.cpu_seconds() or 0.0
+        watch = self._deadlines.arm(self._first_check(deadline), lambda: self._watch(worker, start, deadline))
+        keep, charged = False, 0
+        try:
+            worker.conn.send(("photo", allowance, self.cpu_s))
+            worker.conn.send_bytes(data)
+            reply = worker.conn.recv()
+            while reply[0] == "cost":  # charge the shared budget, or let the worker go and wait for it
+                need = int(reply[1])
+                more = self._charge(need, allowance + charged)
+                if more is None:
+                    worker.conn.send(("drop",))
+                    keep = True
+                    return need
+                charged += more
+                worker.conn.send(("go", need))
+                reply = worker.conn.recv()
+            keep = bool(reply[1])
+            if reply[0] == "pixels":
+                return worker.conn.recv_bytes()
+            _, _, code, message, reason = reply
+            return costs.too_costly(reason, message) if reason else PhotoError.from_code(code, message)
+        except (EOFError, OSError):
+            return self._death(worker)
+        finally:
+            watch.cancel()
+            if charged:
+                self.budget.release(charged)
+            if allowance + charged >= HEAVY_BYTES > allowance:
+                self._pool.give_heavy()
+            self._pool.release(worker, keep)
+
+    def _charge(self, need: int, charged: int) -> int | None:
+        """Charge what ``need`` adds to the ``charged`` bytes now (and take a heavy turn if it becomes
+        heavy); None if that cannot be had without waiting."""
+        assert self._pool is not None
+        if need > self.budget.capacity:
+            return None
+        was_heavy, heavy = charged >= HEAVY_BYTES, need >= HEAVY_BYTES
+        if heavy and not was_heavy and not self._pool.try_heavy():
+            return None
+        more = max(0, need - charged)
+        if self.budget.try_acquire(more):
+            return more
+        if heavy and not was_heavy:
+            self._pool.give_heavy()
+        return None
+
+    def _first_check(self, deadline: float | None) -> float:
+        left = self.cpu_s if deadline is None else min(self.cpu_s, deadline - time.monotonic())
+        return max(0.0, left)
+
+    def _watch(self, worker: Worker, start: float, deadline: float | None) -> float | None:
+        """The deadline thread's check: kill the worker at the CPU budget or the request's deadline,
+        else look again when the budget could next run out."""
+        used = worker.cpu_seconds()
+        if used is None:
+            return None
+        left = self.cpu_s - (used - start)
+        if left <= 0.005:
+            worker.kill("cpu")
+            return None
+        if deadline is not None:
+            wall = deadline - time.monotonic()
+            if wall <= 0:
+                worker.kill("deadline")
+                return None
+            left = min(left, wall)
+        return max(CHECK_S, left)
+
+    def _death(self, worker: Worker) -> PhotoError | None:
+        sig = worker.exit_signal()
+        why = worker.stopped or ("cpu" if sig == signal.SIGXCPU else None)
+        if why == "cpu":
+            log.info("decode stopped at its CPU budget", extra=logs.fields(cpu_s=self.cpu_s))
+            return costs.too_costly("cpu", f"decoding took more than {self.cpu_s:g} s of CPU (DECODE_CPU_S) "
+                                    "and was stopped")
+        if why == "deadline":
+            return costs.too_costly("deadline", "the request's deadline passed while this photo was being "
+                                    "decoded; its decode was stopped")
+        log.warning("a decode worker died", extra=logs.fields(signal=sig))
+        return None
+
+
+class _Pool:
+    """The worker processes, dealt to requests in turn; replacements started in the background."""
+
+    def __init__(self, server: ForkServer, settings: Settings, count: int):
+        self.server, self.settings, self.count = server, settings, count
+        self.heavy_max = max(1, count - 1)
+        self._cond = threading.Condition()
+        self._idle: list[Worker] = []
+        self._waiting: dict[object, deque[_Slot]] = {}  # share -> its photos waiting for a worker
+        self._ring: deque[object] = deque()
+        self._heavy = 0
+        self._to_start = count
+        self._closed = False
+        self._starter = threading.Thread(target=self._start_workers, name="decode-workers", daemon=True)
+        self._starter.start()
+
+    def acquire(self, share: object, deadline: float | None) -> Worker:
+        with self._cond:
+            if self._closed:
+                raise CorruptImage("the decoder is shut down")
+            if self._idle and not self._ring:
+                return self._idle.pop()
+            slot = _Slot()
+            self._waiting.setdefault(share, deque()).append(slot)
+            if share not in self._ring:
+                self._ring.append(share)
+            self._grant()
+            while slot.worker is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (left is not None and left <= 0):
+                    self._forget(share, slot)
+                    if self._closed:
+                        raise CorruptImage("the decoder is shut down")
+                    raise DeadlineExceeded("the request's deadline passed while this photo waited for a decode worker")
+                self._cond.wait(left)
+            return slot.worker
+
+    def release(self, worker: Worker, keep: bool) -> None:
+        with self._cond:
+            if keep and not self._closed:
+                self._idle.append(worker)
+                self._grant()
+                return
+            self._to_start += 0 if self._closed else 1
+            self._cond.notify_all()
+        worker.close()
+
+    def try_heavy(self) -> bool:
+        with self._cond:
+            if self._heavy >= self.heavy_max:
+                return False
+            self._heavy += 1
+            return True
+
+    def take_heavy(self, deadline: float | None) -> None:
+        with self._cond:
+            while self._heavy >= self.heavy_max:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded("the request's deadline passed while this big photo waited its turn")
+                self._cond.wait(left)
+            self._heavy += 1
+
+    def give_heavy(self) -> None:
+        with self._cond:
+            self._heavy -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for worker in idle:
+            worker.close()
+
+    def _grant(self) -> None:
+        """Idle workers to waiting photos, one request after another (called with the lock held)."""
+        while self._idle and self._ring:
+            share = self._ring.popleft()
+            queue = self._waiting[share]
+            queue.popleft().worker = self._idle.pop()
+            if queue:
+                self._ring.append(share)
+            else:
+                del self._waiting[share]
+            self._cond.notify_all()
+
+    def _forget(self, share: object, slot: _Slot) -> None:
+        queue = self._waiting.get(share)
+        if queue is not None and slot in queue:
+            queue.remove(slot)
+            if not queue:
+                del self._waiting[share]
+                self._ring.remove(share)
+
+    def _start_workers(self) -> None:
+        """Starts workers while some are missing; the first start also starts the fork server."""
+        while True:
+            with self._cond:
+                while not self._closed and self._to_start == 0:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._to_start -= 1
+            try:
+                worker = Worker(self.server, TARGET, self.settings)
+            except Exception:  # out of processes or memory: try again soon, the photos wait
+                log.exception("could not start a decode worker")
+                with self._cond:
+                    self._to_start += 1
+                time.sleep(1.0)
+                continue
+            if not self._add(worker):
+                worker.close()
+
+    def _add(self, worker: Worker) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            self._idle.append(worker)
+            self._grant()
+            return True
+
+
+class _Slot:
+    """A photo waiting for a worker: the worker, once one is dealt to it."""
+
+    __slots__ = ("worker",)
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None

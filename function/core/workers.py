@@ -1,0 +1,159 @@
+"""Decode worker processes: one photo at a time, inside limits the parent sets and can enforce.
+
+Pillow's C decoders cannot be interrupted from another thread: a decode that runs too long can only
+be stopped by ending the process it runs in. So every untrusted byte (the header too) is parsed in a
+worker process, forked from a fork server (:mod:`function.infra.forkserver`, started once per
+process, with this module and so Pillow and numpy imported: a replacement worker is ready in
+milliseconds and shares those pages). This module is the worker's side; the parent's is
+function/core/decoding.py. The protocol, over one socket pair::
+
+    parent -> ("photo", allowance, cpu_s), then the photo's bytes
+    worker -> ("error", keep, code, message, reason)     the header says no (format, size, scans)
+           |  ("cost", bytes, detail)                    opening (WebP) or decoding it would hold more
+              parent -> ("go", bytes) | ("drop",)        than ``allowance``: charged to the shared
+                                                         budget, or not now (asked again later)
+    worker -> ("pixels", keep), then 224x224x3 8-bit RGB | ("error", ...)
+
+``keep`` is False when the worker exits after this answer (it ran out of memory, or holds more
+than it started with by RECYCLE_BYTES): the parent starts another in its place.
+
+While it decodes, the worker's address space is limited to what it held before plus the photo's
+charge (RLIMIT_AS: the charged estimate is the enforced bound; an allocation past it fails that
+photo with ``decode_too_costly``) and its CPU time to the photo's budget plus a second (RLIMIT_CPU:
+the kernel ends it even if the parent's watchdog did not). The parent reads the worker's CPU time
+from ``/proc/PID/stat`` and kills it at the budget (function/core/decoding.py).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from ..errors import PhotoError
+from . import costs, images
+
+HEADER_BYTES = 64 * 1024 * 1024  # address space allowed for reading a header (Pillow's ICO decodes in open())
+SLACK_BYTES = 16 * 1024 * 1024  # allocator slack on top of a photo's charge
+RECYCLE_BYTES = 16 * 1024 * 1024  # a worker that keeps this much more than it started with is replaced
+TARGET = "function.core.workers:serve"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every task of a worker shares (sent once, when it starts)."""
+
+    max_pixels: int
+    formats: tuple[str, ...]
+    size: int
+    max_scans: int
+
+
+# -- the worker's side ------------------------------------------------------------------------------
+
+
+def serve(conn: Connection, settings: Settings) -> None:
+    """A worker's life: photos from ``conn`` one at a time, until the parent closes it."""
+    images.limit_decoders(settings.max_pixels)
+    started = _status_bytes("VmRSS")
+    while True:
+        try:
+            _, allowance, cpu_s = conn.recv()
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        keep = _task(conn, data, allowance, cpu_s, settings, started)
+        del data
+        if not keep:  # the answer said so: the parent starts a fresh worker instead of this one
+            conn.close()
+            return
+
+
+def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings: Settings, started: int) -> bool:
+    """One photo; False when the worker is to be replaced after it (it ran out of memory, or keeps
+    more than RECYCLE_BYTES over what it ``started`` with): the answer says so."""
+    _limit_cpu(cpu_s)
+    try:
+        early = costs.opening_cost(data, settings.max_pixels)
+        if isinstance(early, PhotoError):
+            _send_error(conn, early, keep=True)
+            return True
+        if early is not None:
+            allowance = _charged(conn, early, allowance)
+            if not allowance:
+                return True
+        _limit_memory(max(0, allowance - len(data)) + SLACK_BYTES if early is not None else HEADER_BYTES)
+        try:
+            opened = images.prepare(data, settings.max_pixels, settings.size, settings.formats, settings.max_scans)
+        except MemoryError:
+            opened = costs.too_costly("memory", "reading the image header needed more memory than it was "
+                                      "allowed (64 MiB, or the charge of its canvas)")
+        if isinstance(opened, PhotoError):
+            _send_error(conn, opened, keep=not _is_memory(opened))
+            return not _is_memory(opened)
+        img, cost = opened
+        with img:
+            allowance = _charged(conn, cost, allowance)
+            if not allowance:
+                return True
+            _limit_memory(max(0, allowance - len(data)) + SLACK_BYTES)
+            result = images.render(img, settings.max_pixels, settings.size)
+            _limit_memory(None)
+            img.close()
+            if cost.bytes >= images.TRIM_AFTER_BYTES:
+                images.trim()
+        keep = not (isinstance(result, PhotoError) and _is_memory(result)) and \
+            _status_bytes("VmRSS") - len(data) - started < RECYCLE_BYTES
+        if isinstance(result, PhotoError):
+            _send_error(conn, result, keep)
+            return keep
+        conn.send(("pixels", keep))
+        conn.send_bytes(result.tobytes())
+        return keep
+    finally:
+        _limit_memory(None)
+        _limit_cpu(None)
+
+
+def _charged(conn: Connection, cost: costs.Cost, allowance: int) -> int:
+    """The bytes this decode may hold: ``allowance`` if the cost fits in it, else what the parent
+    charges on being asked (0: not now, the parent asks again later)."""
+    if cost.bytes <= allowance:
+        return allowance
+    conn.send(("cost", cost.bytes, cost.detail))
+    answer = conn.recv()
+    return int(answer[1]) if answer[0] == "go" else 0
+
+
+def _is_memory(err: PhotoError) -> bool:
+    return costs.reason_of(err) == "memory"
+
+
+def _send_error(conn: Connection, err: PhotoError, keep: bool) -> None:
+    conn.send(("error", keep, err.code, err.message, costs.reason_of(err)))
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _limit_memory(extra: int | None) -> None:
+    """Address space: what the worker maps now plus ``extra`` (None: unlimited again)."""
+    soft = resource.RLIM_INFINITY if extra is None else _status_bytes("VmSize") + extra
+    resource.setrlimit(resource.RLIMIT_AS, (soft, resource.RLIM_INFINITY))
+
+
+def _limit_cpu(seconds: float | None) -> None:
+    """CPU time: what the worker used so far plus ``seconds`` and one more (None: unlimited again).
+    Past it the kernel sends SIGXCPU, which ends the worker: the backstop for the parent's watchdog."""
+    if seconds is None:
+        soft = resource.RLIM_INFINITY
+    else:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(used.ru_utime + used.ru_stime + seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))

@@ -1,0 +1,53 @@
+"""Bytes from local files: photos named on the command line and documents from configuration (the label
+map the image carries), within the same limits as fetched ones."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlsplit
+
+import requests
+
+from ..errors import Empty, FileNotFound, FileUnreadable, TooLarge
+
+
+def checked_size(data: bytes, max_bytes: int) -> bytes:
+    """The photo's bytes, or :class:`TooLarge` / :class:`Empty`."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"photo is {len(data)} bytes; the limit is {max_bytes}")
+    if not data:
+        raise Empty("photo is empty (0 bytes)")
+    return data
+
+
+def read_file(path: str, max_bytes: int) -> bytes:
+    """A local photo (the CLI's arguments), within the same byte limit as a fetched one."""
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(path)
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise TooLarge(f"{path} is {size} bytes; the limit is {max_bytes}")
+        with open(path, "rb") as f:
+            return checked_size(f.read(), max_bytes)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFound(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise FileNotFound(f"{path} is a directory, not a photo") from None
+    except PermissionError:
+        raise FileUnreadable(f"no permission to read {path}") from None
+    except OSError as exc:  # name too long, symlink loop, I/O error...
+        raise FileUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_document(session: requests.Session, url: str, timeout: float) -> bytes:
+    """A small document from configuration (the label map): an http(s) URL, or a local file
+    (a path or ``file://``; the image carries one). ``OSError`` or ``requests`` errors propagate."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        response = session.get(url, timeout=timeout)
+        if response.status_code != 200:
+            raise OSError(f"{url} answered HTTP {response.status_code}")
+        return response.content
+    with open(unquote(parts.path) if parts.scheme == "file" else url, "rb") as f:
+        return f.read()
