@@ -90,7 +90,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                             "ceiling, 0 errors", r, THROUGHPUT_VS_CEILING,
                             r >= THROUGHPUT_VS_CEILING and lv["errors"] == 0,
                             f"{_s(lv['requests_per_s'])} req/s vs ceiling {_s(best)} req/s (best of "
-                            f"{[c['requests_per_s'] for c in tp.get('ceilings', [])]}: before, after); errors "
+                            f"{[c['requests_per_s'] for c in tp.get('ceilings', [])]}: before, after; decoding "
+                            f"in-process instead of in the decode workers: "
+                            f"{_s(tp.get('in_process_ceiling', {}).get('requests_per_s', math.nan))}); errors "
                             f"{lv['errors']}; cores busy: function {_s(cpu['function_cores'])}, stand-in "
                             f"{_s(cpu['standin_cores'])}, clients {_s(cpu['bench_cores'])}, others "
                             f"{_s(cpu['other_cores'])}"))
@@ -284,8 +286,9 @@ def _render_service(svc: dict[str, Any] | None, w) -> None:
               f"{_s(cpu['other_cores'])}")
             for example in lv["error_examples"]:
                 w(f"             error: {example[:150]}")
-        for c in tp["ceilings"]:
-            w(f"   decode+inference ceiling {c['when']} ({c['parallel']} threads, calls of {c['batch']}, in-process): "
+        for c in [*tp["ceilings"], *([tp["in_process_ceiling"]] if "in_process_ceiling" in tp else [])]:
+            w(f"   decode+inference ceiling {c['when']} ({c['parallel']} threads, calls of {c['batch']}, "
+              f"{c.get('decode_workers', 0)} decode workers): "
               f"{_s(c['requests_per_s'])} req/s; per request decode {c['decode_ms_per_request']} ms + inference "
               f"{c['inference_ms_per_request']} ms (thread time), {c['cpu_cores_busy']} cores busy")
     for key in [k for k in svc if k.startswith("memory_load")]:

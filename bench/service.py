@@ -119,7 +119,9 @@ def service(b: Bench) -> dict[str, Any]:
                   f"{lv['latency_s']['median'] * 1000:.0f} ms, errors {lv['errors']}, "
                   f"function cores {lv['cpu']['function_cores']}")
         ceilings.append(ceiling.measure(b, "after the load levels"))
-        out["throughput"] = {"levels": levels, "ceilings": ceilings,
+        # The reference without the decode workers' price: the same work decoded on the probe's threads.
+        reference = ceiling.measure(b, "after the load levels", in_process=True)
+        out["throughput"] = {"levels": levels, "ceilings": ceilings, "in_process_ceiling": reference,
                              "ceiling": max(ceilings, key=lambda c: c["requests_per_s"])}
         if s.memory_load:
             threads = int(out["env"].get("THREADS", "8"))
