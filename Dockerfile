@@ -26,7 +26,7 @@ COPY function/ function/
 ARG MODEL_URL
 ARG LABELS_URL
 # The label map by the function's own loader (so a bad one fails the build), written as CSV again.
-RUN python -m function.model.convert "${MODEL_URL}" --cache-dir /tmp/model-cache --out /model/model.tflite \
+RUN python -m function.model "${MODEL_URL}" --cache-dir /tmp/model-cache --out /model/model.tflite \
     && python -c "import sys, requests; from function.core.labels import LabelMap; \
 r = requests.get(sys.argv[1], timeout=60); r.raise_for_status(); n = len(LabelMap.parse(r.text)); \
 open('/model/labels.csv', 'wb').write(r.content); print(f'label map: {n} labels')" "${LABELS_URL}" \
@@ -99,9 +99,9 @@ COPY function/ function/
 # MALLOC_MMAP_THRESHOLD_=1048576: every allocation of 1 MiB or more (decoded photos, Pillow's 16 MiB
 #   blocks) is its own mmap, returned to the OS when freed. Unset, glibc raises the threshold each time
 #   such a block is freed, and later big blocks come from the heap and stay as RSS: after four big
-#   PNGs the service held 3.1 GB for 30 more requests (issue 12). Measured with the old decoder (four
+#   PNGs the service held 3.1 GB for 30 more requests. Measured with the old decoder (four
 #   concurrent 8000x7999 RGBA PNGs, then 30 small photos): 659 MB kept vs 592 MB with it, ready at
-#   ~595 MB; with the decoder of issue 12 (which also calls malloc_trim after big decodes) 607 vs
+#   ~595 MB; with the bounded decoder (which also calls malloc_trim after big decodes) 607 vs
 #   596 MB. Setting MALLOC_TRIM_THRESHOLD_ as well changed nothing measurable (docs/reliability.md).
 ENV PORT=8080 \
     MODEL_URL=/opt/bird-classifier/model.tflite \

@@ -33,7 +33,7 @@ run: $(VENV)/.installed
 ## Convert MODEL_URL (default: the TF Hub birds module) to a .tflite for LiteRT, into the model cache;
 ## prints where it went, its size and the measured TensorFlow-vs-LiteRT difference. Also: OUT=path.
 model: $(VENV)/.installed
-	$(PY) -m function.model.convert $(MODEL_URL) $(if $(OUT),--out $(OUT))
+	$(PY) -m function.model $(MODEL_URL) $(if $(OUT),--out $(OUT))
 
 ## The HTTP API on $(PORT): gunicorn with gunicorn.conf.py (header deadline, request-line limit) and
 ## functions-framework's app, as the image runs it.
@@ -77,9 +77,9 @@ bench: $(VENV)/.installed-test
 	$(PY) -m bench.run --image $(IMAGE) --engine $(ENGINE) $(BENCH_ARGS)
 
 ## The load test (bench/loadtest.py; not in CI; about 3.5 minutes), on 127.0.0.1, the service started as
-## the image starts it (harness/: gunicorn + gunicorn.conf.py). Normal load (issue 5): 16 clients send
+## the image starts it (harness/: gunicorn + gunicorn.conf.py). Normal load: 16 clients send
 ## good photos and hostile inputs; fails on any 5xx, wrong answer, RSS growth >= 10 % or threads/sockets
-## not back to baseline. Then the hostile phase (issue 12, bench/attacks.py), with the image's settings:
+## not back to baseline. Then the hostile phase (bench/attacks.py), with the image's settings:
 ## 45 s of attacks (slow clients, big bodies, query bomb, stalled photo hosts, decompression bombs, de-dup
 ## flood, bad storage events) mixed with normal clients; fails on any 5xx, a normal request over its bound
 ## (1 photo 10 s, 5 photos 15 s), peak RSS over the pod's memory limit (knative/service.yaml; the service

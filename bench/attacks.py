@@ -1,4 +1,4 @@
-"""The load test's hostile phase (issue 12): the attacks mixed with normal clients, for a bounded time.
+"""The load test's hostile phase: the attacks mixed with normal clients, for a bounded time.
 
 Run by ``bench/loadtest.py`` after its normal load (``--no-hostile`` skips it, ``--hostile-only``
 runs only it). A second service process is started the way the image starts it (gunicorn with

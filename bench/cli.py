@@ -99,7 +99,7 @@ def _finish(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _converters(cache_dir: Path) -> list[int]:
-    """Live ``function.model.convert`` processes writing into ``cache_dir`` (the CLI's detached ones)."""
+    """Live ``python -m function.model`` processes writing into ``cache_dir`` (the CLI's detached ones)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -108,7 +108,7 @@ def _converters(cache_dir: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"function.model.convert" in cmd and str(cache_dir).encode() in cmd:
+        if b"function.model" in cmd and str(cache_dir).encode() in cmd:
             found.append(int(entry.name))
     return found
 
@@ -116,7 +116,7 @@ def _converters(cache_dir: Path) -> list[int]:
 def _wait_converted(b: Bench, cache_dir: Path) -> float | None:
     """Poll until no detached converter is left; returns the stored manifest's mtime (wall clock), or
     None when no flatbuffer came (the conversion failed, or did not end in time)."""
-    from function.model.convert import MANIFEST_FILE, ConvertedCache  # numpy only; TensorFlow lazily
+    from function.model.cache import MANIFEST_FILE, ConvertedCache  # no TensorFlow
 
     cache = ConvertedCache(cache_dir)
     url = b.net.model_url

@@ -1,4 +1,4 @@
-"""``make loadtest``: 16 clients, good photos and hostile inputs, then the hostile phase (issue 12).
+"""``make loadtest``: 16 clients, good photos and hostile inputs, then the hostile phase.
 
     python -m bench.loadtest                       # the whole run (about four minutes)
     python -m bench.loadtest --duration 10 --warmup 5 --attack 10 --settle 10   # a smoke run
@@ -489,7 +489,7 @@ def hostile_phase(args, server: StandInServer, good: list[Photo], base_env: dict
     limits = attacks.pod_limits()
     # The image serves a .tflite on LiteRT and has no TensorFlow: convert the model into the cache
     # first (the normal phase has done it already unless --hostile-only), and allow no fallback.
-    done = subprocess.run([sys.executable, "-m", "function.model.convert", base_env["MODEL_URL"]], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "function.model", base_env["MODEL_URL"]], cwd=ROOT,
                           env=base_env, capture_output=True, timeout=300, check=False)
     if done.returncode != 0:
         raise SystemExit(f"converting the model failed:\n{done.stderr.decode()[-2000:]}")

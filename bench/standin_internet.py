@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 # Bump when a generator or a spec below changes: the cache is keyed by it.
 FIXTURES_VERSION = 2
 MODEL_PATH = "/google/aiy/vision/classifier/birds_V1/1"
-# The same module converted to a float32 .tflite (issue 10), served as a file: what the LiteRT
+# The same module converted to a float32 .tflite, served as a file: what the LiteRT
 # service fetches by URL.
 TFLITE_PATH = "/models/birds_V1_mobilenet_v2_float32.tflite"
 LABELS_PATH = "/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
@@ -94,7 +94,7 @@ def prepare(root: Path, log=print) -> dict[str, Any]:
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if "tflite" not in manifest:  # fixtures made before issue 10: add the flatbuffer only
+        if "tflite" not in manifest:  # fixtures made before the LiteRT runtime: add the flatbuffer only
             manifest["tflite"] = convert_tflite(out, log)
             manifest_path.write_text(json.dumps(manifest, indent=2))
         return manifest
@@ -167,7 +167,7 @@ def _photo_in_range(photo_like, spec: PhotoSpec) -> tuple[bytes, int]:
 
 
 def check(manifest: dict[str, Any]) -> list[str]:
-    """Ways the fixtures differ from what issue 3 asks for (reported, not fatal)."""
+    """Ways the fixtures differ from what the benchmark's stand-in should be (reported, not fatal)."""
     problems = []
     m = manifest["model"]
     if not MODEL_PB_RANGE[0] <= m["saved_model_pb_bytes"] <= MODEL_PB_RANGE[1]:

@@ -86,10 +86,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if not 1 <= top_k <= config.max_top_k:
         parser.error(f"--top-k must be from 1 to {config.max_top_k}")
     level = args.log_level or ("INFO" if args.verbose else "WARNING")
-    logs.setup(level, json_lines=False)
+    logs.setup(level, json_lines=False, notices=True)
     sources = [PhotoSource.from_argument(p) for p in photo_arguments(args, parser)]
     bar = ProgressBar(sys.stderr) if args.progress and show_progress(sys.stderr, len(sources)) else None
-    # A one-shot run does not wait for a model conversion: see function/model/loader.py.
+    # A one-shot run waits for a model conversion only when that is shorter: function/model/loader.py.
     app = App(config, quiet_runtime=level != "DEBUG", convert_in_background=True)
     try:
         result = app.classify(sources, top_k, progress=bar)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -52,7 +53,7 @@ class Config:
     user_agent: str = "bird-classifier/1.0 (+https://github.com/; photo classification)"
     # Model and label map loading
     model_runtime: str = "auto"  # auto | litert | tensorflow (function/model/loader.py)
-    model_cache_dir: str | None = None  # converted/downloaded .tflite files; default: see from_env
+    model_cache_dir: str = ""  # converted/downloaded .tflite files; default: see default_model_cache_dir
     model_load_retry_s: float = 10.0
     tfhub_cache_dir: str | None = None  # tensorflow_hub reads it too; here only to skip a prefetch
     warmup: bool = True  # one model call after loading, before readiness (the CLI skips it)
@@ -95,6 +96,8 @@ class Config:
     max_jpeg_scans: int = 256  # more is refused unread (libjpeg's own scripts write <= 10; nvImageCodec's limit)
 
     def __post_init__(self) -> None:
+        if not self.model_cache_dir:  # a Config built in code: the temp dir, as tensorflow_hub does
+            object.__setattr__(self, "model_cache_dir", os.path.join(tempfile.gettempdir(), "bird-classifier"))
         # A list given as one comma-separated string (as the environment spells it) is split here too.
         for f in fields(self):
             value = getattr(self, f.name)
@@ -187,6 +190,15 @@ def default_model_cache_dir(env: Mapping[str, str]) -> str:
     home = env.get("HOME", "").strip() or os.path.expanduser("~")
     base = env.get("XDG_CACHE_HOME", "").strip() or os.path.join(home, ".cache")
     return os.path.join(base, "bird-classifier")
+
+
+def quiet_tensorflow(quiet: bool) -> None:
+    """Set ``TF_CPP_MIN_LOG_LEVEL`` for TensorFlow's C++ logging, which reads it once, at its import.
+
+    A value the operator set wins. This is the one place besides :meth:`Config.from_env` that
+    touches the environment: TensorFlow's native code takes this setting from nowhere else.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if quiet else "0")
 
 
 def _parse(name: str, raw: str, default: object) -> object:

@@ -1,4 +1,4 @@
-"""Photo hosts and photos for the load test's hostile phase (``bench/attacks.py``, issue 12).
+"""Photo hosts and photos for the load test's hostile phase (``bench/attacks.py``).
 
 Handlers for :class:`~standin.server.StandInServer` that hold a fetch in a phase a read timeout
 does not see (the status line sent, then one header byte every 2 s; a request accepted and never
@@ -34,7 +34,7 @@ def _write(req, data: bytes) -> bool:
 
 
 def header_drip(stop: threading.Event, max_s: float = 60.0, every_s: float = 2.0):
-    """The status line at once, then one header byte every ``every_s`` (issue 12, finding 1: held a
+    """The status line at once, then one header byte every ``every_s`` (held a
     fetch worker for 150 s, the read timeout and the photo deadline counting only once headers end)."""
 
     def handler(req):
@@ -61,7 +61,7 @@ def never_answers(stop: threading.Event, max_s: float = 60.0):
 
 def endless_gzip_header(stop: threading.Event, max_s: float = 60.0, max_bytes: int = 1 << 30):
     """``Content-Encoding: gzip`` and a gzip header whose file name never ends: a decoder consumes it
-    all and yields nothing, so a byte cap on decoded bytes never trips (30 GB in 45 s, issue 12)."""
+    all and yields nothing, so a byte cap on decoded bytes never trips (30 GB in 45 s)."""
 
     def handler(req):
         req.send_response(200)
@@ -113,7 +113,7 @@ def zeros_png(width: int, height: int, colour_type: int = 2) -> bytes:
 @cache
 def ico_bomb(side: int = 30_000) -> bytes:
     """An ICO whose directory says 256x256 and whose PNG is ``side`` x ``side`` RGB, every row present
-    (~2.6 MB on the wire for 30000): Pillow decodes an ICO's image inside ``Image.open`` (issue 12:
+    (~2.6 MB on the wire for 30000): Pillow decodes an ICO's image inside ``Image.open`` (measured without the bounds:
     9.2 s, RSS 600 MB -> 4.1 GB, before the answer ``image_too_large``)."""
     png = zeros_png(side, side, 2)
     entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
@@ -123,7 +123,7 @@ def ico_bomb(side: int = 30_000) -> bytes:
 @cache
 def big_rgba_png(width: int = 8000, height: int = 7999) -> bytes:
     """An 8000x7999 RGBA PNG (63.99 Mpx, under the default 64 Mpx limit), ~250 kB on the wire
-    (issue 12: 1.2 GB at peak each; four in one request reached 4.8 GB)."""
+    (measured: 1.2 GB at peak each; four in one request reached 4.8 GB)."""
     return zeros_png(width, height, 6)
 
 

@@ -186,7 +186,7 @@ def species_name(class_id: int) -> str:
     return f"{_GENERA[class_id % 10]} {_EPITHETS[class_id // 10 % 10]} {class_id // 100}"
 
 
-# -- Variants for the LiteRT runtime (issue 10) --------------------------------------------------
+# -- Variants for the LiteRT runtime --------------------------------------------------
 # The real birds module keeps its weights in a ``variables/`` directory, the way TF1 Hub modules
 # were exported, rather than frozen into the graph; conversion must handle both. TF2 SavedModels
 # and ready-made ``.tflite`` files (float32, and uint8 like the official lite model) are other

@@ -121,3 +121,45 @@ def test_runtime_tensorflow_serves_the_hub_module_on_tensorflow(run, serve_photo
     doc = json.loads(done.stdout)
     assert doc["results"][0]["predictions"][0]["id"] == 323
     assert "tf_import" in doc["timings_ms"]  # the TensorFlow runtime's own load phases
+
+
+def test_a_run_while_a_conversion_holds_the_cache_waits_for_it_says_so_and_never_imports_tensorflow(
+        run, serve_photo, server, tmp_path):
+    cache = tmp_path / "models"
+    flatbuffer = hubmodel.colour_tflite(tmp_path / "colour.tflite")
+    # Another process converting: it holds the entry's lock and announces a conversion about to end.
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+from function.model.cache import ConvertedCache
+cache, url = ConvertedCache({str(cache)!r}), {server.url(MODEL_PATH)!r}
+with cache.locked(url), cache.announced(url, expected_s=1.0), cache.temp_file(url) as tmp:
+    print("holding", flush=True)
+    sys.stdin.readline()
+    tmp.write_bytes(open({str(flatbuffer)!r}, "rb").read())
+    cache.store(url, tmp, {{"kind": "conversion"}})
+"""], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        env = dict(os.environ, MODEL_URL=server.url(MODEL_PATH), LABELS_URL=server.url(LABELS_PATH),
+                   MODEL_CACHE_DIR=str(cache), READ_TIMEOUT_S="3", PYTHONPROFILEIMPORTTIME="1")
+        cli = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--json", serve_photo(324)], env=env,
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stderr = []
+        for line in cli.stderr:  # the run says what it does before it blocks on the lock
+            stderr.append(line)
+            if "waiting for the LiteRT conversion started by an earlier run" in line:
+                break
+        assert cli.poll() is None, "".join(stderr)[-2000:]
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        out, rest = cli.communicate(timeout=120)
+        stderr.append(rest)
+    finally:
+        holder.kill()
+    assert cli.returncode == 0, "".join(stderr)[-2000:]
+    doc = json.loads(out)
+    assert doc["results"][0]["predictions"][0]["id"] == 324 and "conversion_wait" in doc["timings_ms"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in "".join(stderr).splitlines()
+                if line.startswith("import time")}
+    assert "ai_edge_litert" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "tensorflow_hub", "keras", "tf_keras")}

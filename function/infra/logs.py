@@ -146,7 +146,13 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def setup(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = None) -> None:
+# What a one-shot run tells its user it is doing and why (waiting for a conversion, answering on
+# TensorFlow this time): shown by the CLI at its default level, which hides the rest of INFO.
+NOTICE = "function.notice"
+
+
+def setup(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = None,
+          notices: bool = False) -> None:
     """Configure the root logger once per process (calling it again replaces the handler)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
@@ -160,3 +166,5 @@ def setup(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = 
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING if level == "DEBUG" else logging.ERROR)
     logging.getLogger("function").setLevel(level)
+    notice_level = logging.getLevelName(level)
+    logging.getLogger(NOTICE).setLevel(min(logging.INFO, notice_level) if notices else logging.NOTSET)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,23 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputShapeError, ModelFormatError
+from ..infra.capture import Held, held_back
+
 _import_lock = threading.Lock()
 _interpreter_class: Any = None
 _first_build_done = False
 # LiteRT writes this to fd 2 (not through Python) when the process builds its first interpreter.
 _XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-
-
-class LiteRTError(ValueError):
-    """Base of this runtime's errors: the model or the input does not fit."""
-
-
-class ModelFormatError(LiteRTError):
-    """The flatbuffer cannot be used: not a TFLite model, or not an image classifier's shape."""
-
-
-class InputShapeError(LiteRTError):
-    """A batch that is not float [N,H,W,3] at the model's own height and width."""
 
 
 @dataclass(frozen=True)
@@ -95,20 +84,18 @@ def _without_xnnpack_notice() -> Iterator[None]:
     The line is not an error and would be the only non-JSON line in the service's log stream. Only
     the first build prints it, so only that one (a few ms, at load) is wrapped.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
+    held = Held()
+    try:
+        with held_back((2,)) as held:
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            rest = b"".join(line for line in sink.read().splitlines(keepends=True)
-                            if line.strip() != _XNNPACK_NOTICE)
-            if rest:
-                os.write(2, rest)
+    finally:  # also when the build raises: its own lines matter then
+        _pass_on(held.data)
+
+
+def _pass_on(data: bytes) -> None:
+    rest = b"".join(line for line in data.splitlines(keepends=True) if line.strip() != _XNNPACK_NOTICE)
+    if rest:
+        os.write(2, rest)
 
 
 class _Runner:

@@ -10,12 +10,13 @@
   says why; ``litert`` fails the load with the reason.
 * ``convert_in_background`` (the CLI, with ``auto``): a one-shot run would wait for the conversion
   (about 9 s for MobileNet V2 on two cores, TensorFlow's import included) only to classify a few
-  photos; so on a cache miss it answers on the TensorFlow runtime, as fast as before, and leaves the
-  conversion to a detached ``python -m function.model.convert`` that fills the cache for the next run.
-  The converter waits for this process to exit, then runs at a low CPU priority: started at once, it
-  competed with the answer for both cores and downloaded the module a second time (make bench: a
-  first run 1.41 x today's; tensorflow_hub's cache then holds the module for it).
-* ``tensorflow``: today's reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
+  photos; so on a cache miss it answers on the TensorFlow runtime and leaves the conversion to a
+  detached ``python -m function.model`` that fills the cache for the next run. That converter holds
+  the entry, waits for this process to exit, then runs on idle CPU only (SCHED_IDLE), so a run
+  started meanwhile is not slowed down by it. A run that finds a conversion under way waits for it
+  when it should end sooner than this run's TensorFlow load would (the cache keeps both figures
+  from earlier runs), and says so; otherwise it answers on TensorFlow, as the first run did.
+* ``tensorflow``: the reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
 
 Every runtime gives the same thing to the call queue: ``predict(batch [N,224,224,3] float32 in
 [0,1]) -> [N, classes]`` probabilities, ``num_classes`` and the load's ``timings_ms``.
@@ -27,7 +28,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +35,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ModelError
+from ..config import MODEL_RUNTIMES
+from ..errors import ModelCacheError, ModelError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra import logs
-from . import convert
-from .litert import LiteRTError, LiteRTModel
+from . import handles
+from .cache import ConvertedCache, fetch_tflite
+from .litert import LiteRTModel
 from .prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
+notice = logging.getLogger(logs.NOTICE)  # the one-shot run's choices, shown to the CLI's user
 
-RUNTIMES = ("auto", "litert", "tensorflow")
+# What a TensorFlow load is expected to take before this cache has timed one (import, resolve, load).
+DEFAULT_TENSORFLOW_LOAD_S = 5.0
 
 
 class LoadedModel(Protocol):
@@ -63,8 +67,8 @@ class ModelSpec:
     """Everything that changes how the model loads (the per-process cache key is built from it)."""
 
     url: str
-    runtime: str = "auto"
-    cache_dir: str | None = None
+    runtime: str  # auto | litert | tensorflow
+    cache_dir: str
     intra_op_threads: int = 1  # TensorFlow runtime only; LiteRT interpreters are single-threaded
     inter_op_threads: int = 2
     warmup: bool = True
@@ -75,9 +79,9 @@ class ModelSpec:
 
 def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | None = None) -> LoadedModel:
     """Load the model ``spec`` names on the runtime it asks for (see the module's docstring)."""
-    if spec.runtime not in RUNTIMES:
-        raise ModelError(f"MODEL_RUNTIME must be one of {', '.join(RUNTIMES)}, got {spec.runtime!r}")
-    if convert.is_tflite_handle(spec.url):
+    if spec.runtime not in MODEL_RUNTIMES:
+        raise ModelError(f"MODEL_RUNTIME must be one of {', '.join(MODEL_RUNTIMES)}, got {spec.runtime!r}")
+    if handles.is_tflite(spec.url):
         if spec.runtime == "tensorflow":
             raise ModelError(f"{spec.url} is a .tflite file: it runs on LiteRT (MODEL_RUNTIME=auto or litert), "
                              "not on the TensorFlow runtime")
@@ -85,61 +89,80 @@ def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | N
     if spec.runtime == "tensorflow":
         return _tensorflow(spec, prefetcher)
     started = time.perf_counter()
-    cache = _cache(spec)
+    cache = ConvertedCache(spec.cache_dir)
     cached: Path | None = None
-    lookup_error: convert.CacheError | None = None
+    lookup_error: ModelCacheError | None = None
     try:
         cached = cache.lookup(spec.url)  # hashes the file: once per load
-    except convert.CacheError as exc:  # the cache cannot be used: as a failed conversion, below
+    except ModelCacheError as exc:  # the cache cannot be used: as a failed conversion, below
         lookup_error = exc
-    if cached is None and spec.runtime == "auto" and spec.convert_in_background:
-        _convert_detached(spec)
-        return _tensorflow(spec, prefetcher)
+    if cached is None and lookup_error is None and spec.runtime == "auto" and spec.convert_in_background:
+        return _one_shot(spec, cache, prefetcher, started)
     try:
         if lookup_error is not None:
             raise lookup_error
         return _converted(spec, cache, cached, started)
-    except (convert.ConversionError, convert.CacheError, LiteRTError, OSError) as exc:
-        if spec.runtime == "litert" or isinstance(exc, (convert.TensorFlowMissingError,
-                                                         convert.SourceUnavailableError)):
-            raise ModelError(str(exc)) from exc
+    except (ModelError, OSError) as exc:
+        if spec.runtime == "litert" or isinstance(exc, (TensorFlowMissing, ModelSourceUnavailable)):
+            raise exc if isinstance(exc, ModelError) else ModelError(str(exc)) from exc
         log.warning("serving %s on the TensorFlow runtime: the LiteRT conversion failed (%s)", spec.url, exc,
                     extra=logs.fields(url=spec.url, runtime="tensorflow", fallback_reason=str(exc)))
         return _tensorflow(spec, prefetcher)
 
 
-def _cache_dir(spec: ModelSpec) -> str:
-    # Config.from_env always names one; a Config built in code may not: the temp dir, as tensorflow_hub does.
-    return spec.cache_dir or os.path.join(tempfile.gettempdir(), "bird-classifier")
-
-
-def _cache(spec: ModelSpec) -> convert.ConvertedCache:
-    return convert.ConvertedCache(_cache_dir(spec))
+def _one_shot(spec: ModelSpec, cache: ConvertedCache, prefetcher: Prefetcher | None, started: float) -> LoadedModel:
+    """A cache miss in a one-shot run: wait for a conversion under way when that is shorter, else
+    answer on TensorFlow (starting the conversion for the next run when none is under way)."""
+    under_way = cache.under_way(spec.url)
+    tensorflow_s = cache.timing("tensorflow_load_s") or DEFAULT_TENSORFLOW_LOAD_S  # 0: not a figure
+    remaining = under_way.remaining_s() if under_way else None
+    if under_way is not None and remaining is not None and remaining <= tensorflow_s:
+        notice.info("waiting for the LiteRT conversion started by an earlier run (pid %s), ~%.0f s; loading "
+                    "TensorFlow here instead would take ~%.0f s", under_way.pid, remaining, tensorflow_s,
+                    extra=logs.fields(url=spec.url, runtime="litert", waited_for=under_way.pid,
+                                      expected_wait_s=round(remaining, 1), tensorflow_load_s=tensorflow_s))
+        path = cache.wait(spec.url)
+        if path is not None:
+            return _converted(spec, cache, path, started, waited=True)
+        notice.info("the conversion under way ended without a flatbuffer (%s); answering on TensorFlow",
+                    cache.last_miss, extra=logs.fields(url=spec.url, runtime="tensorflow"))
+    elif under_way is not None:
+        ends = "at an unknown time" if remaining is None else f"in ~{remaining:.0f} s"
+        notice.info("answering on TensorFlow (~%.0f s): the LiteRT conversion under way (pid %s) ends %s",
+                    tensorflow_s, under_way.pid, ends, extra=logs.fields(url=spec.url, runtime="tensorflow"))
+    else:
+        _convert_detached(spec, cache)
+    model = _tensorflow(spec, prefetcher)
+    cache.record_timing("tensorflow_load_s", time.perf_counter() - started)
+    return model
 
 
 def _tflite(spec: ModelSpec, session: Any | None) -> LiteRTModel:
     started = time.perf_counter()
     try:
-        path = convert.fetch_tflite(spec.url, _cache_dir(spec), session)  # a local path is used in place
+        path = fetch_tflite(spec.url, spec.cache_dir, session)  # a local path is used in place
         fetched = time.perf_counter()
         model = _litert(str(path), spec, source=spec.url)
-    except (convert.CacheError, OSError, LiteRTError) as exc:
+    except (ModelError, OSError) as exc:
         raise ModelError(f"cannot load the .tflite model {spec.url}: {exc}") from exc
     model.timings_ms = {"model_download": (fetched - started) * 1000, **model.timings_ms}
     _log_loaded(model, spec, started, path=str(path))
     return model
 
 
-def _converted(spec: ModelSpec, cache: convert.ConvertedCache, path: Path | None, started: float) -> LiteRTModel:
+def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, started: float,
+               waited: bool = False) -> LiteRTModel:
     """The cached flatbuffer (``path``, already verified), or a conversion now, on LiteRT."""
     converted = path is None
     if path is None:
+        from .convert import cached  # TensorFlow, once the conversion starts
+
         log.info("converting %s to a .tflite for LiteRT (once; cached in %s)", spec.url, cache.root,
                  extra=logs.fields(url=spec.url, reason=cache.last_miss))
-        path = cache.get_or_convert(spec.url, quiet=spec.quiet)
+        path = cached(cache, spec.url, quiet=spec.quiet)
     found = time.perf_counter()
     model = _litert(str(path), spec, source=spec.url)
-    key = "conversion" if converted else "cache_lookup"
+    key = "conversion" if converted else "conversion_wait" if waited else "cache_lookup"
     model.timings_ms = {key: (found - started) * 1000, **model.timings_ms}
     manifest = cache.manifest(spec.url) or {}
     _log_loaded(model, spec, started, path=str(path), converted=converted,
@@ -147,21 +170,21 @@ def _converted(spec: ModelSpec, cache: convert.ConvertedCache, path: Path | None
     return model
 
 
-def _convert_detached(spec: ModelSpec) -> None:
-    """Start ``python -m function.model.convert`` on its own, outliving this process; its output goes
-    to ``convert.log`` in the cache. Two at once are safe: the cache's lock makes the second one wait
+def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
+    """Start ``python -m function.model`` on its own, outliving this process; its output goes to
+    ``convert.log`` in the cache. Two at once are safe: the cache's lock makes the second one wait
     and find the first one's file."""
-    cache = _cache(spec)
     cache.root.mkdir(parents=True, exist_ok=True)
     log_path = cache.root / "convert.log"
     package_root = Path(__file__).resolve().parents[2]
     with open(log_path, "ab") as out:
-        command = [sys.executable, "-m", "function.model.convert", spec.url, "--cache-dir", _cache_dir(spec),
-                   "--after-pid", str(os.getpid()), "--nice", "10"]
+        command = [sys.executable, "-m", "function.model", spec.url, "--cache-dir", spec.cache_dir,
+                   "--after-pid", str(os.getpid()), "--idle"]
         subprocess.Popen(command, cwd=package_root, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                          start_new_session=True)
-    log.info("answering on TensorFlow this time; converting %s for LiteRT in the background (log: %s)",
-             spec.url, log_path, extra=logs.fields(url=spec.url, runtime="tensorflow", cache=str(cache.root)))
+    notice.info("answering on TensorFlow this time; converting %s for LiteRT in the background, for the next "
+                "run (log: %s)", spec.url, log_path,
+                extra=logs.fields(url=spec.url, runtime="tensorflow", cache=str(cache.root)))
 
 
 def _litert(path: str, spec: ModelSpec, source: str) -> LiteRTModel:

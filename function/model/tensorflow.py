@@ -11,12 +11,12 @@ not wait for it, and so the import overlaps with photo fetching on a cold start.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import numpy as np
 
+from ..config import quiet_tensorflow
 from ..errors import ModelError
 from ..infra import logs
 from .prefetch import Prefetcher
@@ -57,7 +57,7 @@ class TensorFlowModel:
         t0 = time.perf_counter()
         if prefetcher is not None:
             prefetcher.start(url, cache_dir)  # the download overlaps the TensorFlow import
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if quiet else "0")  # read once, by TF's import
+        quiet_tensorflow(quiet)
         import tensorflow as tf
         import tensorflow_hub as hub
 

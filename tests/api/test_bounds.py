@@ -1,4 +1,4 @@
-"""Every route bounded, against a real server process (issue 12, findings 4, 6 and 8).
+"""Every route bounded, against a real server process.
 
 The server is started as the image starts it (``tests/api/serving.py``) with short deadlines, so
 each attack ends in seconds. ``BOUNDS_LAUNCHER=functions-framework`` runs the same tests against

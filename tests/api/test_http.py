@@ -77,7 +77,7 @@ def test_a_failed_photo_is_an_error_beside_the_others(warm_client, server, serve
     (b'{"urls": "x", "url": "y"}', "invalid_urls"),
     (b'{"urls": [1]}', "invalid_urls"),
     (b'{"urls": {"a": 1}}', "invalid_urls"),
-    (b'{"urls": "https://a/x.jpg"}', "invalid_urls"),  # the contract says an array (issue 12, finding 11)
+    (b'{"urls": "https://a/x.jpg"}', "invalid_urls"),  # the contract says an array
     (b'{"url": ["https://a/x.jpg"]}', "invalid_urls"),  # and url is one string
     (b'{"urls": ["http://a/x.jpg"], "top_k": 0}', "invalid_top_k"),
     (b'{"urls": ["http://a/x.jpg"], "top_k": -1}', "invalid_top_k"),

@@ -12,7 +12,11 @@ import os
 import numpy as np
 import pytest
 
+from function.config import Config
+from function.errors import ConversionError
 from function.model import convert as conv
+from function.model.__main__ import main as convert_command
+from function.model.cache import ConvertedCache
 from function.model.litert import LiteRTModel
 from standin import hubmodel, photos
 
@@ -82,25 +86,25 @@ def test_a_tf2_saved_model_converts_with_its_serving_signature(tf2_url, tmp_path
 def test_a_model_without_a_usable_signature_is_refused_with_the_signatures_it_has(server, tmp_path):
     model = hubmodel.tf2_colour_model(tmp_path / "odd", signature="something_else")
     url = server.add("/models/odd-signature/1", hubmodel.tar_gz(model), "application/x-tar")
-    with pytest.raises(conv.ConversionError, match="no signature named default or serving_default.*something_else"):
+    with pytest.raises(ConversionError, match="no signature named default or serving_default.*something_else"):
         conv.convert(url, tmp_path / "m.tflite")
     assert not (tmp_path / "m.tflite").exists()
 
 
 def test_an_unreachable_module_fails_the_conversion_naming_the_handle(server, tmp_path):
     url = server.url("/models/not-there/1")
-    with pytest.raises(conv.ConversionError, match="not-there"):
+    with pytest.raises(ConversionError, match="not-there"):
         conv.convert(url, tmp_path / "m.tflite")
 
 
 def test_the_command_converts_into_the_cache_and_prints_where_size_and_difference(server, tmp_path, capfd):
     out = tmp_path / "out" / "birds.tflite"
-    assert conv.main([server.url(MODULE_PATH), "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
-                     environ={}) == 0
+    assert convert_command([server.url(MODULE_PATH), "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+                           Config()) == 0
     printed = capfd.readouterr()
     assert f"model:   {out}" in printed.out
     assert f"size:    {out.stat().st_size} bytes" in printed.out
     assert "max |TensorFlow - LiteRT|" in printed.out
     assert printed.err == ""  # TensorFlow's and the converter's logs are held back
-    cached = conv.ConvertedCache(tmp_path / "cache").lookup(server.url(MODULE_PATH))
+    cached = ConvertedCache(tmp_path / "cache").lookup(server.url(MODULE_PATH))
     assert cached is not None and cached.read_bytes() == out.read_bytes()

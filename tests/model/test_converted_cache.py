@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from function.model import convert as conv
+from function.errors import ConversionError, ModelCacheError
+from function.model import convert, handles
+from function.model.cache import ConvertedCache, fetch_tflite, file_sha256
+from function.model.convert import cached
 from standin import hubmodel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +35,8 @@ def finish(process: subprocess.Popen[str]) -> str:
 
 
 @pytest.fixture
-def cache(tmp_path) -> conv.ConvertedCache:
-    return conv.ConvertedCache(tmp_path / "cache")
+def cache(tmp_path) -> ConvertedCache:
+    return ConvertedCache(tmp_path / "cache")
 
 
 @pytest.fixture
@@ -42,11 +45,11 @@ def handle(server) -> str:
 
 
 def test_a_conversion_is_stored_with_a_manifest_that_describes_it(cache, handle):
-    path = cache.get_or_convert(handle)
+    path = cached(cache, handle)
     manifest = json.loads((path.parent / "manifest.json").read_text())
-    assert path == cache.root / conv.handle_key(handle) / "model.tflite"
+    assert path == cache.root / handles.key(handle) / "model.tflite"
     assert manifest["source"] == handle
-    assert manifest["sha256"] == conv.file_sha256(path) and manifest["size"] == path.stat().st_size
+    assert manifest["sha256"] == file_sha256(path) and manifest["size"] == path.stat().st_size
     assert manifest["max_abs_diff"] <= 1e-5
     assert (manifest["signature"], manifest["input_name"], manifest["output_name"]) == ("default", "images",
                                                                                         "default")
@@ -56,11 +59,11 @@ def test_a_conversion_is_stored_with_a_manifest_that_describes_it(cache, handle)
 
 
 def test_a_second_process_loads_the_cached_flatbuffer_without_importing_tensorflow(cache, handle):
-    cache.get_or_convert(handle)
+    cached(cache, handle)
     out = finish(python(f"""
         import sys
         import numpy as np
-        from function.model.convert import ConvertedCache
+        from function.model.cache import ConvertedCache
         from function.model.litert import LiteRTModel
         path = ConvertedCache({str(cache.root.parent)!r}).lookup({handle!r})
         assert path is not None, "cache miss"
@@ -79,18 +82,18 @@ def test_a_second_process_loads_the_cached_flatbuffer_without_importing_tensorfl
     (lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], "sha256"),
 ])
 def test_a_damaged_cached_file_is_a_miss_removed_and_rebuilt(cache, handle, damage, reason):
-    path = cache.get_or_convert(handle)
+    path = cached(cache, handle)
     good = path.read_bytes()
     path.write_bytes(damage(good))
     assert cache.lookup(handle) is None
     assert reason in (cache.last_miss or "")
     assert not path.exists() and not (path.parent / "manifest.json").exists()
-    rebuilt = cache.get_or_convert(handle)
+    rebuilt = cached(cache, handle)
     assert rebuilt.read_bytes() == good and cache.lookup(handle) == rebuilt
 
 
 def test_a_cached_file_without_its_manifest_is_not_trusted(cache, handle):
-    path = cache.get_or_convert(handle)
+    path = cached(cache, handle)
     (path.parent / "manifest.json").unlink()
     assert cache.lookup(handle) is None
     assert not path.exists()
@@ -99,11 +102,11 @@ def test_a_cached_file_without_its_manifest_is_not_trusted(cache, handle):
 def test_a_conversion_that_fails_midway_leaves_no_file_behind(cache, handle, monkeypatch):
     def crash(source, out_path, quiet=True):
         Path(out_path).write_bytes(b"half a flatbuffer")
-        raise conv.ConversionError("the converter crashed")
+        raise ConversionError("the converter crashed")
 
-    monkeypatch.setattr(conv, "convert", crash)
-    with pytest.raises(conv.ConversionError, match="crashed"):
-        cache.get_or_convert(handle)
+    monkeypatch.setattr(convert, "convert", crash)
+    with pytest.raises(ConversionError, match="crashed"):
+        cached(cache, handle)
     entry = cache.entry_dir(handle)
     assert sorted(p.name for p in entry.iterdir()) == ["lock"]
     assert cache.lookup(handle) is None
@@ -113,13 +116,14 @@ def test_two_processes_converting_at_once_convert_once_and_leave_one_good_file(s
     handle = server.add("/models/colour-race/1", model_tarball, "application/x-tar")
     cache_dir = tmp_path / "cache"
     code = f"""
-        from function.model.convert import ConvertedCache
-        print(ConvertedCache({str(cache_dir)!r}).get_or_convert({handle!r}))
+        from function.model.cache import ConvertedCache
+        from function.model.convert import cached
+        print(cached(ConvertedCache({str(cache_dir)!r}), {handle!r}))
     """
     # Each with its own TF Hub cache: a module download means that process converted.
     processes = [python(code, TFHUB_CACHE_DIR=str(tmp_path / f"hub-{i}")) for i in range(2)]
     outputs = [finish(p).strip() for p in processes]
-    cache = conv.ConvertedCache(cache_dir)
+    cache = ConvertedCache(cache_dir)
     assert outputs[0] == outputs[1] == str(cache.model_path(handle))
     assert server.hits["/models/colour-race/1"] == 1
     assert sorted(p.name for p in cache.entry_dir(handle).iterdir()) == ["lock", "manifest.json", "model.tflite"]
@@ -129,21 +133,21 @@ def test_two_processes_converting_at_once_convert_once_and_leave_one_good_file(s
 def test_a_tflite_url_is_downloaded_once_verified_and_downloaded_again_if_damaged(server, tmp_path):
     data = hubmodel.colour_tflite(tmp_path / "colour.tflite").read_bytes()
     url = server.add("/models/colour-download.tflite", data)
-    first = conv.fetch_tflite(url, tmp_path / "cache")
-    assert conv.fetch_tflite(url, tmp_path / "cache") == first
+    first = fetch_tflite(url, tmp_path / "cache")
+    assert fetch_tflite(url, tmp_path / "cache") == first
     assert first.read_bytes() == data and server.hits["/models/colour-download.tflite"] == 1
     manifest = json.loads((first.parent / "manifest.json").read_text())
     assert (manifest["kind"], manifest["source"], manifest["size"]) == ("download", url, len(data))
     first.write_bytes(data[:-10])
-    assert conv.fetch_tflite(url, tmp_path / "cache").read_bytes() == data
+    assert fetch_tflite(url, tmp_path / "cache").read_bytes() == data
     assert server.hits["/models/colour-download.tflite"] == 2
 
 
 def test_a_failed_download_raises_and_caches_nothing(server, tmp_path):
     url = server.url("/models/missing.tflite")
-    with pytest.raises(conv.CacheError, match="missing.tflite"):
-        conv.fetch_tflite(url, tmp_path / "cache")
-    cache = conv.ConvertedCache(tmp_path / "cache")
+    with pytest.raises(ModelCacheError, match="missing.tflite"):
+        fetch_tflite(url, tmp_path / "cache")
+    cache = ConvertedCache(tmp_path / "cache")
     assert cache.lookup(url) is None
     assert sorted(p.name for p in cache.entry_dir(url).iterdir()) == ["lock"]
 
@@ -151,7 +155,8 @@ def test_a_failed_download_raises_and_caches_nothing(server, tmp_path):
 def test_lookup_never_imports_tensorflow(tmp_path):
     out = finish(python(f"""
         import sys
-        from function.model.convert import ConvertedCache, fetch_tflite, is_tflite_handle
+        from function.model.cache import ConvertedCache, fetch_tflite
+        from function.model.handles import is_tflite
         print(ConvertedCache({str(tmp_path)!r}).lookup("https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"))
         print("tensorflow" in sys.modules)
     """))
@@ -164,4 +169,4 @@ def test_the_converted_model_scores_like_the_colour_model(cache, handle):
     batch = np.zeros((3, 224, 224, 3), np.float32)
     for i, k in enumerate([5, 350, 963]):
         batch[i] = hubmodel.prototype(k)
-    assert LiteRTModel(cache.get_or_convert(handle)).predict(batch).argmax(axis=1).tolist() == [5, 350, 963]
+    assert LiteRTModel(cached(cache, handle)).predict(batch).argmax(axis=1).tolist() == [5, 350, 963]

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from function.model import convert as conv
+from function.config import Config
+from function.model import handles
+from function.model.cache import fetch_tflite
 from function.model.litert import InputShapeError, LiteRTModel, ModelFormatError
 from standin import hubmodel, photos
 
@@ -65,8 +67,8 @@ def test_the_float_model_answers_the_colour_models_scores(float_tflite):
 
 
 def test_a_uint8_tflite_served_by_url_answers_probabilities_in_0_1_with_the_right_top_class(uint8_url, tmp_path):
-    assert conv.is_tflite_handle(uint8_url)
-    path = conv.fetch_tflite(uint8_url, tmp_path / "cache")
+    assert handles.is_tflite(uint8_url)
+    path = fetch_tflite(uint8_url, tmp_path / "cache")
     model = LiteRTModel(path, source=uint8_url)
     assert model.quantized
     assert (model.input_details["dtype"], model.output_details["dtype"]) == ("uint8", "uint8")
@@ -172,13 +174,14 @@ def test_without_tensorflow_a_tflite_serves_and_a_hub_module_fails_naming_the_pa
         import sys
         sys.modules["tensorflow"] = None  # as if it were not installed: importing it raises ImportError
         import numpy as np
+        from function.errors import TensorFlowMissing
         from function.model import convert
         from function.model.litert import LiteRTModel
         model = LiteRTModel({str(float_tflite)!r})
         print(int(model.predict(np.zeros((1, 224, 224, 3), np.float32)).argmax()))
         try:
             convert.convert({server.url("/google/aiy/vision/classifier/birds_V1/1")!r}, "/nonexistent/m.tflite")
-        except convert.TensorFlowMissingError as exc:
+        except TensorFlowMissing as exc:
             print("ERROR", exc)
         else:
             print("converted?!")
@@ -204,7 +207,7 @@ def test_without_tensorflow_a_tflite_serves_and_a_hub_module_fails_naming_the_pa
     ("file:///models/birds_saved_model", False),
 ])
 def test_tflite_handles_are_recognised(handle, expected):
-    assert conv.is_tflite_handle(handle) is expected
+    assert handles.is_tflite(handle) is expected
 
 
 @pytest.mark.parametrize(("environ", "expected"), [
@@ -214,12 +217,12 @@ def test_tflite_handles_are_recognised(handle, expected):
     ({"HOME": "/h"}, "/h/.cache/bird-classifier"),
 ])
 def test_the_default_cache_directory_follows_the_environment(environ, expected):
-    assert conv.default_cache_dir(environ) == expected
+    assert Config.from_env(environ).model_cache_dir == expected
 
 
 def test_a_local_tflite_path_or_file_url_is_used_in_place(float_tflite, tmp_path):
-    assert conv.fetch_tflite(str(float_tflite), tmp_path / "cache") == float_tflite
-    assert conv.fetch_tflite(float_tflite.as_uri(), tmp_path / "cache") == float_tflite
+    assert fetch_tflite(str(float_tflite), tmp_path / "cache") == float_tflite
+    assert fetch_tflite(float_tflite.as_uri(), tmp_path / "cache") == float_tflite
     assert not (tmp_path / "cache").exists()
     with pytest.raises(FileNotFoundError):
-        conv.fetch_tflite(str(tmp_path / "missing.tflite"), tmp_path / "cache")
+        fetch_tflite(str(tmp_path / "missing.tflite"), tmp_path / "cache")

@@ -15,7 +15,7 @@ import pytest
 
 from function.app import App, Process
 from function.core.sources import PhotoSource
-from function.errors import ModelError
+from function.errors import ConversionError, ModelError
 from function.model import convert, loader
 from function.model.litert import LiteRTModel
 from standin import hubmodel
@@ -90,7 +90,7 @@ def test_the_tensorflow_runtime_refuses_a_tflite_saying_which_runtime_runs_it(fl
 def test_a_failed_conversion_falls_back_to_tensorflow_with_one_warning_under_auto(server, tmp_path, monkeypatch,
                                                                                    caplog):
     def broken(handle, out_path, quiet=True):
-        raise convert.ConversionError("the converter does not support op FancyOp")
+        raise ConversionError("the converter does not support op FancyOp")
 
     monkeypatch.setattr(convert, "convert", broken)
     with caplog.at_level(logging.WARNING, logger="function.model.loader"):
@@ -102,7 +102,7 @@ def test_a_failed_conversion_falls_back_to_tensorflow_with_one_warning_under_aut
 
 def test_a_failed_conversion_fails_the_load_under_litert(server, tmp_path, monkeypatch):
     def broken(handle, out_path, quiet=True):
-        raise convert.ConversionError("the converter does not support op FancyOp")
+        raise ConversionError("the converter does not support op FancyOp")
 
     monkeypatch.setattr(convert, "convert", broken)
     with pytest.raises(ModelError, match="FancyOp"):

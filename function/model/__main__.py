@@ -1,0 +1,117 @@
+"""``python -m function.model [HANDLE]``: fill the model cache with the ``.tflite`` LiteRT serves.
+
+A TF Hub module or SavedModel is converted (TensorFlow needed); a ``.tflite`` URL is downloaded.
+Settings come from :class:`~function.config.Config` (``MODEL_URL``, ``MODEL_CACHE_DIR``) like
+everywhere else; the options override them. The image's build stage runs it; so does the CLI,
+detached, to convert for its next run (``--after-pid`` and ``--idle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..config import Config, ConfigError
+from ..errors import ModelError, TensorFlowMissing
+from . import handles
+from .cache import ConvertedCache, fetch_tflite, write_atomic
+
+
+def main(argv: list[str] | None = None, config: Config | None = None) -> int:
+    try:
+        config = config or Config.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m function.model",
+        description="Convert a TF Hub module (or TF2 SavedModel) to a float32 .tflite for the LiteRT runtime, "
+                    "into the model cache.")
+    parser.add_argument("handle", nargs="?", default=config.model_url,
+                        help=f"TF Hub handle, URL or local path (default: MODEL_URL, {config.model_url})")
+    parser.add_argument("--out", help="also copy the .tflite here (and its manifest beside it, + .json)")
+    parser.add_argument("--cache-dir", default=config.model_cache_dir,
+                        help=f"the model cache (default: MODEL_CACHE_DIR, {config.model_cache_dir})")
+    parser.add_argument("--verbose", action="store_true", help="let TensorFlow's own output through")
+    parser.add_argument("--after-pid", type=int, default=None, metavar="PID",
+                        help="hold the cache entry, then wait (up to 10 min) for process PID to exit before "
+                             "converting (the CLI converts for its next run)")
+    parser.add_argument("--idle", action="store_true",
+                        help="run only on CPU time nobody else wants (SCHED_IDLE), so a run started meanwhile "
+                             "is not slowed down")
+    args = parser.parse_args(argv)
+    if args.idle:
+        _run_when_idle()
+    cache = ConvertedCache(args.cache_dir)
+    started = time.perf_counter()
+    try:
+        if handles.is_tflite(args.handle):
+            path = fetch_tflite(args.handle, args.cache_dir)
+        else:
+            from .convert import cached  # numpy here; TensorFlow only once a conversion starts
+
+            def after() -> None:
+                wait_for_exit(args.after_pid, 600.0)
+
+            path = cached(cache, args.handle, quiet=not args.verbose, before=after if args.after_pid else None)
+        manifest = cache.manifest(args.handle) or {}
+    except (ModelError, FileNotFoundError) as exc:
+        output = getattr(exc, "output", "")
+        if output and not isinstance(exc, TensorFlowMissing):
+            print(f"TensorFlow's output (tail):\n{output.rstrip()}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        path = _copy_out(path, Path(args.out), manifest)
+    size = path.stat().st_size
+    print(f"model:   {path}")
+    print(f"source:  {args.handle}")
+    print(f"size:    {size} bytes ({size / 1e6:.1f} MB)")
+    if "max_abs_diff" in manifest:
+        print(f"max |TensorFlow - LiteRT| on {manifest.get('compared_on', 'fixed inputs')}: "
+              f"{manifest['max_abs_diff']:.3g}")
+    print(f"took:    {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _copy_out(path: Path, out: Path, manifest: dict[str, object]) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, out)
+    if manifest:
+        write_atomic(out.with_name(out.name + ".json"), (json.dumps(manifest, indent=2) + "\n").encode())
+    print(f"cached:  {path}")
+    return out
+
+
+def _run_when_idle() -> None:
+    """SCHED_IDLE for this process and the threads it starts later (TensorFlow's pools among them);
+    the lowest nice value where the scheduler class cannot be changed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
+def wait_for_exit(pid: int, timeout_s: float) -> bool:
+    """Until process ``pid`` is gone (True) or ``timeout_s`` passed (False); polls, as a non-child cannot wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            pass
+        time.sleep(0.05)
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

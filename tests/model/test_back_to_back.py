@@ -1,0 +1,195 @@
+"""A one-shot run that finds a conversion under way (the cache entry's lock held by a converter).
+
+The converter here is a thread of the test holding the entry's lock and announcing itself as
+``python -m function.model`` does; flock locks belong to open files, so the loader's own probe and
+wait see it as another process's. Nothing is timed: each test orders the two sides with events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from function.infra import logs
+from function.model import loader
+from function.model.cache import ConvertedCache
+from standin import hubmodel
+
+URL = "https://hub.example/google/aiy/vision/classifier/birds_V1/1"  # never fetched: the cache decides
+
+
+@pytest.fixture(scope="module")
+def flatbuffer(tmp_path_factory) -> bytes:
+    return hubmodel.colour_tflite(tmp_path_factory.mktemp("back-to-back") / "colour.tflite").read_bytes()
+
+
+@pytest.fixture
+def spec(tmp_path) -> loader.ModelSpec:
+    return loader.ModelSpec(URL, "auto", str(tmp_path / "models"), warmup=False, convert_in_background=True)
+
+
+class Notices(logging.Handler):
+    """The run's notices, and an event for the one a test waits on."""
+
+    def __init__(self, waiting_for: str):
+        super().__init__()
+        self.messages: list[str] = []
+        self.waiting_for = waiting_for
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if self.waiting_for in record.getMessage():
+            self.seen.set()
+
+
+@contextmanager
+def notices(waiting_for: str = "waiting for the LiteRT conversion") -> Iterator[Notices]:
+    handler = Notices(waiting_for)
+    logger = logging.getLogger(logs.NOTICE)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+class Converter(threading.Thread):
+    """Holds the entry's lock and announces ``expected_s``; stores ``flatbuffer`` (or nothing) on ``finish``."""
+
+    def __init__(self, cache: ConvertedCache, expected_s: float, flatbuffer: bytes | None):
+        super().__init__(daemon=True)
+        self.cache, self.expected_s, self.flatbuffer = cache, expected_s, flatbuffer
+        self.holding, self.finish = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        with self.cache.locked(URL), self.cache.announced(URL, self.expected_s), self.cache.temp_file(URL) as tmp:
+            self.holding.set()
+            self.finish.wait(60)
+            if self.flatbuffer is not None:
+                tmp.write_bytes(self.flatbuffer)
+                self.cache.store(URL, tmp, {"kind": "conversion"})
+
+    def __enter__(self) -> Converter:
+        self.start()
+        assert self.holding.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish.set()
+        self.join(10)
+
+
+@pytest.fixture
+def no_tensorflow(monkeypatch) -> list[str]:
+    """Records a run's TensorFlow loads and detached converters instead of doing them."""
+    calls: list[str] = []
+
+    class FakeTensorFlowModel:
+        runtime = "tensorflow"
+        timings_ms: dict[str, float] = {}
+
+    def tensorflow(spec, prefetcher):
+        calls.append("tensorflow")
+        return FakeTensorFlowModel()
+
+    monkeypatch.setattr(loader, "_tensorflow", tensorflow)
+    monkeypatch.setattr(loader, "_convert_detached", lambda spec, cache: calls.append("converter started"))
+    return calls
+
+
+def load_in_thread(spec: loader.ModelSpec) -> tuple[threading.Thread, dict[str, object]]:
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["model"] = loader.load(spec)
+        except Exception as exc:  # handed to the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_conversion_ending_sooner_than_tensorflow_would_is_waited_for_and_served_on_litert(
+        spec, flatbuffer, no_tensorflow):
+    cache = ConvertedCache(spec.cache_dir)
+    cache.record_timing("tensorflow_load_s", 30.0)  # what an earlier run's TensorFlow load took here
+    with notices() as seen, Converter(cache, expected_s=20.0, flatbuffer=flatbuffer) as converter:
+        thread, out = load_in_thread(spec)
+        assert seen.seen.wait(30), seen.messages
+        assert thread.is_alive()  # waiting on the converter's lock, not loading anything
+        converter.finish.set()
+        thread.join(30)
+    model = out.get("model")
+    assert model is not None, out.get("error")
+    assert model.runtime == "litert" and "conversion_wait" in model.timings_ms
+    assert no_tensorflow == []  # neither TensorFlow nor a second converter
+    message = next(m for m in seen.messages if "waiting for the LiteRT conversion" in m)
+    assert "started by an earlier run" in message and f"pid {os.getpid()}" in message  # the announced pid
+    assert "~20 s" in message or "~19 s" in message  # what the converter announced, counted down
+
+
+def test_a_conversion_ending_later_than_tensorflow_would_is_left_alone_and_tensorflow_answers(
+        spec, flatbuffer, no_tensorflow):
+    cache = ConvertedCache(spec.cache_dir)
+    cache.record_timing("tensorflow_load_s", 4.0)
+    with notices("answering on TensorFlow") as seen, Converter(cache, expected_s=600.0, flatbuffer=flatbuffer):
+        model = loader.load(spec)
+    assert model.runtime == "tensorflow"
+    assert no_tensorflow == ["tensorflow"]  # no second converter beside the one under way
+    assert any("conversion under way" in m and "~600 s" in m for m in seen.messages), seen.messages
+
+
+def test_a_conversion_under_way_that_ends_without_a_flatbuffer_leaves_the_run_on_tensorflow(
+        spec, no_tensorflow):
+    cache = ConvertedCache(spec.cache_dir)
+    with notices() as seen, Converter(cache, expected_s=1.0, flatbuffer=None) as converter:
+        thread, out = load_in_thread(spec)
+        assert seen.seen.wait(30), seen.messages
+        converter.finish.set()
+        thread.join(30)
+    assert getattr(out.get("model"), "runtime", None) == "tensorflow", out
+    assert no_tensorflow == ["tensorflow"]
+    assert any("ended without a flatbuffer" in m for m in seen.messages)
+
+
+def test_with_no_conversion_under_way_the_run_starts_one_and_answers_on_tensorflow(spec, no_tensorflow):
+    with notices() as seen:
+        model = loader.load(spec)
+    assert model.runtime == "tensorflow"
+    assert no_tensorflow == ["converter started", "tensorflow"]
+    assert ConvertedCache(spec.cache_dir).timing("tensorflow_load_s") is not None  # for the next run's choice
+    assert not seen.seen.is_set()
+
+
+def test_the_lock_probe_reports_the_announcement_and_nobody_once_released(tmp_path, flatbuffer):
+    cache = ConvertedCache(tmp_path)
+    assert cache.under_way(URL) is None
+    with Converter(cache, expected_s=12.5, flatbuffer=flatbuffer):
+        found = cache.under_way(URL)
+        assert found is not None and found.expected_s == 12.5 and found.pid is not None
+        assert 0 < found.remaining_s() <= 12.5
+        assert found.remaining_s(now=found.started + 100) == 0.0
+    assert cache.under_way(URL) is None
+    assert cache.lookup(URL) is not None and not (cache.entry_dir(URL) / "converting.json").exists()
+
+
+def test_the_detached_converter_holds_the_entry_and_waits_for_the_run_on_idle_cpu(spec, monkeypatch, tmp_path):
+    started: list[list[str]] = []
+    monkeypatch.setattr(loader.subprocess, "Popen", lambda command, **kw: started.append(command))
+    loader._convert_detached(spec, ConvertedCache(spec.cache_dir))
+    (command,) = started
+    assert command[1:4] == ["-m", "function.model", URL]
+    assert "--idle" in command and command[command.index("--after-pid") + 1].isdigit()
+    assert Path(command[command.index("--cache-dir") + 1]) == Path(spec.cache_dir)
