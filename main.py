@@ -7,12 +7,11 @@
 Each only translates; the work is in ``function/``, wired by ``function/app.py``.
 """
 
-import sys
 
 if __name__ == "__main__":  # the CLI: no web framework to import on its cold path
     from function import cli
 
-    sys.exit(cli.main())
+    cli.run()
 
 import flask  # noqa: E402
 import functions_framework  # noqa: E402

@@ -4,7 +4,7 @@ Each round has caches of its own (``TFHUB_CACHE_DIR``, ``MODEL_CACHE_DIR``), emp
 runs, on the default runtime (``auto``):
 
 1. **first**: empty caches. The CLI answers on TensorFlow and leaves a detached conversion to
-   ``.tflite`` behind (it waits for the CLI to exit, then runs at nice 10).
+   ``.tflite`` behind (started at once, on idle CPU only, using the first run's module download).
 2. **second**: started the moment the first exits, on the same caches, while that conversion may
    still be running: whatever it does (TensorFlow again, or LiteRT if the flatbuffer is there) it
    must not be slower than the first.

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from .app import App
 from .config import Config
@@ -113,6 +116,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.verbose:
             print_timings(result, out)
     return 1 if result.failed else 0
+
+
+def run() -> NoReturn:
+    """``python main.py``: :func:`main`, then an exit that skips the interpreter's teardown.
+
+    With TensorFlow loaded (a first run answers on it) tearing the interpreter down takes ~0.65 s
+    of module finalisation and C++ destructors, against ~0.05 s for this exit: the atexit handlers
+    run (logging's shutdown, the app's stop) and the streams are flushed, then the process ends.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
+            stream.flush()
+    atexit._run_exitfuncs()  # what a normal exit would run first
+    os._exit(code)
 
 
 def photo_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:

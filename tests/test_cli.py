@@ -132,7 +132,7 @@ def test_a_run_while_a_conversion_holds_the_cache_waits_for_it_says_so_and_never
 import sys
 from function.model.cache import ConvertedCache
 cache, url = ConvertedCache({str(cache)!r}), {server.url(MODEL_PATH)!r}
-with cache.locked(url), cache.announced(url, expected_s=1.0), cache.temp_file(url) as tmp:
+with cache.locked(url), cache.announced(url, expected_s={{"verify": 1.0}}), cache.temp_file(url) as tmp:
     print("holding", flush=True)
     sys.stdin.readline()
     tmp.write_bytes(open({str(flatbuffer)!r}, "rb").read())

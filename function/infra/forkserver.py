@@ -29,8 +29,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from . import procs
+
 START_S = 30.0  # the server's interpreter and imports take ~0.3 s; reached only if it is broken
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 _ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ``function`` package
 
 
@@ -123,12 +124,7 @@ class Worker:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU the worker has used, from /proc (None once it is gone)."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_bytes()
-        except OSError:
-            return None
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+        return procs.cpu_seconds(self.pid)
 
     def kill(self, why: str) -> None:
         """SIGKILL, from the deadline thread: the decode blocked in C stops now, its memory goes."""

@@ -3,7 +3,7 @@
 A TF Hub module or SavedModel is converted (TensorFlow needed); a ``.tflite`` URL is downloaded.
 Settings come from :class:`~function.config.Config` (``MODEL_URL``, ``MODEL_CACHE_DIR``) like
 everywhere else; the options override them. The image's build stage runs it; so does the CLI,
-detached, to convert for its next run (``--after-pid`` and ``--idle``).
+detached, to convert for its next run (``--idle``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..errors import ModelError, TensorFlowMissing
+from ..infra import procs
 from . import handles
 from .cache import ConvertedCache, fetch_tflite, write_atomic
 
@@ -38,15 +39,16 @@ def main(argv: list[str] | None = None, config: Config | None = None) -> int:
     parser.add_argument("--cache-dir", default=config.model_cache_dir,
                         help=f"the model cache (default: MODEL_CACHE_DIR, {config.model_cache_dir})")
     parser.add_argument("--verbose", action="store_true", help="let TensorFlow's own output through")
-    parser.add_argument("--after-pid", type=int, default=None, metavar="PID",
-                        help="hold the cache entry, then wait (up to 10 min) for process PID to exit before "
-                             "converting (the CLI converts for its next run)")
     parser.add_argument("--idle", action="store_true",
-                        help="run only on CPU time nobody else wants (SCHED_IDLE), so a run started meanwhile "
-                             "is not slowed down")
+                        help="run only on CPU time nobody else wants (SCHED_IDLE), so the run that started it "
+                             "and runs started meanwhile are not slowed down (a run that waits for it lends it "
+                             "its priority)")
+    parser.add_argument("--module-from", type=int, default=None, metavar="PID",
+                        help="process PID is downloading the module into tensorflow_hub's cache: use its download "
+                             "(the CLI's run that started this conversion)")
     args = parser.parse_args(argv)
     if args.idle:
-        _run_when_idle()
+        procs.run_when_idle()
     cache = ConvertedCache(args.cache_dir)
     started = time.perf_counter()
     try:
@@ -55,10 +57,7 @@ def main(argv: list[str] | None = None, config: Config | None = None) -> int:
         else:
             from .convert import cached  # numpy here; TensorFlow only once a conversion starts
 
-            def after() -> None:
-                wait_for_exit(args.after_pid, 600.0)
-
-            path = cached(cache, args.handle, quiet=not args.verbose, before=after if args.after_pid else None)
+            path = cached(cache, args.handle, quiet=not args.verbose, downloader=args.module_from)
         manifest = cache.manifest(args.handle) or {}
     except (ModelError, FileNotFoundError) as exc:
         output = getattr(exc, "output", "")
@@ -88,29 +87,6 @@ def _copy_out(path: Path, out: Path, manifest: dict[str, object]) -> Path:
         write_atomic(out.with_name(out.name + ".json"), (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"cached:  {path}")
     return out
-
-
-def _run_when_idle() -> None:
-    """SCHED_IDLE for this process and the threads it starts later (TensorFlow's pools among them);
-    the lowest nice value where the scheduler class cannot be changed."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
-
-
-def wait_for_exit(pid: int, timeout_s: float) -> bool:
-    """Until process ``pid`` is gone (True) or ``timeout_s`` passed (False); polls, as a non-child cannot wait."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, someone else's
-            pass
-        time.sleep(0.05)
-    return False
 
 
 if __name__ == "__main__":

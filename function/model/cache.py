@@ -8,9 +8,11 @@ the file against its manifest: a corrupt or truncated file is a miss, and is rem
 
 Writers hold an ``fcntl.flock`` on the entry's ``lock`` file, so one handle is downloaded or
 converted once across processes. A converter also *announces* itself (``converting.json``: its
-pid, when it started and how long it expects to take, from the last conversion's time in
-``timings.json``), so a one-shot run that finds the lock held can tell how long waiting would take
-and choose between waiting and answering another way.
+pid, the phase it is in, its own CPU time when that phase began, and the CPU seconds it expects each
+phase to take, from the last conversion's figures in ``timings.json``), so a one-shot run that finds
+the lock held can tell how much work is left and choose between waiting and answering another way.
+The work left is counted in the converter's CPU seconds, not in wall time: a converter that runs on
+idle CPU only may have been starved for a while, and its clock says nothing about its progress.
 
 Nothing here imports TensorFlow: a process with a cached flatbuffer never loads it.
 """
@@ -29,9 +31,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import ModelCacheError
+from ..infra import procs
 from . import handles
 
 log = logging.getLogger(__name__)
@@ -46,16 +49,35 @@ TIMINGS_FILE = "timings.json"
 
 @dataclass(frozen=True)
 class UnderWay:
-    """A writer holding an entry's lock; ``expected_s`` is None when it did not say (a download)."""
+    """A writer holding an entry's lock, as it announced itself.
+
+    ``expected_s``: the seconds of CPU it expects each phase to take, in order (empty when it did not
+    say: a download); ``phase`` the one it is in and ``phase_cpu_s`` its CPU time when that began.
+    """
 
     pid: int | None
     started: float  # wall clock (time.time()), as another process wrote it
-    expected_s: float | None
+    expected_s: Mapping[str, float]
+    phase: str | None = None
+    phase_cpu_s: float | None = None
 
-    def remaining_s(self, now: float | None = None) -> float | None:
-        if self.expected_s is None:
+    def remaining_s(self, cpu_now: float | None = None, now: float | None = None) -> float | None:
+        """The work left, in seconds of one core: the rest of the current phase (by the converter's CPU
+        time ``cpu_now``, read from /proc when not given) and the phases after it. Without phases or
+        without the converter's CPU time, the expected total less the wall time since it started."""
+        if not self.expected_s:
             return None
-        return max(0.0, self.expected_s - ((time.time() if now is None else now) - self.started))
+        names = list(self.expected_s)
+        phase = self.phase
+        if phase is not None and phase in self.expected_s and self.phase_cpu_s is not None:
+            if cpu_now is None and self.pid is not None:
+                cpu_now = procs.cpu_seconds(self.pid)
+            if cpu_now is not None:
+                used = max(0.0, cpu_now - self.phase_cpu_s)
+                later = names[names.index(phase) + 1:]
+                return max(0.0, self.expected_s[phase] - used) + sum(self.expected_s[n] for n in later)
+        elapsed = (time.time() if now is None else now) - self.started
+        return max(0.0, sum(self.expected_s.values()) - elapsed)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -155,10 +177,13 @@ class ConvertedCache:
         finally:
             lock.close()
         said = _read_json(self.entry_dir(handle) / ANNOUNCEMENT_FILE) or {}
-        expected = said.get("expected_s")
+        expected, started, phase_cpu = said.get("expected_s"), said.get("started"), said.get("phase_cpu_s")
+        phases = {str(pair[0]): float(pair[1]) for pair in expected if isinstance(pair, list) and len(pair) == 2
+                  and _seconds(pair[1])} if isinstance(expected, list) else {}
         return UnderWay(pid=said.get("pid") if isinstance(said.get("pid"), int) else None,
-                        started=float(said.get("started") or time.time()),
-                        expected_s=float(expected) if isinstance(expected, (int, float)) else None)
+                        started=float(started) if _seconds(started) else time.time(), expected_s=phases,
+                        phase=said.get("phase") if isinstance(said.get("phase"), str) else None,
+                        phase_cpu_s=float(phase_cpu) if _seconds(phase_cpu) else None)
 
     def wait(self, handle: str) -> Path | None:
         """Wait until nobody holds ``handle``'s lock, then the entry the writer left (None if it failed)."""
@@ -166,10 +191,11 @@ class ConvertedCache:
             return self.lookup_locked(handle)
 
     @contextlib.contextmanager
-    def announced(self, handle: str, expected_s: float | None) -> Iterator[Announcement]:
-        """Say, while the lock is held, that this process converts ``handle`` and for how long."""
+    def announced(self, handle: str, expected_s: Mapping[str, float]) -> Iterator[Announcement]:
+        """Say, while the lock is held, that this process converts ``handle``, and the CPU seconds each
+        of its phases should take (in order); it starts in the first."""
         announcement = Announcement(self.entry_dir(handle) / ANNOUNCEMENT_FILE, expected_s)
-        announcement.restart()
+        announcement.enter(next(iter(expected_s), None))
         try:
             yield announcement
         finally:
@@ -218,7 +244,7 @@ class ConvertedCache:
 
     def timing(self, name: str) -> float | None:
         value = (_read_json(self.root / TIMINGS_FILE) or {}).get(name)
-        return float(value) if isinstance(value, (int, float)) and value >= 0 else None
+        return float(value) if _seconds(value) else None
 
     def record_timing(self, name: str, seconds: float) -> None:
         """Keep the last ``seconds`` for ``name`` (best effort: a cache that cannot be written only forgets)."""
@@ -230,16 +256,25 @@ class ConvertedCache:
 
 
 class Announcement:
-    """``converting.json`` of one writer: pid, start (wall clock) and expected seconds."""
+    """``converting.json`` of one writer: pid, start (wall clock), the phase it is in with its CPU time
+    when it began, and the CPU seconds expected of each phase."""
 
-    def __init__(self, path: Path, expected_s: float | None):
+    def __init__(self, path: Path, expected_s: Mapping[str, float]):
         self.path = path
-        self.expected_s = expected_s
+        self.expected_s = dict(expected_s)
+        self.started = time.time()
+        self.cpu_used: dict[str, float] = {}  # each finished phase's CPU seconds
+        self._phase: str | None = None
+        self._phase_cpu = 0.0
 
-    def restart(self) -> None:
-        """Start the clock now (after waiting for something that is not the conversion itself)."""
-        write_atomic(self.path, _json_bytes({"pid": os.getpid(), "started": time.time(),
-                                             "expected_s": self.expected_s}))
+    def enter(self, phase: str | None) -> None:
+        """This process begins ``phase`` now (the one before it is over)."""
+        cpu = procs.cpu_seconds(os.getpid()) or 0.0
+        if self._phase is not None:
+            self.cpu_used[self._phase] = cpu - self._phase_cpu
+        self._phase, self._phase_cpu = phase, cpu
+        write_atomic(self.path, _json_bytes({"pid": os.getpid(), "started": self.started, "phase": phase,
+                                             "phase_cpu_s": cpu, "expected_s": list(self.expected_s.items())}))
 
 
 def fetch_tflite(url: str, cache_dir: str | os.PathLike[str], session: Any | None = None,
@@ -300,6 +335,10 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+def _seconds(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

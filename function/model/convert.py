@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ..errors import ConversionError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra.capture import held_back
 from . import handles
 from .cache import ConvertedCache
+from .prefetch import wait_for_other_download
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,18 +40,20 @@ IMAGE_SIZE = 224
 # Largest TF-vs-LiteRT difference in the scores accepted at conversion time. Float32 conversions of
 # the stand-in models agree to ~1e-7; a difference past this means the conversion changed the maths.
 MAX_ABS_DIFF = 1e-4
-# What a conversion is expected to take before this cache has timed one (MobileNet V2 on two cores,
-# TensorFlow's import included); afterwards the cache's own last figure.
-DEFAULT_CONVERSION_S = 9.0
+# A conversion's phases and the CPU seconds each is expected to take before this cache has timed
+# one: MobileNet V2 on this project's 2-core machine (TensorFlow's import 3.6-4.0 s, resolve and
+# convert 2.3 s, TensorFlow and LiteRT on the check inputs 1.2-1.3 s). Afterwards, the cache's own
+# figures from the last conversion.
+DEFAULT_PHASE_CPU_S = {"import": 4.0, "convert": 2.4, "verify": 1.3}
 
 
-def cached(cache: ConvertedCache, handle: str, quiet: bool = True,
-           before: Callable[[], None] | None = None) -> Path:
+def cached(cache: ConvertedCache, handle: str, quiet: bool = True, downloader: int | None = None) -> Path:
     """The cached ``.tflite`` for a TF Hub handle, converting it first (once across processes) if needed.
 
-    The converter holds the entry's lock and announces itself for the whole conversion;
-    ``before`` runs under the lock, before the clock of the announcement starts (the CLI's
-    converter waits there for the run that started it to exit).
+    The converter holds the entry's lock for the whole conversion and announces each phase as it
+    begins, so a run that finds the entry held can tell how much work is left. ``downloader``: the
+    process that is downloading the module (the run that started this converter); its download is
+    used rather than a second one.
     """
     found = cache.lookup(handle)
     if found is not None:
@@ -58,12 +62,15 @@ def cached(cache: ConvertedCache, handle: str, quiet: bool = True,
         found = cache.lookup_locked(handle)  # another process may have converted it while we waited
         if found is not None:
             return found
-        expected = cache.timing("conversion_s") or DEFAULT_CONVERSION_S
+        expected = {phase: cache.timing(f"conversion_{phase}_cpu_s") or default
+                    for phase, default in DEFAULT_PHASE_CPU_S.items()}
+        imports_tensorflow = "tensorflow" not in sys.modules  # else the import phase costs nothing here
         with cache.announced(handle, expected) as announcement, cache.temp_file(handle) as tmp:
-            if before is not None:
-                before()
-                announcement.restart()
-            result = convert(handle, tmp, quiet=quiet)
+            result = convert(handle, tmp, quiet=quiet, on_phase=announcement.enter, downloader=downloader)
+            announcement.enter(None)
+            if imports_tensorflow:
+                for phase, seconds in announcement.cpu_used.items():
+                    cache.record_timing(f"conversion_{phase}_cpu_s", seconds)
             cache.record_timing("conversion_s", result.seconds)
             return cache.store(handle, tmp, result.manifest_fields())
 
@@ -160,28 +167,38 @@ def _pick_signature(saved_model_dir: str, handle: str) -> tuple[str, set[str], s
                           f"it has {sorted(set(available)) or 'none'}")
 
 
-def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True) -> Conversion:
+def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
+            on_phase: Callable[[str], None] | None = None, downloader: int | None = None) -> Conversion:
     """Convert the TF Hub module or SavedModel at ``handle`` to a float32 ``.tflite`` at ``out_path``.
 
     Downloads through ``tensorflow_hub.resolve`` (its cache, ``TFHUB_CACHE_DIR``), converts the
     serving signature, then compares TensorFlow's scores with LiteRT's on
     :func:`verification_inputs`; a difference over ``MAX_ABS_DIFF`` fails the conversion.
     With ``quiet``, TensorFlow's output is held back (and quoted in the error if it fails).
+    ``on_phase`` is told as each phase begins: ``import``, ``convert``, ``verify``. ``downloader``: a
+    process downloading the module into tensorflow_hub's cache, waited for (see :func:`cached`).
     """
+    phase = on_phase or (lambda name: None)
     started = time.perf_counter()
     if handles.is_tflite(handle):
         raise ConversionError(f"{handle} is already a .tflite file; use fetch_tflite")
     held = None
     try:
         with held_back((1, 2) if quiet else ()) as held:
+            phase("import")
             tf, hub = _import_tensorflow(handle)
+            from tensorflow_hub import resolver as hub_resolver
+
+            phase("convert")
             try:
+                wait_for_other_download(handle, hub_resolver.tfhub_cache_dir(use_temp=True), downloader)
                 resolved = hub.resolve(handle)
             except Exception as exc:
                 raise ModelSourceUnavailable(f"cannot download {handle}: {type(exc).__name__}: {exc}") from exc
             signature, tags, input_name, output_name = _pick_signature(resolved, handle)
             converter = tf.lite.TFLiteConverter.from_saved_model(resolved, signature_keys=[signature], tags=tags)
             flatbuffer = converter.convert()
+            phase("verify")
             reference = hub.load(resolved, tags=tags).signatures[signature]
             inputs = verification_inputs()
             expected = reference(**{input_name: tf.constant(inputs)})[output_name].numpy()

@@ -9,13 +9,14 @@
   TensorFlow's. If that fails, ``auto`` falls back to the TensorFlow runtime with one WARNING that
   says why; ``litert`` fails the load with the reason.
 * ``convert_in_background`` (the CLI, with ``auto``): a one-shot run would wait for the conversion
-  (about 9 s for MobileNet V2 on two cores, TensorFlow's import included) only to classify a few
-  photos; so on a cache miss it answers on the TensorFlow runtime and leaves the conversion to a
-  detached ``python -m function.model`` that fills the cache for the next run. That converter holds
-  the entry, waits for this process to exit, then runs on idle CPU only (SCHED_IDLE), so a run
-  started meanwhile is not slowed down by it. A run that finds a conversion under way waits for it
-  when it should end sooner than this run's TensorFlow load would (the cache keeps both figures
-  from earlier runs), and says so; otherwise it answers on TensorFlow, as the first run did.
+  (about 8 s of CPU for MobileNet V2, TensorFlow's import included) only to classify a few photos;
+  so on a cache miss it answers on the TensorFlow runtime and starts a detached
+  ``python -m function.model`` that fills the cache for the next run. That converter starts at
+  once but runs on idle CPU only (SCHED_IDLE): it imports TensorFlow and converts on the core this
+  run leaves free, without slowing it down. A run that finds a conversion under way waits for it
+  when the work the converter has left (in its own CPU seconds, announced phase by phase) is less
+  than this run's TensorFlow load would take (the cache keeps that figure from earlier runs), lends
+  it its priority, and says so; otherwise it answers on TensorFlow, as the first run did.
 * ``tensorflow``: the reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
 
 Every runtime gives the same thing to the call queue: ``predict(batch [N,224,224,3] float32 in
@@ -37,7 +38,7 @@ import numpy as np
 
 from ..config import MODEL_RUNTIMES
 from ..errors import ModelCacheError, ModelError, ModelSourceUnavailable, TensorFlowMissing
-from ..infra import logs
+from ..infra import logs, procs
 from . import handles
 from .cache import ConvertedCache, fetch_tflite
 from .litert import LiteRTModel
@@ -117,10 +118,14 @@ def _one_shot(spec: ModelSpec, cache: ConvertedCache, prefetcher: Prefetcher | N
     tensorflow_s = cache.timing("tensorflow_load_s") or DEFAULT_TENSORFLOW_LOAD_S  # 0: not a figure
     remaining = under_way.remaining_s() if under_way else None
     if under_way is not None and remaining is not None and remaining <= tensorflow_s:
-        notice.info("waiting for the LiteRT conversion started by an earlier run (pid %s), ~%.0f s; loading "
-                    "TensorFlow here instead would take ~%.0f s", under_way.pid, remaining, tensorflow_s,
+        notice.info("waiting for the LiteRT conversion started by an earlier run (pid %s, %s), ~%.0f s; loading "
+                    "TensorFlow here instead would take ~%.0f s", under_way.pid, under_way.phase or "under way",
+                    remaining, tensorflow_s,
                     extra=logs.fields(url=spec.url, runtime="litert", waited_for=under_way.pid,
-                                      expected_wait_s=round(remaining, 1), tensorflow_load_s=tensorflow_s))
+                                      phase=under_way.phase, expected_wait_s=round(remaining, 1),
+                                      tensorflow_load_s=tensorflow_s))
+        if under_way.pid is not None:
+            procs.lend_priority(under_way.pid)  # it is on this run's path now: no longer idle-only
         path = cache.wait(spec.url)
         if path is not None:
             return _converted(spec, cache, path, started, waited=True)
@@ -171,15 +176,15 @@ def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, starte
 
 
 def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
-    """Start ``python -m function.model`` on its own, outliving this process; its output goes to
-    ``convert.log`` in the cache. Two at once are safe: the cache's lock makes the second one wait
-    and find the first one's file."""
+    """Start ``python -m function.model`` on its own, on idle CPU, outliving this process; its output
+    goes to ``convert.log`` in the cache. Two at once are safe: the cache's lock makes the second one
+    wait and find the first one's file."""
     cache.root.mkdir(parents=True, exist_ok=True)
     log_path = cache.root / "convert.log"
     package_root = Path(__file__).resolve().parents[2]
     with open(log_path, "ab") as out:
-        command = [sys.executable, "-m", "function.model", spec.url, "--cache-dir", spec.cache_dir,
-                   "--after-pid", str(os.getpid()), "--idle"]
+        command = [sys.executable, "-m", "function.model", spec.url, "--cache-dir", spec.cache_dir, "--idle",
+                   "--module-from", str(os.getpid())]  # this run downloads the module: one download, not two
         subprocess.Popen(command, cwd=package_root, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                          start_new_session=True)
     notice.info("answering on TensorFlow this time; converting %s for LiteRT in the background, for the next "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -41,6 +42,54 @@ def cached_module_dir(handle: str, cache_dir: str | None) -> str:
     """Where tensorflow_hub caches a handle: ``<cache>/<sha1 of the handle>``."""
     root = cache_dir or os.path.join(tempfile.gettempdir(), "tfhub_modules")
     return os.path.join(root, hashlib.sha1(handle.encode("utf8")).hexdigest())
+
+
+def wait_for_other_download(handle: str, cache_dir: str, downloader: int | None = None, timeout_s: float = 600.0,
+                            poll_s: float = 0.05) -> None:
+    """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir``.
+
+    tensorflow_hub, finding the lock another process holds while it downloads and unpacks the
+    module, sleeps 5 s between looks (``resolver._wait_for_lock_to_disappear``); this looks every
+    50 ms. ``downloader``: a process known to be about to download it (the run that started a
+    converter, whose prefetch is under way before it takes tensorflow_hub's lock): waited for until
+    the module is in the cache or that process is gone, so the module is downloaded once. Then the
+    rest is tensorflow_hub's business: a lock whose process is gone (same host), or one still held at
+    ``timeout_s`` (it declares a download abandoned when it stops growing).
+    """
+    if not handle.startswith(("http://", "https://")):
+        return
+    module = cached_module_dir(handle, cache_dir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(module + ".lock", encoding="utf-8", errors="replace") as f:
+                owner = f.read()
+        except OSError:
+            if downloader is None or not _alive(downloader) or _has_files(module):
+                return  # nobody is downloading it, and nobody is about to
+        else:
+            host, _, rest = owner.partition(".")
+            pid = rest.split(".")[0]
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                return
+        time.sleep(poll_s)
+
+
+def _has_files(directory: str) -> bool:
+    try:
+        return bool(os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ModelPrefetch:

@@ -19,7 +19,7 @@ import numpy as np
 from ..config import quiet_tensorflow
 from ..errors import ModelError
 from ..infra import logs
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, wait_for_other_download
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ class TensorFlowModel:
         _configure_threads(tf, intra_op_threads, inter_op_threads)
         t1 = time.perf_counter()
         timings["tf_import"] = (t1 - t0) * 1000
+        from tensorflow_hub import resolver as hub_resolver
+
+        # Another process (a converter, a second run) may be unpacking the module into the cache.
+        wait_for_other_download(url, hub_resolver.tfhub_cache_dir(cache_dir, use_temp=True))
         path = hub.resolve(url)  # download (or finish the prefetch) + unpack into the cache, or find it there
         t2 = time.perf_counter()
         timings["model_download"] = (t2 - t1) * 1000

@@ -18,7 +18,7 @@ import pytest
 
 from function.infra import logs
 from function.model import loader
-from function.model.cache import ConvertedCache
+from function.model.cache import ConvertedCache, UnderWay
 from standin import hubmodel
 
 URL = "https://hub.example/google/aiy/vision/classifier/birds_V1/1"  # never fetched: the cache decides
@@ -72,7 +72,8 @@ class Converter(threading.Thread):
         self.holding, self.finish = threading.Event(), threading.Event()
 
     def run(self) -> None:
-        with self.cache.locked(URL), self.cache.announced(URL, self.expected_s), self.cache.temp_file(URL) as tmp:
+        with (self.cache.locked(URL), self.cache.announced(URL, {"convert": self.expected_s}),
+              self.cache.temp_file(URL) as tmp):
             self.holding.set()
             self.finish.wait(60)
             if self.flatbuffer is not None:
@@ -122,7 +123,9 @@ def load_in_thread(spec: loader.ModelSpec) -> tuple[threading.Thread, dict[str, 
 
 
 def test_a_conversion_ending_sooner_than_tensorflow_would_is_waited_for_and_served_on_litert(
-        spec, flatbuffer, no_tensorflow):
+        spec, flatbuffer, no_tensorflow, monkeypatch):
+    lent: list[int] = []
+    monkeypatch.setattr(loader.procs, "lend_priority", lent.append)
     cache = ConvertedCache(spec.cache_dir)
     cache.record_timing("tensorflow_load_s", 30.0)  # what an earlier run's TensorFlow load took here
     with notices() as seen, Converter(cache, expected_s=20.0, flatbuffer=flatbuffer) as converter:
@@ -135,9 +138,11 @@ def test_a_conversion_ending_sooner_than_tensorflow_would_is_waited_for_and_serv
     assert model is not None, out.get("error")
     assert model.runtime == "litert" and "conversion_wait" in model.timings_ms
     assert no_tensorflow == []  # neither TensorFlow nor a second converter
+    assert lent == [os.getpid()]  # the converter it waits for no longer runs on idle CPU only
     message = next(m for m in seen.messages if "waiting for the LiteRT conversion" in m)
     assert "started by an earlier run" in message and f"pid {os.getpid()}" in message  # the announced pid
-    assert "~20 s" in message or "~19 s" in message  # what the converter announced, counted down
+    assert "convert" in message  # the phase it announced
+    assert "~20 s" in message or "~19 s" in message  # the work it announced, less the CPU it has used since
 
 
 def test_a_conversion_ending_later_than_tensorflow_would_is_left_alone_and_tensorflow_answers(
@@ -178,18 +183,53 @@ def test_the_lock_probe_reports_the_announcement_and_nobody_once_released(tmp_pa
     assert cache.under_way(URL) is None
     with Converter(cache, expected_s=12.5, flatbuffer=flatbuffer):
         found = cache.under_way(URL)
-        assert found is not None and found.expected_s == 12.5 and found.pid is not None
+        assert found is not None and found.expected_s == {"convert": 12.5} and found.pid == os.getpid()
+        assert found.phase == "convert" and found.phase_cpu_s is not None
         assert 0 < found.remaining_s() <= 12.5
-        assert found.remaining_s(now=found.started + 100) == 0.0
+        assert found.remaining_s(cpu_now=found.phase_cpu_s + 100) == 0.0
     assert cache.under_way(URL) is None
     assert cache.lookup(URL) is not None and not (cache.entry_dir(URL) / "converting.json").exists()
 
 
-def test_the_detached_converter_holds_the_entry_and_waits_for_the_run_on_idle_cpu(spec, monkeypatch, tmp_path):
+def test_the_detached_converter_starts_at_once_on_idle_cpu(spec, monkeypatch, tmp_path):
     started: list[list[str]] = []
     monkeypatch.setattr(loader.subprocess, "Popen", lambda command, **kw: started.append(command))
     loader._convert_detached(spec, ConvertedCache(spec.cache_dir))
     (command,) = started
     assert command[1:4] == ["-m", "function.model", URL]
-    assert "--idle" in command and command[command.index("--after-pid") + 1].isdigit()
+    assert "--idle" in command
+    assert command[command.index("--module-from") + 1] == str(os.getpid())  # this run's download is used
     assert Path(command[command.index("--cache-dir") + 1]) == Path(spec.cache_dir)
+
+
+PHASES = {"import": 4.0, "convert": 2.5, "verify": 1.5}
+
+
+def test_the_work_left_is_counted_in_the_converters_cpu_seconds_not_in_wall_time():
+    under_way = UnderWay(pid=None, started=1000.0, expected_s=PHASES, phase="convert", phase_cpu_s=10.0)
+    # 1 s of CPU into a 2.5 s phase, with verify still to come; however long ago it started.
+    assert under_way.remaining_s(cpu_now=11.0, now=1000.0) == pytest.approx(3.0)
+    assert under_way.remaining_s(cpu_now=11.0, now=1_000_000.0) == pytest.approx(3.0)
+    # A phase over its figure counts as done, not as negative work.
+    assert under_way.remaining_s(cpu_now=20.0) == pytest.approx(1.5)
+
+
+def test_a_converter_starved_on_idle_cpu_has_all_its_work_left_and_the_run_answers_on_tensorflow(
+        spec, flatbuffer, no_tensorflow, monkeypatch):
+    cache = ConvertedCache(spec.cache_dir)
+    cache.record_timing("tensorflow_load_s", 6.0)
+    # Announced long ago (wall clock), but it has had no CPU since: all 8 s of its work are left.
+    starved = UnderWay(pid=12345, started=0.0, expected_s=PHASES, phase="import", phase_cpu_s=0.5)
+    monkeypatch.setattr(ConvertedCache, "under_way", lambda self, handle: starved)
+    monkeypatch.setattr(loader.procs, "cpu_seconds", lambda pid: 0.5)
+    monkeypatch.setattr("function.model.cache.procs.cpu_seconds", lambda pid: 0.5)
+    with notices("answering on TensorFlow") as seen:
+        model = loader.load(spec)
+    assert model.runtime == "tensorflow" and no_tensorflow == ["tensorflow"]
+    assert any("~8 s" in m for m in seen.messages), seen.messages
+
+
+def test_an_announcement_without_phases_is_counted_down_by_the_wall_clock():
+    under_way = UnderWay(pid=None, started=100.0, expected_s={"convert": 10.0})
+    assert under_way.remaining_s(now=104.0) == pytest.approx(6.0)
+    assert UnderWay(pid=None, started=0.0, expected_s={}).remaining_s() is None

@@ -100,7 +100,7 @@ def test_a_cached_file_without_its_manifest_is_not_trusted(cache, handle):
 
 
 def test_a_conversion_that_fails_midway_leaves_no_file_behind(cache, handle, monkeypatch):
-    def crash(source, out_path, quiet=True):
+    def crash(source, out_path, quiet=True, on_phase=None, **_):
         Path(out_path).write_bytes(b"half a flatbuffer")
         raise ConversionError("the converter crashed")
 
@@ -128,6 +128,31 @@ def test_two_processes_converting_at_once_convert_once_and_leave_one_good_file(s
     assert server.hits["/models/colour-race/1"] == 1
     assert sorted(p.name for p in cache.entry_dir(handle).iterdir()) == ["lock", "manifest.json", "model.tflite"]
     assert cache.lookup(handle) is not None
+    # The converter's CPU seconds per phase, for the next announcement (the process imported TensorFlow itself).
+    assert all((cache.timing(f"conversion_{phase}_cpu_s") or 0) > 0 for phase in ("import", "convert", "verify"))
+
+
+def test_a_converter_announces_each_phase_with_its_cpu_time_and_the_work_each_should_take(cache, handle,
+                                                                                         monkeypatch):
+    seen = []
+    cache.record_timing("conversion_convert_cpu_s", 7.5)  # an earlier conversion's figure replaces the default
+
+    def fake(source, out_path, quiet=True, on_phase=None, **_):
+        for phase in ("import", "convert", "verify"):
+            on_phase(phase)
+            seen.append(cache.under_way(handle))
+        Path(out_path).write_bytes(b"flatbuffer")
+        raise ConversionError("stop here")
+
+    monkeypatch.setattr(convert, "convert", fake)
+    with pytest.raises(ConversionError):
+        cached(cache, handle)
+    assert [u.phase for u in seen] == ["import", "convert", "verify"]
+    assert all(u.pid == os.getpid() and u.phase_cpu_s is not None for u in seen)
+    assert list(seen[0].expected_s) == ["import", "convert", "verify"]
+    assert seen[0].expected_s["convert"] == 7.5
+    assert seen[0].expected_s["import"] == convert.DEFAULT_PHASE_CPU_S["import"]
+    assert cache.under_way(handle) is None and not (cache.entry_dir(handle) / "converting.json").exists()
 
 
 def test_a_tflite_url_is_downloaded_once_verified_and_downloaded_again_if_damaged(server, tmp_path):

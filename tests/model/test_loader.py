@@ -89,7 +89,7 @@ def test_the_tensorflow_runtime_refuses_a_tflite_saying_which_runtime_runs_it(fl
 
 def test_a_failed_conversion_falls_back_to_tensorflow_with_one_warning_under_auto(server, tmp_path, monkeypatch,
                                                                                    caplog):
-    def broken(handle, out_path, quiet=True):
+    def broken(handle, out_path, quiet=True, **_):
         raise ConversionError("the converter does not support op FancyOp")
 
     monkeypatch.setattr(convert, "convert", broken)
@@ -101,7 +101,7 @@ def test_a_failed_conversion_falls_back_to_tensorflow_with_one_warning_under_aut
 
 
 def test_a_failed_conversion_fails_the_load_under_litert(server, tmp_path, monkeypatch):
-    def broken(handle, out_path, quiet=True):
+    def broken(handle, out_path, quiet=True, **_):
         raise ConversionError("the converter does not support op FancyOp")
 
     monkeypatch.setattr(convert, "convert", broken)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 import requests
 from tensorflow_hub import compressed_module_resolver
 
-from function.model.prefetch import Prefetcher, cached_module_dir, compressed_url
+from function.model.prefetch import Prefetcher, cached_module_dir, compressed_url, wait_for_other_download
 from function.model.tensorflow import TensorFlowModel
 
 
@@ -58,3 +62,51 @@ def test_a_failed_prefetch_fails_the_load_without_asking_the_hub_twice(server, m
     # the next load (after the back-off) prefetches again
     assert TensorFlowModel.load(url, prefetcher=prefetcher).num_classes == 965
     assert len(attempts) == 2
+
+
+HANDLE = "https://hub.example/google/aiy/vision/classifier/birds_V1/1"
+
+
+def _lock(cache_dir, pid: int) -> str:
+    lock = cached_module_dir(HANDLE, str(cache_dir)) + ".lock"
+    with open(lock, "w") as f:  # tensorflow_hub's own contents: host.pid.task
+        f.write(f"{socket.gethostname()}.{pid}.0123abcd")
+    return lock
+
+
+def test_a_download_another_live_process_holds_is_waited_for_until_its_lock_goes(tmp_path):
+    lock = _lock(tmp_path, os.getpid())  # this process is alive: the lock is held
+    waiter = threading.Thread(target=wait_for_other_download, args=(HANDLE, str(tmp_path)), daemon=True)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # still waiting: the lock is there
+    os.unlink(lock)
+    waiter.join(10)
+    assert not waiter.is_alive()  # went on once the lock went, well before tensorflow_hub's 5 s look
+
+
+def test_a_lock_left_by_a_process_that_is_gone_is_not_waited_for(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _lock(tmp_path, gone.pid)
+    wait_for_other_download(HANDLE, str(tmp_path), timeout_s=600)  # returns: tensorflow_hub takes it from here
+    wait_for_other_download("/a/local/module", str(tmp_path))  # local modules have no download lock
+
+
+def test_a_module_the_starting_run_is_about_to_download_is_waited_for_until_it_is_in_the_cache(tmp_path):
+    module = cached_module_dir(HANDLE, str(tmp_path))
+    waiter = threading.Thread(target=wait_for_other_download, args=(HANDLE, str(tmp_path), os.getpid()),
+                              daemon=True)
+    waiter.start()  # no lock yet: the downloader (this live process) has not taken tensorflow_hub's lock
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    os.makedirs(module)
+    open(os.path.join(module, "saved_model.pb"), "wb").close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+
+
+def test_a_downloader_that_exits_without_the_module_is_not_waited_for(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    wait_for_other_download(HANDLE, str(tmp_path), gone.pid)  # returns: this process downloads it itself

@@ -1,0 +1,52 @@
+"""Other processes of ours, seen and steered through ``/proc`` and the scheduler.
+
+* :func:`cpu_seconds`: the CPU time a process has used (all its threads), which a watchdog compares
+  with a budget and a waiting run with the work a converter announced.
+* :func:`run_when_idle`: this process takes only CPU time nobody else wants (``SCHED_IDLE``), so a
+  background job does not slow the runs that started it.
+* :func:`lend_priority`: a run that waits for such a job gives it back the normal policy (priority
+  inheritance: the job is now on the waiting run's critical path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process ``pid``, all threads, from ``/proc/PID/stat`` (None once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+
+
+def run_when_idle() -> None:
+    """``SCHED_IDLE`` for this thread and the threads it starts later (TensorFlow's pools among them);
+    the lowest nice value where the scheduling class cannot be changed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
+def lend_priority(pid: int) -> int:
+    """Put every thread of ``pid`` back on the normal policy; how many were changed (0 if it is gone
+    or not ours to change)."""
+    changed = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE:
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+                changed += 1
+    return changed
