@@ -79,7 +79,8 @@ class App:
         self._labels = _labels(config, process, self._trusted)
         self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
         self._batcher = Batcher(lambda batch: self._model.get().predict(batch), config.max_batch_images,
-                                config.batch_wait_ms / 1000, config.inference_workers or usable_cpus())
+                                config.batch_wait_ms / 1000, config.inference_workers or usable_cpus(),
+                                prepare=self._warm_call_worker if config.warmup else None)
         self._classifier = Classifier(config, self._reader, self._decoder, self._pool, self._model, self._labels,
                                       self._batcher)
         self._fanout = _fanout(config, self._trusted)
@@ -91,16 +92,19 @@ class App:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        """Begin loading the model and the label map in the background (idempotent)."""
+        """Begin loading the model and the label map in the background, and the model-call workers, which
+        warm their interpreters once the model is in (idempotent)."""
         self._classifier.start()
+        self._batcher.start()
 
     def readiness(self) -> Readiness:
-        """Starts the loads if they are not under way; ready once both are loaded and the model warmed up."""
+        """Starts the loads if they are not under way; ready once both are loaded and every model-call
+        worker has warmed up."""
         self.start()
         status = self._classifier.status()
         if self._model.ready():
             status["model"]["runtime"] = self._model.get().runtime
-        return Readiness(self._classifier.ready(), status)
+        return Readiness(self._classifier.ready() and self._batcher.prepared(), status)
 
     def stop(self) -> None:
         """Shut down: photo pool and fan-out pool (running work finishes), the call queue, sessions."""
@@ -117,6 +121,13 @@ class App:
         with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self._trusted.close()
         log.info("stopped")
+
+    def _warm_call_worker(self) -> None:
+        """On a model-call worker's thread: wait for the model, then build and warm this thread's runtime."""
+        model = self._model.get(timeout=self.config.model_wait_s)
+        warmup = getattr(model, "warmup", None)  # LiteRT's interpreters are per thread; TensorFlow warms at load
+        if warmup is not None:
+            warmup(self.config.max_batch_images)  # the size of most calls
 
     # -- verbs ------------------------------------------------------------------------------
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None, *, progress: Progress | None = None,
@@ -243,6 +254,7 @@ class Process:
                     logs.setup(config.log_level, json_lines=True)
                     app = App(config, self, quiet_runtime=config.log_level != "DEBUG")
                     atexit.register(app.stop)
+                    app.start()  # an instance is started for a request: its loads begin at once
                     self._app = app
         return app
 

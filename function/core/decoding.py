@@ -39,6 +39,10 @@ from .workers import TARGET, Settings
 log = logging.getLogger(__name__)
 
 HEAVY_BYTES = 64_000_000  # a decode charged this much may not take the last free worker
+# Charged before a photo goes to its worker when the budget has it free: a photo whose decode fits
+# (a 4000x2667 JPEG at draft scale is charged ~19 MB: 16 MiB of working memory and its bytes) is
+# decoded in one round trip instead of two (the worker asking for its charge, the parent answering).
+ALLOWANCE_BYTES = 32_000_000
 CHECK_S = 0.05  # the CPU watchdog looks again at least this often once the budget is near
 
 
@@ -103,6 +107,8 @@ class Decoder:
                     worker = self._pool.acquire(share, deadline)
                 except PhotoError as err:
                     return err
+                if not allowance and not crashes and self.budget.try_acquire(ALLOWANCE_BYTES):
+                    allowance = ALLOWANCE_BYTES  # charged only once a worker is there: waiting photos hold none
                 outcome = self._run(worker, data, allowance, deadline)
                 if isinstance(outcome, int):  # the decode needs this much: wait for it without a worker
                     if outcome > self.budget.capacity:

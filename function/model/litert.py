@@ -198,10 +198,11 @@ class LiteRTModel:
             runner = self._local.runner = self._new_runner()
         return runner
 
-    def warmup(self) -> None:
-        """Run one image of zeros on this thread's interpreter (the first call pays for its set-up)."""
+    def warmup(self, images: int = 1) -> None:
+        """Run ``images`` images of zeros on this thread's interpreter (the first call pays for its set-up,
+        and a call of another size for resizing its tensors)."""
         started = time.perf_counter()
-        self.predict(np.zeros((1, self.height, self.width, 3), np.float32))
+        self.predict(np.zeros((images, self.height, self.width, 3), np.float32))
         self.timings_ms["warmup"] = (time.perf_counter() - started) * 1000
 
     def check(self, batch: np.ndarray) -> None:
