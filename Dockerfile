@@ -80,9 +80,9 @@ COPY function/ function/
 # MODEL_URL / LABELS_URL: the files this image carries (override to serve another model).
 # MODEL_CACHE_DIR / TFHUB_CACHE_DIR: where a .tflite named by URL at run time is downloaded; the
 #   Service mounts an emptyDir on it.
-# WORKERS=1: one process; LiteRT runs one single-threaded interpreter per model-call worker, one
-#   worker per CPU of the cgroup (function/infra/cpu.py), so one process already uses the pod's
-#   cores for inference (docs/performance.md measures a second process).
+# WORKERS=1: one process; LiteRT runs one single-threaded interpreter per model-call worker (one per
+#   CPU of the cgroup beyond the first, function/infra/cpu.py) and photos are decoded in worker
+#   processes, so one process already uses the pod's cores (docs/performance.md).
 # THREADS=8: requests a worker serves at once. A request spends most of its time waiting on
 #   photo downloads (I/O, GIL released), then a short CPU-bound decode and inference (LiteRT:
 #   ~6 ms per image). With 4 threads the service ran out of slots before it ran out of CPU: 8

@@ -72,7 +72,7 @@ class Config:
     # Inference: TensorFlow thread pools (0 = sized to the CPU this process may use) and batching
     tf_intra_op_threads: int = 0
     tf_inter_op_threads: int = 0
-    inference_workers: int = 0  # parallel model calls (0 = one per usable CPU)
+    inference_workers: int = 0  # parallel model calls (0 = one per usable CPU beyond the first, at least one)
     max_batch_images: int = 2  # images per model call (TensorFlow: small calls fastest; LiteRT: 1-8 equal)
     batch_wait_ms: float = 0.0
     # The HTTP server (gunicorn.conf.py, function/infra/server.py) and the bounds on every request

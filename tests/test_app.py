@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -58,3 +59,27 @@ print("clean", len(list(pkgutil.walk_packages(function.__path__, "function."))))
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("clean")
+
+
+def test_once_ready_every_model_call_worker_has_its_warm_interpreter_and_a_request_builds_none(
+        config, serve_photo, monkeypatch):
+    from function.model.litert import LiteRTModel
+
+    built: list[str] = []
+    original = LiteRTModel._new_runner
+
+    def counting(self):
+        built.append(threading.current_thread().name)
+        return original(self)
+
+    monkeypatch.setattr(LiteRTModel, "_new_runner", counting)
+    app = App(dataclasses.replace(config, inference_workers=2))
+    try:
+        assert app.wait_until_ready(120).ready
+        assert {"model-call-0", "model-call-1"} <= set(built)  # warmed on their own threads, before any request
+        before = len(built)
+        result = app.classify([PhotoSource.url(serve_photo(n)) for n in (3, 4, 5)], 1)
+        assert [r.predictions[0].id for r in result.results] == [3, 4, 5]
+        assert len(built) == before  # the request ran on the warm interpreters
+    finally:
+        app.stop()

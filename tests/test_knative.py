@@ -522,8 +522,7 @@ def test_the_readiness_probe_path_is_served_and_turns_ready(app_client):
     status = app_client.get(path).status_code
     assert status in (200, 503), f"{path} answered {status}: ready (200) or loading (503), never 404"
     classifier = function_app.serving()  # the probe started the load; wait for it (bounded)
-    classifier._model.get(timeout=120)
-    classifier._labels.get(timeout=120)
+    assert classifier.wait_until_ready(120).ready
     assert app_client.get(path).status_code == 200
 
 

@@ -1,7 +1,7 @@
 """The model's call queue: bounded calls, several in parallel, shared by concurrent requests.
 
 Requests put their photo batches on one queue, cut into pieces of at most ``max_images``. A few
-worker threads (one per usable CPU by default) each take a piece, add whatever other pieces are
+worker threads (one per usable CPU beyond the first by default) each take a piece, add whatever other pieces are
 already waiting while the call stays within ``max_images`` (optionally waiting ``max_wait_s`` for
 more), and run one model call. So a lone request is spread over all workers, requests that arrive
 together share calls, and no call is larger than the size that runs fastest.
@@ -88,6 +88,9 @@ class Batcher:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._prepared = 0
+        self._all_prepared = threading.Event()
+        if prepare is None:
+            self._all_prepared.set()
         self._stopped = False
         self.stats = BatchStats()
 
@@ -96,10 +99,10 @@ class Batcher:
         if not self._stopped:
             self._ensure_workers()
 
-    def prepared(self) -> bool:
-        """Whether every worker has run ``prepare`` (tried it: a failure is the first call's to report)."""
-        with self._lock:
-            return self._prepare is None or self._prepared >= self.workers
+    def prepared(self, timeout: float | None = 0.0) -> bool:
+        """Whether every worker has run ``prepare`` (tried it: a failure is the first call's to report),
+        waiting up to ``timeout`` seconds for it (None: as long as it takes)."""
+        return self._all_prepared.wait(timeout)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End the workers once the calls already queued are done; later ``predict`` calls raise."""
@@ -168,6 +171,8 @@ class Batcher:
                 log.debug("a model-call worker could not prepare: %s", exc)
             with self._lock:
                 self._prepared += 1
+                if self._prepared >= self.workers:
+                    self._all_prepared.set()
         while True:
             pieces = self._collect()
             if pieces is None:

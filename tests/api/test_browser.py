@@ -52,8 +52,7 @@ def served_function(env):
     """The HTTP target on 127.0.0.1, in this process (werkzeug's threaded server), with a warm model."""
     app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
     classifier = service.serving()
-    classifier._model.get(timeout=120)
-    classifier._labels.get(timeout=120)
+    assert classifier.wait_until_ready(120).ready
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

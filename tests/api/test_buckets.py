@@ -60,7 +60,7 @@ def no_host_credentials(env, tmp_path) -> None:
 
 def http_client():
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     return client
 
 

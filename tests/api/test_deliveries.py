@@ -38,7 +38,7 @@ def bucket(server, env):
 @pytest.fixture
 def client(bucket):
     app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     return app.test_client()
 
 

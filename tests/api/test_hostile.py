@@ -70,7 +70,7 @@ def make_client(env, trusted: str | None = "127.0.0.1", **extra: str):
         env.setenv("TRUSTED_HOSTS", trusted)
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     service.serving()._labels.get(timeout=30)
     return client
 

@@ -20,7 +20,7 @@ def client(env):
 
 @pytest.fixture
 def warm_client(client):
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     return client
 
 

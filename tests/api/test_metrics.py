@@ -13,7 +13,7 @@ from tests.support import ROOT
 @pytest.fixture
 def client(env):
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     return client
 
 

@@ -45,7 +45,7 @@ def make_app():
 @pytest.fixture
 def client(env):
     app = make_app()
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     return app.test_client()
 
 
@@ -132,7 +132,7 @@ def test_answers_to_deliveries_match_the_contract(env, server, serve_photo):
     server.add("/birds/wren.png", png(62), "image/png")
     service.reset()
     client = make_app().test_client()
-    service.serving()._model.get(timeout=120)
+    assert service.serving().wait_until_ready(120).ready
     ce = {"ce-specversion": "1.0", "ce-source": "//storage.googleapis.com/projects/_/buckets/birds",
           "ce-type": "google.cloud.storage.object.v1.finalized"}
     data = {"bucket": "birds", "name": "robin.png", "contentType": "image/png", "size": "100"}
@@ -199,8 +199,7 @@ def api_schema(env, serve_photo):
     """The function as a WSGI app; every photo URL it is given answers with a photo (no traffic leaves)."""
     app = make_app()
     served = service.serving()
-    served._model.get(timeout=120)
-    served._labels.get(timeout=120)
+    assert served.wait_until_ready(120).ready
     adapter = requests_mock.Adapter()
     adapter.register_uri(requests_mock.ANY, requests_mock.ANY, content=png(7), headers={"Content-Type": "image/png"})
     session = requests.Session()

@@ -28,7 +28,7 @@ def make_client(env):
             env.setenv(name, value)
         service.reset()
         app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
-        service.serving()._model.get(timeout=120)
+        assert service.serving().wait_until_ready(120).ready
         return app.test_client()
 
     return make

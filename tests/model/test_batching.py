@@ -139,3 +139,49 @@ def test_a_lone_request_is_spread_over_the_workers_and_reassembled_in_order():
     scores, _, largest = Batcher(model, max_images=2, workers=2).predict(rows(*range(4)))
     assert scores.ravel().tolist() == [100, 101, 102, 103]
     assert sorted(inside) == [2, 2] and largest == 2
+
+
+def test_each_worker_prepares_itself_once_on_its_own_thread_before_its_first_call():
+    prepared_on: list[str] = []
+    gate = threading.Event()
+    called_on: list[str] = []
+
+    def prepare() -> None:
+        gate.wait(10)
+        prepared_on.append(threading.current_thread().name)
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        called_on.append(threading.current_thread().name)
+        return batch * 2
+
+    batcher = Batcher(model, max_images=1, workers=2, prepare=prepare)
+    try:
+        batcher.start()
+        assert not batcher.prepared()  # still preparing: not ready to be called warm
+        gate.set()
+        assert batcher.prepared(timeout=10)
+        assert sorted(prepared_on) == ["model-call-0", "model-call-1"]
+        scores, _, _ = batcher.predict(rows(1, 2, 3))
+        assert scores[:, 0].tolist() == [2, 4, 6]
+        assert set(called_on) <= set(prepared_on) and len(prepared_on) == 2  # never prepared again
+    finally:
+        batcher.stop()
+
+
+def test_a_worker_whose_preparation_fails_still_serves_and_counts_as_prepared():
+    def prepare() -> None:
+        raise RuntimeError("the model is not loaded")
+
+    batcher = Batcher(lambda batch: batch + 1, workers=1, prepare=prepare)
+    try:
+        batcher.start()
+        assert batcher.prepared(timeout=10)
+        assert batcher.predict(rows(1))[0][:, 0].tolist() == [2]
+    finally:
+        batcher.stop()
+
+
+def test_without_a_preparation_the_queue_is_prepared_from_the_start():
+    batcher = Batcher(lambda batch: batch, workers=2)
+    assert batcher.prepared()
+    batcher.stop()
