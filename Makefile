@@ -82,7 +82,7 @@ bench: $(VENV)/.installed-test
 ## not back to baseline. Then the hostile phase (bench/attacks.py), with the image's settings:
 ## 45 s of attacks (slow clients, big bodies, query bomb, stalled photo hosts, decompression bombs, de-dup
 ## flood, bad storage events) mixed with normal clients; fails on any 5xx, a normal request over its bound
-## (1 photo 10 s, 5 photos 15 s), peak RSS over the pod's memory limit (knative/service.yaml; the service
+## (1 photo 10 s, 5 photos 15 s), peak RSS over 75 % of the pod's memory limit (knative/service.yaml; the service
 ## is then killed, as the OOM killer would) or RSS not within 20 % of its pre-attack level 30 s after.
 ## Results in bench/results/loadtest.json; docs/reliability.md, "Hostile phase". Smoke run:
 ## make loadtest LOADTEST_ARGS="--duration 10 --warmup 5 --attack 10 --settle 10"; also --no-hostile,

@@ -11,8 +11,9 @@ Timeline: normal clients only for ``--warmup`` s (the pre-attack RSS is the medi
 samples); the attacks and the normal clients for ``--attack`` s; then the attackers go away (their
 photo hosts stop too) and the normal clients go on for ``--settle`` s (the RSS "after" is the median
 of the last 2 s). Normal clients: 4 threads sending one-photo and five-photo requests of good photos,
-every latency recorded. Probed throughout: the service's RSS (VmRSS of the gunicorn arbiter +
-worker, every 0.1 s, kept every 0.5 s), TCP connect (liveness is a TCP probe) and ``GET /healthz``.
+every latency recorded. Probed throughout: the service's RSS (VmRSS summed over its process tree: the
+gunicorn arbiter, its worker and the decode workers, every 0.1 s, kept every 0.5 s; it must stay under
+MEMORY_MARGIN of the pod's limit), TCP connect (liveness is a TCP probe) and ``GET /healthz``.
 
 The attacks (each a bounded loop on its own thread(s), all on 127.0.0.1):
 
@@ -84,6 +85,9 @@ NORMAL_BOUND_S = {1: 10.0, 5: 15.0}
 RSS_BACK_WITHIN = 0.20  # RSS --settle s after the attack within 20 % of its pre-attack level
 NORMAL_CLIENTS = 4
 SAFETY_CEILING = 3.0  # x the pod's limit: killed even with --no-oom-kill (a shared machine)
+# The attacks must leave the pod this far under its memory limit: the limit is the sum of the
+# function's own bounds (tests/test_knative.py), so a peak near it means a bound is not holding.
+MEMORY_MARGIN = 0.75
 
 
 def _quantity_mib(value: str) -> float:
@@ -627,7 +631,8 @@ def run_phase(service: FunctionProcess, server: StandInServer, good: list, rss: 
         "every normal photo classified with its class": not report["normal_wrong"] and bool(rows),
         f"normal one-photo requests <= {NORMAL_BOUND_S[1]:g} s": slow[1] <= NORMAL_BOUND_S[1],
         f"normal five-photo requests <= {NORMAL_BOUND_S[5]:g} s": slow[5] <= NORMAL_BOUND_S[5],
-        f"peak RSS <= the pod's limit ({limit:g} MiB)": peak <= limit and not killed,
+        f"peak RSS <= {MEMORY_MARGIN:.0%} of the pod's limit ({limit:g} MiB)": peak <= MEMORY_MARGIN * limit
+                                                                               and not killed,
         f"RSS {settle_s:g} s after the attack within {RSS_BACK_WITHIN:.0%} of pre-attack":
             after is not None and abs(after / pre - 1) <= RSS_BACK_WITHIN,
         f"TCP connect during the attack < liveness timeout ({limits['liveness_timeout_s']:g} s)":

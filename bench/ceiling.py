@@ -41,7 +41,7 @@ def probe(model: str, photos: list[str], seconds: float, parallel: int, batch: i
 
     from function.config import Config
     from function.core.decoding import Decoder
-    from function.core.images import allowed_formats
+    from function.core.inputs import allowed_formats
     from function.infra.cpu import usable_cpus
     from function.model.litert import LiteRTModel
 

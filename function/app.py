@@ -33,7 +33,7 @@ from .core.buckets import Notification
 from .core.classifier import Classifier
 from .core.decoding import Decoder
 from .core.fanout import FanOut
-from .core.images import allowed_formats
+from .core.inputs import allowed_formats
 from .core.labels import LabelMap
 from .core.outcomes import ObjectsOutcome
 from .core.photos import PhotoReader
@@ -203,7 +203,7 @@ def _model(config: Config, process: Process, session: Any, quiet: bool,
     workers = _inference_workers(config)
     spec = loader.ModelSpec(config.model_url, config.model_runtime, config.model_cache_dir,
                             config.tf_intra_op_threads or 1, config.tf_inter_op_threads or max(2, workers),
-                            config.warmup, config.tfhub_cache_dir, quiet, convert_in_background)
+                            config.warmup, config.tfhub_cache_dir, quiet, convert_in_background, config.litert_threads)
     return process.resources.get(("model", spec), "model",
                                  lambda: loader.load(spec, process.prefetcher, session), config.model_load_retry_s)
 

@@ -74,6 +74,7 @@ class Config:
     tf_inter_op_threads: int = 0
     inference_workers: int = 0  # parallel model calls (0 = one per usable CPU beyond the first, at least one)
     max_batch_images: int = 2  # images per model call (TensorFlow: small calls fastest; LiteRT: 1-8 equal)
+    litert_threads: int = 1  # threads of each LiteRT interpreter (XNNPACK's pool)
     batch_wait_ms: float = 0.0
     # The HTTP server (gunicorn.conf.py, function/infra/server.py) and the bounds on every request
     workers: int = 1  # gunicorn worker processes (functions-framework's WORKERS)
@@ -137,6 +138,8 @@ class Config:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.litert_threads <= 0:
+            raise ConfigError("LITERT_THREADS must be positive")
         non_negative = ("fetch_retries", "fetch_per_request", "model_load_retry_s", "batch_wait_ms",
                         "tf_intra_op_threads", "tf_inter_op_threads", "inference_workers")
         for name in non_negative:

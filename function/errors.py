@@ -1,15 +1,12 @@
 """Every error the service names, each carrying its own answer, and the one function that turns it into one.
 
-Each error is a named class that declares its stable ``code``, its HTTP ``status``, whether a later
-try may fix it (``retryable``) and any fixed headers, as class attributes; every class is built the
-same way, ``SomeError(message, *, retry_after_s=None, retryable=None)``: the message says what to
-fix. Photo problems (:class:`PhotoError`) are values inside a 200; request problems
-(:class:`RequestError`) are 4xx; the model not being there yet (:class:`NotReady`) is a 503 with
-``Retry-After``. :func:`answer` is the only function that turns an error into status, headers and
-body, for the HTTP target, CloudEvent deliveries and bucket notifications alike (Starlette's leaf
-``exceptions.py`` and KServe's ``errors.py`` follow the same idea).
-
-A leaf module: it imports nothing from the package.
+Each error is a named class declaring its stable ``code``, HTTP ``status``, whether a later try may
+fix it (``retryable``) and fixed headers; all are built ``SomeError(message, *, retry_after_s=None,
+retryable=None)``, the message saying what to fix. Photo problems (:class:`PhotoError`) are values in
+a 200, request problems (:class:`RequestError`) 4xx, the model not there yet (:class:`NotReady`) a 503
+with ``Retry-After``. :func:`answer` alone turns an error into status, headers and body, for HTTP,
+CloudEvent deliveries and bucket notifications alike (as Starlette's leaf ``exceptions.py`` and
+KServe's ``errors.py``). A leaf module: it imports nothing from the package.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ class ConfigError(ServiceError, ValueError):
     code = "invalid_config"
 
 
-# -- the model and the label map -------------------------------------------------------------------
+# -- the instance: the model and the label map not ready, too many connections ---------------------
 
 
 class NotReady(ServiceError):
@@ -70,6 +67,14 @@ class NotReady(ServiceError):
         err = cls(f"{name} is {state.replace('_', ' ')}{detail}", retry_after_s=retry_after_s)
         err.name, err.state, err.reason = name, state, reason
         return err
+
+
+class TooManyConnections(ServiceError):
+    """This instance holds MAX_CONNECTIONS already: the gunicorn worker refuses the connection at once."""
+
+    code = "too_many_connections"
+    status = 503
+    retryable = True
 
 
 class ModelError(ServiceError):
@@ -375,9 +380,6 @@ class CredentialsUnavailable(PhotoError):
     retryable = True
 
 
-# -- answers ---------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Answer:
     """An HTTP answer, transport-free: the HTTP target and CloudEvent deliveries both send these."""
@@ -387,13 +389,9 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
 def answer(err: ServiceError, headers: Mapping[str, str] | None = None) -> Answer:
     """The one mapping of an error to an answer: its status, a JSON error body, ``Retry-After`` if any."""
     out = {"Content-Type": "application/json", **(headers or {}), **err.headers}
     if err.retry_after_s is not None and err.status >= 500:
         out["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
-    return Answer(err.status, error_body(err.code, err.message), out)
+    return Answer(err.status, json.dumps({"error": err.to_dict()}).encode(), out)

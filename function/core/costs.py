@@ -47,10 +47,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from ..errors import DecodeTooCostly, ImageTooLarge, PhotoError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MIB = 1024 * 1024
 FIXED = 16 * MIB

@@ -33,8 +33,10 @@ from ..errors import CorruptImage, DeadlineExceeded, PhotoError
 from ..infra import logs
 from ..infra.deadlines import Deadlines
 from ..infra.forkserver import ForkServer, Worker
-from . import costs, images
-from .workers import TARGET, Settings
+from . import costs
+from .inputs import IMAGE_SIZE, MAX_JPEG_SCANS, DecodeBudget, Settings, bare, to_input
+
+TARGET = "function.core.workers:serve"  # a worker's loop, run in the processes the fork server forks
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +53,17 @@ class Decoder:
     shared by every photo decoded at once and (with workers) each photo's CPU budget."""
 
     def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
-                 cpu_s: float = 2.0, max_scans: int = images.MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
-                 on_refusal: Callable[[str], None] | None = None, size: int = images.IMAGE_SIZE,
+                 cpu_s: float = 2.0, max_scans: int = MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
+                 on_refusal: Callable[[str], None] | None = None, size: int = IMAGE_SIZE,
                  server: ForkServer | None = None):
         self.max_pixels, self.formats, self.size = max_pixels, formats, size
         self.cpu_s, self.max_scans = cpu_s, max_scans
-        self.budget = images.DecodeBudget(budget_bytes)
+        self.budget = DecodeBudget(budget_bytes)
         self._on_refusal = on_refusal
-        images.limit_decoders(max_pixels)
+        if workers == 0:  # decoding on the callers' threads: Pillow here, with its limits (workers set their own)
+            from . import images
+
+            images.limit_decoders(max_pixels)
         self._own_deadlines = deadlines is None
         self._deadlines = deadlines or Deadlines()
         self._own_server = server is None and workers > 0
@@ -71,6 +76,8 @@ class Decoder:
         decoding memory no longer than ``deadline`` (``time.monotonic()``). ``share``: the request it
         belongs to, for taking turns with other requests."""
         if self._pool is None:
+            from . import images
+
             try:
                 return images.decode(data, self.max_pixels, self.size, self.formats, self.budget, deadline,
                                      self.max_scans)
@@ -80,8 +87,8 @@ class Decoder:
         result = self._decode(data, deadline, share)
         if isinstance(result, PhotoError):
             self._count(result)
-            raise images.bare(result)
-        return images.to_input(result, self.size)
+            raise bare(result)
+        return to_input(result, self.size)
 
     def close(self) -> None:
         """Stop the workers (photos still decoding get an error); the fork server stays for the process."""

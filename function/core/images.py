@@ -9,59 +9,34 @@ gone, so its traceback cannot keep the pixels alive.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import io
-import threading
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import (
-    ConfigError,
-    CorruptImage,
-    DeadlineExceeded,
-    ImageTooLarge,
-    NotAnImage,
-    PhotoError,
-    UnsupportedFormat,
-)
+from ..errors import CorruptImage, ImageTooLarge, NotAnImage, PhotoError, UnsupportedFormat
+from ..infra.procs import trim_heap
 from . import costs
 from .costs import Cost
+from .inputs import (
+    IMAGE_SIZE,
+    MAX_JPEG_SCANS,
+    TRIM_AFTER_BYTES,
+    DecodeBudget,
+    allowed_formats,
+    bare,
+    to_input,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-IMAGE_SIZE = 224
-
-
-PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
-OPTIONAL_FORMATS = frozenset({"HEIF", "AVIF"})  # allowed when their Pillow plugin is there, else skipped
 # Orientation tag -> the transpose that shows the photo upright (ImageOps.exif_transpose's table).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-TRIM_AFTER_BYTES = 32_000_000  # give freed memory back to the OS after a decode charged this much
-MAX_JPEG_SCANS = 256  # nvImageCodec's default limit; libjpeg's own progressive scripts write 6-10 scans
-
-
-def allowed_formats(spec: Sequence[str] = PHOTO_FORMATS) -> tuple[str, ...]:
-    """The Pillow formats PHOTO_FORMATS names; :class:`ConfigError` for unknown ones.
-
-    Only these decoders ever see a photo's bytes. Pillow knows ~40 formats, and some decode pixels
-    while opening (ICO and ICNS decode their embedded PNG inside ``Image.open``: a 2.6 MB ICO took
-    9.2 s and 3.5 GB before any size check could run). JPEG includes MPO (phone cameras' JPEGs).
-    """
-    Image.init()
-    names = [n.strip().upper() for n in spec if n.strip()]
-    unknown = [n for n in names if n not in Image.OPEN and n not in OPTIONAL_FORMATS]
-    if unknown or not names:
-        raise ConfigError(f"PHOTO_FORMATS names formats Pillow cannot open: {', '.join(unknown) or '(none)'}; "
-                          f"it knows {', '.join(sorted(Image.OPEN))}")
-    return tuple(n for n in names if n in Image.OPEN)
 
 
 def limit_decoders(max_pixels: int) -> None:
@@ -77,56 +52,6 @@ def limit_decoders(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
     if not any(f[0] == "error" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-
-
-class DecodeBudget:
-    """Bytes being decoded at once in this instance; a decode waits for its share, until its deadline.
-
-    A decoded image costs far more than its bytes: one 262 KB 8000x7999 RGBA PNG held 1.2 GB at its
-    peak, one 751 KB progressive 7999x7999 JPEG ~420 MB. Each photo is charged what its header says
-    its decode will hold (:mod:`function.core.costs`); the budget bounds the sum. A photo bigger than
-    the whole budget is decoded alone (the decode workers refuse it instead).
-    """
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.used = 0
-        self._cond = threading.Condition()
-
-    def try_acquire(self, amount: int) -> bool:
-        with self._cond:
-            if self.used and self.used + amount > self.capacity:
-                return False
-            self.used += amount
-            return True
-
-    def acquire(self, amount: int, deadline: float | None) -> None:
-        with self._cond:
-            while self.used and self.used + amount > self.capacity:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise DeadlineExceeded(f"the request's deadline passed while this photo "
-                                           f"({amount / 1e6:.0f} MB to decode) waited for decoding memory")
-                self._cond.wait(left)
-            self.used += amount
-
-    def release(self, amount: int) -> None:
-        with self._cond:
-            self.used -= amount
-            self._cond.notify_all()
-
-
-def trim() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``); nothing elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def bare(err: PhotoError) -> PhotoError:
-    """The error without its traceback and context: their frames hold the image and its pixel buffer,
-    in a cycle with the error that only a full collection breaks (3.1 GB held for 30 requests)."""
-    err.__traceback__ = err.__context__ = err.__cause__ = None
-    return err
 
 
 def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE, formats: tuple[str, ...] | None = None,
@@ -152,13 +77,6 @@ def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE, formats: tuple[
     return to_input(result.tobytes(), size)
 
 
-def to_input(rgb: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """8-bit RGB bytes of a ``size`` x ``size`` image -> the model's float32 input in [0,1]."""
-    import numpy as np  # here, not at the top: a decode worker never needs it (~12 MB of RSS each)
-
-    return np.frombuffer(rgb, np.uint8).reshape(size, size, 3).astype(np.float32) / 255.0
-
-
 def _decode(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...], budget: DecodeBudget | None,
             deadline: float | None, max_scans: int) -> Image.Image | PhotoError:
     """The decode, returning its error rather than raising it from frames that hold the image."""
@@ -179,7 +97,7 @@ def _decode(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...], b
                 budget.release(cost.bytes)
             if cost.bytes >= TRIM_AFTER_BYTES:
                 img.close()
-                trim()
+                trim_heap()
 
 
 def prepare(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...],

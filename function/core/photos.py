@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CorruptImage, FetchFailed, PhotoError
 from ..infra import logs
 from ..infra.files import checked_size, read_file
-from .images import bare
+from .inputs import bare
 from .sources import ObjectSource, PhotoSource
 
 log = logging.getLogger(__name__)

@@ -29,29 +29,20 @@ from __future__ import annotations
 import math
 import os
 import resource
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from ..errors import PhotoError
+from ..infra.procs import trim_heap
 from . import costs, images
+from .inputs import TRIM_AFTER_BYTES, Settings
 
 HEADER_BYTES = 64 * 1024 * 1024  # address space allowed for reading a header (Pillow's ICO decodes in open())
 SLACK_BYTES = 16 * 1024 * 1024  # allocator slack on top of a photo's charge
 RECYCLE_BYTES = 16 * 1024 * 1024  # a worker that keeps this much more than it started with is replaced
-TARGET = "function.core.workers:serve"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every task of a worker shares (sent once, when it starts)."""
-
-    max_pixels: int
-    formats: tuple[str, ...]
-    size: int
-    max_scans: int
 
 
 # -- the worker's side ------------------------------------------------------------------------------
+
 
 
 def serve(conn: Connection, settings: Settings) -> None:
@@ -102,8 +93,8 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
             result = images.render(img, settings.max_pixels, settings.size)
             _limit_memory(None)
             img.close()
-            if cost.bytes >= images.TRIM_AFTER_BYTES:
-                images.trim()
+            if cost.bytes >= TRIM_AFTER_BYTES:
+                trim_heap()
         keep = not (isinstance(result, PhotoError) and _is_memory(result)) and \
             _status_bytes("VmRSS") - len(data) - started < RECYCLE_BYTES
         if isinstance(result, PhotoError):

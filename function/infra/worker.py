@@ -34,17 +34,18 @@ from typing import Any
 from gunicorn.http2 import negotiation  # type: ignore[import-untyped]  # no stubs shipped
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
-from ..errors import error_body
+from ..errors import TooManyConnections, answer
 from .deadlines import Deadlines
 
 # Read in the poller at most this much of a head (memory: MAX_CONNECTIONS x this, at worst). A
 # longer head is handed over as it is: gunicorn's own limits (8190 bytes a line) answer it.
 HEAD_BYTES = 64 * 1024
 
-_BODY = error_body("too_many_connections", "this instance holds as many connections as it takes (MAX_CONNECTIONS); "
-                   "retry, or use fewer connections")
-REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s") % (len(_BODY), _BODY)
+_REFUSED = answer(TooManyConnections("this instance holds as many connections as it takes (MAX_CONNECTIONS); "
+                                     "retry, or use fewer connections", retry_after_s=1))
+REFUSAL = (f"HTTP/1.1 {_REFUSED.status} Service Unavailable\r\n"
+           + "".join(f"{name}: {value}\r\n" for name, value in _REFUSED.headers.items())
+           + f"Connection: close\r\nContent-Length: {len(_REFUSED.body)}\r\n\r\n").encode() + _REFUSED.body
 
 
 def head_ended(head: bytes | bytearray, start: int = 0) -> bool:

@@ -116,8 +116,9 @@ class LiteRTModel:
 
     runtime = "litert"
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, *, source: str | None = None):
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, source: str | None = None, threads: int = 1):
         Interpreter, import_ms = _interpreter()
+        self.threads = threads
         started = time.perf_counter()
         if isinstance(model, bytes | bytearray | memoryview):
             self._content = bytes(model)
@@ -188,7 +189,7 @@ class LiteRTModel:
         return _Runner(interpreter, int(interpreter.get_input_details()[0]["shape"][0]))
 
     def _build(self) -> Any:
-        interpreter = self._interpreter_class(model_content=self._content, num_threads=1)
+        interpreter = self._interpreter_class(model_content=self._content, num_threads=self.threads)
         interpreter.allocate_tensors()
         return interpreter
 

@@ -76,6 +76,7 @@ class ModelSpec:
     tfhub_cache_dir: str | None = None
     quiet: bool = True
     convert_in_background: bool = False
+    litert_threads: int = 1
 
 
 def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | None = None) -> LoadedModel:
@@ -193,7 +194,7 @@ def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
 
 
 def _litert(path: str, spec: ModelSpec, source: str) -> LiteRTModel:
-    model = LiteRTModel(path, source=source)
+    model = LiteRTModel(path, source=source, threads=spec.litert_threads)
     if spec.warmup:
         model.warmup()
     return model

@@ -17,7 +17,8 @@ import requests
 from PIL import Image
 
 from function.core.decoding import Decoder
-from function.core.images import IMAGE_SIZE, DecodeBudget, allowed_formats, decode
+from function.core.images import decode
+from function.core.inputs import IMAGE_SIZE, DecodeBudget, allowed_formats
 from function.core.photos import PhotoReader, load
 from function.core.sources import PhotoSource
 from function.errors import PhotoError
@@ -304,3 +305,32 @@ def test_a_big_rgba_png_costs_under_ten_bytes_a_pixel_and_its_memory_goes_back(t
     assert after - base < 30, f"{after - base:.0f} MB kept after three decodes"
 
 
+
+
+def test_the_formats_written_out_for_the_serving_process_are_pillows_own():
+    # The serving process checks PHOTO_FORMATS without importing Pillow; this keeps its table true.
+    from PIL import Image
+
+    from function.core.inputs import PILLOW_FORMATS
+
+    Image.init()
+    assert frozenset(Image.OPEN) == PILLOW_FORMATS
+
+
+def test_the_serving_process_leaves_pillow_to_its_decode_workers():
+    probe = """
+import sys
+from function.app import App
+from function.config import Config
+app = App(Config(model_url="/nonexistent.tflite", labels_url="/nonexistent.csv"))
+print("PIL" in sys.modules)
+app.stop()
+"""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]  # Pillow lives in the decode workers

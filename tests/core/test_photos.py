@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from function.core.decoding import Decoder
-from function.core.images import IMAGE_SIZE, allowed_formats
+from function.core.inputs import IMAGE_SIZE, allowed_formats
 from function.core.photos import PhotoReader
 from function.core.photos import load as load_photo
 from function.core.sources import PhotoSource
