@@ -145,10 +145,16 @@ def level(b: Bench, server: FunctionProcess, clients: int, seconds: float) -> di
     """One load level against ``server``: req/s in the window, latencies, errors, and the cores the
     function, the stand-in, the clients and everyone else kept busy meanwhile."""
     s = b.settings
-    meter = CpuMeter({"function": server.pids, "standin": [b.net.pid], "bench": [os.getpid()]}).start()
+    def serving() -> list[int]:  # the arbiter and the worker serving requests, not the decode workers
+        decode = set(server.decode_pids())
+        return [p for p in server.pids() if p not in decode]
+
+    meter = CpuMeter({"serving": serving, "decode": server.decode_pids, "standin": [b.net.pid],
+                      "bench": [os.getpid()]}).start()
     replies, t0, t_window, t_done = load_level(server.url + "/", b.photo_urls, clients, seconds,
                                                s.level_max_requests, s.request_timeout_s)
     cpu = meter.stop()
+    cpu["function_cores"] = round(cpu["serving_cores"] + cpu["decode_cores"], 2)
     ok = [r for r in replies if r.ok]
     rps = rate_in_window(ok, t0, t_window)
     elapsed = t_done - t0

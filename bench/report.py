@@ -95,7 +95,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{_s(tp.get('in_process_ceiling', {}).get('requests_per_s', math.nan))}); errors "
                             f"{lv['errors']}; cores busy: function {_s(cpu['function_cores'])}, stand-in "
                             f"{_s(cpu['standin_cores'])}, clients {_s(cpu['bench_cores'])}, others "
-                            f"{_s(cpu['other_cores'])}"))
+                            f"{_s(cpu['other_cores'])}; " + _cpu_per_request(lv, tp.get("ceiling", {}))))
         if "tensorflow" in svc:
             lite, tf = svc["cold"]["memory_once_ready"], svc["tensorflow"]["memory_once_ready"]
             r = ratio(lite["rss_mb"]["median"], tf["rss_mb"])
@@ -153,6 +153,17 @@ def breakdown(results: dict[str, Any]) -> dict[str, Any]:
     for col in columns.values():
         keys += [k for k in col if k not in keys]
     return {"columns": columns, "keys": keys}
+
+
+def _cpu_per_request(level: dict[str, Any], ceiling: dict[str, Any]) -> str:
+    """CPU ms a request costs the service (its serving process, its decode workers) beside the ceiling's."""
+    rps, cpu = level["requests_per_s"], level["cpu"]
+    if not rps or "decode_cores" not in cpu:
+        return "CPU per request: n/a"
+    serving, decode = cpu["serving_cores"] / rps * 1000, cpu["decode_cores"] / rps * 1000
+    best = ceiling.get("requests_per_s") or math.nan
+    return (f"CPU per request: {serving + decode:.0f} ms (serving process {serving:.0f}, decode workers "
+            f"{decode:.0f}) vs the ceiling's {ceiling.get('cpu_cores_busy', math.nan) / best * 1000:.0f} ms")
 
 
 # -- printing -----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Builds (once, cached outside the repository) a MobileNetV2-sized hub module, its
 conversion, the label map and five photo-like JPEGs; serves them with a per-request latency and a
 per-connection bandwidth (``bench/standin_internet.py``); runs the scenarios; prints the table with
 the targets as PASS/MISS (``bench/report.py``) and writes every number, raw samples included, to
-``bench/results/latest.json`` (git-ignored), the processes' logs beside it.
+``bench/results/latest.json`` (git-ignored), the processes' logs and the phases drawn
+(``phases.svg``, ``bench/picture.py``) beside it.
 
 Scenarios (``--only``; the default is all but ``compare``, which runs when ``--compare`` is given):
 
@@ -54,6 +55,7 @@ from .cli import cli
 from .container import container
 from .context import QUICK, Bench, Settings, base_env
 from .imports import imports
+from .picture import render as phases_svg
 from .service import service
 from .standin_internet import StandInInternet, cache_root, run_prepare
 
@@ -210,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_clean(results), indent=2))
+    picture = out.with_name("phases.svg")
+    picture.write_text(phases_svg(_clean(results)))
     print(report.render(results))
-    print(f"\n{results['meta']['duration_s']:.0f} s in all; results: {out}; logs: {logs}")
+    print(f"\n{results['meta']['duration_s']:.0f} s in all; results: {out}; the phases drawn: {picture}; logs: {logs}")
     return 1 if errors else 0
 
 

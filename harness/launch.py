@@ -173,6 +173,18 @@ class FunctionProcess:
         """The arbiter and its workers."""
         return tree(self.proc.pid) if self.alive() and self.proc is not None else []
 
+    def decode_pids(self) -> list[int]:
+        """The decode workers' fork server and the workers it forked (their command line names the
+        module the fork server preloads)."""
+        found = []
+        for pid in self.pids():
+            try:
+                if b"function.core.workers" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+        return found
+
     def worker_pid(self) -> int:
         """The first worker (the arbiter's first child), or the arbiter itself while it has none."""
         kids = self.pids()[1:]

@@ -25,6 +25,7 @@ from cloudevents.http import CloudEvent
 
 from function import app as service
 from function.core.buckets import FINALIZED, PUBSUB_PUBLISHED
+from harness import free_port
 from standin import photos
 from standin.server import Reply, StandInServer
 from tests.support import ROOT
@@ -264,11 +265,7 @@ def test_a_confirmation_without_sns_headers_is_refused_without_a_fetch(sns_clien
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[str]:
     """gcp-storage-emulator on a free loopback port, in memory, bucket 'birds' holding two photos."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = gcs_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="birds")
     server.start()
     base = f"http://127.0.0.1:{port}"

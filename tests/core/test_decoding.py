@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from function.core import images
 from function.core.decoding import Decoder
 from function.errors import PhotoError
+from harness import Sampler, status_kb, tree
 from standin import costly, hostile, photos
 from tests.support import ROOT
 
@@ -121,16 +121,7 @@ def test_a_photo_charged_more_than_the_whole_budget_is_refused_before_it_is_deco
 
 def tree_rss(pid: int) -> int:
     """VmRSS of the process and its descendants (every thread's children), bytes."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) * 1024
-            todo += [int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()]
-        except (OSError, StopIteration):
-            continue
-    return total
+    return sum(status_kb(p, "VmRSS") for p in tree(pid)) * 1024
 
 
 def test_decodes_together_stay_within_the_shared_budget_and_each_is_decoded():
@@ -138,23 +129,18 @@ def test_decodes_together_stay_within_the_shared_budget_and_each_is_decoded():
     shared = Decoder(MAX_PIXELS, FORMATS, budget, workers=3)
     try:
         shared.decode(photos.photo_like(64, 64), later())
-        base = tree_rss(shared._pool.server._proc.pid)
-        peak, done = [0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], tree_rss(shared._pool.server._proc.pid))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
+        pid = shared._pool.server._proc.pid
+        base = tree_rss(pid)
+        sampler = Sampler(lambda: {"rss": tree_rss(pid)}, period_s=0.02)
         sampler.start()
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: shared.decode(BIG_JPEG, later()), range(4)))
-        done.set()
-        sampler.join()
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(lambda _: shared.decode(BIG_JPEG, later()), range(4)))
+        finally:
+            grew = sampler.stop()["rss"] - base
         assert all(r.shape == (224, 224, 3) for r in results)
-        assert peak[0] - base <= budget, f"the workers grew by {(peak[0] - base) / 1e6:.0f} MB"
-        assert peak[0] - base > 300_000_000  # the sampler did see a decode
+        assert grew <= budget, f"the workers grew by {grew / 1e6:.0f} MB"
+        assert grew > 300_000_000  # the sampler did see a decode
     finally:
         shared.close()
 
