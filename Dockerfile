@@ -91,8 +91,6 @@ COPY function/ function/
 #   threads gave 14.6 (make bench's sweep on the stand-in internet, 80 ms, 16 MB/s;
 #   docs/performance.md). knative/service.yaml sets containerConcurrency to this same number
 #   (a test checks).
-# XDG_RUNTIME_DIR=/tmp: where gunicorn (>= 25) puts its control socket; its fallback is $HOME,
-#   which this user does not have and the read-only root filesystem would refuse.
 # MALLOC_ARENA_MAX=2: glibc gives each busy thread its own malloc arena, which keeps freed photo
 #   buffers as RSS; two arenas measured ~10 % less peak and ~13 % less retained RSS under load
 #   (bench/service_memory.py), with no change in latency.
@@ -110,7 +108,6 @@ ENV PORT=8080 \
     TFHUB_CACHE_DIR=/var/cache/tfhub \
     WORKERS=1 \
     THREADS=8 \
-    XDG_RUNTIME_DIR=/tmp \
     MALLOC_ARENA_MAX=2 \
     MALLOC_MMAP_THRESHOLD_=1048576
 

@@ -50,9 +50,9 @@ def bars(results: dict[str, Any]) -> dict[str, list[float]]:
     for name, column in columns.items():
         if name.startswith("CLI"):
             before = column.get("outside the CLI", 0.0)
-        elif name == "service cold":
+        elif name == "service cold":  # spawn -> the request taken: the answer's time less its own total
             runs = results.get("service", {}).get("cold", {}).get("runs", [])
-            gaps = sorted((r["first_answer_s"] - r["first_request_s"]) * 1000 for r in runs)
+            gaps = sorted(r["first_answer_s"] * 1000 - r["timings_ms"].get("total", 0.0) for r in runs)
             before = gaps[len(gaps) // 2] if gaps else 0.0
         else:
             before = 0.0
@@ -65,7 +65,8 @@ def render(results: dict[str, Any]) -> str:
     width, left, bar_h, gap, panel_gap = 900, 130, 26, 12, 46
     panels = [(title, [n for n in names if n in data], scale) for title, names, scale in PANELS]
     panels = [p for p in panels if p[1]]
-    height = 40 + sum(panel_gap + len(names) * (bar_h + gap) for _, names, _ in panels) + 30 * len(SEGMENTS) // 3
+    legend_rows = math.ceil(len(SEGMENTS) / 3)
+    height = 40 + sum(26 + len(names) * (bar_h + gap) + panel_gap - gap for _, names, _ in panels) + 22 * legend_rows + 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>',

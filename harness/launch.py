@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 APP = 'functions_framework:create_app(target="classify_http")'
 # Settings of the image that are paths or URLs of its own file system, or the build's: not copied.
-IMAGE_ENV_SKIP = {"PORT", "MODEL_URL", "LABELS_URL", "MODEL_CACHE_DIR", "TFHUB_CACHE_DIR", "XDG_RUNTIME_DIR"}
+IMAGE_ENV_SKIP = {"PORT", "MODEL_URL", "LABELS_URL", "MODEL_CACHE_DIR", "TFHUB_CACHE_DIR"}
 
 
 def free_port(host: str = HOST) -> int:

@@ -40,4 +40,7 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         "limit_request_line": MAX_REQUEST_LINE,
         # Idle kept-alive connections wait in the poller, not on a thread: gunicorn's default, kept.
         "keepalive": 2,
+        # gunicorn's control socket (a Unix socket taking commands, served by an asyncio thread in the
+        # arbiter) is not used here: off, the arbiter holds ~4 MB less and nothing answers on it.
+        "control_socket_disable": True,
     }
