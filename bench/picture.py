@@ -66,7 +66,8 @@ def render(results: dict[str, Any]) -> str:
     panels = [(title, [n for n in names if n in data], scale) for title, names, scale in PANELS]
     panels = [p for p in panels if p[1]]
     legend_rows = math.ceil(len(SEGMENTS) / 3)
-    height = 40 + sum(26 + len(names) * (bar_h + gap) + panel_gap - gap for _, names, _ in panels) + 22 * legend_rows + 10
+    height = (40 + sum(26 + len(names) * (bar_h + gap) + panel_gap - gap for _, names, _ in panels)
+              + 22 * legend_rows + 10)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>',
