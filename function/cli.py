@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 from .app import App
-from .config import Config
+from .config import MODEL_RUNTIMES, Config
 from .core.results import Classification
 from .core.sources import PhotoSource
 from .errors import ConfigError, NotReady
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress bar on stderr, even on a terminal")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         default=None, help="log detail on stderr (default: WARNING)")
-    parser.add_argument("--runtime", choices=["auto", "litert", "tensorflow"], type=str.lower, default=None,
+    parser.add_argument("--runtime", choices=MODEL_RUNTIMES, type=str.lower, default=None,
                         help="the model's runtime (default: MODEL_RUNTIME or auto: LiteRT on the .tflite converted "
                              "once and cached; tensorflow: the TF Hub module on TensorFlow, the reference)")
     parser.add_argument("-v", "--verbose", action="store_true",
