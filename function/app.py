@@ -190,11 +190,10 @@ class App:
 
 
 def _inference_workers(config: Config) -> int:
-    # Parallel single-threaded calls beat one multi-threaded call for this model on a small CPU
-    # (docs/performance.md), but the decode workers and the request threads need a core too: one
-    # model-call worker per usable CPU beyond the first. On 2 CPUs, 1 worker served as many 8-client
-    # requests as 2 (11.39 vs 11.31 req/s) with 28 MB less RSS (each interpreter holds its own packed
-    # weights), for +13 ms on a lone five-photo request.
+    # Parallel single-threaded calls beat one multi-threaded call for this model on a small CPU, but
+    # the decode workers and the request threads need a core too: one model-call worker per usable
+    # CPU beyond the first. Each interpreter holds its own packed weights (~24 MB); on 2 CPUs a second
+    # one served no more requests (docs/performance.md, "What the throughput row is made of").
     return config.inference_workers or max(1, usable_cpus() - 1)
 
 

@@ -44,7 +44,6 @@ RECYCLE_BYTES = 16 * 1024 * 1024  # a worker that keeps this much more than it s
 # -- the worker's side ------------------------------------------------------------------------------
 
 
-
 def serve(conn: Connection, settings: Settings) -> None:
     """A worker's life: photos from ``conn`` one at a time, until the parent closes it."""
     images.limit_decoders(settings.max_pixels)

@@ -220,9 +220,9 @@ class HttpFetcher:
         """The body as sent (undecoded), within the byte limit and the deadline.
 
         A declared length is read in one call of http.client's buffered reader, which allocates the
-        result once and receives into it: no zero-filled buffer and no copy of it (each a fresh
-        mmap of the photo's size, faulted in page by page, under the image's MALLOC_MMAP_THRESHOLD_:
-        ~7 ms of CPU a five-photo request of 4.5 MB went to them). A read blocked on a host that
+        result once and receives into it: no zero-filled buffer and no copy of it, each a fresh mmap
+        of the photo's size faulted in page by page under the image's MALLOC_MMAP_THRESHOLD_ (the
+        profile in docs/performance.md). A read blocked on a host that
         trickles is ended by the deadline, which shuts the socket down.
         """
         fp = getattr(raw, "_fp", None)  # http.client's response under urllib3's (pinned urllib3)
@@ -235,9 +235,9 @@ class HttpFetcher:
                 if isinstance(exc, TimeoutError):
                     raise Timeout("the photo host stopped sending in time", retryable=True) from None
                 raise FetchFailed(f"could not fetch the photo: {exc}") from None
-            if len(body) < length or time.monotonic() > deadline or watch.fired:
-                if watch.fired or time.monotonic() > deadline:
-                    raise self._timeout()
+            if watch.fired or time.monotonic() > deadline:
+                raise self._timeout()
+            if len(body) < length:
                 raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} "
                                   "bytes")
             if fp.isclosed():  # all read: the connection goes back to the pool, as urllib3's own reads do

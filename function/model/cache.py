@@ -45,6 +45,7 @@ MANIFEST_FILE = "manifest.json"
 LOCK_FILE = "lock"
 ANNOUNCEMENT_FILE = "converting.json"
 TIMINGS_FILE = "timings.json"
+STILL_WRITING = "still converting"  # why a wait ended without an entry, when the writer did not finish
 
 
 @dataclass(frozen=True)
@@ -185,10 +186,30 @@ class ConvertedCache:
                         phase=said.get("phase") if isinstance(said.get("phase"), str) else None,
                         phase_cpu_s=float(phase_cpu) if _seconds(phase_cpu) else None)
 
-    def wait(self, handle: str) -> Path | None:
-        """Wait until nobody holds ``handle``'s lock, then the entry the writer left (None if it failed)."""
-        with self.locked(handle):
-            return self.lookup_locked(handle)
+    def wait(self, handle: str, timeout_s: float, poll_s: float = 0.05) -> Path | None:
+        """Wait until nobody holds ``handle``'s lock, then the entry the writer left; None if it failed,
+        or if it still held the lock after ``timeout_s`` (``last_miss`` says which). The writer goes on
+        either way: its work is for the next run."""
+        lock = self._open_lock(handle)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise ModelCacheError(f"cannot use the model cache {self.root}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    self.last_miss = f"{STILL_WRITING} after {timeout_s:.0f} s"
+                    return None
+                time.sleep(poll_s)
+            try:
+                return self.lookup_locked(handle)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        finally:
+            lock.close()
 
     @contextlib.contextmanager
     def announced(self, handle: str, expected_s: Mapping[str, float]) -> Iterator[Announcement]:

@@ -40,7 +40,7 @@ from ..config import MODEL_RUNTIMES
 from ..errors import ModelCacheError, ModelError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra import logs, procs
 from . import handles
-from .cache import ConvertedCache, fetch_tflite
+from .cache import STILL_WRITING, ConvertedCache, fetch_tflite
 from .litert import LiteRTModel
 from .prefetch import Prefetcher
 
@@ -49,6 +49,8 @@ notice = logging.getLogger(logs.NOTICE)  # the one-shot run's choices, shown to 
 
 # What a TensorFlow load is expected to take before this cache has timed one (import, resolve, load).
 DEFAULT_TENSORFLOW_LOAD_S = 5.0
+# How long a run waits for a conversion under way: its announced work left, times this, plus this.
+WAIT_SLACK, WAIT_EXTRA_S = 3.0, 10.0
 
 
 class LoadedModel(Protocol):
@@ -127,11 +129,15 @@ def _one_shot(spec: ModelSpec, cache: ConvertedCache, prefetcher: Prefetcher | N
                                       tensorflow_load_s=tensorflow_s))
         if under_way.pid is not None:
             procs.lend_priority(under_way.pid)  # it is on this run's path now: no longer idle-only
-        path = cache.wait(spec.url)
+        # Bounded: a converter far slower than it announced (stopped, starved, stuck) is left to finish
+        # for the next run, and this run answers on TensorFlow after all.
+        path = cache.wait(spec.url, timeout_s=WAIT_SLACK * remaining + WAIT_EXTRA_S)
         if path is not None:
             return _converted(spec, cache, path, started, waited=True)
-        notice.info("the conversion under way ended without a flatbuffer (%s); answering on TensorFlow",
-                    cache.last_miss, extra=logs.fields(url=spec.url, runtime="tensorflow"))
+        ended = "is taking longer than it said" if (cache.last_miss or "").startswith(STILL_WRITING) else \
+            "ended without a flatbuffer"
+        notice.info("the conversion under way %s (%s); answering on TensorFlow", ended, cache.last_miss,
+                    extra=logs.fields(url=spec.url, runtime="tensorflow"))
     elif under_way is not None:
         ends = "at an unknown time" if remaining is None else f"in ~{remaining:.0f} s"
         notice.info("answering on TensorFlow (~%.0f s): the LiteRT conversion under way (pid %s) ends %s",

@@ -233,3 +233,16 @@ def test_an_announcement_without_phases_is_counted_down_by_the_wall_clock():
     under_way = UnderWay(pid=None, started=100.0, expected_s={"convert": 10.0})
     assert under_way.remaining_s(now=104.0) == pytest.approx(6.0)
     assert UnderWay(pid=None, started=0.0, expected_s={}).remaining_s() is None
+
+
+def test_a_converter_far_slower_than_it_announced_is_waited_for_only_so_long_then_tensorflow_answers(
+        spec, flatbuffer, no_tensorflow, monkeypatch):
+    monkeypatch.setattr(loader, "WAIT_SLACK", 0.0)
+    monkeypatch.setattr(loader, "WAIT_EXTRA_S", 0.2)  # the bound, whatever the converter announced
+    cache = ConvertedCache(spec.cache_dir)
+    cache.record_timing("tensorflow_load_s", 30.0)
+    with notices("is taking longer than it said") as seen, Converter(cache, expected_s=1.0, flatbuffer=flatbuffer):
+        model = loader.load(spec)  # the converter never finishes while this run waits
+        assert cache.under_way(URL) is not None  # left to go on, for the next run
+    assert model.runtime == "tensorflow" and no_tensorflow == ["tensorflow"]
+    assert seen.seen.is_set(), seen.messages
