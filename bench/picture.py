@@ -93,9 +93,8 @@ def render(results: dict[str, Any]) -> str:
                                  f'fill="white">{shown}</text>')
                 x += w
             total = sum(data[name]) / scale
-            parts.append(f'<text x="{x + 6:.1f}" y="{y + bar_h * 0.65:.0f}">'
-                         f'{total:.2f}{" s" if scale > 1 else " ms"}</text>' if scale > 1 else
-                         f'<text x="{x + 6:.1f}" y="{y + bar_h * 0.65:.0f}">{total:.0f} ms</text>')
+            label = f"{total:.2f} s" if scale > 1 else f"{total:.0f} ms"
+            parts.append(f'<text x="{x + 6:.1f}" y="{y + bar_h * 0.65:.0f}">{label}</text>')
             y += bar_h + gap
         y += panel_gap - gap
     for i, (label, colour) in enumerate(SEGMENTS):
