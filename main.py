@@ -2,9 +2,14 @@
 
     functions-framework --target classify_http                               # HTTP API
     functions-framework --target classify_event --signature-type cloudevent  # bucket events
+    gunicorn -c gunicorn.conf.py 'functions_framework:create_app(target="classify_http")'  # the image
     python main.py [PHOTO ...]                                               # CLI
 
-Each only translates; the work is in ``function/``, wired by ``function/app.py``.
+Each only translates; the work is in ``function/``, wired by ``function/app.py``. Importing this
+module builds nothing that runs: servers that import it in one process and serve from a forked one
+(functions-framework's launcher, ``gunicorn --preload``) would otherwise hand the worker threads and
+child processes that stayed behind in the parent. The serving app starts in the process that serves,
+on its first request or from gunicorn's ``post_worker_init`` hook (gunicorn.conf.py).
 """
 
 
@@ -31,7 +36,8 @@ def classify_event(cloud_event: CloudEvent) -> None:
     events.handle(cloud_event, app.serving())
 
 
-# Serving: read the configuration now, so a bad value stops the start-up instead of every request.
-app.serving()
+# The configuration is read and checked now (plain data), so a bad value stops the start-up instead of
+# every request.
+config = app.configuration()
 if flask.has_app_context():  # functions-framework runs this module inside its new app's context
-    http.install(flask.current_app, app.serving())
+    http.install(flask.current_app, config, app.request_meter)

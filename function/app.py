@@ -9,10 +9,10 @@ visible, like knative/func's function instance: ``start()`` begins the loads, ``
 reports them, ``stop()`` shuts the pools and the call queue down. The pieces are made by the small
 factories below it, each from the configuration.
 
-:data:`PROCESS` owns what the process keeps: the one serving app of the functions-framework targets
-(:func:`serving`, built on first use) and the loaded models and label maps every app in the process
-shares, one per (source, runtime, settings), so an app built again (tests, after :func:`reset`) does
-not load them again.
+:func:`this_process` gives what the process keeps, made on first use in the process that uses it (never
+at import): the one serving app of the functions-framework targets (:func:`serving`, built on first
+use) and the loaded models and label maps every app in the process shares, one per (source, runtime,
+settings), so an app built again (tests, after :func:`reset`) does not load them again.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,7 +70,7 @@ class App:
     def __init__(self, config: Config, process: Process | None = None, *, quiet_runtime: bool = True,
                  convert_in_background: bool = False):
         self.config = config
-        process = process or PROCESS
+        process = process or this_process()
         self._deadlines = Deadlines()
         self._trusted = fetch.trusted_session(config)  # model, label map, fan-out: URLs from configuration
         self._photos = fetch.photo_fetcher(config, self._deadlines)  # callers' URLs: behind the SSRF guard
@@ -285,12 +286,49 @@ class Process:
             app.stop()
 
 
-PROCESS = Process()
+# The process's state is made on first use by the process that uses it, never at import: a server
+# that imports the entry points in one process and serves from a fork of it (functions-framework's
+# launcher, gunicorn --preload) must not hand its worker a Process whose threads and fork server stayed
+# in the parent. A fork child forgets whatever the parent built and builds its own.
+_process: Process | None = None
+_process_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    global _process, _process_lock
+    _process, _process_lock = None, threading.Lock()  # the parent's lock may have been held by another thread
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def this_process() -> Process:
+    """This process's :class:`Process`, made on first use."""
+    global _process
+    current = _process
+    if current is None:
+        with _process_lock:
+            if _process is None:
+                _process = Process()
+            current = _process
+    return current
+
+
+def configuration() -> Config:
+    """The configuration from the environment, read and checked (no state is built)."""
+    return Config.from_env()
 
 
 def serving() -> App:
-    return PROCESS.serving()
+    """The app the functions-framework targets share, started on first use in the process that serves."""
+    return this_process().serving()
+
+
+def request_meter(routes: Sequence[str]) -> RequestMeter:
+    """The serving app's request meter (the HTTP bounds ask for it per request)."""
+    return serving().request_meter(routes)
 
 
 def reset() -> None:
-    PROCESS.reset()
+    """Stop and forget the serving app (tests); the process's loaded models stay."""
+    this_process().reset()

@@ -94,6 +94,28 @@ def image_env(dockerfile: Path = ROOT / "Dockerfile") -> dict[str, str]:
             if k not in IMAGE_ENV_SKIP and not k.startswith(("PIP_", "PYTHON", "TF_CPP"))}
 
 
+def _gunicorn(*extra: str) -> Callable[[Path, int], list[str]]:
+    return lambda bin_dir, port: [str(bin_dir / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
+                                  "--bind", f"{HOST}:{port}", *extra, APP]
+
+
+def _functions_framework(*extra: str) -> Callable[[Path, int], list[str]]:
+    return lambda bin_dir, port: [str(bin_dir / "functions-framework"), "--host", HOST, "--port", str(port),
+                                  "--source", str(ROOT / "main.py"), *extra]
+
+
+# Every way the function is started: the image's CMD; the same with --preload (the module imported in the
+# arbiter, which then forks the worker); functions-framework's own launcher for each target, as a
+# developer and Cloud Run functions' buildpack run it (it also imports in the arbiter and forks).
+LAUNCHERS: dict[str, Callable[[Path, int], list[str]]] = {
+    "gunicorn": _gunicorn(),
+    "gunicorn-preload": _gunicorn("--preload"),
+    "functions-framework": _functions_framework("--target", "classify_http"),
+    "functions-framework-events": _functions_framework("--target", "classify_event",
+                                                       "--signature-type", "cloudevent"),
+}
+
+
 class FunctionProcess:
     """The HTTP target in a subprocess of its own process group, bound to ``127.0.0.1:port``.
 
@@ -103,8 +125,8 @@ class FunctionProcess:
 
     def __init__(self, env: Mapping[str, str], log: Path, *, port: int | None = None,
                  launcher: str = "gunicorn"):
-        if launcher not in ("gunicorn", "functions-framework"):
-            raise ValueError(f"unknown launcher {launcher!r}")
+        if launcher not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {launcher!r}; one of {', '.join(LAUNCHERS)}")
         self.env = dict(env)
         self.log = log
         self.port = port or free_port()
@@ -125,12 +147,7 @@ class FunctionProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        bin_dir = Path(sys.executable).parent
-        if self.launcher == "gunicorn":
-            return [str(bin_dir / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
-                    "--bind", f"{HOST}:{self.port}", APP]
-        return [str(bin_dir / "functions-framework"), "--target", "classify_http", "--host", HOST,
-                "--port", str(self.port)]
+        return LAUNCHERS[self.launcher](Path(sys.executable).parent, self.port)
 
     def start(self) -> FunctionProcess:
         self._out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()

@@ -16,16 +16,18 @@ become answers in one place, the ``try`` of :func:`handle` (through :func:`funct
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flask
 
 from ..app import App
+from ..config import Config
 from ..core.buckets import Notification
 from ..core.fanout import HEADER as FANOUT_HEADER
 from ..core.results import Classification
@@ -40,24 +42,26 @@ from ..errors import (
 )
 from ..infra import logs
 from ..infra.limits import BoundedRequests
-from ..infra.metrics import CONTENT_TYPE
+from ..infra.metrics import CONTENT_TYPE, RequestMeter
 from . import events, web
 from .parsing import Delivery, read_request
 
 log = logging.getLogger(__name__)
 
 
-def install(flask_app: flask.Flask, app: App) -> None:
+def install(flask_app: flask.Flask, config: Config, meter: Callable[[Sequence[str]], RequestMeter]) -> None:
     """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py).
 
     Below the routes on purpose: functions-framework reads every unstreamed request's body after
     the answer, whatever the route, so a body limit in a route leaves /healthz and 404s unbounded.
+    Installed at import, which may be in a parent process that forks the server: the bounds hold
+    plain settings, and ``meter`` (:func:`function.app.request_meter`) is asked per request for the serving
+    app's, in the process serving it.
     """
-    config = app.config
     flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
         flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
         max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s,
-        meter=app.request_meter(ROUTES))
+        meter=functools.partial(meter, ROUTES))
 
 
 def leave_body_unread(response: flask.Response) -> flask.Response:

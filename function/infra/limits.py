@@ -157,14 +157,25 @@ class BoundedRequests:
     """The WSGI middleware (see the module's docstring)."""
 
     def __init__(self, app: WsgiApp, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
-                 body_timeout_s: float, deadlines: Deadlines | None = None, meter: Meter | None = None):
+                 body_timeout_s: float, deadlines: Deadlines | None = None,
+                 meter: Callable[[], Meter] | None = None):
         self.app = app
-        self.meter = meter  # every answer, whoever gave it (a route or these bounds), counted once
+        # Every answer, whoever gave it (a route or these bounds), counted once, by the meter of the app
+        # serving the request: asked per request, since that app is built in the process that serves.
+        self.meter = meter
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
         self.max_query_bytes = max_query_bytes
         self.body_timeout_s = body_timeout_s
-        self.deadlines = deadlines or Deadlines()
+        self._deadlines = deadlines
+
+    @property
+    def deadlines(self) -> Deadlines:
+        # Made on first use, in the process that serves: this middleware is installed at import, which
+        # may be in a server's parent process that then forks the worker.
+        if self._deadlines is None:
+            self._deadlines = Deadlines()
+        return self._deadlines
 
     def _drain(self, environ: Environ, length: int) -> bool:
         """Read and drop a refused body of up to ``DRAIN_BYTES`` within ``DRAIN_S``, so that a client
@@ -183,9 +194,9 @@ class BoundedRequests:
         return body.finished()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        meter = self.meter
-        if meter is None:
+        if self.meter is None:
             return self._bounded(environ, start_response)
+        meter = self.meter()
         answered: list[int] = []
 
         def counted(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:

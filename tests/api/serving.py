@@ -22,13 +22,16 @@ get = http_get
 
 
 @contextmanager
-def serve(server, tmp_path: Path, launcher: str = "gunicorn", **env: str) -> Iterator[FunctionProcess]:
-    """The HTTP target on a free loopback port, ready (``/readyz`` 200); ``env`` adds settings."""
+def serve(server, tmp_path: Path, launcher: str = "gunicorn", *, wait: bool = True,
+          **env: str) -> Iterator[FunctionProcess]:
+    """The function on a free loopback port, ready (``/readyz`` 200) unless ``wait`` is false (the
+    CloudEvent target has no ``/readyz``); ``env`` adds settings."""
     environ = {**os.environ, "MODEL_URL": server.url(MODEL_PATH), "LABELS_URL": server.url(LABELS_PATH),
                "TRUSTED_HOSTS": HOST, "WORKERS": "1", "THREADS": "4", "PYTHONUNBUFFERED": "1", **env}
     process = FunctionProcess(environ, tmp_path / "function.log", launcher=launcher).start()
     try:
-        process.wait_ready(START_S)
+        if wait:
+            process.wait_ready(START_S)
         yield process
     finally:
         process.stop(grace_s=0)
