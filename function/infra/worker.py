@@ -40,6 +40,8 @@ from .deadlines import Deadlines
 # Read in the poller at most this much of a head (memory: MAX_CONNECTIONS x this, at worst). A
 # longer head is handed over as it is: gunicorn's own limits (8190 bytes a line) answer it.
 HEAD_BYTES = 64 * 1024
+# After SIGTERM, how long a request head still on its way may take (gunicorn's linger for kept-alive ones).
+STOP_LINGER_S = 2.0
 
 _REFUSED = answer(TooManyConnections("this instance holds as many connections as it takes (MAX_CONNECTIONS); "
                                      "retry, or use fewer connections", retry_after_s=1))
@@ -159,20 +161,19 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
         return super().handle_request(req, conn)
 
     def murder_pending(self) -> None:
-        """Also drop the connections whose head is not in by its deadline (run() calls this every second)."""
+        """Also drop the connections whose head is not in by its deadline (run() calls this every second,
+        and on every turn of its shutdown loop)."""
         super().murder_pending()
         now = time.monotonic()
+        if not self.alive:
+            # Stopping (SIGTERM): a head on its way gets the short while gunicorn gives kept-alive
+            # connections, not the whole header deadline. The first capped deadline stays the earliest.
+            for conn in self.heads:
+                conn.head_deadline = min(conn.head_deadline, now + STOP_LINGER_S)
         while self.heads and self.heads[0].head_deadline <= now:
             conn = self.heads[0]
             self._leave_poller(conn)
             self._drop(conn)
-
-    def _cap_keepalive(self, deadline: float) -> None:
-        # On SIGTERM gunicorn keeps kept-alive connections a short while for a request already on its
-        # way; a head on its way gets the same while. Capping every deadline keeps the deque in order.
-        super()._cap_keepalive(deadline)
-        for conn in self.heads:
-            conn.head_deadline = min(conn.head_deadline, deadline)
 
     def _leave_poller(self, conn: Any) -> None:
         self.heads.remove(conn)

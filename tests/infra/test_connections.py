@@ -274,3 +274,15 @@ def test_a_head_end_split_across_reads_is_found():
     for cut in range(1, len(head)):
         assert not head_ended(head[:cut])
         assert head_ended(head, cut), cut  # the new bytes start at cut: the blank line may straddle it
+
+
+def test_sigterm_gives_a_head_on_its_way_a_short_while_not_the_whole_header_deadline(server, tmp_path):
+    # With a 60 s header deadline, a client half-way through its headers would hold the stopping worker for
+    # a minute; it gets the short linger kept-alive connections get, then the tree exits.
+    with serve(server, tmp_path, HEADER_TIMEOUT_S="60") as s, socket.create_connection((HOST, s.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: the head is not in
+        assert get(s.port, "/healthz")[0] == 200  # the worker is serving: the half head reached its poller
+        os.kill(s.pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        assert s.proc.wait(20) == 0
+        assert time.monotonic() - stopped < 15
