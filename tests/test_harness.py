@@ -40,7 +40,9 @@ def test_a_tree_is_the_process_and_its_children_and_its_memory_sums_them():
     try:
         child = int(parent.stdout.readline())
         deadline = time.monotonic() + 30
-        while child not in tree(parent.pid):  # the child is listed once it has started
+        # The child is listed once forked, and has memory of its own once its exec is through (in between,
+        # /proc shows it with no RSS).
+        while child not in tree(parent.pid) or memory_mb(child)["rss_mb"] == 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert tree(parent.pid)[0] == parent.pid
