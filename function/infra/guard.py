@@ -99,20 +99,24 @@ class AddressPolicy:
 def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConnection]:
     # A class built from a variable base: mypy cannot check it as a class definition.
     class GuardedConnection(connection_cls):  # type: ignore[misc, valid-type]
-        _dns_host: str  # urllib3's private name for the host to resolve (pinned urllib3 version)
+        def __init__(self, host: str, *args: Any, **kwargs: Any):
+            super().__init__(host, *args, **kwargs)
+            self.requested_host = host  # as given: a trailing dot (a fully qualified name) still counts when resolving
 
-        def _new_conn(self) -> socket.socket:
+        def connect(self) -> None:
             try:
-                address = policy.vet(self._dns_host, self.port)
+                address = policy.vet(self.requested_host, self.port)
             except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a label too long for IDNA
                 raise NameResolutionError(self.host, self, socket.gaierror(str(exc))) from exc
-            # Connect to exactly the address that was checked; TLS still verifies self.host.
-            original, self._dns_host = self._dns_host, address
+            if isinstance(self, HTTPSConnection) and self.server_hostname is None:
+                self.server_hostname = self.requested_host  # TLS verifies the name, not the address connected to
+            # Connect to exactly the address that was checked. The Host header is the name's: http.client
+            # forms it before a lazy connect, and after an eager one (HTTPS), from the host put back below.
+            self.host = address
             try:
-                conn: socket.socket = super()._new_conn()
-                return conn
+                super().connect()
             finally:
-                self._dns_host = original
+                self.host = self.requested_host
 
     return GuardedConnection
 
