@@ -99,6 +99,9 @@ class AddressPolicy:
 def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConnection]:
     # A class built from a variable base: mypy cannot check it as a class definition.
     class GuardedConnection(connection_cls):  # type: ignore[misc, valid-type]
+        host: str  # urllib3's, to mypy (the base is a variable)
+        server_hostname: str | None  # HTTPS connections' only
+
         def __init__(self, host: str, *args: Any, **kwargs: Any):
             super().__init__(host, *args, **kwargs)
             self.requested_host = host  # as given: a trailing dot (a fully qualified name) still counts when resolving

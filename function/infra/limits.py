@@ -41,6 +41,7 @@ Headers = list[tuple[str, str]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None
 StartResponse = Callable[..., Callable[[bytes], object]]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+Close = Callable[[], object]
 
 UPLOAD_TYPES = ("multipart/form-data", "image/")
 # A refused body this small is read and dropped (within DRAIN_S) so the client gets its 413 on a
@@ -183,29 +184,28 @@ class BoundedRequests:
         return body.finished()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        close = _server_close(start_response)
         meter = self.meter
         if meter is None:
-            return self._bounded(environ, start_response)
+            return self._bounded(environ, start_response, close)
         answered: list[int] = []
 
         def counted(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
             answered[:] = [int(status.split(" ", 1)[0])]
             return start_response(status, headers, exc_info)
 
-        # _must_close finds gunicorn's response through start_response.__self__: keep it reachable.
-        setattr(counted, "__self__", getattr(start_response, "__self__", None))  # noqa: B010
         meter.started()
         try:
-            return self._bounded(environ, counted)
+            return self._bounded(environ, counted, close)
         finally:
             meter.answered(str(environ.get("PATH_INFO") or "/"), answered[0] if answered else 500)
 
-    def _bounded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _bounded(self, environ: Environ, start_response: StartResponse, close: Close) -> Iterable[bytes]:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
             return _refuse(environ, start_response, QueryTooLong(
                 f"the query string is {len(query)} bytes; the limit is {self.max_query_bytes} "
-                "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), body_unread=True)
+                "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), close)
         limit = body_limit(environ, self.max_request_bytes, self.max_upload_bytes)
         raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
         chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
@@ -215,12 +215,12 @@ class BoundedRequests:
         elif raw_length:
             if not raw_length.isdigit():
                 return _refuse(environ, start_response, InvalidContentLength(
-                    f"Content-Length {raw_length[:40]!r} is not a number"), body_unread=True)
+                    f"Content-Length {raw_length[:40]!r} is not a number"), close)
             length = int(raw_length)
         if length is not None and length > limit:
             return _refuse(environ, start_response, BodyTooLarge(
                 f"the body is {length} bytes; the limit for this request is {limit}"),
-                body_unread=not self._drain(environ, length))
+                None if self._drain(environ, length) else close)
         sock = environ.get("gunicorn.socket")
         deadline = None
         allowed_s = body_seconds(length, self.body_timeout_s)
@@ -245,10 +245,10 @@ class BoundedRequests:
             _close(result)
             return _refuse(environ, start_response, BodyTimeout(
                 f"the body did not arrive within {allowed_s:g} s ({BODY_GRACE_S:g} s plus its length "
-                f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), body_unread=True)
+                f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), close)
         headers = list(captured.get("headers", []))
         if not body.finished():
-            _must_close(start_response, headers)
+            _must_close(close, headers)
         start_response(captured.get("status", "500 INTERNAL SERVER ERROR"), headers)
         return result
 
@@ -263,25 +263,30 @@ def _close(result: Iterable[bytes]) -> None:
         close()
 
 
-def _must_close(start_response: StartResponse, headers: Headers) -> None:
-    """Close the connection after this answer, and say so.
+def _server_close(start_response: StartResponse) -> Close:
+    """What makes the server close the connection after this answer, besides ``Connection: close``.
 
-    gunicorn drops a ``Connection`` header the app sets (hop-by-hop) and decides itself; its
-    response object is the owner of ``start_response``, and ``force_close()`` makes it send
-    ``Connection: close``. Other servers get the header.
+    gunicorn drops a ``Connection`` header the app sets (hop-by-hop) and offers the app no public way
+    to ask for a close; its ``start_response`` is a method of its response object, whose
+    ``force_close()`` does it. The one reach into gunicorn outside its worker, checked by
+    tests/infra/test_reaches.py. Other servers (waitress, Werkzeug's, h11-based ones) honour the header.
     """
     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
-    if callable(force_close):
-        force_close()
+    return force_close if callable(force_close) else lambda: None
+
+
+def _must_close(close: Close, headers: Headers) -> None:
+    """Close the connection after this answer, and say so."""
+    close()
     headers[:] = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
 
 
-def _refuse(environ: Environ, start_response: StartResponse, err: RequestError,
-            body_unread: bool) -> Iterable[bytes]:
+def _refuse(environ: Environ, start_response: StartResponse, err: RequestError, close: Close | None) -> Iterable[bytes]:
+    """Answer ``err`` at once; ``close``: the body is left unread, so the connection closes after it."""
     reply = answer(err, {"X-Request-Id": environ.get("HTTP_X_REQUEST_ID") or logs.new_request_id()})
     headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
-    if body_unread:
-        _must_close(start_response, headers)
+    if close is not None:
+        _must_close(close, headers)
     start_response(f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers)
     return [reply.body]
 
