@@ -9,19 +9,22 @@ verification use the name.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from function.errors import BlockedAddress
+from function.errors import BlockedAddress, Timeout
 from function.infra import limits
+from function.infra.fetch import HttpFetcher, new_session
 from function.infra.guard import AddressPolicy, guard_session
 
 TRUSTED = AddressPolicy.from_trusted(["127.0.0.1/32"])  # 127.0.0.1 only: 127.0.0.2 stays refused
@@ -102,6 +105,32 @@ def test_the_guard_verifies_tls_against_the_name_while_connecting_to_the_address
         session.verify = cert
         with pytest.raises(requests.exceptions.SSLError):  # the certificate names photos.test only
             session.get(f"https://other.test:{port}/", timeout=5)
+
+
+def test_a_fetch_deadline_cuts_a_kept_alive_connection_whose_next_answer_trickles():
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener, contextlib.suppress(OSError):  # cut by the fetch's deadline
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(65536)  # the next request, on the same connection
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":  # 5 s at this pace
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    fetcher = HttpFetcher(new_session(1, "test"), 1.0, 1.0, 100, deadline_s=1.0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    try:
+        assert fetcher.get(url) == b"ok"
+        started = time.monotonic()
+        with pytest.raises(Timeout):
+            fetcher.get(url)
+        assert time.monotonic() - started < 2.0, "the deadline did not reach the kept-alive connection"
+    finally:
+        fetcher.close()
 
 
 def test_gunicorn_still_needs_and_still_has_the_way_limits_closes_a_connection():
