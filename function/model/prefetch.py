@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from typing import IO, Any
+from typing import IO
 
 import requests
 
@@ -49,11 +49,12 @@ def wait_for_other_download(handle: str, cache_dir: str, downloader: int | None 
     """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir``.
 
     tensorflow_hub, finding the lock another process holds while it downloads and unpacks the
-    module, sleeps 5 s between looks; this looks every 50 ms. ``downloader``: a process known to be about to download it (the run that started a
-    converter, whose prefetch is under way before it takes tensorflow_hub's lock): waited for until
-    the module is in the cache or that process is gone, so the module is downloaded once. Then the
-    rest is tensorflow_hub's business: a lock whose process is gone (same host), or one still held at
-    ``timeout_s`` (it declares a download abandoned when it stops growing).
+    module, sleeps 5 s between looks; this looks every 50 ms. ``downloader``: a process known to be
+    about to download it (the run that started a converter, whose prefetch is under way before it
+    takes tensorflow_hub's lock): waited for until the module is in the cache or that process is
+    gone, so the module is downloaded once. Then the rest is tensorflow_hub's business: a lock whose
+    process is gone (same host), or one still held at ``timeout_s`` (it declares a download
+    abandoned when it stops growing).
     """
     if not handle.startswith(("http://", "https://")):
         return
