@@ -41,7 +41,7 @@ Headers = list[tuple[str, str]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None
 StartResponse = Callable[..., Callable[[bytes], object]]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-Close = Callable[[], object]
+Answered = tuple[str, Headers, Iterable[bytes], bool]  # status, headers, body, and whether the body is left unread
 
 UPLOAD_TYPES = ("multipart/form-data", "image/")
 # A refused body this small is read and dropped (within DRAIN_S) so the client gets its 413 on a
@@ -184,28 +184,26 @@ class BoundedRequests:
         return body.finished()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        close = _server_close(start_response)
-        meter = self.meter
-        if meter is None:
-            return self._bounded(environ, start_response, close)
-        answered: list[int] = []
-
-        def counted(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
-            answered[:] = [int(status.split(" ", 1)[0])]
-            return start_response(status, headers, exc_info)
-
-        meter.started()
+        if self.meter is not None:
+            self.meter.started()
+        status = "500 INTERNAL SERVER ERROR"  # what the server answers when the app raises
         try:
-            return self._bounded(environ, counted, close)
+            status, headers, body, body_unread = self._bounded(environ)
+            if body_unread:  # the connection cannot carry another request: close it, and say so
+                _server_close(start_response)()
+                headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+            start_response(status, headers)
+            return body
         finally:
-            meter.answered(str(environ.get("PATH_INFO") or "/"), answered[0] if answered else 500)
+            if self.meter is not None:
+                self.meter.answered(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
 
-    def _bounded(self, environ: Environ, start_response: StartResponse, close: Close) -> Iterable[bytes]:
+    def _bounded(self, environ: Environ) -> Answered:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
-            return _refuse(environ, start_response, QueryTooLong(
+            return _refuse(environ, QueryTooLong(
                 f"the query string is {len(query)} bytes; the limit is {self.max_query_bytes} "
-                "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), close)
+                "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), body_unread=True)
         limit = body_limit(environ, self.max_request_bytes, self.max_upload_bytes)
         raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
         chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
@@ -214,13 +212,12 @@ class BoundedRequests:
             length = None
         elif raw_length:
             if not raw_length.isdigit():
-                return _refuse(environ, start_response, InvalidContentLength(
-                    f"Content-Length {raw_length[:40]!r} is not a number"), close)
+                return _refuse(environ, InvalidContentLength(
+                    f"Content-Length {raw_length[:40]!r} is not a number"), body_unread=True)
             length = int(raw_length)
         if length is not None and length > limit:
-            return _refuse(environ, start_response, BodyTooLarge(
-                f"the body is {length} bytes; the limit for this request is {limit}"),
-                None if self._drain(environ, length) else close)
+            return _refuse(environ, BodyTooLarge(f"the body is {length} bytes; the limit for this request is {limit}"),
+                           body_unread=not self._drain(environ, length))
         sock = environ.get("gunicorn.socket")
         deadline = None
         allowed_s = body_seconds(length, self.body_timeout_s)
@@ -243,14 +240,11 @@ class BoundedRequests:
                 deadline.cancel()
         if body.timed_out:
             _close(result)
-            return _refuse(environ, start_response, BodyTimeout(
+            return _refuse(environ, BodyTimeout(
                 f"the body did not arrive within {allowed_s:g} s ({BODY_GRACE_S:g} s plus its length "
-                f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), close)
-        headers = list(captured.get("headers", []))
-        if not body.finished():
-            _must_close(close, headers)
-        start_response(captured.get("status", "500 INTERNAL SERVER ERROR"), headers)
-        return result
+                f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), body_unread=True)
+        return (captured.get("status", "500 INTERNAL SERVER ERROR"), list(captured.get("headers", [])), result,
+                not body.finished())
 
 
 def _no_write(_data: bytes) -> object:
@@ -263,7 +257,7 @@ def _close(result: Iterable[bytes]) -> None:
         close()
 
 
-def _server_close(start_response: StartResponse) -> Close:
+def _server_close(start_response: StartResponse) -> Callable[[], object]:
     """What makes the server close the connection after this answer, besides ``Connection: close``.
 
     gunicorn drops a ``Connection`` header the app sets (hop-by-hop) and offers the app no public way
@@ -275,20 +269,10 @@ def _server_close(start_response: StartResponse) -> Close:
     return force_close if callable(force_close) else lambda: None
 
 
-def _must_close(close: Close, headers: Headers) -> None:
-    """Close the connection after this answer, and say so."""
-    close()
-    headers[:] = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
-
-
-def _refuse(environ: Environ, start_response: StartResponse, err: RequestError, close: Close | None) -> Iterable[bytes]:
-    """Answer ``err`` at once; ``close``: the body is left unread, so the connection closes after it."""
+def _refuse(environ: Environ, err: RequestError, body_unread: bool) -> Answered:
     reply = answer(err, {"X-Request-Id": environ.get("HTTP_X_REQUEST_ID") or logs.new_request_id()})
     headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
-    if close is not None:
-        _must_close(close, headers)
-    start_response(f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers)
-    return [reply.body]
+    return f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers, [reply.body], body_unread
 
 
 _REASONS = {400: "BAD REQUEST", 408: "REQUEST TIMEOUT", 413: "REQUEST ENTITY TOO LARGE", 414: "URI TOO LONG"}
