@@ -120,10 +120,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 def run() -> NoReturn:
     """``python main.py``: :func:`main`, then an exit that skips the interpreter's teardown.
 
-    With TensorFlow loaded (a first run answers on it) tearing the interpreter down takes ~0.65 s
-    of module finalisation and C++ destructors, against ~0.05 s for this exit. What a run leaves
-    to finish is done first: the app is stopped (:func:`main`), the log handlers and the streams
-    are flushed, then the process ends.
+    With TensorFlow loaded (a first run answers on it) tearing the interpreter down takes ~0.65 s of
+    module finalisation and C++ destructors, against ~0.05 s for this exit. What a run leaves to finish
+    is done first: the app stopped (:func:`main`), the log handlers and the streams flushed.
     """
     code = main()
     logging.shutdown()

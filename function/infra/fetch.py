@@ -193,8 +193,6 @@ class HttpFetcher:
             # identity: the byte limit counts what crosses the wire, not what a decoder makes of it
             with self.session.get(url, timeout=timeout, stream=True,
                                   headers={"Accept-Encoding": "identity"}) as response:
-                if watch.fired:
-                    raise self._timeout()
                 if response.status_code != 200:
                     status = response.status_code
                     raise HttpError(f"the photo host answered HTTP {status}", retryable=status in (429, 502, 503, 504),
@@ -226,17 +224,16 @@ class HttpFetcher:
 
 
     def _read_body(self, raw: Any, length: int | None, deadline: float, watch: _Watch) -> bytes:
-        """The body as sent (undecoded), within the byte limit and the deadline.
+        """The body as sent (undecoded), within the byte limit and the deadline (which shuts the socket down).
 
-        A declared length is read in one call, which urllib3 passes to http.client's buffered reader:
-        it allocates the result once and receives into it, with no zero-filled buffer and no copy of
-        it, each a fresh mmap of the photo's size faulted in page by page under the image's
-        MALLOC_MMAP_THRESHOLD_ (the profile in docs/performance.md). A read blocked on a host that
-        trickles is ended by the deadline, which shuts the socket down.
+        A declared length is read in one call, which urllib3 passes to http.client's buffered reader: it
+        allocates the result once and receives into it, with no zero-filled buffer and no copy of it, each a
+        fresh mmap of the photo's size faulted in page by page under the image's MALLOC_MMAP_THRESHOLD_
+        (the profile in docs/performance.md).
         """
         if length is not None:
             body: bytes = raw.read(length, decode_content=False)
-            if len(body) < length and not watch.fired:
+            if len(body) < length:
                 raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} "
                                   "bytes")
             return body

@@ -22,7 +22,6 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError
 
 from ..errors import BlockedAddress
@@ -133,11 +132,10 @@ class GuardedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,),
-                         {"ConnectionCls": _guarded(HTTPConnection, self.policy)})
-        https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,),
-                          {"ConnectionCls": _guarded(HTTPSConnection, self.policy)})
-        self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+        self.poolmanager.pool_classes_by_scheme = {  # a new dict: the default one is urllib3's module-level table
+            scheme: type(f"Guarded{pool.__name__}", (pool,),
+                         {"ConnectionCls": _guarded(pool.ConnectionCls, self.policy)})
+            for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
 
 
 def guard_session(session: requests.Session, policy: AddressPolicy, pool_size: int) -> requests.Session:

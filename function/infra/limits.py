@@ -258,13 +258,9 @@ def _close(result: Iterable[bytes]) -> None:
 
 
 def _server_close(start_response: StartResponse) -> Callable[[], object]:
-    """What makes the server close the connection after this answer, besides ``Connection: close``.
-
-    gunicorn drops a ``Connection`` header the app sets (hop-by-hop) and offers the app no public way
-    to ask for a close; its ``start_response`` is a method of its response object, whose
-    ``force_close()`` does it. The one reach into gunicorn outside its worker, checked by
-    tests/infra/test_reaches.py. Other servers (waitress, Werkzeug's, h11-based ones) honour the header.
-    """
+    """What closes the connection after this answer besides ``Connection: close``, which gunicorn drops
+    (hop-by-hop) with no public way for an app to ask for a close: its ``start_response`` is a method of
+    its response, whose ``force_close()`` does it (checked by tests/infra/test_reaches.py)."""
     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
     return force_close if callable(force_close) else lambda: None
 

@@ -48,13 +48,12 @@ def wait_for_other_download(handle: str, cache_dir: str, downloader: int | None 
                             poll_s: float = 0.05) -> None:
     """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir``.
 
-    tensorflow_hub, finding the lock another process holds while it downloads and unpacks the
-    module, sleeps 5 s between looks; this looks every 50 ms. ``downloader``: a process known to be
-    about to download it (the run that started a converter, whose prefetch is under way before it
-    takes tensorflow_hub's lock): waited for until the module is in the cache or that process is
-    gone, so the module is downloaded once. Then the rest is tensorflow_hub's business: a lock whose
-    process is gone (same host), or one still held at ``timeout_s`` (it declares a download
-    abandoned when it stops growing).
+    tensorflow_hub, finding the lock another process holds while it downloads and unpacks the module,
+    sleeps 5 s between looks; this looks every 50 ms. ``downloader``: a process known to be about to
+    download it (the run that started a converter, whose prefetch is under way before it takes
+    tensorflow_hub's lock): waited for until the module is in the cache or that process is gone, so the
+    module is downloaded once. Then the rest is tensorflow_hub's business: a lock whose process is gone
+    (same host), or one still held at ``timeout_s`` (it declares a download abandoned when it stops growing).
     """
     if not handle.startswith(("http://", "https://")):
         return
@@ -105,7 +104,7 @@ class ModelPrefetch:
 
     def _download(self) -> None:
         started = time.perf_counter()
-        body = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 (handed over, closed by the resolver)
+        body = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 (handed over, closed by the reader)
         try:
             with requests.get(self.url, stream=True, timeout=(10, 60)) as response:
                 response.raise_for_status()
@@ -181,14 +180,10 @@ class Prefetcher:
                 prefetch = prefetcher.take(compressed_url(handle))
                 if prefetch is None:
                     return str(own(handle))
-
-                def unpack(handle: str, tmp_dir: str) -> None:
-                    with prefetch.take() as body:
-                        resolver.DownloadManager(handle).download_and_uncompress(body, tmp_dir)
-
                 cache = resolver.tfhub_cache_dir(use_temp=True)
                 module_dir = resolver.create_local_module_dir(cache, os.path.basename(cached_module_dir(handle, cache)))
-                return str(resolver.atomic_download(handle, unpack, module_dir,
-                                                    compressed_module_resolver.LOCK_FILE_TIMEOUT_SEC))
+                return str(resolver.atomic_download(
+                    handle, lambda h, tmp: resolver.DownloadManager(h).download_and_uncompress(prefetch.take(), tmp),
+                    module_dir, compressed_module_resolver.LOCK_FILE_TIMEOUT_SEC))
 
         registry.resolver.add_implementation(PrefetchedResolver())
