@@ -86,16 +86,25 @@ class _Watch:
 
 
 def _watched_pool(pool_cls: type[HTTPConnectionPool], local: threading.local) -> type[HTTPConnectionPool]:
-    """A connection pool class that hands each connection it gives out to the thread's watch."""
+    """A connection pool class whose connections hand themselves to the fetching thread's watch: a new
+    one before it connects (a connect that hangs is cut too), a kept-alive one before its request."""
 
-    def _get_conn(self: Any, timeout: float | None = None) -> Any:
-        conn = pool_cls._get_conn(self, timeout)
+    def attach(conn: Any) -> None:
         watch = getattr(local, "watch", None)
         if watch is not None:
             watch.attach(conn)
-        return conn
 
-    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"_get_conn": _get_conn})
+    # A class built from a variable base: mypy cannot check it as a class definition.
+    class WatchedConnection(pool_cls.ConnectionCls):  # type: ignore[misc, name-defined]
+        def connect(self) -> None:
+            attach(self)
+            super().connect()
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            attach(self)
+            super().request(*args, **kwargs)
+
+    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": WatchedConnection})
 
 
 class HttpFetcher:
@@ -184,8 +193,6 @@ class HttpFetcher:
             # identity: the byte limit counts what crosses the wire, not what a decoder makes of it
             with self.session.get(url, timeout=timeout, stream=True,
                                   headers={"Accept-Encoding": "identity"}) as response:
-                if watch.fired:
-                    raise self._timeout()
                 if response.status_code != 200:
                     status = response.status_code
                     raise HttpError(f"the photo host answered HTTP {status}", retryable=status in (429, 502, 503, 504),
@@ -217,31 +224,18 @@ class HttpFetcher:
 
 
     def _read_body(self, raw: Any, length: int | None, deadline: float, watch: _Watch) -> bytes:
-        """The body as sent (undecoded), within the byte limit and the deadline.
+        """The body as sent (undecoded), within the byte limit and the deadline (which shuts the socket down).
 
-        A declared length is read in one call of http.client's buffered reader, which allocates the
-        result once and receives into it: no zero-filled buffer and no copy of it, each a fresh mmap
-        of the photo's size faulted in page by page under the image's MALLOC_MMAP_THRESHOLD_ (the
-        profile in docs/performance.md). A read blocked on a host that
-        trickles is ended by the deadline, which shuts the socket down.
+        A declared length is read in one call, which urllib3 passes to http.client's buffered reader: it
+        allocates the result once and receives into it, with no zero-filled buffer and no copy of it, each a
+        fresh mmap of the photo's size faulted in page by page under the image's MALLOC_MMAP_THRESHOLD_
+        (the profile in docs/performance.md).
         """
-        fp = getattr(raw, "_fp", None)  # http.client's response under urllib3's (pinned urllib3)
-        if length is not None and fp is not None and hasattr(fp, "read"):
-            try:
-                body: bytes = fp.read(length)
-            except OSError as exc:  # urllib3 is not in between here: the socket's own errors
-                if watch.fired:
-                    raise self._timeout() from None
-                if isinstance(exc, TimeoutError):
-                    raise Timeout("the photo host stopped sending in time", retryable=True) from None
-                raise FetchFailed(f"could not fetch the photo: {exc}") from None
-            if watch.fired or time.monotonic() > deadline:
-                raise self._timeout()
+        if length is not None:
+            body: bytes = raw.read(length, decode_content=False)
             if len(body) < length:
                 raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} "
                                   "bytes")
-            if fp.isclosed():  # all read: the connection goes back to the pool, as urllib3's own reads do
-                raw.release_conn()
             return body
         chunks = bytearray()
         # read1 returns what one receive brings; a read(n) would wait for all n bytes. Undecoded: a gzip

@@ -22,7 +22,6 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError
 
 from ..errors import BlockedAddress
@@ -99,20 +98,27 @@ class AddressPolicy:
 def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConnection]:
     # A class built from a variable base: mypy cannot check it as a class definition.
     class GuardedConnection(connection_cls):  # type: ignore[misc, valid-type]
-        _dns_host: str  # urllib3's private name for the host to resolve (pinned urllib3 version)
+        host: str  # urllib3's, to mypy (the base is a variable)
+        server_hostname: str | None  # HTTPS connections' only
 
-        def _new_conn(self) -> socket.socket:
+        def __init__(self, host: str, *args: Any, **kwargs: Any):
+            super().__init__(host, *args, **kwargs)
+            self.requested_host = host  # as given: a trailing dot (a fully qualified name) still counts when resolving
+
+        def connect(self) -> None:
             try:
-                address = policy.vet(self._dns_host, self.port)
+                address = policy.vet(self.requested_host, self.port)
             except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a label too long for IDNA
                 raise NameResolutionError(self.host, self, socket.gaierror(str(exc))) from exc
-            # Connect to exactly the address that was checked; TLS still verifies self.host.
-            original, self._dns_host = self._dns_host, address
+            if isinstance(self, HTTPSConnection) and self.server_hostname is None:
+                self.server_hostname = self.requested_host  # TLS verifies the name, not the address connected to
+            # Connect to exactly the address that was checked. The Host header is the name's: http.client
+            # forms it before a lazy connect, and after an eager one (HTTPS), from the host put back below.
+            self.host = address
             try:
-                conn: socket.socket = super()._new_conn()
-                return conn
+                super().connect()
             finally:
-                self._dns_host = original
+                self.host = self.requested_host
 
     return GuardedConnection
 
@@ -126,11 +132,10 @@ class GuardedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,),
-                         {"ConnectionCls": _guarded(HTTPConnection, self.policy)})
-        https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,),
-                          {"ConnectionCls": _guarded(HTTPSConnection, self.policy)})
-        self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+        self.poolmanager.pool_classes_by_scheme = {  # a new dict: the default one is urllib3's module-level table
+            scheme: type(f"Guarded{pool.__name__}", (pool,),
+                         {"ConnectionCls": _guarded(pool.ConnectionCls, self.policy)})
+            for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
 
 
 def guard_session(session: requests.Session, policy: AddressPolicy, pool_size: int) -> requests.Session:

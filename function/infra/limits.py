@@ -41,6 +41,7 @@ Headers = list[tuple[str, str]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None
 StartResponse = Callable[..., Callable[[bytes], object]]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+Answered = tuple[str, Headers, Iterable[bytes], bool]  # status, headers, body, and whether the body is left unread
 
 UPLOAD_TYPES = ("multipart/form-data", "image/")
 # A refused body this small is read and dropped (within DRAIN_S) so the client gets its 413 on a
@@ -194,27 +195,25 @@ class BoundedRequests:
         return body.finished()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if self.meter is None:
-            return self._bounded(environ, start_response)
-        meter = self.meter()
-        answered: list[int] = []
-
-        def counted(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
-            answered[:] = [int(status.split(" ", 1)[0])]
-            return start_response(status, headers, exc_info)
-
-        # _must_close finds gunicorn's response through start_response.__self__: keep it reachable.
-        setattr(counted, "__self__", getattr(start_response, "__self__", None))  # noqa: B010
-        meter.started()
+        meter = self.meter() if self.meter is not None else None
+        if meter is not None:
+            meter.started()
+        status = "500 INTERNAL SERVER ERROR"  # what the server answers when the app raises
         try:
-            return self._bounded(environ, counted)
+            status, headers, body, body_unread = self._bounded(environ)
+            if body_unread:  # the connection cannot carry another request: close it, and say so
+                _server_close(start_response)()
+                headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+            start_response(status, headers)
+            return body
         finally:
-            meter.answered(str(environ.get("PATH_INFO") or "/"), answered[0] if answered else 500)
+            if meter is not None:
+                meter.answered(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
 
-    def _bounded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _bounded(self, environ: Environ) -> Answered:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
-            return _refuse(environ, start_response, QueryTooLong(
+            return _refuse(environ, QueryTooLong(
                 f"the query string is {len(query)} bytes; the limit is {self.max_query_bytes} "
                 "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), body_unread=True)
         limit = body_limit(environ, self.max_request_bytes, self.max_upload_bytes)
@@ -225,13 +224,12 @@ class BoundedRequests:
             length = None
         elif raw_length:
             if not raw_length.isdigit():
-                return _refuse(environ, start_response, InvalidContentLength(
+                return _refuse(environ, InvalidContentLength(
                     f"Content-Length {raw_length[:40]!r} is not a number"), body_unread=True)
             length = int(raw_length)
         if length is not None and length > limit:
-            return _refuse(environ, start_response, BodyTooLarge(
-                f"the body is {length} bytes; the limit for this request is {limit}"),
-                body_unread=not self._drain(environ, length))
+            return _refuse(environ, BodyTooLarge(f"the body is {length} bytes; the limit for this request is {limit}"),
+                           body_unread=not self._drain(environ, length))
         sock = environ.get("gunicorn.socket")
         deadline = None
         allowed_s = body_seconds(length, self.body_timeout_s)
@@ -254,14 +252,11 @@ class BoundedRequests:
                 deadline.cancel()
         if body.timed_out:
             _close(result)
-            return _refuse(environ, start_response, BodyTimeout(
+            return _refuse(environ, BodyTimeout(
                 f"the body did not arrive within {allowed_s:g} s ({BODY_GRACE_S:g} s plus its length "
                 f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), body_unread=True)
-        headers = list(captured.get("headers", []))
-        if not body.finished():
-            _must_close(start_response, headers)
-        start_response(captured.get("status", "500 INTERNAL SERVER ERROR"), headers)
-        return result
+        return (captured.get("status", "500 INTERNAL SERVER ERROR"), list(captured.get("headers", [])), result,
+                not body.finished())
 
 
 def _no_write(_data: bytes) -> object:
@@ -274,27 +269,18 @@ def _close(result: Iterable[bytes]) -> None:
         close()
 
 
-def _must_close(start_response: StartResponse, headers: Headers) -> None:
-    """Close the connection after this answer, and say so.
-
-    gunicorn drops a ``Connection`` header the app sets (hop-by-hop) and decides itself; its
-    response object is the owner of ``start_response``, and ``force_close()`` makes it send
-    ``Connection: close``. Other servers get the header.
-    """
+def _server_close(start_response: StartResponse) -> Callable[[], object]:
+    """What closes the connection after this answer besides ``Connection: close``, which gunicorn drops
+    (hop-by-hop) with no public way for an app to ask for a close: its ``start_response`` is a method of
+    its response, whose ``force_close()`` does it (checked by tests/infra/test_reaches.py)."""
     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
-    if callable(force_close):
-        force_close()
-    headers[:] = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+    return force_close if callable(force_close) else lambda: None
 
 
-def _refuse(environ: Environ, start_response: StartResponse, err: RequestError,
-            body_unread: bool) -> Iterable[bytes]:
+def _refuse(environ: Environ, err: RequestError, body_unread: bool) -> Answered:
     reply = answer(err, {"X-Request-Id": environ.get("HTTP_X_REQUEST_ID") or logs.new_request_id()})
     headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
-    if body_unread:
-        _must_close(start_response, headers)
-    start_response(f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers)
-    return [reply.body]
+    return f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers, [reply.body], body_unread
 
 
 _REASONS = {400: "BAD REQUEST", 408: "REQUEST TIMEOUT", 413: "REQUEST ENTITY TOO LARGE", 414: "URI TOO LONG"}

@@ -3,9 +3,9 @@
 On a cold instance ``import tensorflow`` takes seconds and tensorflow_hub cannot download before it
 is done (it is built on TensorFlow's file system). So the download of the compressed module starts
 first, on its own thread, while TensorFlow imports; then tensorflow_hub resolves the URL as usual,
-through its own cache, lock and unpacking, except that the bytes it reads come from the download
-already under way. The hook is a subclass of tensorflow_hub's own HTTP resolver that overrides only
-``_call_urlopen``, the method tensorflow_hub provides for changing how the request is made.
+through its own cache, lock and unpacking, except that the bytes it unpacks come from the download
+already under way. The hook is a resolver registered with tensorflow_hub's resolver registry, made of
+the public parts its own HTTP resolver is made of (``atomic_download``, ``DownloadManager``).
 
 Nothing is prefetched when the module is already in the cache (a persistent ``TFHUB_CACHE_DIR``).
 A failed prefetch fails that load, as tensorflow_hub's own download would (no second request to a
@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from typing import IO, Any
+from typing import IO
 
 import requests
 
@@ -48,13 +48,12 @@ def wait_for_other_download(handle: str, cache_dir: str, downloader: int | None 
                             poll_s: float = 0.05) -> None:
     """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir``.
 
-    tensorflow_hub, finding the lock another process holds while it downloads and unpacks the
-    module, sleeps 5 s between looks (``resolver._wait_for_lock_to_disappear``); this looks every
-    50 ms. ``downloader``: a process known to be about to download it (the run that started a
-    converter, whose prefetch is under way before it takes tensorflow_hub's lock): waited for until
-    the module is in the cache or that process is gone, so the module is downloaded once. Then the
-    rest is tensorflow_hub's business: a lock whose process is gone (same host), or one still held at
-    ``timeout_s`` (it declares a download abandoned when it stops growing).
+    tensorflow_hub, finding the lock another process holds while it downloads and unpacks the module,
+    sleeps 5 s between looks; this looks every 50 ms. ``downloader``: a process known to be about to
+    download it (the run that started a converter, whose prefetch is under way before it takes
+    tensorflow_hub's lock): waited for until the module is in the cache or that process is gone, so the
+    module is downloaded once. Then the rest is tensorflow_hub's business: a lock whose process is gone
+    (same host), or one still held at ``timeout_s`` (it declares a download abandoned when it stops growing).
     """
     if not handle.startswith(("http://", "https://")):
         return
@@ -166,16 +165,25 @@ class Prefetcher:
             if self._installed:
                 return
             self._installed = True
-        from tensorflow_hub import compressed_module_resolver, registry
+        from tensorflow_hub import compressed_module_resolver, registry, resolver
 
-        prefetcher = self
+        prefetcher, own = self, compressed_module_resolver.HttpCompressedFileResolver()
 
         # tensorflow_hub has no type information: its classes are Any to mypy.
-        class PrefetchedHttpResolver(compressed_module_resolver.HttpCompressedFileResolver):  # type: ignore[misc]
-            """tensorflow_hub's compressed-module resolver, reading a prefetched body when there is one."""
+        class PrefetchedResolver(resolver.Resolver):  # type: ignore[misc]
+            """tensorflow_hub's HTTP resolver, unpacking a prefetched body when there is one."""
 
-            def _call_urlopen(self, request: Any) -> Any:
-                prefetch = prefetcher.take(getattr(request, "full_url", request))
-                return prefetch.take() if prefetch else super()._call_urlopen(request)
+            def is_supported(self, handle: str) -> bool:
+                return bool(own.is_supported(handle))
 
-        registry.resolver.add_implementation(PrefetchedHttpResolver())
+            def __call__(self, handle: str) -> str:
+                prefetch = prefetcher.take(compressed_url(handle))
+                if prefetch is None:
+                    return str(own(handle))
+                cache = resolver.tfhub_cache_dir(use_temp=True)
+                module_dir = resolver.create_local_module_dir(cache, os.path.basename(cached_module_dir(handle, cache)))
+                return str(resolver.atomic_download(
+                    handle, lambda h, tmp: resolver.DownloadManager(h).download_and_uncompress(prefetch.take(), tmp),
+                    module_dir, compressed_module_resolver.LOCK_FILE_TIMEOUT_SEC))
+
+        registry.resolver.add_implementation(PrefetchedResolver())

@@ -39,6 +39,17 @@ def test_tensorflow_hub_reads_the_prefetched_body_instead_of_downloading(server,
     assert prefetcher.take(compressed_url(url)) is None  # handed over, not left pending
 
 
+def test_tensorflow_hub_still_has_the_parts_the_prefetch_resolver_is_made_of():
+    from tensorflow_hub import registry, resolver
+
+    parts = {resolver: ("Resolver", "tfhub_cache_dir", "create_local_module_dir", "atomic_download", "DownloadManager"),
+             compressed_module_resolver: ("HttpCompressedFileResolver", "LOCK_FILE_TIMEOUT_SEC"),
+             registry.resolver: ("add_implementation",)}
+    missing = [name for module, names in parts.items() for name in names if not hasattr(module, name)]
+    assert not missing, (f"tensorflow_hub no longer has {missing}: function/model/prefetch.py's resolver is made of "
+                         "them (registered with registry.resolver, built on the resolver module's public parts)")
+
+
 def test_nothing_is_prefetched_for_a_cached_model(config, hub_cache):
     TensorFlowModel.load(config.model_url)  # now in the cache
     assert os.path.isdir(cached_module_dir(config.model_url, str(hub_cache)))
