@@ -108,13 +108,24 @@ def client(proven):
     return client
 
 
+STORE_LOGGERS = ("werkzeug", "gcp_storage_emulator")  # moto's server is werkzeug's
+
+
+def hear_stores(caplog) -> None:
+    """Let the stores' request logs through; again after an app is built (its log set-up quiets werkzeug)."""
+    for name in STORE_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
+
+
 @pytest.fixture
 def store_reads(caplog):
-    """How many object reads moto's S3 and the GCS emulator have logged so far."""
-    caplog.set_level(logging.INFO, logger="werkzeug")
-    caplog.set_level(logging.INFO, logger="gcp_storage_emulator")
+    """How many object reads moto's S3 and the GCS emulator have logged so far; refuses to count while
+    their request logs are silenced, so a zero is never for want of hearing."""
+    hear_stores(caplog)
 
     def count() -> int:
+        assert all(logging.getLogger(name).isEnabledFor(logging.INFO) for name in STORE_LOGGERS)
+        assert caplog.handler.level <= logging.INFO
         lines = [r.getMessage() for r in caplog.records if r.name.startswith(("werkzeug", "gcp_storage_emulator"))]
         return sum(1 for line in lines if "GET /birds/" in line or "GET /download/storage/v1/b/birds/" in line)
 
@@ -211,6 +222,7 @@ def test_the_cloudevent_target_takes_a_proven_delivery_and_refuses_the_rest(prov
     target = functions_framework.create_app(target="classify_event", source=str(ROOT / "main.py"),
                                             signature_type="cloudevent").test_client()
     caplog.set_level(logging.INFO, logger="function")
+    hear_stores(caplog)
     headers, body = to_binary(finalized("heron.jpg"))
     refused = target.post("/", headers=headers, data=body)
     assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "sender_unproven"
@@ -290,7 +302,7 @@ FORGERIES = {
     "sns with a certificate from another host": (lambda g, c, s: _sns(s.signed(
         sns_envelope(records()), cert_url=f"http://localhost:{s.server.port}{SNS_CERT_PATH}")), 401, "sns", "cert_url"),
     "sns from another topic": (lambda g, c, s: _sns(s.signed(sns_envelope(
-        records(), TopicArn="arn:aws:sns:us-east-1:999999999999:someone-elses")), "2")), 403, "sns", "not_allowed"),
+        records(), TopicArn="arn:aws:sns:us-east-1:999999999999:someone-elses"), "2")), 403, "sns", "not_allowed"),
     "sns with a made-up signature": (lambda g, c, s: _sns(sns_envelope(records())), 401, "sns", "cert_url"),
     "sns raw delivery without proof": (lambda g, c, s: ("/events", sns_headers(raw=True), json.dumps(records())),
                                        401, "sns", "no_proof"),
@@ -317,7 +329,10 @@ def test_a_forged_delivery_is_refused_with_nothing_read(client, google, cluster,
         assert secret not in logged(caplog) and secret not in r.get_data(as_text=True)
 
 
-def test_the_photo_api_needs_no_proof(client, serve_photo):
+def test_the_photo_api_needs_no_proof(proven, serve_photo):
+    proven.setenv("TRUSTED_HOSTS", "127.0.0.1")  # the stand-in photo host is on loopback
+    service.reset()
+    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
     r = client.post("/", json={"urls": [serve_photo(40)]})
     assert r.status_code == 200 and r.get_json()["results"][0]["predictions"][0]["id"] == 40
 
@@ -329,11 +344,12 @@ def test_photos_are_not_taken_at_the_delivery_path(client, serve_photo):
 
 # -- what the configuration declares ------------------------------------------------------------------------
 
-def test_without_proofs_configured_every_delivery_is_refused(env, moto, tmp_path, store_reads):
+def test_without_proofs_configured_every_delivery_is_refused(env, moto, tmp_path, store_reads, caplog):
     no_host_credentials(env, tmp_path)
     env.setenv("S3_ENDPOINT", moto["endpoint"])
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    hear_stores(caplog)
     r = client.post("/", json=records(), headers=bearer(TOKENS[0]))
     assert r.status_code == 401 and r.get_json()["error"]["code"] == "sender_unproven"
     assert store_reads() == 0
@@ -347,10 +363,11 @@ def test_event_auth_none_declares_the_route_trusted_loudly(env, moto, tmp_path, 
     key_id, secret = moto["keys"]["classifier"]
     env.setenv("AWS_ACCESS_KEY_ID", key_id)
     env.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    caplog.set_level(logging.WARNING, logger="function")
+    caplog.set_level(logging.INFO, logger="function")  # not above INFO: the stores' request logs are INFO
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
     assert [r for r in caplog.records if "EVENT_AUTH=none" in r.getMessage() and r.levelno == logging.WARNING]
+    hear_stores(caplog)
     ready = client.get("/readyz")
     assert ready.get_json()["event_auth"] == {"proofs": [], "trusted_route": True}
     r = client.post("/events", json=records())
