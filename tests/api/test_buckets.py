@@ -38,6 +38,7 @@ pytest.importorskip("google.auth", reason="google-auth is not installed (require
 pytest.importorskip("botocore", reason="botocore is not installed (requirements.txt)")
 
 ROBIN, HERON = 321, 246
+EVENT_TOKEN = "buckets-test-token-0123456789ab"
 KEY = "incoming/yellow bird.jpg"
 
 
@@ -57,17 +58,28 @@ def no_host_credentials(env, tmp_path) -> None:
     env.setenv("AWS_DEFAULT_REGION", "us-east-1")
     env.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     env.setenv("NO_GCE_CHECK", "true")
+    env.setenv("EVENT_TOKENS", EVENT_TOKEN)  # deliveries prove their sender by token (test_senders.py: all proofs)
 
 
 def http_client():
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
     assert service.serving().wait_until_ready(120).ready
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {EVENT_TOKEN}"  # every delivery: the token proof
     return client
 
 
 def event_client():
-    return functions_framework.create_app(target="classify_event", source=str(ROOT / "main.py"),
-                                          signature_type="cloudevent").test_client()
+    client = functions_framework.create_app(target="classify_event", source=str(ROOT / "main.py"),
+                                            signature_type="cloudevent").test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {EVENT_TOKEN}"
+    return client
+
+
+def unsigned_sns(env) -> None:
+    """SNS envelopes made here carry no signature: these tests are about unwrapping and the SubscribeURL
+    checks, so the route is declared trusted; signatures are test_senders.py's."""
+    env.setenv("EVENT_AUTH", "none")
+    service.reset()
 
 
 def everything_logged(caplog) -> str:
@@ -196,6 +208,7 @@ def sns_headers(kind: str = "Notification", raw: bool = False) -> dict:
 
 
 def test_an_sns_notification_envelope_is_unwrapped_and_classified(s3_env, moto):
+    unsigned_sns(s3_env)
     use_key(s3_env, *moto["keys"]["classifier"])
     body = json.dumps(sns_envelope({"Records": [s3_record("heron.jpg")]}))
     r = http_client().post("/", headers=sns_headers(), data=body)
@@ -211,6 +224,7 @@ def test_an_sns_raw_delivery_is_the_records_body(s3_env, moto):
 
 
 def test_s3s_test_event_is_acknowledged_without_a_fetch(s3_env):
+    unsigned_sns(s3_env)
     message = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "birds"}
     r = http_client().post("/", headers=sns_headers(), data=json.dumps(sns_envelope(message)))
     assert r.status_code == 204
@@ -231,6 +245,7 @@ def confirmation(topic: str = TOPIC, url: str = SUBSCRIBE) -> str:
 def sns_client(env, tmp_path):
     no_host_credentials(env, tmp_path)
     env.setenv("SNS_TOPIC_ARNS", f"{TOPIC},arn:aws:sns:eu-west-1:123456789012:other")
+    unsigned_sns(env)
     return http_client()
 
 

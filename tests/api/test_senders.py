@@ -346,6 +346,7 @@ def test_photos_are_not_taken_at_the_delivery_path(client, serve_photo):
 
 def test_without_proofs_configured_every_delivery_is_refused(env, moto, tmp_path, store_reads, caplog):
     no_host_credentials(env, tmp_path)
+    env.delenv("EVENT_TOKENS")
     env.setenv("S3_ENDPOINT", moto["endpoint"])
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
