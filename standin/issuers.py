@@ -38,7 +38,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
 def certificate(key: rsa.RSAPrivateKey, name: str) -> bytes:
     """A self-signed PEM certificate for ``key``, valid from an hour ago for a day."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))

@@ -1,11 +1,11 @@
 """Bucket deliveries prove their sender before the function reads anything with its credentials.
 
-Real stores on 127.0.0.1 (moto's S3 with IAM enforced, gcp-storage-emulator: test_buckets.py's
-fixtures) and stand-in signers with their own keys (standin/issuers.py): a Google-style certificates
-endpoint, a cluster issuer's OIDC discovery and JWKS, SNS's signing certificate. Deliveries signed
-right are classified; every forgery is refused with nothing read from either store, which the
-stores' own request logs show (werkzeug's for moto, the emulator's). The trusted key locations are
-fields of a Config the test builds: no environment variable can move them.
+Real stores on 127.0.0.1 (moto's S3 with IAM enforced, gcp-storage-emulator: tests/api/stores.py)
+and stand-in signers with their own keys (standin/issuers.py): a Google-style certificates endpoint,
+a cluster issuer's OIDC discovery and JWKS, SNS's signing certificate. Deliveries signed right are
+classified; every forgery is refused with nothing read from either store, which the stores' own
+request logs show (werkzeug's for moto, the emulator's). The trusted key locations are fields of a
+Config the test builds: no environment variable can move them.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from function import app as service
 from function.config import Config
 from function.core.buckets import FINALIZED
 from standin.issuers import SNS_CERT_PATH, ClusterIssuer, GoogleIssuer, SnsSigner, rsa_key, unsigned
-from tests.api.test_buckets import (  # noqa: F401  # moto and gcs are fixtures
+from tests.api import stores
+from tests.api.stores import (
     HERON,
     KEY,
     ROBIN,
     SUBSCRIBE,
     TOPIC,
-    gcs,
-    moto,
     no_host_credentials,
     object_resource,
     pubsub_message,
@@ -49,6 +48,18 @@ PUSH_AUDIENCE = "https://birds.example.run.app/events"
 PUSHER = "pubsub-push@my-project.iam.gserviceaccount.com"
 SINK_AUDIENCE = "serving.knative.dev/service/birds/bird-classifier"
 BROKER = "system:serviceaccount:birds:oidc-broker-default"
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with stores.moto_s3() as store:
+        yield store
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    with stores.gcs_emulator() as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +185,8 @@ def test_sns_raw_delivery_proves_itself_with_basic_auth(client, store_reads):
 def test_a_pubsub_push_with_googles_id_token_is_classified_and_the_certs_fetched_once(client, google, store_reads):
     fetched = google.server.hits["/oauth2/v1/certs"]
     for _ in range(2):
-        r = client.post("/events", json=pubsub_message("heron.jpg"), headers=bearer(google.token(PUSH_AUDIENCE, PUSHER)))
+        token = google.token(PUSH_AUDIENCE, PUSHER)
+        r = client.post("/events", json=pubsub_message("heron.jpg"), headers=bearer(token))
         assert r.status_code == 200, r.get_data(as_text=True)
         assert r.get_json()["results"][0]["predictions"][0]["id"] == HERON
     assert google.server.hits["/oauth2/v1/certs"] == fetched + 1  # kept for its Cache-Control max-age
