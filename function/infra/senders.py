@@ -119,7 +119,10 @@ class Senders:
             return self._token(envelope, _basic_password(credential))
         if scheme != "bearer":
             raise unproven(envelope, "malformed", "the Authorization scheme is neither Bearer nor Basic")
-        if credential.count(".") != 2:  # not a JWT: a shared secret
+        matched = self._matching_token(credential)
+        if matched:
+            return f"EVENT_TOKENS #{matched}"
+        if credential.count(".") != 2:  # not a JWT: a shared secret, and not one of ours
             return self._token(envelope, credential)
         issuer = _unverified_issuer(envelope, credential)
         if issuer in GOOGLE_ISSUERS and self._google is not None:
@@ -132,14 +135,20 @@ class Senders:
         if not self._tokens:
             raise unproven(envelope, "not_accepted", f"shared tokens are not among the proofs EVENT_AUTH takes "
                            f"({self._accepted()})")
-        given = presented.encode("utf-8", "surrogateescape")
-        matched = 0
-        for i, token in enumerate(self._tokens, 1):  # every one compared: the time says nothing of which
-            if hmac.compare_digest(given, token):
-                matched = i
+        matched = self._matching_token(presented)
         if not matched:
             raise unproven(envelope, "token", "its token is not one of EVENT_TOKENS")
         return f"EVENT_TOKENS #{matched}"
+
+    def _matching_token(self, presented: str) -> int:
+        """Which of ``EVENT_TOKENS`` (1-based) ``presented`` is, or 0; each compared in constant time, and
+        every one compared, so the time says nothing of which matched or how much."""
+        given = presented.encode("utf-8", "surrogateescape")
+        matched = 0
+        for i, token in enumerate(self._tokens, 1):
+            if hmac.compare_digest(given, token):
+                matched = i
+        return matched
 
     def _accepted(self) -> str:
         return ", ".join(self.proofs) or "none configured: set EVENT_AUTH and its settings"
