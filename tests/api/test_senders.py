@@ -341,6 +341,26 @@ def test_a_forged_delivery_is_refused_with_nothing_read(client, google, cluster,
         assert secret not in logged(caplog) and secret not in r.get_data(as_text=True)
 
 
+def test_keys_that_cannot_be_fetched_are_a_503_the_broker_retries(proven, google, monkeypatch, store_reads,
+                                                                   caplog):
+    trust(monkeypatch, google_certs_url=google.server.url("/no-certs-here"))  # the certificates endpoint fails
+    service.reset()
+    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    hear_stores(caplog)
+    r = client.post("/events", json=pubsub_message("heron.jpg"), headers=bearer(google.token(PUSH_AUDIENCE, PUSHER)))
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "sender_keys_unavailable"
+    assert "Retry-After" in r.headers
+    assert store_reads() == 0
+    assert 'reason="keys_unavailable"} 1.0' in refusals(client)
+
+
+def test_a_proven_delivery_leaves_its_token_out_of_logs_and_answers(client, caplog):
+    caplog.set_level(logging.DEBUG, logger="function")
+    r = client.post("/events", json=records(), headers=bearer(TOKENS[1]))
+    assert r.status_code == 200
+    assert TOKENS[1] not in logged(caplog) and TOKENS[1] not in r.get_data(as_text=True)
+
+
 def test_the_photo_api_needs_no_proof(proven, serve_photo):
     proven.setenv("TRUSTED_HOSTS", "127.0.0.1")  # the stand-in photo host is on loopback
     service.reset()
