@@ -77,7 +77,7 @@ class Config:
     s3_endpoint: str | None = None  # e.g. http://minio.storage:9000 for MinIO notifications (path-style)
     storage_credentials: str = "auto"  # auto: ADC / the AWS chain, anonymous if none; anonymous: never look
     sns_topic_arns: frozenset[str] = frozenset()  # SNS topics whose messages are taken (signatures verified)
-    # Who may deliver bucket events (README, "Bucket events"): the proofs taken, and each proof's settings
+    # Who may deliver bucket events (README, "Who may deliver"): the proofs taken, and each proof's settings
     event_auth: tuple[str, ...] = ()  # google, sns, token, oidc; or none (a trusted route); empty: as configured
     event_tokens: tuple[str, ...] = field(default=(), repr=False)  # MinIO auth_token / webhook secrets
     event_audiences: tuple[str, ...] = ()  # Google ID tokens (Pub/Sub push, Eventarc): the accepted `aud`

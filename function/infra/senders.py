@@ -1,5 +1,5 @@
 """Who sent a bucket delivery: each platform's proof, verified before the function does anything with its
-credentials (README, "Bucket events": who may deliver).
+credentials (README, "Who may deliver").
 
 * Google-signed ID tokens (Pub/Sub push with an authenticated subscription, Eventarc): google-auth's
   ``id_token.verify_token`` checks the signature against Google's certificates, ``exp`` and ``aud``;
@@ -90,9 +90,9 @@ class Senders:
         if self.trusted_route:
             log.warning("EVENT_AUTH=none: bucket deliveries are taken without proof of their sender; this route "
                         "must be reachable only by the platform (a cluster-local Service, IAM in front)")
-        elif not self.proofs:
-            log.warning("no EVENT_AUTH proof is configured: every bucket delivery is refused (README, "
-                        "'Bucket events')")
+        elif not self.proofs:  # INFO: the command line builds an app too, and takes no deliveries
+            log.info("no EVENT_AUTH proof is configured: every bucket delivery is refused (README, "
+                     "'Who may deliver')")
 
     def status(self) -> dict[str, Any]:
         """For ``/readyz``: which proofs are taken, and whether the route is declared trusted instead."""
