@@ -176,10 +176,12 @@ class App:
         :class:`~function.errors.SenderUnproven` (401), ``SenderNotAllowed`` (403), or
         :class:`~function.errors.SenderKeysUnavailable` (503) when the keys cannot be fetched now."""
         try:
-            return self._senders.check(envelope, headers, signed)
+            sender = self._senders.check(envelope, headers, signed)
         except (SenderUnproven, SenderKeysUnavailable) as err:
             self._metrics.count_delivery_refusal(envelope, err.reason)
             raise
+        log.debug("%s delivery from %s", envelope, sender)
+        return sender
 
     def confirm_subscription(self, url: str) -> None:
         """Follow an SNS SubscribeURL already checked to be SNS's (``buckets.subscribe_url``), through the

@@ -80,7 +80,8 @@ class Senders:
     def __init__(self, config: Config):
         self.proofs = config.event_proofs()
         self.trusted_route = self.proofs == ("none",)
-        self._tokens = tuple(token.encode() for token in config.event_tokens)
+        # Only the proofs EVENT_AUTH lists: a secret left in EVENT_TOKENS proves nothing once "token" is not.
+        self._tokens = tuple(token.encode() for token in config.event_tokens) if "token" in self.proofs else ()
         timeout = config.event_keys_timeout_s
         self._google = (GoogleTokens(config.event_audiences, config.event_service_accounts, config.google_certs_url,
                                      timeout) if "google" in self.proofs else None)

@@ -361,6 +361,17 @@ def test_a_proven_delivery_leaves_its_token_out_of_logs_and_answers(client, capl
     assert TOKENS[1] not in logged(caplog) and TOKENS[1] not in r.get_data(as_text=True)
 
 
+def test_only_the_proofs_event_auth_lists_are_taken(proven, store_reads, caplog):
+    proven.setenv("EVENT_AUTH", "google,oidc,sns")  # EVENT_TOKENS is still set: it proves nothing now
+    service.reset()
+    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    hear_stores(caplog)
+    r = client.post("/events", json=records(), headers=bearer(TOKENS[0]))
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "sender_unproven"
+    assert store_reads() == 0
+    assert client.get("/readyz").get_json()["event_auth"]["proofs"] == ["google", "oidc", "sns"]
+
+
 def test_the_photo_api_needs_no_proof(proven, serve_photo):
     proven.setenv("TRUSTED_HOSTS", "127.0.0.1")  # the stand-in photo host is on loopback
     service.reset()
