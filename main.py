@@ -33,7 +33,11 @@ def classify_http(request: flask.Request) -> flask.Response:
 
 @functions_framework.cloud_event
 def classify_event(cloud_event: CloudEvent) -> None:
-    events.handle(cloud_event, app.serving())
+    # The framework hands over the event alone; the sender's proof is in the request's headers, which
+    # flask.request holds while the framework calls this target.
+    refusal = events.handle(cloud_event, app.serving(), flask.request.headers)
+    if refusal is not None:
+        flask.abort(http.answer_response(refusal))
 
 
 # The configuration is read and checked now (plain data), so a bad value stops the start-up instead of

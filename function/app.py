@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -41,13 +41,14 @@ from .core.photos import PhotoReader
 from .core.pool import Progress
 from .core.results import Classification
 from .core.sources import PhotoSource
-from .errors import Answer, NotReady, ObjectUnavailable
+from .errors import Answer, NotReady, ObjectUnavailable, SenderKeysUnavailable, SenderUnproven
 from .infra import fetch, files, logs
 from .infra.cpu import usable_cpus
 from .infra.deadlines import Deadlines
 from .infra.deliveries import RecentDeliveries
 from .infra.forkserver import ForkServer
 from .infra.metrics import Metrics, RequestMeter
+from .infra.senders import Senders
 from .model import loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
@@ -87,6 +88,7 @@ class App:
                                       self._batcher)
         self._fanout = _fanout(config, self._trusted)
         self._deliveries = _deliveries()
+        self._senders = Senders(config)  # who may deliver bucket events, and the keys that prove it
         self._metrics.watch(lambda: {name: s["state"] for name, s in self._classifier.status().items()},
                            lambda: self._model.load_seconds,
                            lambda: (self._batcher.stats.calls, self._batcher.stats.images, self._batcher.stats.largest))
@@ -106,6 +108,7 @@ class App:
         status = self._classifier.status()
         if self._model.ready():
             status["model"]["runtime"] = self._model.get().runtime
+        status["event_auth"] = self._senders.status()
         return Readiness(self._classifier.ready() and self._batcher.prepared(), status)
 
     def wait_until_ready(self, timeout_s: float) -> Readiness:
@@ -167,6 +170,19 @@ class App:
         """The answer to a delivery, ``work()`` done only if no delivery with this key is done or under way;
         True when the answer comes from memory (brokers deliver at least once)."""
         return self._deliveries.run(key, work)
+
+    def verify_sender(self, envelope: str, headers: Mapping[str, str], signed: Mapping[str, Any] | None = None) -> str:
+        """Who sent a bucket delivery, proven the way its platform proves it (infra/senders.py), before
+        anything is done with the function's credentials. A refusal is counted by reason and raised:
+        :class:`~function.errors.SenderUnproven` (401), ``SenderNotAllowed`` (403), or
+        :class:`~function.errors.SenderKeysUnavailable` (503) when the keys cannot be fetched now."""
+        try:
+            sender = self._senders.check(envelope, headers, signed)
+        except (SenderUnproven, SenderKeysUnavailable) as err:
+            self._metrics.count_delivery_refusal(envelope, err.reason)
+            raise
+        log.debug("%s delivery from %s", envelope, sender)
+        return sender
 
     def confirm_subscription(self, url: str) -> None:
         """Follow an SNS SubscribeURL already checked to be SNS's (``buckets.subscribe_url``), through the

@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -22,6 +22,18 @@ DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 DEFAULT_LABELS_URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_RUNTIMES = ("auto", "litert", "tensorflow")
+# The proofs a bucket delivery may carry (function/infra/senders.py), and the settings each needs.
+EVENT_PROOFS = {"google": ("event_audiences", "event_service_accounts"), "sns": ("sns_topic_arns",),
+                "token": ("event_tokens",), "oidc": ("event_oidc_issuer", "event_oidc_audiences",
+                                                     "event_oidc_subjects")}
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+# SigningCertURL of an SNS message: SNS's own regional endpoints only (the China partition too).
+SNS_CERT_URL = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem"
+MIN_EVENT_TOKEN_CHARS = 16
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Where the keys that prove a sender come from: fixed for serving, so no setting can make the function
+# trust another signer; the tests' stand-in issuers replace them in a Config built by the test itself.
+NOT_FROM_ENV = frozenset({"google_certs_url", "sns_cert_url"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,20 @@ class Config:
     gcs_endpoint: str | None = None  # Cloud Storage somewhere else (Private Service Connect...), JSON API
     s3_endpoint: str | None = None  # e.g. http://minio.storage:9000 for MinIO notifications (path-style)
     storage_credentials: str = "auto"  # auto: ADC / the AWS chain, anonymous if none; anonymous: never look
-    sns_topic_arns: frozenset[str] = frozenset()  # SNS topics whose SubscriptionConfirmation is confirmed
+    sns_topic_arns: frozenset[str] = frozenset()  # SNS topics whose messages are taken (signatures verified)
+    # Who may deliver bucket events (README, "Who may deliver"): the proofs taken, and each proof's settings
+    event_auth: tuple[str, ...] = ()  # google, sns, token, oidc; or none (a trusted route); empty: as configured
+    event_tokens: tuple[str, ...] = field(default=(), repr=False)  # MinIO auth_token / webhook secrets
+    event_audiences: tuple[str, ...] = ()  # Google ID tokens (Pub/Sub push, Eventarc): the accepted `aud`
+    event_service_accounts: frozenset[str] = frozenset()  # ...and the senders' service account emails
+    event_oidc_issuer: str | None = None  # Knative Eventing OIDC: the cluster's issuer (`iss`)
+    event_oidc_audiences: tuple[str, ...] = ()  # ...the accepted `aud` (the sink's audience)
+    event_oidc_subjects: frozenset[str] = frozenset()  # ...and the senders allowed (`sub`)
+    event_oidc_ca_file: str | None = None  # the CA of the issuer's discovery endpoint (in-cluster: the pod's)
+    event_oidc_token_file: str | None = None  # a token sent to the discovery endpoint, if it asks for one
+    event_keys_timeout_s: float = 5.0  # fetching Google's certificates, an SNS certificate, the cluster's JWKS
+    google_certs_url: str = GOOGLE_CERTS_URL  # not from the environment (NOT_FROM_ENV)
+    sns_cert_url: str = SNS_CERT_URL  # a full-match pattern; not from the environment (NOT_FROM_ENV)
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
     fanout_chunk: int = 8  # photos per sub-request when fanning out
     fanout_timeout_s: float = 120.0
@@ -111,6 +136,8 @@ class Config:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
+            if f.name in NOT_FROM_ENV:
+                continue
             name = f.name.upper()
             raw = env.get(name)
             if raw is None or raw.strip() == "":
@@ -128,7 +155,7 @@ class Config:
                     "model_wait_s", "fanout_chunk", "fanout_timeout_s",
                     "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
                     "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s",
-                    "max_connections"]
+                    "max_connections", "event_keys_timeout_s"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
@@ -161,6 +188,36 @@ class Config:
         bad = sorted(a for a in self.sns_topic_arns if not a.startswith("arn:aws") or a.count(":") != 5)
         if bad:
             raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        self._validate_event_auth()
+
+    def _validate_event_auth(self) -> None:
+        listed = set(self.event_auth)
+        if "none" in listed and len(listed) > 1:
+            raise ConfigError("EVENT_AUTH=none declares the route trusted; it cannot be listed with proofs")
+        unknown = sorted(listed - {"none", *EVENT_PROOFS})
+        if unknown:
+            raise ConfigError(f"EVENT_AUTH names {unknown[0]!r}; expected none or some of {', '.join(EVENT_PROOFS)}")
+        for proof in listed - {"none"}:
+            missing = [name.upper() for name in EVENT_PROOFS[proof] if not getattr(self, name)]
+            if missing:
+                raise ConfigError(f"EVENT_AUTH takes {proof} proofs, which need {' and '.join(missing)}")
+        if any(len(token) < MIN_EVENT_TOKEN_CHARS for token in self.event_tokens):
+            raise ConfigError(f"each EVENT_TOKENS secret must be at least {MIN_EVENT_TOKEN_CHARS} characters "
+                              "(e.g. openssl rand -hex 32)")
+        issuer = urlsplit(self.event_oidc_issuer or "https://")
+        # Plain HTTP only on loopback, where the keys cross no network (a local issuer, the tests' stand-in).
+        if issuer.scheme != "https" and not (issuer.scheme == "http" and issuer.hostname in _LOOPBACK):
+            raise ConfigError(f"EVENT_OIDC_ISSUER must be an https URL, got {self.event_oidc_issuer!r}")
+        if any("@" not in account for account in self.event_service_accounts):
+            raise ConfigError("EVENT_SERVICE_ACCOUNTS lists service account emails "
+                              "(NAME@PROJECT.iam.gserviceaccount.com)")
+
+    def event_proofs(self) -> tuple[str, ...]:
+        """The proofs a delivery may carry: those ``EVENT_AUTH`` lists, else every one whose settings are
+        given; none at all refuses every delivery. ``("none",)``: the route is declared trusted."""
+        if self.event_auth:
+            return tuple(sorted(set(self.event_auth)))
+        return tuple(p for p, names in EVENT_PROOFS.items() if all(getattr(self, n) for n in names))
 
     def _validate_decoding(self) -> None:
         for name in ("decode_memory_mb", "decode_cpu_s", "max_jpeg_scans"):
@@ -209,6 +266,8 @@ def _parse(name: str, raw: str, default: object) -> object:
         items = [item.strip() for item in raw.split(",") if item.strip()]
         if name == "PHOTO_FORMATS":
             items = [item.upper() for item in items]
+        if name == "EVENT_AUTH":
+            items = [item.lower() for item in items]
         return type(default)(items)
     if name in ("LOG_LEVEL",):
         return raw.upper()

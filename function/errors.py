@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Self
 
 
 class ServiceError(Exception):
@@ -243,6 +243,44 @@ class SubscriptionRefused(EventError):
 
     code = "subscription_refused"
     status = 403
+
+
+class SenderUnproven(RequestError):
+    """A delivery that does not prove who sent it (no proof, or one that does not verify): nothing is done
+    with the function's credentials. ``envelope`` and ``reason`` name it in logs and metrics, never the proof."""
+
+    code = "sender_unproven"
+    status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="bucket events"'}
+    envelope: str = ""
+    reason: str = ""
+
+    @classmethod
+    def of(cls, envelope: str, reason: str, message: str) -> Self:
+        err = cls(message)
+        err.envelope, err.reason = envelope, reason
+        return err
+
+
+class SenderNotAllowed(SenderUnproven):
+    """A delivery that proves its sender, who is not one the function takes deliveries from."""
+
+    code = "sender_not_allowed"
+    status = 403
+    headers = {}
+
+
+class SenderKeysUnavailable(ServiceError):
+    """The keys that would verify a delivery's proof could not be fetched now; the broker retries."""
+
+    code = "sender_keys_unavailable"
+    status = 503
+    retryable = True
+    envelope: str = ""
+    reason: str = "keys_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 10.0, retryable: bool | None = None):
+        super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
 
 
 class ObjectNotAnImage(ServiceError):

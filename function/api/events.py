@@ -1,6 +1,10 @@
 """Bucket events in, answers out: CloudEvents (the event target, and Trigger deliveries to the HTTP
 target), SNS messages and bucket notifications posted as bodies. Only decoding and encoding.
 
+Every delivery first proves its sender (:meth:`App.verify_sender`, function/infra/senders.py): one
+that does not is answered 401 or 403, logged once with its envelope and the reason, and nothing is
+fetched for it.
+
 Every envelope goes through one door, :func:`function.core.buckets.notification`; the objects are
 classified by :meth:`App.classify_objects`; outcomes become answers by the table in
 :mod:`function.core.outcomes`; errors become answers by :func:`function.errors.answer`, once, in
@@ -23,9 +27,19 @@ from cloudevents.http import CloudEvent, from_http
 from ..app import App
 from ..core import buckets, outcomes
 from ..core.buckets import Notification
-from ..errors import Answer, EventError, InvalidCloudEvent, InvalidNotification, ServiceError, answer
+from ..errors import (
+    Answer,
+    EventError,
+    InvalidCloudEvent,
+    InvalidNotification,
+    SenderKeysUnavailable,
+    SenderUnproven,
+    ServiceError,
+    answer,
+)
 from ..infra import logs
 from ..infra.deliveries import delivery_key
+from ..infra.senders import sns_envelope
 from .parsing import sns_type
 
 log = logging.getLogger(__name__)
@@ -34,28 +48,36 @@ REPLY_TYPE = "dev.birdclassifier.birds.classified"
 JSON = {"Content-Type": "application/json"}
 
 
-def handle(event: Any, app: App) -> None:
+def handle(event: Any, app: App, headers: Mapping[str, str]) -> Answer | None:
     """The CloudEvent target: classify the object a storage event names, and log the outcome.
 
-    An event that is not one to act on is logged and acknowledged. A failure a redelivery may fix
-    raises (:class:`~function.errors.ObjectUnavailable` or ``NotReady``), so the framework answers 5xx
-    and the trigger retries.
+    ``headers`` are the delivery's HTTP headers, where its sender's proof is. A delivery that does not
+    prove its sender is the refusal returned, for the target to answer. An event that is not one to act
+    on is logged and acknowledged. A failure a redelivery may fix raises
+    (:class:`~function.errors.ObjectUnavailable` or ``NotReady``), so the framework answers 5xx and the
+    trigger retries.
     """
     # The CloudEvents distributed-tracing extension carries a W3C traceparent.
     trace = logs.trace_fields(_text(event.get("traceparent")), None, app.config.google_cloud_project)
     with logs.request_context(_short(str(event.get("id") or logs.new_request_id()))), logs.trace_context(trace):
         try:
+            app.verify_sender("cloudevent", headers)
+        except (SenderUnproven, SenderKeysUnavailable) as err:
+            _log_refusal("cloudevent", err)
+            return answer(err)
+        try:
             notification = buckets.notification(event.data, event.get("type") or "", app.config.max_urls)
         except EventError as err:
             log.warning("event ignored: %s", err, extra=logs.fields(type=event.get("type"), source=event.get("source")))
-            return
+            return None
         if notification.skip:
             log.info("event skipped: %s", notification.skip, extra=logs.fields(type=event.get("type")))
-            return
+            return None
         for outcome in app.classify_objects(notification).outcomes:
             refusal = outcomes.delivery_error(outcome)
             if refusal is not None and refusal.retryable:
                 raise refusal
+        return None
 
 
 def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
@@ -73,13 +95,34 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
             event = from_http(dict(headers), body)
         except (ce_exceptions.GenericException, ValueError) as exc:
             raise InvalidCloudEvent(f"not a valid CloudEvent: {exc}") from None
+        app.verify_sender("cloudevent", headers)  # before the memory of answers: a forged copy learns nothing
         source, event_id = str(event["source"]), str(event["id"])
         return _once(app, delivery_key("cloudevent", source, event_id, body), source, event_id,
                      lambda: _reply(event, app))
+    except (SenderUnproven, SenderKeysUnavailable) as err:
+        _log_refusal("sns" if sns_type(headers) is not None else "cloudevent", err)
+        return answer(err)
     except ServiceError as err:
         if err.status < 500:
             log.warning("delivery refused: %s", err.message, extra=logs.fields(code=err.code))
         return answer(err)
+
+
+def posted(notification: Notification, headers: Mapping[str, str], app: App) -> Answer:
+    """A bucket notification posted as a plain body (a MinIO webhook, a Pub/Sub push, SNS raw delivery):
+    once its sender is proven, the result document, each object's error in it."""
+    try:
+        app.verify_sender(notification.envelope, headers)
+    except (SenderUnproven, SenderKeysUnavailable) as err:
+        _log_refusal(notification.envelope, err)
+        return answer(err)
+    return notification_answer(notification, app, delivered=False)
+
+
+def _log_refusal(envelope: str, err: SenderUnproven | SenderKeysUnavailable) -> None:
+    """The one record of a refused delivery: its envelope and why, never its proof."""
+    log.warning("delivery refused: %s", err.message, extra=logs.fields(
+        code=err.code, status=err.status, envelope=envelope, reason=err.reason))
 
 
 def notification_answer(notification: Notification, app: App, *, delivered: bool = True) -> Answer:
@@ -155,9 +198,9 @@ def _short(value: object, limit: int = 200) -> str:
 def _deliver_sns(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
     """An SNS message: a Notification classified; a SubscriptionConfirmation followed for listed topics only.
 
-    The signature of SNS messages is not verified (that needs the signing certificate from an
-    amazonaws.com URL); what an unverified message can do is bounded: read objects the function may
-    read anyway, and confirm subscriptions only to topics listed in ``SNS_TOPIC_ARNS``.
+    An envelope proves itself by its signature (SNS's certificate, a topic in ``SNS_TOPIC_ARNS``), a
+    confirmation before its URL is fetched; a raw delivery (the ``Records`` body alone, unsigned) by
+    its ``Authorization`` header, like a MinIO webhook.
     """
     try:
         doc = json.loads(body)
@@ -165,6 +208,7 @@ def _deliver_sns(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
         raise InvalidNotification("the SNS message is not JSON") from None
     if not isinstance(doc, dict):
         raise InvalidNotification("the SNS message is not a JSON object")
+    app.verify_sender("sns", headers, doc if sns_envelope(doc) else None)
     kind = doc.get("Type") or sns_type(headers)
     if kind == buckets.SNS_CONFIRMATION:
         url = buckets.subscribe_url(doc, app.config.sns_topic_arns)

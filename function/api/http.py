@@ -6,8 +6,12 @@ Routes (the functions-framework target receives every path):
 * ``POST /`` ``multipart/form-data`` (files in ``photo``, ``urls``) or ``image/*``: uploads (see ``uploads.py``)
 * ``GET /`` without ``url`` from a browser: the web page; ``GET /openapi.json``: the contract (see web.py)
 * ``GET /healthz`` liveness; ``GET /readyz`` readiness (starts the model load on first call)
-* a CloudEvent (binary or structured) posted to ``/``: a Trigger delivery, answered with a CloudEvent
-* an S3 / MinIO bucket notification (``{"Records": [...]}``) posted to ``/``
+* ``POST /events``: bucket deliveries only: a CloudEvent (binary or structured; a Trigger's, answered
+  with a CloudEvent), an SNS message, a Pub/Sub push, an S3 / MinIO notification (``{"Records": [...]}``)
+* the same deliveries posted to ``/``, where older subscriptions send them
+
+Every delivery proves its sender first (``events.py``, function/infra/senders.py); photo requests
+need no proof.
 
 Every answer is JSON. A malformed request is a 400 that says what to fix; a model that cannot be
 loaded is a 503 with ``Retry-After``; one bad photo is an error inside a 200. Routes raise; errors
@@ -44,7 +48,7 @@ from ..infra import logs
 from ..infra.limits import BoundedRequests
 from ..infra.metrics import CONTENT_TYPE, RequestMeter
 from . import events, web
-from .parsing import Delivery, read_request
+from .parsing import Delivery, read_delivery, read_request
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +123,7 @@ def handle(request: flask.Request, app: App) -> flask.Response:
     return response
 
 
-ROUTES = ("/", "/healthz", "/readyz", "/openapi.json", "/metrics")
+ROUTES = ("/", "/events", "/healthz", "/readyz", "/openapi.json", "/metrics")
 
 
 def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.Response:
@@ -134,6 +138,10 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
         return web.openapi_response()
     if path == "/metrics":
         return flask.Response(app.metrics_text(), 200, content_type=CONTENT_TYPE)
+    if path == "/events":
+        if request.method != "POST":
+            raise MethodNotAllowed(f"{request.method} is not supported; POST bucket deliveries to /events")
+        return _delivered(read_delivery(request, app.config), request, app)
     if path != "/":
         raise NotFound(f"no endpoint {request.path}; POST / to classify photos")
     if request.method not in ("GET", "POST"):
@@ -141,14 +149,18 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
     if request.method == "GET" and "url" not in request.args and web.wants_page(request):
         return web.page_response()
     parsed = read_request(request, app.config)
-    if isinstance(parsed, Delivery):
-        return answer_response(events.deliver(parsed.headers, parsed.body, app))
-    if isinstance(parsed, Notification):  # a bucket notification posted as a plain body
-        return answer_response(events.notification_answer(parsed, app, delivered=False))
+    if isinstance(parsed, (Delivery, Notification)):
+        return _delivered(parsed, request, app)
     result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=FANOUT_HEADER in request.headers)
     response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
     log_classification(result, _http_request(request, response, started))
     return response
+
+
+def _delivered(parsed: Delivery | Notification, request: flask.Request, app: App) -> flask.Response:
+    if isinstance(parsed, Delivery):
+        return answer_response(events.deliver(parsed.headers, parsed.body, app))
+    return answer_response(events.posted(parsed, dict(request.headers), app))  # a notification posted as a plain body
 
 
 def _http_request(request: flask.Request, response: flask.Response, started: float) -> dict[str, Any]:

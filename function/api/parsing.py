@@ -19,6 +19,7 @@ from ..core.buckets import Notification
 from ..errors import (
     BodyTooLarge,
     InvalidJson,
+    InvalidNotification,
     InvalidUrls,
     UnknownField,
     UnsupportedMediaType,
@@ -50,6 +51,19 @@ def read_request(request: flask.Request, config: Config) -> ClassifyRequest | No
     if mimetype not in ("", "application/json", "text/plain") and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"send application/json, multipart/form-data or image/*, not {mimetype}")
     return parse_json_body(read_body(request, config.max_request_bytes), config)
+
+
+def read_delivery(request: flask.Request, config: Config) -> Notification | Delivery:
+    """What a ``POST /events`` carries: a broker's delivery, or a bucket notification posted as a body."""
+    headers = dict(request.headers)
+    body = read_body(request, config.max_request_bytes)
+    if is_delivery(headers):
+        return Delivery(headers, body)
+    parsed = parse_json_body(body, config)
+    if not isinstance(parsed, Notification):
+        raise InvalidNotification("/events takes bucket deliveries (CloudEvents, SNS, Pub/Sub push, S3 / MinIO "
+                                  "notifications); send photos to /")
+    return parsed
 
 
 def is_delivery(headers: Mapping[str, str]) -> bool:

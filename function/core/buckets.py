@@ -282,6 +282,7 @@ class Notification:
     objects: tuple[StorageObject, ...] = ()
     not_images: tuple[StorageObject, ...] = ()
     skip: str | None = None
+    envelope: str = "s3"  # what carried it: cloudevent, pubsub, sns, s3 (its sender proves itself by that)
 
     @property
     def empty_reason(self) -> str:
@@ -295,6 +296,7 @@ def notification(data: Any, event_type: str | None = None, max_objects: int | No
     without it, ``data`` is a body posted as it is: S3 / MinIO ``Records`` (also SNS raw delivery), a
     Pub/Sub push, or an SNS ``Notification`` envelope. At most ``max_objects`` images per envelope.
     """
+    envelope = "cloudevent"
     if event_type is not None:
         found: list[StorageObject] | StorageObject | Skip = storage_object(event_type, data)
     else:
@@ -302,20 +304,20 @@ def notification(data: Any, event_type: str | None = None, max_objects: int | No
         if not isinstance(doc, Mapping):
             raise InvalidNotification("a bucket notification is a JSON object")
         if is_pubsub_push(doc):
-            found = pubsub_object(doc)
+            envelope, found = "pubsub", pubsub_object(doc)
         elif is_sns_envelope(doc):
             if doc.get("Type") != SNS_NOTIFICATION:
                 raise InvalidNotification("SNS confirmations are only taken with SNS's x-amz-sns-message-type header")
-            found = sns_records(doc) if "Records" not in doc else s3_objects(doc)
+            envelope, found = "sns", sns_records(doc) if "Records" not in doc else s3_objects(doc)
         else:
-            found = s3_objects(doc)
+            envelope, found = "s3", s3_objects(doc)
     if isinstance(found, Skip):
-        return Notification(skip=found.reason)
+        return Notification(skip=found.reason, envelope=envelope)
     objects = [found] if isinstance(found, StorageObject) else found
     images = tuple(o for o in objects if o.is_image is not False)
     if max_objects is not None and len(images) > max_objects:
         raise TooManyUrls(f"{len(images)} objects; at most {max_objects} per notification")
-    return Notification(images, tuple(o for o in objects if o.is_image is False))
+    return Notification(images, tuple(o for o in objects if o.is_image is False), envelope=envelope)
 
 
 def is_notification(doc: Mapping[str, Any]) -> bool:

@@ -19,6 +19,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PHASES = ("fetch", "decode", "queue", "inference", "total")
 STATES = ("not_loaded", "loading", "ready", "failed")
 COST_REASONS = ("memory", "cpu", "scans", "deadline")  # function/core/decoding.py
+# Why a delivery was refused (function/infra/senders.py): a bounded set, whatever callers send.
+SENDER_REASONS = ("no_proof", "not_accepted", "malformed", "signature", "issuer", "audience", "expired",
+                  "not_allowed", "token", "cert_url", "keys_unavailable")
 # Seconds: a cached photo decodes in ms, a slow host takes up to the 60 s request deadline.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -47,6 +50,12 @@ class Metrics:
                                      ["reason"], registry=r)
         for reason in COST_REASONS:
             self.cost_refusals.labels(reason)
+        self.delivery_refusals = Counter("bird_delivery_refusals", "Bucket deliveries refused for their sender's "
+                                         "proof, by envelope and reason", ["envelope", "reason"], registry=r)
+
+    def count_delivery_refusal(self, envelope: str, reason: str) -> None:
+        """One delivery refused: no proof, a proof that does not verify, or a sender not allowed."""
+        self.delivery_refusals.labels(envelope, reason if reason in SENDER_REASONS else "other").inc()
 
     def count_cost_refusal(self, reason: str) -> None:
         """One photo refused or stopped for its decoding cost: memory, cpu, scans or deadline."""

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Iterator
@@ -25,49 +24,54 @@ from cloudevents.http import CloudEvent
 
 from function import app as service
 from function.core.buckets import FINALIZED, PUBSUB_PUBLISHED
-from harness import free_port
 from standin import photos
 from standin.server import Reply, StandInServer
+from tests.api import stores
+from tests.api.stores import (
+    EVENT_TOKEN,
+    HERON,
+    KEY,
+    ROBIN,
+    SUBSCRIBE,
+    TOPIC,
+    no_host_credentials,
+    object_resource,
+    pubsub_message,
+    s3_record,
+    sns_envelope,
+    sns_headers,
+)
 from tests.support import ROOT
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
-boto3 = pytest.importorskip("boto3", reason="boto3 (moto's dependency) is not installed")
-gcs_emulator = pytest.importorskip("gcp_storage_emulator.server",
-                                   reason="gcp-storage-emulator is not installed (requirements-test.txt)")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
+pytest.importorskip("boto3", reason="boto3 (moto's dependency) is not installed")
+pytest.importorskip("gcp_storage_emulator.server",
+                    reason="gcp-storage-emulator is not installed (requirements-test.txt)")
 pytest.importorskip("google.auth", reason="google-auth is not installed (requirements.txt)")
 pytest.importorskip("botocore", reason="botocore is not installed (requirements.txt)")
 
-ROBIN, HERON = 321, 246
-KEY = "incoming/yellow bird.jpg"
 
-
-def no_host_credentials(env, tmp_path) -> None:
-    """Only what a test sets is found: no ~/.aws, no gcloud ADC file, no instance metadata probes.
-
-    And no TRUSTED_HOSTS: the stores' endpoints come from configuration, so the object fetcher may
-    reach them on 127.0.0.1 while callers' photo URLs stay behind the SSRF guard.
-    """
-    env.delenv("TRUSTED_HOSTS", raising=False)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP"):
-        env.delenv(name, raising=False)
-    env.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    env.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    env.setenv("NO_GCE_CHECK", "true")
 
 
 def http_client():
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
     assert service.serving().wait_until_ready(120).ready
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {EVENT_TOKEN}"  # every delivery: the token proof
     return client
 
 
 def event_client():
-    return functions_framework.create_app(target="classify_event", source=str(ROOT / "main.py"),
-                                          signature_type="cloudevent").test_client()
+    client = functions_framework.create_app(target="classify_event", source=str(ROOT / "main.py"),
+                                            signature_type="cloudevent").test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {EVENT_TOKEN}"
+    return client
+
+
+def unsigned_sns(env) -> None:
+    """SNS envelopes made here carry no signature: these tests are about unwrapping and the SubscribeURL
+    checks, so the route is declared trusted; signatures are test_senders.py's."""
+    env.setenv("EVENT_AUTH", "none")
+    service.reset()
 
 
 def everything_logged(caplog) -> str:
@@ -78,34 +82,8 @@ def everything_logged(caplog) -> str:
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[dict]:
-    """moto's S3 + IAM on 127.0.0.1: a private bucket, a reader allowed s3:GetObject, a user without it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMINADMINADMIN1",
-             "aws_secret_access_key": "admin-secret"}
-    iam, s3 = boto3.client("iam", **admin), boto3.client("s3", **admin)
-    s3.create_bucket(Bucket="birds")  # private: no bucket policy, no ACL grants
-    s3.put_object(Bucket="birds", Key=KEY, Body=photos.solid(photos.class_colour(ROBIN)), ContentType="image/jpeg")
-    s3.put_object(Bucket="birds", Key="heron.jpg", Body=photos.solid(photos.class_colour(HERON)),
-                  ContentType="image/jpeg")
-    keys = {}
-    for user, allowed in (("classifier", True), ("intern", False)):
-        iam.create_user(UserName=user)
-        if allowed:
-            iam.put_user_policy(UserName=user, PolicyName="read-birds", PolicyDocument=json.dumps({
-                "Version": "2012-10-17", "Statement": [
-                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::birds/*"}]}))
-        key = iam.create_access_key(UserName=user)["AccessKey"]
-        keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
-    previous = requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=5).json()
-    try:
-        yield {"endpoint": endpoint, "keys": keys}
-    finally:
-        requests.post(f"{endpoint}/moto-api/reset-auth",
-                      data=str(previous["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]).encode(), timeout=5)
-        server.stop()
+    with stores.moto_s3() as store:
+        yield store
 
 
 @pytest.fixture
@@ -113,13 +91,6 @@ def s3_env(env, moto, tmp_path):
     no_host_credentials(env, tmp_path)
     env.setenv("S3_ENDPOINT", moto["endpoint"])
     return env
-
-
-def s3_record(key: str, bucket: str = "birds", size: object = 1234) -> dict:
-    return {"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-            "eventName": "ObjectCreated:Put",
-            "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                   "object": {"key": quote(key).replace("%20", "+"), "size": size, "eTag": "x"}}}
 
 
 def use_key(env, key_id: str, secret: str) -> None:
@@ -178,24 +149,8 @@ def test_without_credentials_the_read_is_anonymous_and_denied_clearly(s3_env):
     assert "anonymous (no credentials found)" in result["error"]["message"]
 
 
-def sns_envelope(message: dict | str, kind: str = "Notification", **extra) -> dict:
-    return {"Type": kind, "MessageId": f"m-{kind}-{len(json.dumps(message))}",
-            "TopicArn": "arn:aws:sns:us-east-1:123456789012:bird-uploads", "Subject": "Amazon S3 Notification",
-            "Message": message if isinstance(message, str) else json.dumps(message),
-            "Timestamp": "2026-11-28T06:00:00.000Z", "SignatureVersion": "1", "Signature": "c2ln",
-            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem",
-            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe", **extra}
-
-
-def sns_headers(kind: str = "Notification", raw: bool = False) -> dict:
-    headers = {"x-amz-sns-message-type": kind, "x-amz-sns-topic-arn": "arn:aws:sns:us-east-1:123456789012:bird-uploads",
-               "Content-Type": "text/plain; charset=UTF-8", "User-Agent": "Amazon Simple Notification Service Agent"}
-    if raw:
-        headers["x-amz-sns-rawdelivery"] = "true"
-    return headers
-
-
 def test_an_sns_notification_envelope_is_unwrapped_and_classified(s3_env, moto):
+    unsigned_sns(s3_env)
     use_key(s3_env, *moto["keys"]["classifier"])
     body = json.dumps(sns_envelope({"Records": [s3_record("heron.jpg")]}))
     r = http_client().post("/", headers=sns_headers(), data=body)
@@ -211,16 +166,13 @@ def test_an_sns_raw_delivery_is_the_records_body(s3_env, moto):
 
 
 def test_s3s_test_event_is_acknowledged_without_a_fetch(s3_env):
+    unsigned_sns(s3_env)
     message = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "birds"}
     r = http_client().post("/", headers=sns_headers(), data=json.dumps(sns_envelope(message)))
     assert r.status_code == 204
 
 
 # -- SNS subscription confirmations: only listed topics, only SNS endpoints -----------------------------
-
-TOPIC = "arn:aws:sns:us-east-1:123456789012:bird-uploads"
-SUBSCRIBE = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=tok"
-
 
 def confirmation(topic: str = TOPIC, url: str = SUBSCRIBE) -> str:
     return json.dumps(sns_envelope("You have chosen to subscribe...", "SubscriptionConfirmation",
@@ -231,6 +183,7 @@ def confirmation(topic: str = TOPIC, url: str = SUBSCRIBE) -> str:
 def sns_client(env, tmp_path):
     no_host_credentials(env, tmp_path)
     env.setenv("SNS_TOPIC_ARNS", f"{TOPIC},arn:aws:sns:eu-west-1:123456789012:other")
+    unsigned_sns(env)
     return http_client()
 
 
@@ -264,20 +217,8 @@ def test_a_confirmation_without_sns_headers_is_refused_without_a_fetch(sns_clien
 
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[str]:
-    """gcp-storage-emulator on a free loopback port, in memory, bucket 'birds' holding two photos."""
-    port = free_port()
-    server = gcs_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="birds")
-    server.start()
-    base = f"http://127.0.0.1:{port}"
-    for name, class_id in ((KEY, ROBIN), ("heron.jpg", HERON)):
-        r = requests.post(f"{base}/upload/storage/v1/b/birds/o", params={"uploadType": "media", "name": name},
-                          data=photos.solid(photos.class_colour(class_id)), headers={"Content-Type": "image/jpeg"},
-                          timeout=10)
-        r.raise_for_status()
-    try:
+    with stores.gcs_emulator() as base:
         yield base
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -285,22 +226,6 @@ def gcs_env(env, gcs, tmp_path):
     no_host_credentials(env, tmp_path)
     env.setenv("STORAGE_EMULATOR_HOST", gcs)
     return env
-
-
-def object_resource(name: str, content_type: str = "image/jpeg") -> dict:
-    return {"kind": "storage#object", "id": f"birds/{name}/1", "name": name, "bucket": "birds",
-            "generation": "1", "contentType": content_type, "size": "1234", "timeCreated": "2026-11-28T06:00:00Z"}
-
-
-def pubsub_message(name: str, event_type: str = "OBJECT_FINALIZE", payload: str = "JSON_API_V1") -> dict:
-    data = base64.b64encode(json.dumps(object_resource(name)).encode()).decode() if payload == "JSON_API_V1" else ""
-    return {"message": {"data": data, "messageId": "1234567890", "message_id": "1234567890",
-                        "publishTime": "2026-11-28T06:00:00.000Z", "publish_time": "2026-11-28T06:00:00.000Z",
-                        "attributes": {"bucketId": "birds", "objectId": name, "eventType": event_type,
-                                       "payloadFormat": payload, "notificationConfig":
-                                       "projects/_/buckets/birds/notificationConfigs/1",
-                                       "objectGeneration": "1", "eventTime": "2026-11-28T06:00:00Z"}},
-            "subscription": "projects/p/subscriptions/bird-uploads-push"}
 
 
 def pubsub_event(name: str, event_type: str = "OBJECT_FINALIZE", payload: str = "JSON_API_V1") -> CloudEvent:

@@ -18,6 +18,8 @@ from function.infra.deliveries import RecentDeliveries, delivery_key
 from standin import photos
 from tests.support import ROOT
 
+TOKEN = "deliveries-test-token-0123456789"  # every delivery here proves its sender as a MinIO webhook does
+
 
 @pytest.fixture
 def bucket(server, env):
@@ -26,6 +28,7 @@ def bucket(server, env):
     env.setenv("S3_ENDPOINT", f"http://127.0.0.1:{server.port}/s3")
     env.setenv("K_SERVICE", "birds-test")
     env.setenv("STORAGE_CREDENTIALS", "anonymous")  # addressing only; credentials: test_buckets.py
+    env.setenv("EVENT_TOKENS", TOKEN)  # proofs: test_senders.py
 
     def put(name: str, data: bytes, content_type: str = "image/jpeg", s3: bool = False) -> None:
         path = (f"/s3/birds/{quote(name)}" if s3 else
@@ -39,7 +42,9 @@ def bucket(server, env):
 def client(bucket):
     app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
     assert service.serving().wait_until_ready(120).ready
-    return app.test_client()
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"  # on every request: the token proof
+    return client
 
 
 _ids = iter(range(10_000))

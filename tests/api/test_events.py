@@ -20,8 +20,13 @@ from tests.support import ROOT
 
 @pytest.fixture
 def emulator(server, env):
-    """Point the function at the stand-in as a storage emulator; returns a 'put object' helper."""
+    """Point the function at the stand-in as a storage emulator; returns a 'put object' helper.
+
+    These events carry no proof of their sender: the route is declared trusted (``EVENT_AUTH=none``),
+    as for a cluster-local Service; what proofs the target takes is tests/api/test_senders.py's.
+    """
     env.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{server.port}")
+    env.setenv("EVENT_AUTH", "none")
 
     def put(bucket: str, name: str, data: bytes, content_type: str = "image/jpeg") -> None:
         server.add(f"/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}", data, content_type)

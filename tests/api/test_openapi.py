@@ -123,16 +123,22 @@ def test_answers_to_photo_requests_match_the_contract(client, serve_photo, serve
     assert {r.status_code for _, _, r in exchanges} >= {200, 400, 413, 415}
 
 
+DELIVERY_TOKEN = "contract-test-token-0123456789ab"
+
+
 def test_answers_to_deliveries_match_the_contract(env, server, serve_photo):
-    """CloudEvents (binary and structured) and S3 notifications, read from the stand-in storage."""
+    """CloudEvents (binary and structured) and S3 notifications, read from the stand-in storage; each
+    proves its sender with a token (MinIO's way), but the last two, which prove nothing or too little."""
     serve_photo(60)
     env.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{server.port}")
     env.setenv("S3_ENDPOINT", server.url(""))
+    env.setenv("EVENT_TOKENS", DELIVERY_TOKEN)
     server.add("/download/storage/v1/b/birds/o/robin.png", png(61), "image/png")
     server.add("/birds/wren.png", png(62), "image/png")
     service.reset()
     client = make_app().test_client()
     assert service.serving().wait_until_ready(120).ready
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {DELIVERY_TOKEN}"
     ce = {"ce-specversion": "1.0", "ce-source": "//storage.googleapis.com/projects/_/buckets/birds",
           "ce-type": "google.cloud.storage.object.v1.finalized"}
     data = {"bucket": "birds", "name": "robin.png", "contentType": "image/png", "size": "100"}
@@ -147,12 +153,20 @@ def test_answers_to_deliveries_match_the_contract(env, server, serve_photo):
         client.post("/", json=data, headers={**ce, "ce-id": "3", "ce-type": "something.else"}),
         client.post("/", json=s3),
         client.post("/", json={"Records": "nope"}),
+        client.post("/events", json=s3),
+        client.post("/events", json=data, headers={**ce, "ce-id": "4"}),
+        client.post("/events", json={"urls": ["http://127.0.0.1/x.png"]}),
+        client.post("/events", json=s3, headers={"Authorization": "Bearer not-the-token-0123456789"}),
+        client.post("/", json=s3, headers={"Authorization": ""}),
     ]
-    for response in exchanges:
-        check_against_spec("POST", "/", response)
-    assert [r.status_code for r in exchanges] == [200, 200, 422, 400, 200, 400]
+    paths = ["/"] * 6 + ["/events"] * 4 + ["/"]
+    for path, response in zip(paths, exchanges, strict=True):
+        check_against_spec("POST", path, response)
+    assert [r.status_code for r in exchanges] == [200, 200, 422, 400, 200, 400, 200, 200, 400, 401, 401]
     assert exchanges[0].headers["ce-type"] == "dev.birdclassifier.birds.classified"
     assert exchanges[4].get_json()["results"][0]["predictions"][0]["id"] == 62
+    assert exchanges[6].get_json()["results"][0]["predictions"][0]["id"] == 62
+    assert {r.get_json()["error"]["code"] for r in exchanges[-2:]} == {"sender_unproven"}
 
 
 def test_model_unavailable_matches_the_contract(env, server):
@@ -219,7 +233,7 @@ FUZZ = settings(max_examples=100, deadline=None, database=None, derandomize=True
 def test_fuzzed_requests_get_no_server_error_and_match_the_contract(api_schema, mode):
     """Bounded: a fixed number of requests per operation, derandomized so a run is repeatable."""
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert {o.label for o in operations} == {"GET /", "POST /", "GET /healthz", "GET /readyz",
+    assert {o.label for o in operations} == {"GET /", "POST /", "POST /events", "GET /healthz", "GET /readyz",
                                              "GET /metrics"}  # not its own URL
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and not (operation.query or operation.headers or operation.body):
