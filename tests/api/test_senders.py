@@ -123,7 +123,9 @@ STORE_LOGGERS = ("werkzeug", "gcp_storage_emulator")  # moto's server is werkzeu
 
 
 def hear_stores(caplog) -> None:
-    """Let the stores' request logs through; again after an app is built (its log set-up quiets werkzeug)."""
+    """Let the stores' request logs through, once the serving app is built (its log set-up quiets werkzeug;
+    it is built on first use, as the server's start hook or first request would)."""
+    service.serving()
     for name in STORE_LOGGERS:
         caplog.set_level(logging.INFO, logger=name)
 
@@ -410,6 +412,7 @@ def test_event_auth_none_declares_the_route_trusted_loudly(env, moto, tmp_path, 
     caplog.set_level(logging.INFO, logger="function")  # not above INFO: the stores' request logs are INFO
     service.reset()
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    service.serving()  # the start: gunicorn's post_worker_init in the image, the first request here
     assert [r for r in caplog.records if "EVENT_AUTH=none" in r.getMessage() and r.levelno == logging.WARNING]
     hear_stores(caplog)
     ready = client.get("/readyz")
