@@ -39,6 +39,7 @@ from ..errors import AccessDenied, CredentialsUnavailable
 log = logging.getLogger(__name__)
 
 GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+GCS_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"  # result documents, metadata
 GCS_PERMISSION = "storage.objects.get"
 S3_PERMISSION = "s3:GetObject"
 ANONYMOUS = "anonymous (no credentials found)"
@@ -88,10 +89,11 @@ class GoogleSigner(Signer):
     store = "Cloud Storage"
     permission = GCS_PERMISSION
 
-    def __init__(self) -> None:
+    def __init__(self, scope: str = GCS_SCOPE, permission: str = GCS_PERMISSION) -> None:
         super().__init__()
         self._credentials: Any = None
         self._transport: Any = None
+        self.scope, self.permission = scope, permission
 
     def _resolve(self) -> None:
         import google.auth  # here, not at import: a service without GCS buckets never loads it
@@ -99,7 +101,7 @@ class GoogleSigner(Signer):
         from google.auth.transport.requests import Request
 
         try:
-            credentials, _ = google.auth.default(scopes=[GCS_SCOPE])
+            credentials, _ = google.auth.default(scopes=[self.scope])
         except google.auth.exceptions.DefaultCredentialsError:
             log.info("no Google credentials found (Application Default Credentials); "
                      "Cloud Storage objects are read anonymously")
@@ -136,10 +138,16 @@ class AwsSigner(Signer):
     store = "S3"
     permission = S3_PERMISSION
 
-    def __init__(self, default_region: str | None = None) -> None:
+    def __init__(self, default_region: str | None = None, permission: str = S3_PERMISSION) -> None:
         super().__init__()
         self._credentials: Any = None
         self.default_region = default_region
+        self.permission = permission
+
+    def region(self) -> str:
+        """The region requests are signed for when the URL does not say (``AWS_REGION``...)."""
+        self._ensure()
+        return self.default_region or "us-east-1"
 
     def _resolve(self) -> None:
         import botocore.session  # type: ignore[import-untyped]  # here, not at import: a service without S3 buckets never loads it
@@ -162,8 +170,11 @@ class AwsSigner(Signer):
         from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]  # no stubs shipped
 
         frozen = self._credentials.get_frozen_credentials()  # refreshes temporary credentials when due
-        aws = AWSRequest(method=request.method, url=request.url, headers={"User-Agent": request.headers.get(
-            "User-Agent", "")})
+        # The body and the headers S3 wants signed (x-amz-*) or checks (Content-MD5, Content-Type) of a write.
+        headers = {name: value for name, value in request.headers.items()
+                   if name.lower().startswith("x-amz-") or name.lower() in ("content-md5", "content-type")}
+        aws = AWSRequest(method=request.method, url=request.url, data=request.body,
+                         headers={"User-Agent": request.headers.get("User-Agent", ""), **headers})
         S3SigV4Auth(frozen, "s3", region or self.default_region or "us-east-1").add_auth(aws)
         for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token"):
             if name in aws.headers:
