@@ -25,6 +25,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -128,9 +129,18 @@ class GcsStore:
         self.sender, self.base, self.signer = sender, base_url.rstrip("/"), signer
 
     def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
-        url = f"{self.base}/upload/storage/v1/b/{quote(bucket, safe='')}/o?uploadType=media&name={quote(key, safe='')}"
-        self.sender.send("POST", url, f"writing gs://{bucket}/{key}", body=body, headers={"Content-Type": content_type},
-                         signer=self.signer, permission=GCS_CREATE)
+        """A multipart upload (the object's resource, then its bytes), as Google's clients send small objects:
+        one request that names the object and its content type; no-cache, since a redelivery overwrites it."""
+        boundary = uuid.uuid4().hex
+        resource = json.dumps({"name": key, "contentType": content_type, "cacheControl": "no-cache"}).encode()
+        payload = b"".join([
+            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(), resource,
+            f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode(), body,
+            f"\r\n--{boundary}--\r\n".encode()])
+        url = f"{self.base}/upload/storage/v1/b/{quote(bucket, safe='')}/o?uploadType=multipart"
+        self.sender.send("POST", url, f"writing gs://{bucket}/{key}", body=payload,
+                         headers={"Content-Type": f"multipart/related; boundary={boundary}"}, signer=self.signer,
+                         permission=GCS_CREATE)
 
     def label(self, bucket: str, name: str, labels: Mapping[str, str]) -> None:
         """Custom metadata on the object: a PATCH changes only these keys, and makes no new generation
