@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from standin import hubmodel, photos
+from tests.api.stores import check_record
 from tests.support import LABELS_PATH, MODEL_PATH, ROOT
 
 
@@ -177,6 +178,7 @@ def test_write_results_writes_the_result_document_beside_each_local_photo(run, s
         doc = json.loads(Path(f"{photo}.json").read_text())
         assert doc["results"] == [entry]  # the HTTP API's entry, as --json prints it
         assert doc["model"] and doc["classified_at"]
+        check_record(doc)
     assert json.loads((tmp_path / "wren.png.json").read_text())["results"][0]["predictions"][0]["id"] == 654
     assert sorted(p.name for p in tmp_path.iterdir()) == ["robin.jpg", "robin.jpg.json", "wren.png", "wren.png.json"]
     assert "1 photo URL(s) have no folder" in r.stderr

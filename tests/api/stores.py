@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import functions_framework
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from function import app as service
 from harness import HOST
@@ -45,6 +49,14 @@ def event_client():
                                             signature_type="cloudevent").test_client()
     assert service.serving().wait_until_ready(120).ready
     return client
+
+
+def check_record(doc: dict) -> None:
+    """The document is a ``ResultRecord`` as openapi.yaml describes it."""
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    registry = Registry().with_resource("urn:contract", Resource.from_contents(spec, default_specification=DRAFT202012))
+    schema = {"$ref": "urn:contract#/components/schemas/ResultRecord"}
+    jsonschema.Draft202012Validator(schema, registry=registry, format_checker=jsonschema.FormatChecker()).validate(doc)
 
 
 @dataclass

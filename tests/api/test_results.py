@@ -29,7 +29,7 @@ from function.errors import ResultNotWritten
 from function.infra.stores import Outbox
 from harness import free_port
 from standin import photos
-from tests.api.stores import StandInSink, event_client, http_client, no_host_credentials
+from tests.api.stores import StandInSink, check_record, event_client, http_client, no_host_credentials
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
 boto3 = pytest.importorskip("boto3", reason="boto3 (moto's dependency) is not installed")
@@ -129,6 +129,8 @@ def test_each_classified_s3_object_gets_one_document_at_the_prefix_bucket_and_na
     assert doc["model"] == os.environ["MODEL_URL"]
     assert abs((datetime.now(UTC) - datetime.fromisoformat(doc["classified_at"])).total_seconds()) < 120
     assert docs["out/birds/heron.jpg.json"]["results"][0]["predictions"][0]["id"] == HERON
+    for each in docs.values():
+        check_record(each)
     head = s3.head_object(Bucket="results", Key="out/birds/heron.jpg.json")
     assert head["ContentType"] == "application/json"  # a notification of the results bucket skips it unread
 
@@ -154,6 +156,7 @@ def test_a_photo_that_failed_for_good_gets_a_document_saying_why(s3, env):
     assert r.status_code == 200
     (doc,) = stored(s3).values()
     assert doc["results"][0]["error"]["code"] == "too_large" and doc["results"][0]["predictions"] == []
+    check_record(doc)
 
 
 def test_a_photo_a_redelivery_may_read_gets_no_document_and_the_delivery_fails(s3, env):
@@ -242,6 +245,7 @@ def test_each_classified_object_is_sent_to_k_sink_as_a_cloudevent(s3, env):
     assert event.headers["content-type"] == "application/json"
     assert event.data == stored(s3)[f"out/birds/{KEY}.json"] | {"classified_at": event.data["classified_at"]}
     assert event.data["results"][0]["predictions"][0]["id"] == ROBIN
+    check_record(event.data)
     assert sorted(e.headers["ce-id"] for e in sink.received[:2]) == sorted(e.headers["ce-id"]
                                                                            for e in sink.received[2:])
 
@@ -356,6 +360,7 @@ def test_an_eventarc_event_writes_the_document_to_the_emulator(gcs_env, gcs):
     doc = docs[f"classified/birds/{KEY}.json"]
     assert doc["results"][0]["predictions"][0]["id"] == ROBIN
     assert (doc["bucket"], doc["object"], doc["generation"], doc["etag"]) == ("birds", KEY, "1700000000000001", None)
+    check_record(doc)
 
 
 def test_a_pubsub_push_writes_the_document_and_labels_the_photo(gcs_env, gcs):
