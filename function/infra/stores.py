@@ -11,7 +11,7 @@ on the configured endpoint, the store the photo was just read from, or ``K_SINK`
 from the configured prefix and checked names (:func:`function.core.records.key`), and no redirect is
 followed, so an event cannot move a write elsewhere. Each request is bounded in time (connect and
 read timeouts, at most the write's deadline, ``RESULTS_TIMEOUT_S``, retries included) and in size
-(the document's bound; at most 4 KB of any answer is read). A write that does not succeed raises
+(the document's bound; at most 16 KB of any answer is read). A write that does not succeed raises
 :class:`~function.errors.ResultNotWritten` (503), which fails the delivery so the platform delivers
 it again: a result is never dropped without the delivery failing.
 """
@@ -43,11 +43,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
-MAX_ANSWER_BYTES = 4096  # read of any answer: an error code, or an object's tag set (at most 10 tags)
+MAX_ANSWER_BYTES = 16 * 1024  # read of any answer: an error code, or a tag set (10 tags of 128 + 256 characters)
 MAX_S3_TAGS = 10
 GCS_CREATE, GCS_UPDATE = "storage.objects.create", "storage.objects.update"
 S3_PUT, S3_TAGGING = "s3:PutObject", "s3:GetObjectTagging and s3:PutObjectTagging"
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,3}")  # a region from an S3 record names a host: checked
 _S3_TAG_VALUE = re.compile(r"[^\w .:/=+\-@]")  # S3 tags allow letters, digits, spaces and _ . : / = + - @
 _ERROR_CODE = re.compile(r"<Code>([A-Za-z.]{1,64})</Code>|\"reason\": ?\"([A-Za-z]{1,64})\"")
 
@@ -167,7 +168,9 @@ class S3Store:
         return f"https://{bucket}.{host}/{path}"
 
     def _region(self, region: str | None) -> str | None:
-        return region or (self.signer.region() if self.signer is not None else None)
+        if region and _REGION.fullmatch(region):
+            return region
+        return self.signer.region() if self.signer is not None else None
 
     def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
         region = self._region(None)
@@ -195,7 +198,7 @@ class S3Store:
 
 
 def _tags(xml: bytes) -> dict[str, str]:
-    """An object's tag set from GetObjectTagging's answer (its 4 KB: S3 allows 10 tags of 128 + 256)."""
+    """An object's tag set from GetObjectTagging's answer (its first MAX_ANSWER_BYTES)."""
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:

@@ -431,3 +431,25 @@ def test_the_outbox_refuses_past_its_bound_at_once():
     finally:
         release.set()
         outbox.stop()
+
+
+class RecordingSender:
+    """Stands in for the Sender: records where each request would go."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def send(self, method: str, url: str, what: str, **kwargs) -> bytes:
+        self.urls.append(url)
+        return b"<Tagging><TagSet/></Tagging>"
+
+
+@pytest.mark.parametrize("region", ["x.attacker.example#", "eu-west-1.attacker.example/", "../../", ""])
+def test_a_region_from_an_event_cannot_move_a_write_off_the_store(region):
+    from urllib.parse import urlsplit
+
+    from function.infra.stores import S3Store
+
+    sender = RecordingSender()
+    S3Store(sender, None, None).label("birds", "garden/robin.jpg", {"bird-label": "x"}, region)
+    assert [urlsplit(u).hostname for u in sender.urls] == ["birds.s3.us-east-1.amazonaws.com"] * 2
