@@ -453,3 +453,60 @@ def test_a_region_from_an_event_cannot_move_a_write_off_the_store(region):
     sender = RecordingSender()
     S3Store(sender, None, None).label("birds", "garden/robin.jpg", {"bird-label": "x"}, region)
     assert [urlsplit(u).hostname for u in sender.urls] == ["birds.s3.us-east-1.amazonaws.com"] * 2
+
+
+# -- Cloud Storage behind ADC: the write carries the token ADC got from a stand-in metadata server ------
+
+TOKEN = "ya29.stand-in-write-token-that-must-never-be-logged"
+
+
+@pytest.fixture
+def metadata(monkeypatch) -> Iterator[str]:
+    """GCE's metadata server, as far as ADC uses it; its host, as GCE_METADATA_HOST names it."""
+    from standin.server import Reply, StandInServer
+
+    server = StandInServer()
+    root = "/computeMetadata/v1/instance/service-accounts/default"
+
+    def flavoured(body: str, content_type: str = "application/json"):
+        def handle(req) -> Reply:
+            if req.headers.get("Metadata-Flavor") != "Google":
+                return Reply(b"Missing Metadata-Flavor header", 403, "text/plain")
+            return Reply(body.encode(), 200, content_type, {"Metadata-Flavor": "Google"})
+        return handle
+
+    server.add("/", flavoured("", "text/plain"))
+    server.add(f"{root}/", flavoured(json.dumps({"email": "birds@p.iam.gserviceaccount.com", "aliases": ["default"],
+                                                 "scopes": ["https://www.googleapis.com/auth/cloud-platform"]})))
+    server.add(f"{root}/email", flavoured("birds@p.iam.gserviceaccount.com", "text/plain"))
+    server.add(f"{root}/token", flavoured(json.dumps({"access_token": TOKEN, "expires_in": 3599,
+                                                      "token_type": "Bearer"})))
+    server.add("/computeMetadata/v1/project/project-id", flavoured("p", "text/plain"))
+    with server:
+        host = f"127.0.0.1:{server.port}"
+        for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP"):
+            monkeypatch.setenv(name, host)
+        monkeypatch.delenv("NO_GCE_CHECK", raising=False)
+        from google.auth.compute_engine import _metadata
+
+        # Both read once, when google-auth is imported, by whichever test imports it first.
+        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", host)
+        monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", False)
+        yield host
+
+
+def test_a_gcs_write_carries_the_token_adc_got_and_names_the_object_in_the_upload(s3, env, metadata, caplog):
+    with StandInSink(status=lambda n: 200) as gcs_api:  # Cloud Storage's upload endpoint, recording
+        env.setenv("GCS_ENDPOINT", gcs_api.url.rstrip("/"))
+        env.setenv("RESULTS_URL", "gs://results/out/")
+        r = http_client().post("/", json={"Records": [s3_record("heron.jpg")]})
+        assert r.status_code == 200, r.get_data(as_text=True)
+    (upload,) = gcs_api.received
+    assert upload.headers["authorization"] == f"Bearer {TOKEN}"
+    parts = upload.body.split(b"\r\n\r\n")
+    resource = json.loads(parts[1].split(b"\r\n--")[0])
+    assert resource == {"name": "out/birds/heron.jpg.json", "contentType": "application/json",
+                        "cacheControl": "no-cache"}
+    document = json.loads(parts[2].split(b"\r\n--")[0])
+    assert document["results"][0]["predictions"][0]["id"] == HERON
+    assert TOKEN not in caplog.text
