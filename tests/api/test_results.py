@@ -52,6 +52,9 @@ def moto() -> Iterator[dict]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its state per process, not per server: start from none (another module's users and
+    # buckets may be there) and leave none.
+    requests.post(f"{endpoint}/moto-api/reset", timeout=5).raise_for_status()
     admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMINADMINADMIN1",
              "aws_secret_access_key": "admin-secret"}
     iam, s3 = boto3.client("iam", **admin), boto3.client("s3", **admin)
@@ -79,6 +82,7 @@ def moto() -> Iterator[dict]:
     finally:
         requests.post(f"{endpoint}/moto-api/reset-auth",
                       data=str(previous["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]).encode(), timeout=5)
+        requests.post(f"{endpoint}/moto-api/reset", timeout=5)
         server.stop()
 
 
