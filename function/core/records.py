@@ -22,7 +22,7 @@ from ..config import Config, ResultsLocation
 from ..errors import ResultNotWritten
 from ..infra.stores import Outbox, Sink, Stores
 from .buckets import MAX_NAME_BYTES, StorageObject
-from .outcomes import CLASSIFIED, FAILED, Outcome
+from .outcomes import CLASSIFIED, FAILED, Outcome, notification_error
 from .results import PhotoResult
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ class Recorder:
     bucket, the top label on the photo (``RESULTS_METADATA``), the event to ``K_SINK``; every write
     through the outbox, in parallel, the delivery waiting at most ``RESULTS_TIMEOUT_S`` for all of them.
     Any that fails fails the delivery (:class:`~function.errors.ResultNotWritten`, 503): the platform
-    delivers it again, and the writes, being overwrites (and events of the same id), are done again."""
+    delivers it again, and the writes, being overwrites (and events of the same id), are done again.
+    So does an object a redelivery may read (:class:`~function.errors.ObjectUnavailable`), on every
+    path, a notification posted as a plain body included: its result is yet to be written."""
 
     def __init__(self, config: Config, stores: Stores | None, sink: Sink | None, outbox: Outbox):
         self.stores, self.sink, self.outbox = stores, sink, outbox
@@ -121,6 +123,9 @@ class Recorder:
                                    f"{getattr(err, 'message', None) or err or 'not done in time'}")
         if work:
             log.info("%d result write(s) done", len(work))
+        unread = notification_error(found)
+        if unread is not None:  # its result is still to be written: only a redelivery can do that, so ask for one
+            raise unread
 
     def _submit(self, obj: StorageObject, result: PhotoResult, classified: bool) -> list[tuple[str, Future[None]]]:
         body = encode(document(result, self.model, obj=obj))

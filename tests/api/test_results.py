@@ -176,6 +176,16 @@ def test_a_photo_a_redelivery_may_read_gets_no_document_and_the_delivery_fails(s
     assert stored(s3) == {}
 
 
+def test_a_plain_push_body_naming_an_object_a_redelivery_may_read_fails_when_results_are_kept(s3, env):
+    env.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens
+    message = {"message": {"data": "", "attributes": {"eventType": "OBJECT_FINALIZE", "payloadFormat": "NONE",
+                                                      "bucketId": "birds", "objectId": "heron.jpg"}},
+               "subscription": "projects/p/subscriptions/s"}
+    r = http_client().post("/", json=message)
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "object_unavailable"
+    assert stored(s3) == {}
+
+
 def test_a_store_that_refuses_writes_fails_the_delivery_and_the_redelivery_succeeds(s3, moto, env):
     reader_id, reader_secret = moto["keys"]["reader"]
     use_key(env, reader_id, reader_secret)
