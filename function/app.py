@@ -41,7 +41,7 @@ from .core.photos import PhotoReader
 from .core.pool import Progress
 from .core.results import Classification
 from .core.sources import PhotoSource
-from .errors import Answer, NotReady, ObjectUnavailable
+from .errors import Answer, FileNotFound, FileUnreadable, NotReady, ObjectUnavailable
 from .infra import fetch, files, logs, stores
 from .infra.cpu import usable_cpus
 from .infra.deadlines import Deadlines
@@ -176,10 +176,12 @@ class App:
 
     def write_beside_files(self, result: Classification) -> list[str]:
         """The CLI's ``--write-results``: each local photo's result document in ``<photo>.json`` (those
-        classified, and those that failed for good; URLs have no place of their own to write to)."""
+        classified, and those read that failed for good; URLs, and paths with no file to read, have no
+        place of their own to write to)."""
         written = []
         for r in result.results:
-            if r.source.kind == "path" and (r.ok or not (r.error and r.error.retryable)):
+            unread = isinstance(r.error, (FileNotFound, FileUnreadable)) or (r.error is not None and r.error.retryable)
+            if r.source.kind == "path" and not unread:
                 doc = records.document(r, self.config.model_url)
                 written.append(files.write_beside(r.source.ref, records.SUFFIX, records.encode(doc)))
         return written

@@ -39,10 +39,6 @@ class ResultsLocation:
     bucket: str
     prefix: str
 
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.bucket}/{self.prefix}"
-
 
 @dataclass(frozen=True)
 class Config:

@@ -189,3 +189,9 @@ def test_without_write_results_nothing_is_written(run, tmp_path):
     wren.write_bytes(photos.solid(photos.class_colour(654), fmt="PNG"))
     assert run(str(wren)).returncode == 0
     assert [p.name for p in tmp_path.iterdir()] == ["wren.png"]
+
+
+def test_write_results_writes_nothing_for_a_path_with_no_file(run, tmp_path):
+    r = run("--write-results", str(tmp_path / "missing.jpg"))
+    assert r.returncode == 1 and "error file_not_found" in r.stdout
+    assert list(tmp_path.iterdir()) == []

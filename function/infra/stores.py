@@ -2,7 +2,7 @@
 CloudEvents to a Knative sink, each retried and bounded, and the outbox that bounds what waits.
 
 Writes use the credentials reads use (:mod:`function.infra.credentials`), with the write permission:
-Cloud Storage through its JSON API (a media upload; a metadata PATCH), S3 or ``S3_ENDPOINT`` with
+Cloud Storage through its JSON API (a multipart upload; a metadata PATCH), S3 or ``S3_ENDPOINT`` with
 SigV4 (PutObject; Get/PutObjectTagging). No storage client library: the same two auth libraries,
 three kinds of request.
 
