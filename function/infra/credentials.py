@@ -60,6 +60,7 @@ class Signer:
 
     store = "the store"
     permission = ""
+    use = "read"  # what its requests do, for the log: "read", or "written" for result writes
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -94,6 +95,7 @@ class GoogleSigner(Signer):
         self._credentials: Any = None
         self._transport: Any = None
         self.scope, self.permission = scope, permission
+        self.use = "read" if scope == GCS_SCOPE else "written"
 
     def _resolve(self) -> None:
         import google.auth  # here, not at import: a service without GCS buckets never loads it
@@ -104,11 +106,11 @@ class GoogleSigner(Signer):
             credentials, _ = google.auth.default(scopes=[self.scope])
         except google.auth.exceptions.DefaultCredentialsError:
             log.info("no Google credentials found (Application Default Credentials); "
-                     "Cloud Storage objects are read anonymously")
+                     "Cloud Storage objects are %s anonymously", self.use)
             return
         # google-auth's own session: the metadata server is link-local, which the SSRF guard refuses.
         self._credentials, self._transport = credentials, Request()
-        log.info("Cloud Storage objects are read as %s", self.identity())
+        log.info("Cloud Storage objects are %s as %s", self.use, self.identity())
 
     def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
         self._ensure()
@@ -143,6 +145,7 @@ class AwsSigner(Signer):
         self._credentials: Any = None
         self.default_region = default_region
         self.permission = permission
+        self.use = "read" if permission == S3_PERMISSION else "written"
 
     def region(self) -> str:
         """The region requests are signed for when the URL does not say (``AWS_REGION``...)."""
@@ -157,9 +160,9 @@ class AwsSigner(Signer):
         self.default_region = self.default_region or session.get_config_variable("region") or "us-east-1"
         if self._credentials is None:
             log.info("no AWS credentials found (environment, web identity, instance profile); "
-                     "S3 objects are read anonymously")
+                     "S3 objects are %s anonymously", self.use)
         else:
-            log.info("S3 objects are read as %s (credentials from %s)", self.identity(),
+            log.info("S3 objects are %s as %s (credentials from %s)", self.use, self.identity(),
                      getattr(self._credentials, "method", "?"))
 
     def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
