@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
-from .core import outcomes
+from .core import outcomes, records
 from .core.buckets import Notification
 from .core.classifier import Classifier
 from .core.decoding import Decoder
@@ -41,14 +41,23 @@ from .core.photos import PhotoReader
 from .core.pool import Progress
 from .core.results import Classification
 from .core.sources import PhotoSource
-from .errors import Answer, NotReady, ObjectUnavailable, SenderKeysUnavailable, SenderUnproven
-from .infra import fetch, files, logs
+from .errors import (
+    Answer,
+    FileNotFound,
+    FileUnreadable,
+    NotReady,
+    ObjectUnavailable,
+    SenderKeysUnavailable,
+    SenderUnproven,
+)
+from .infra import fetch, files, logs, stores
 from .infra.cpu import usable_cpus
 from .infra.deadlines import Deadlines
 from .infra.deliveries import RecentDeliveries
 from .infra.forkserver import ForkServer
 from .infra.metrics import Metrics, RequestMeter
 from .infra.senders import Senders
+from .infra.stores import Outbox
 from .model import loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
@@ -89,6 +98,7 @@ class App:
         self._fanout = _fanout(config, self._trusted)
         self._deliveries = _deliveries()
         self._senders = Senders(config)  # who may deliver bucket events, and the keys that prove it
+        self._results_session, self._outbox, self._recorder = _recorder(config)
         self._metrics.watch(lambda: {name: s["state"] for name, s in self._classifier.status().items()},
                            lambda: self._model.load_seconds,
                            lambda: (self._batcher.stats.calls, self._batcher.stats.images, self._batcher.stats.largest))
@@ -131,10 +141,14 @@ class App:
         self._decoder.close()
         if self._fanout is not None:
             self._fanout.stop()
+        if self._outbox is not None:
+            self._outbox.stop()  # the writes under way finish: their deliveries are waiting for them
         self._batcher.stop()
         self._deadlines.stop()
-        with contextlib.suppress(Exception):  # closing is best effort at shutdown
-            self._trusted.close()
+        for session in (self._trusted, self._results_session):
+            with contextlib.suppress(Exception):  # closing is best effort at shutdown
+                if session is not None:
+                    session.close()
         log.info("stopped")
 
     def _warm_call_worker(self) -> None:
@@ -159,12 +173,29 @@ class App:
 
     def classify_objects(self, notification: Notification, k: int | None = None) -> ObjectsOutcome:
         """Classify the objects a bucket notification names (never fanned out: each is read signed by
-        this instance); every outcome is logged once."""
+        this instance); every outcome is logged once, and recorded where ``RESULTS_URL`` and ``K_SINK``
+        say before this returns. :class:`~function.errors.ResultNotWritten` (503) when a write failed:
+        the delivery fails, so the platform delivers it again."""
         if notification.objects:
             result = self.classify([o.source(self.config) for o in notification.objects], k, fanned_out=True)
         else:
             result = Classification([], {})
-        return outcomes.outcomes(notification, result)
+        found = outcomes.outcomes(notification, result)
+        if self._recorder is not None:
+            self._recorder.record(found.outcomes)
+        return found
+
+    def write_beside_files(self, result: Classification) -> list[str]:
+        """The CLI's ``--write-results``: each local photo's result document in ``<photo>.json`` (those
+        classified, and those read that failed for good; URLs, and paths with no file to read, have no
+        place of their own to write to)."""
+        written = []
+        for r in result.results:
+            unread = isinstance(r.error, (FileNotFound, FileUnreadable)) or (r.error is not None and r.error.retryable)
+            if r.source.kind == "path" and not unread:
+                doc = records.document(r, self.config.model_url)
+                written.append(files.write_beside(r.source.ref, records.SUFFIX, records.encode(doc)))
+        return written
 
     def deliver_once(self, key: bytes, work: Callable[[], Answer]) -> tuple[Answer, bool]:
         """The answer to a delivery, ``work()`` done only if no delivery with this key is done or under way;
@@ -250,6 +281,16 @@ def _fanout(config: Config, session: Any) -> FanOut | None:
     if not config.fanout_url:
         return None
     return FanOut(fetch.JsonPoster(session, config.fanout_url, config.fanout_timeout_s), config.fanout_chunk)
+
+
+def _recorder(config: Config) -> tuple[Any, Outbox | None, records.Recorder | None]:
+    # Writes get a session of their own: a slow results store does not hold the model's connections.
+    if not config.results_url and not config.k_sink:
+        return None, None, None
+    session = fetch.new_session(config.results_workers, config.user_agent)
+    send = stores.sender(config, session)
+    outbox = Outbox(config.results_workers, config.results_pending)
+    return session, outbox, records.Recorder(config, stores.stores(config, send), stores.sink(config, send), outbox)
 
 
 def _deliveries() -> RecentDeliveries[Answer]:

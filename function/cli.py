@@ -35,6 +35,7 @@ EXAMPLE = """examples:
   python main.py photos/*.jpg --top-k 5 --json    local files, five species each, as JSON
   python main.py --from urls.txt                  the URLs or paths listed in a file, one a line
   find photos -name '*.jpg' | python main.py -    ... or given on standard input
+  python main.py photos/*.jpg --write-results     ... and write photos/NAME.jpg.json beside each
 
 output: for each photo, its name, then one line per species (rank, species, score), or one line
 "error CODE: what went wrong" when it failed; then the count and the total time. A progress bar
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=MODEL_RUNTIMES, type=str.lower, default=None,
                         help="the model's runtime (default: MODEL_RUNTIME or auto: LiteRT on the .tflite converted "
                              "once and cached; tensorflow: the TF Hub module on TensorFlow, the reference)")
+    parser.add_argument("--write-results", action="store_true",
+                        help="also write each local photo's result document (as RESULTS_URL writes for bucket "
+                             "objects) next to it, as PHOTO.json, overwriting an earlier one; not for URLs")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also print where the time went, phase by phase")
     return parser
@@ -102,6 +106,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if bar:
             bar.close()
         app.stop()
+    if args.write_results:
+        try:
+            written = app.write_beside_files(result)
+        except OSError as exc:
+            print(f"error: could not write a result document: {exc}", file=sys.stderr)
+            return 1
+        urls = sum(r.source.kind != "path" for r in result.results)
+        if urls:
+            print(f"note: {urls} photo URL(s) have no folder to write a result document to", file=sys.stderr)
+        logging.getLogger(__name__).info("%d result document(s) written", len(written))
     total_s = time.perf_counter() - started
     if args.json:
         doc = result.to_dict()

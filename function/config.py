@@ -6,8 +6,10 @@ meaning (tensorflow_hub reads it itself); it is read here too, to know whether t
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -16,7 +18,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "DEFAULT_LABELS_URL", "DEFAULT_MODEL_URL"]
+__all__ = ["Config", "ConfigError", "ResultsLocation", "DEFAULT_LABELS_URL", "DEFAULT_MODEL_URL"]
 
 DEFAULT_MODEL_URL = "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
 DEFAULT_LABELS_URL = "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
@@ -34,6 +36,20 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Where the keys that prove a sender come from: fixed for serving, so no setting can make the function
 # trust another signer; the tests' stand-in issuers replace them in a Config built by the test itself.
 NOT_FROM_ENV = frozenset({"google_certs_url", "sns_cert_url"})
+
+
+MAX_PREFIX_BYTES = 256  # of RESULTS_URL's prefix: with a bucket and an object name it must fit a 1024-byte key
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # GCS and S3 bucket names, lower case
+_CE_NAME = re.compile(r"[a-z0-9]{1,20}")  # CloudEvents extension attribute names
+
+
+@dataclass(frozen=True)
+class ResultsLocation:
+    """``RESULTS_URL`` taken apart: the store (``gs`` or ``s3``), the bucket, the prefix ("" or ending in /)."""
+
+    scheme: str
+    bucket: str
+    prefix: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,15 @@ class Config:
     event_keys_timeout_s: float = 5.0  # fetching Google's certificates, an SNS certificate, the cluster's JWKS
     google_certs_url: str = GOOGLE_CERTS_URL  # not from the environment (NOT_FROM_ENV)
     sns_cert_url: str = SNS_CERT_URL  # a full-match pattern; not from the environment (NOT_FROM_ENV)
+    # Results written back (function/infra/stores.py; docs/deploy.md, "Where the results go")
+    results_url: str | None = None  # gs://BUCKET/PREFIX/ or s3://BUCKET/PREFIX/: one JSON document per object
+    results_metadata: bool = False  # also the top label and score on the photo itself (GCS metadata, S3 tags)
+    results_timeout_s: float = 10.0  # one write or event, retries included; then the delivery fails (5xx)
+    results_retries: int = 2  # for connection failures, timeouts, 429 and 5xx from the store or the sink
+    results_pending: int = 256  # writes and events waiting in memory; past it a delivery is answered 503
+    results_workers: int = 8  # writes and events sent at once
+    k_sink: str | None = None  # Knative's SinkBinding / ContainerSource: results also go there as CloudEvents
+    k_ce_overrides: str | None = None  # Knative's ceOverrides (JSON): extension attributes of those events
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
     fanout_chunk: int = 8  # photos per sub-request when fanning out
     fanout_timeout_s: float = 120.0
@@ -185,6 +210,7 @@ class Config:
             value = getattr(self, name)
             if value and urlsplit(value).scheme not in ("http", "https"):
                 raise ConfigError(f"{name.upper()} must be an http(s) URL, got {value!r}")
+        self._validate_results()
         bad = sorted(a for a in self.sns_topic_arns if not a.startswith("arn:aws") or a.count(":") != 5)
         if bad:
             raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
@@ -218,6 +244,53 @@ class Config:
         if self.event_auth:
             return tuple(sorted(set(self.event_auth)))
         return tuple(p for p, names in EVENT_PROOFS.items() if all(getattr(self, n) for n in names))
+
+    def _validate_results(self) -> None:
+        for name in ("results_timeout_s", "results_pending", "results_workers"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.results_retries < 0:
+            raise ConfigError("RESULTS_RETRIES must not be negative")
+        if self.results_metadata and not self.results_url:
+            raise ConfigError("RESULTS_METADATA=true needs RESULTS_URL: the documents are the record the labels "
+                              "on the photos summarise")
+        self.results_location()
+        sink = urlsplit(self.k_sink or "")
+        if self.k_sink and (sink.scheme not in ("http", "https") or not sink.hostname):
+            raise ConfigError(f"K_SINK must be an http(s) URL, got {self.k_sink!r}")
+        self.ce_extensions()
+
+    def results_location(self) -> ResultsLocation | None:
+        """Where results go (``RESULTS_URL``), checked; None when they are not written."""
+        if not self.results_url:
+            return None
+        parts = urlsplit(self.results_url)
+        prefix = parts.path.lstrip("/")
+        if parts.scheme not in ("gs", "s3") or not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc \
+                or parts.query or parts.fragment:
+            raise ConfigError(f"RESULTS_URL must be gs://BUCKET/PREFIX/ or s3://BUCKET/PREFIX/, got "
+                              f"{self.results_url!r}")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"  # a folder: <prefix><bucket>/<object>.json, never <prefix><bucket> run together
+        if any(s in (".", "..") or not s for s in prefix.split("/")[:-1]) or len(prefix.encode()) > MAX_PREFIX_BYTES:
+            raise ConfigError(f"RESULTS_URL's prefix {prefix!r} has an empty, '.' or '..' segment, or is over "
+                              f"{MAX_PREFIX_BYTES} bytes")
+        return ResultsLocation(parts.scheme, parts.netloc, prefix)
+
+    def ce_extensions(self) -> dict[str, str]:
+        """``K_CE_OVERRIDES``' extension attributes (``{"extensions": {"name": "value"}}``), checked."""
+        if not self.k_ce_overrides:
+            return {}
+        try:
+            doc = json.loads(self.k_ce_overrides)
+        except ValueError:
+            raise ConfigError("K_CE_OVERRIDES must be JSON: {\"extensions\": {\"name\": \"value\"}}") from None
+        extensions = doc.get("extensions") if isinstance(doc, dict) else None
+        if not isinstance(extensions, dict) or not all(
+                isinstance(k, str) and _CE_NAME.fullmatch(k) and isinstance(v, str) for k, v in extensions.items()):
+            raise ConfigError("K_CE_OVERRIDES must hold {\"extensions\": {NAME: VALUE}} with names of lower-case "
+                              "letters and digits and string values")
+        return dict(extensions)
 
     def _validate_decoding(self) -> None:
         for name in ("decode_memory_mb", "decode_cpu_s", "max_jpeg_scans"):

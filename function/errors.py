@@ -308,6 +308,18 @@ class ObjectUnavailable(ServiceError):
         super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
 
 
+class ResultNotWritten(ServiceError):
+    """A classified object's result could not be written where ``RESULTS_URL`` names, or sent to
+    ``K_SINK``, after the retries: the delivery fails so the platform delivers it again."""
+
+    code = "result_not_written"
+    status = 503
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 5.0, retryable: bool | None = None):
+        super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
+
+
 # -- photos: values inside a 200, next to the other photos' results --------------------------------
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from standin import hubmodel, photos
+from tests.api.writes import check_record
 from tests.support import LABELS_PATH, MODEL_PATH, ROOT
 
 
@@ -163,3 +164,34 @@ with cache.locked(url), cache.announced(url, expected_s={{"verify": 1.0}}), cach
                 if line.startswith("import time")}
     assert "ai_edge_litert" in imported
     assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "tensorflow_hub", "keras", "tf_keras")}
+
+
+def test_write_results_writes_the_result_document_beside_each_local_photo(run, serve_photo, tmp_path):
+    wren, robin = tmp_path / "wren.png", tmp_path / "robin.jpg"
+    wren.write_bytes(photos.solid(photos.class_colour(654), fmt="PNG"))
+    robin.write_bytes(photos.solid(photos.class_colour(321)))
+    (tmp_path / "robin.jpg.json").write_text("an earlier run's document")
+    r = run("--write-results", "--json", str(wren), str(robin), serve_photo(7))
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    for photo, entry in ((wren, answer["results"][0]), (robin, answer["results"][1])):
+        doc = json.loads(Path(f"{photo}.json").read_text())
+        assert doc["results"] == [entry]  # the HTTP API's entry, as --json prints it
+        assert doc["model"] and doc["classified_at"]
+        check_record(doc)
+    assert json.loads((tmp_path / "wren.png.json").read_text())["results"][0]["predictions"][0]["id"] == 654
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["robin.jpg", "robin.jpg.json", "wren.png", "wren.png.json"]
+    assert "1 photo URL(s) have no folder" in r.stderr
+
+
+def test_without_write_results_nothing_is_written(run, tmp_path):
+    wren = tmp_path / "wren.png"
+    wren.write_bytes(photos.solid(photos.class_colour(654), fmt="PNG"))
+    assert run(str(wren)).returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["wren.png"]
+
+
+def test_write_results_writes_nothing_for_a_path_with_no_file(run, tmp_path):
+    r = run("--write-results", str(tmp_path / "missing.jpg"))
+    assert r.returncode == 1 and "error file_not_found" in r.stdout
+    assert list(tmp_path.iterdir()) == []

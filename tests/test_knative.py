@@ -415,6 +415,22 @@ def test_the_function_gives_up_before_knative_cuts_the_request(field):
         f"{field.upper()} must end before responseStartTimeoutSeconds so the client gets a reason, not a bare 504"
 
 
+def test_a_delivery_writes_its_results_before_knative_cuts_the_request():
+    spec = the_service()["spec"]["template"]["spec"]
+    config = effective_config()
+    assert config.request_deadline_s + config.results_timeout_s < spec.get("responseStartTimeoutSeconds",
+                                                                          spec["timeoutSeconds"])
+
+
+def test_the_sink_binding_sends_the_classifiers_results_elsewhere_than_its_own_trigger():
+    (binding,) = objects("SinkBinding")
+    subject, sink = binding["spec"]["subject"], binding["spec"]["sink"]["ref"]
+    assert (subject["kind"], subject["name"]) == ("Service", SERVICE_NAME)
+    assert sink["name"] in {b["metadata"]["name"] for b in objects("Broker")}, "the sink is defined in knative/"
+    fed = {t["spec"]["broker"] for t in objects("Trigger") if t["spec"]["subscriber"]["ref"]["name"] == SERVICE_NAME}
+    assert sink["name"] not in fed, "results sent to the Broker that feeds the classifier would come back"
+
+
 # -- env, volumes, resources --------------------------------------------------------------------
 def test_env_names_are_config_fields_or_runtime_settings():
     config_names = {f.name.upper() for f in dataclasses.fields(Config)}

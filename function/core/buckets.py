@@ -47,6 +47,7 @@ MAX_NAME_BYTES = 1024  # Cloud Storage's and S3's limit for object names
 _BUCKET = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,220}[A-Za-z0-9])?")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,3}")
+_VERSION = re.compile(r"[0-9A-Za-z-]{1,64}")  # a generation or an ETag, as a document may repeat it
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class StorageObject:
     size: int | None = None
     scheme: str = "gs"  # "gs" for Cloud Storage, "s3" for S3 / MinIO
     region: str | None = None  # S3: the bucket's region, from the record (signing needs it)
+    generation: str | None = None  # GCS: the object's generation, as the event named it (result documents)
+    etag: str | None = None  # S3: the object's ETag, as the record named it (result documents)
 
     def __post_init__(self) -> None:
         check_names(self.bucket, self.name)
@@ -126,6 +129,12 @@ def strict_size(value: Any, where: str = "size", error: type[EventError] = Event
     raise error(f"event data {where!r} is not a whole number of bytes: {str(value)[:40]!r}")
 
 
+def _version(value: Any) -> str | None:
+    """A generation or ETag worth repeating in a result document; anything else is left out."""
+    text = str(value).strip('"') if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return text if _VERSION.fullmatch(text) else None
+
+
 def _json(data: Any, what: str, error: type[EventError] = EventError) -> Any:
     if isinstance(data, (bytes, str)):
         try:
@@ -145,7 +154,8 @@ def gcs_object(data: Any) -> StorageObject:
         raise EventError("event data needs non-empty 'bucket' and 'name'")
     size = strict_size(data.get("size"))
     content_type = data.get("contentType")
-    return StorageObject(bucket, name, content_type if isinstance(content_type, str) else None, size)
+    return StorageObject(bucket, name, content_type if isinstance(content_type, str) else None, size,
+                         generation=_version(data.get("generation")))
 
 
 def storage_object(event_type: str, data: Any) -> StorageObject | Skip:
@@ -186,7 +196,7 @@ def pubsub_object(data: Any) -> StorageObject | Skip:
         bucket, name = attributes.get("bucketId"), attributes.get("objectId")
         if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
             raise InvalidNotification("the Pub/Sub message needs attributes bucketId and objectId")
-        obj = StorageObject(bucket, name)
+        obj = StorageObject(bucket, name, generation=_version(attributes.get("objectGeneration")))
     return obj
 
 
@@ -217,13 +227,15 @@ def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
             size = s3["object"].get("size")
             content_type = s3["object"].get("contentType")
             region = record.get("awsRegion")
+            etag = s3["object"].get("eTag")
         except (AttributeError, KeyError, TypeError):
             raise InvalidNotification(f"Records[{i}] lacks s3.bucket.name or s3.object.key") from None
         if not isinstance(bucket, str) or not bucket or not key:
             raise InvalidNotification(f"Records[{i}] has an empty bucket name or object key")
         size = strict_size(size, f"Records[{i}].s3.object.size", InvalidNotification)
         objects.append(StorageObject(bucket, key, content_type if isinstance(content_type, str) else None, size,
-                                     scheme="s3", region=region if isinstance(region, str) else None))
+                                     scheme="s3", region=region if isinstance(region, str) else None,
+                                     etag=_version(etag)))
     return objects
 
 

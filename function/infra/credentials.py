@@ -39,6 +39,7 @@ from ..errors import AccessDenied, CredentialsUnavailable
 log = logging.getLogger(__name__)
 
 GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+GCS_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"  # result documents, metadata
 GCS_PERMISSION = "storage.objects.get"
 S3_PERMISSION = "s3:GetObject"
 ANONYMOUS = "anonymous (no credentials found)"
@@ -59,6 +60,7 @@ class Signer:
 
     store = "the store"
     permission = ""
+    use = "read"  # what its requests do, for the log: "read", or "written" for result writes
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -88,10 +90,12 @@ class GoogleSigner(Signer):
     store = "Cloud Storage"
     permission = GCS_PERMISSION
 
-    def __init__(self) -> None:
+    def __init__(self, scope: str = GCS_SCOPE, permission: str = GCS_PERMISSION) -> None:
         super().__init__()
         self._credentials: Any = None
         self._transport: Any = None
+        self.scope, self.permission = scope, permission
+        self.use = "read" if scope == GCS_SCOPE else "written"
 
     def _resolve(self) -> None:
         import google.auth  # here, not at import: a service without GCS buckets never loads it
@@ -99,14 +103,14 @@ class GoogleSigner(Signer):
         from google.auth.transport.requests import Request
 
         try:
-            credentials, _ = google.auth.default(scopes=[GCS_SCOPE])
+            credentials, _ = google.auth.default(scopes=[self.scope])
         except google.auth.exceptions.DefaultCredentialsError:
             log.info("no Google credentials found (Application Default Credentials); "
-                     "Cloud Storage objects are read anonymously")
+                     "Cloud Storage objects are %s anonymously", self.use)
             return
         # google-auth's own session: the metadata server is link-local, which the SSRF guard refuses.
         self._credentials, self._transport = credentials, Request()
-        log.info("Cloud Storage objects are read as %s", self.identity())
+        log.info("Cloud Storage objects are %s as %s", self.use, self.identity())
 
     def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
         self._ensure()
@@ -136,10 +140,17 @@ class AwsSigner(Signer):
     store = "S3"
     permission = S3_PERMISSION
 
-    def __init__(self, default_region: str | None = None) -> None:
+    def __init__(self, default_region: str | None = None, permission: str = S3_PERMISSION) -> None:
         super().__init__()
         self._credentials: Any = None
         self.default_region = default_region
+        self.permission = permission
+        self.use = "read" if permission == S3_PERMISSION else "written"
+
+    def region(self) -> str:
+        """The region requests are signed for when the URL does not say (``AWS_REGION``...)."""
+        self._ensure()
+        return self.default_region or "us-east-1"
 
     def _resolve(self) -> None:
         import botocore.session  # type: ignore[import-untyped]  # here, not at import: a service without S3 buckets never loads it
@@ -149,9 +160,9 @@ class AwsSigner(Signer):
         self.default_region = self.default_region or session.get_config_variable("region") or "us-east-1"
         if self._credentials is None:
             log.info("no AWS credentials found (environment, web identity, instance profile); "
-                     "S3 objects are read anonymously")
+                     "S3 objects are %s anonymously", self.use)
         else:
-            log.info("S3 objects are read as %s (credentials from %s)", self.identity(),
+            log.info("S3 objects are %s as %s (credentials from %s)", self.use, self.identity(),
                      getattr(self._credentials, "method", "?"))
 
     def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
@@ -162,8 +173,11 @@ class AwsSigner(Signer):
         from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]  # no stubs shipped
 
         frozen = self._credentials.get_frozen_credentials()  # refreshes temporary credentials when due
-        aws = AWSRequest(method=request.method, url=request.url, headers={"User-Agent": request.headers.get(
-            "User-Agent", "")})
+        # The body and the headers S3 wants signed (x-amz-*) or checks (Content-MD5, Content-Type) of a write.
+        headers = {name: value for name, value in request.headers.items()
+                   if name.lower().startswith("x-amz-") or name.lower() in ("content-md5", "content-type")}
+        aws = AWSRequest(method=request.method, url=request.url, data=request.body,
+                         headers={"User-Agent": request.headers.get("User-Agent", ""), **headers})
         S3SigV4Auth(frozen, "s3", region or self.default_region or "us-east-1").add_auth(aws)
         for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token"):
             if name in aws.headers:

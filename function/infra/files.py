@@ -1,9 +1,11 @@
 """Bytes from local files: photos named on the command line and documents from configuration (the label
-map the image carries), within the same limits as fetched ones."""
+map the image carries), within the same limits as fetched ones; result documents written beside photos."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -51,3 +53,20 @@ def read_document(session: requests.Session, url: str, timeout: float) -> bytes:
         return response.content
     with open(unquote(parts.path) if parts.scheme == "file" else url, "rb") as f:
         return f.read()
+
+
+def write_beside(path: str, suffix: str, data: bytes) -> str:
+    """``data`` into ``path + suffix``, whole or not at all (a temporary file renamed over it): a
+    second run overwrites the first, and an interrupted one leaves the last complete document."""
+    target = path + suffix
+    directory, name = os.path.split(os.path.abspath(target))
+    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return target

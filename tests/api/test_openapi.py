@@ -191,7 +191,7 @@ def test_every_error_code_the_function_can_answer_is_in_the_contract():
     # What answers a request: request errors, the model not there yet, bucket objects' outcomes, a 500;
     # model, label-map and configuration errors only ever reach a caller as a NotReady's reason.
     answered = (errors.RequestError, errors.NotReady, errors.ObjectNotAnImage, errors.ObjectFailed,
-                errors.ObjectUnavailable, errors.Internal)
+                errors.ObjectUnavailable, errors.ResultNotWritten, errors.Internal)
     request_codes = {cls.code for base in answered for cls in every_subclass(base)} - {errors.RequestError.code}
     photo_codes = {cls.code for cls in every_subclass(errors.PhotoError)} - {errors.PhotoError.code}
     schemas = SPEC["components"]["schemas"]
