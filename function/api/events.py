@@ -93,7 +93,9 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
             return _deliver_sns(headers, body, app)
         try:
             event = from_http(dict(headers), body)
-        except (ce_exceptions.GenericException, ValueError) as exc:
+        except (ce_exceptions.GenericException, ValueError, TypeError, AttributeError, KeyError) as exc:
+            # The SDK's own errors, and what its parser raises on JSON of the wrong shape (a list where
+            # a string goes: "unhashable type").
             raise InvalidCloudEvent(f"not a valid CloudEvent: {exc}") from None
         app.verify_sender("cloudevent", headers)  # before the memory of answers: a forged copy learns nothing
         source, event_id = str(event["source"]), str(event["id"])

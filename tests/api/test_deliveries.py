@@ -215,3 +215,14 @@ def test_a_structured_event_whose_attributes_are_not_strings_is_refused_not_a_50
                        "data": {"bucket": "birds", "name": "a.jpg"}})
     r = client.post("/", data=body, headers={"Content-Type": "application/cloudevents+json"})
     assert 400 <= r.status_code < 500, r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("field", ["specversion", "type", "source", "id"])
+def test_a_structured_event_with_a_list_for_an_attribute_is_answered_not_a_crash(client, field):
+    # The SDK's parser raised TypeError ("unhashable type") for a list as specversion: a 500 (found by the fuzzer).
+    event = {"specversion": "1.0", "type": "google.cloud.storage.object.v1.finalized", "source": "//x",
+             "id": "1", "data": {"bucket": "b", "name": "n.jpg"}, field: ["1.0"]}
+    r = client.post("/events", data=json.dumps(event), content_type="application/cloudevents+json")
+    assert 400 <= r.status_code < 500, r.get_data(as_text=True)
+    if field == "specversion":
+        assert r.get_json()["error"]["code"] == "invalid_cloudevent"
