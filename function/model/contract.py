@@ -106,7 +106,8 @@ class InputContract:
             return x
         info = np.iinfo(self.dtype)
         q = np.round(x / np.float32(self.scale)) + self.zero_point
-        return np.clip(q, info.min, info.max).astype(self.dtype)
+        quantized: np.ndarray = np.clip(q, info.min, info.max).astype(self.dtype)
+        return quantized
 
     def to_dict(self) -> dict[str, Any]:
         return {"height": self.height, "width": self.width, "dtype": self.dtype,

@@ -220,4 +220,5 @@ def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> LoadedModel:
 def _log_loaded(model: LiteRTModel, spec: ModelSpec, started: float, **fields: Any) -> None:
     log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
         url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
-        input=model.input_details, contract=model.contract.to_dict(), timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))
+        input=model.input_details, contract=model.contract.to_dict(),
+        timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))

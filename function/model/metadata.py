@@ -71,8 +71,8 @@ class Metadata:
 class _Table:
     """A flatbuffers table read by field number."""
 
-    def __init__(self, buf: bytes, pos: int):
-        self._t = Table(bytearray(buf) if not isinstance(buf, bytearray) else buf, pos)
+    def __init__(self, buf: bytearray, pos: int):
+        self._t = Table(buf, pos)
 
     @classmethod
     def root(cls, buf: bytearray) -> _Table:
