@@ -51,6 +51,9 @@ try {
     alt: a.querySelector(".thumb").getAttribute("alt") ?? a.querySelector(".thumb").getAttribute("aria-label"),
     thumbLoaded: a.querySelector(".thumb").tagName === "IMG",
     species: [...a.querySelectorAll(".prediction .species")].map((s) => s.textContent),
+    common: [...a.querySelectorAll(".prediction .names")].map((s) => [...s.children].map((c) => c.className)
+      .join(" > ") + ": " + s.querySelector(".common").textContent),
+    unrecognised: a.querySelector(".unrecognised") ? a.querySelector(".unrecognised").textContent : null,
     percents: [...a.querySelectorAll(".prediction .pct")].map((s) => s.textContent),
     barWidths: [...a.querySelectorAll(".prediction .bar span")].map((s) => s.style.width),
     error: a.querySelector(".error") ? a.querySelector(".error").textContent : null,
