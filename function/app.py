@@ -104,7 +104,9 @@ class App:
         self.start()
         status = self._classifier.status()
         if self._model.ready():
-            status["model"]["runtime"] = self._model.get().runtime
+            model = self._model.get()
+            status["model"]["runtime"] = model.runtime
+            status["model"]["contract"] = model.contract.to_dict()
         return Readiness(self._classifier.ready() and self._batcher.prepared(), status)
 
     def wait_until_ready(self, timeout_s: float) -> Readiness:
