@@ -41,7 +41,8 @@ def test_the_service_serves_on_litert_by_default_and_readyz_says_so(warm_client,
     r = warm_client.get("/readyz")
     assert r.status_code == 200
     model = r.get_json()["model"]
-    assert {k: model[k] for k in ("state", "error", "runtime")} == {"state": "ready", "error": None, "runtime": "litert"}
+    assert {k: model[k] for k in ("state", "error", "runtime")} == {"state": "ready", "error": None,
+                                                                 "runtime": "litert"}
     # The float module without metadata: [0,1] pixels at its signature's 224x224, as TF Hub documents it.
     assert model["contract"]["input"] == {"height": 224, "width": 224, "dtype": "float32", "mean": [0.0],
                                           "std": [255.0], "normalization": "[0,1] (float input, no metadata)",

@@ -16,8 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from function.core.decoding import Decoder
 from function.core import images
+from function.core.decoding import Decoder
 from function.core.inputs import DecodeBudget, allowed_formats
 from function.core.photos import PhotoReader, load
 from function.core.sources import PhotoSource
