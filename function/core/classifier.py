@@ -1,8 +1,9 @@
 """The classifier: photo sources in, per-photo predictions out, every stage timed.
 
 On a cold instance the model download/load, the label map and the photo fetches all start at once;
-the request then waits for whichever is last, hands its photos to the model's call queue (small
-calls, in parallel, shared with other requests) and takes the top k per photo.
+a fetched photo is decoded once the model says its input size (its contract), the request then
+waits for whichever is last, hands its photos to the model's call queue (small calls, in parallel,
+shared with other requests) and takes the top k per photo, saying whether a bird is recognised.
 
 Transport-free and narrow: ``classify(sources, k) -> Classification``. It is handed everything it
 works with (the composition root, ``function/app.py``, builds them): the photo fetcher and pool,
