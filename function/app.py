@@ -47,7 +47,7 @@ from .infra.deadlines import Deadlines
 from .infra.deliveries import RecentDeliveries
 from .infra.forkserver import ForkServer
 from .infra.metrics import Metrics, RequestMeter
-from .model import loader
+from .model import handles, loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
 from .model.prefetch import Prefetcher
@@ -214,8 +214,13 @@ def _labels(config: Config, process: Process, session: Any,
     def read(url: str) -> bytes:
         return files.read_document(session, url, config.labels_timeout_s)
 
+    # Read while the model loads: LABELS_URL; or, for a TF Hub module or SavedModel (which carries no
+    # TFLite Metadata, so no labels of its own), the birds map, as before. Only a .tflite's own labels
+    # must wait for the model.
+    early = config.labels_url or ("" if handles.is_tflite(config.model_url) else DEFAULT_LABELS_URL)
+
     def load() -> LabelMap:
-        given = LabelMap.load(config.labels_url, read) if config.labels_url else None  # read while the model loads
+        given = LabelMap.load(early, read) if early else None
         contract = model.get(timeout=config.model_wait_s).contract
         labels = LabelMap.for_model(contract, config.model_url, read, given=given, default_url=DEFAULT_LABELS_URL,
                                     common_names_url=config.common_names_url)
