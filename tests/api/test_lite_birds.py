@@ -121,7 +121,23 @@ def check_answers(results: list[dict], names: list[str], reference: Reference, d
 
 
 @pytest.fixture
-def client(server, monkeypatch, common_names_url):
+def documents_read(monkeypatch) -> list[str]:
+    """Every label or name file the app reads (model files are not documents)."""
+    from function.infra import files
+
+    read, urls = files.read_document, []
+
+    def recording(session, url, *args, **kwargs):
+        urls.append(url)
+        return read(session, url, *args, **kwargs)
+
+    monkeypatch.setattr(files, "read_document", recording)
+    service.PROCESS.resources.clear()  # the label map is loaded afresh, not found loaded by an earlier test
+    return urls
+
+
+@pytest.fixture
+def client(server, monkeypatch, common_names_url, documents_read):
     """The HTTP target serving the lite model by MODEL_URL alone: no LABELS_URL, so no label download."""
     monkeypatch.setenv("MODEL_URL", str(LITE_MODEL))
     monkeypatch.delenv("LABELS_URL", raising=False)
@@ -150,11 +166,12 @@ def test_readyz_shows_the_contract_learned_from_the_model(client):
         "classes": 965, "labels": "probability-labels-en.txt", "score_threshold": pytest.approx(THRESHOLD)}
 
 
-def test_labels_and_common_names_come_from_the_model_and_coral_s_file(client, photo_urls, server):
+def test_labels_and_common_names_come_from_the_model_and_coral_s_file(client, photo_urls, common_names_url,
+                                                                     documents_read):
     r = client.post("/", json={"urls": [photo_urls["photo-0-224.png"]], "top_k": 3})
     for p in r.get_json()["results"][0]["predictions"]:
         assert (p["label"], p.get("common_name")) == coral(p["id"])
-    assert not [p for p in server.hits if "labelmap" in p]  # the birds CSV was never asked for
+    assert documents_read == [common_names_url]  # the labels are the model's own: no label map was read
 
 
 def test_a_background_photo_and_an_under_threshold_photo_are_not_recognised(client, reference, photo_urls):
