@@ -9,10 +9,11 @@ files) in a zip appended to the flatbuffer. What the function needs of it: the i
 Which library: the model schema's reader comes with LiteRT itself (``ai_edge_litert``'s
 ``schema_py_generated``, the generated code of ``schema.fbs``). The metadata schema's generated code
 (``metadata_schema_py_generated``) ships only in ``tflite-support``, whose last release (0.4.4, 2023)
-pins protobuf below 4 (TensorFlow 2.21 needs 5) and has no wheels past Python 3.11; nothing
-maintained carries it. So the few tables read here are read with the ``flatbuffers`` runtime that
-LiteRT already depends on, by the field numbers of ``metadata_schema.fbs`` (a field's vtable slot
-is ``4 + 2 * its number``; a union takes two numbers, its type then its value). Unknown or missing
+depends on protobuf below 4 with no plan to move (tensorflow/tflite-support#914; TensorFlow 2.21 here
+needs 5) and cannot be installed on this Python 3.11 (#959: 3.7-3.9 only); nothing maintained
+carries it. So the few tables needed are read with the ``flatbuffers`` runtime that LiteRT already
+depends on, by the field numbers of ``metadata_schema.fbs`` (a field's vtable slot is
+``4 + 2 * its number``; a union takes two numbers, its type then its value). Unknown or missing
 fields read as absent, as the schema's evolution rules want: a model with older or newer metadata
 still loads, only without what it does not say.
 """
