@@ -72,12 +72,12 @@ class Metadata:
 class _Table:
     """A flatbuffers table read by field number."""
 
-    def __init__(self, buf: bytearray, pos: int):
-        self._t = Table(buf, pos)
+    def __init__(self, table: Table):
+        self._t = table
 
     @classmethod
     def root(cls, buf: bytearray) -> _Table:
-        return cls(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
+        return cls(Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0)))
 
     def _offset(self, number: int) -> int:
         return int(self._t.Offset(4 + 2 * number))
@@ -96,11 +96,7 @@ class _Table:
 
     def table(self, number: int) -> _Table | None:
         o = self._offset(number)
-        if not o:
-            return None
-        t = _Table.__new__(_Table)
-        t._t = Table(self._t.Bytes, self._t.Indirect(o + self._t.Pos))
-        return t
+        return _Table(Table(self._t.Bytes, self._t.Indirect(o + self._t.Pos))) if o else None
 
     def union(self, number: int) -> tuple[int, _Table | None]:
         """A union's (type, value): the type at ``number``, the value at ``number + 1``."""
@@ -108,23 +104,16 @@ class _Table:
         o = self._offset(number + 1)
         if not kind or not o:
             return kind, None
-        t = _Table.__new__(_Table)
-        inner = Table(bytearray(), 0)
-        self._t.Union(inner, o)
-        t._t = inner
-        return kind, t
+        value = Table(self._t.Bytes, 0)
+        self._t.Union(value, o)
+        return kind, _Table(value)
 
     def tables(self, number: int) -> list[_Table]:
         o = self._offset(number)
         if not o:
             return []
         start, n = self._t.Vector(o), self._t.VectorLen(o)
-        out = []
-        for i in range(n):
-            t = _Table.__new__(_Table)
-            t._t = Table(self._t.Bytes, self._t.Indirect(start + 4 * i))
-            out.append(t)
-        return out
+        return [_Table(Table(self._t.Bytes, self._t.Indirect(start + 4 * i))) for i in range(n)]
 
     def floats(self, number: int) -> tuple[float, ...] | None:
         o = self._offset(number)
