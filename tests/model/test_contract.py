@@ -161,3 +161,16 @@ def test_metadata_naming_a_label_file_the_model_lacks_is_refused(plain_float):
     without_zip = with_labels[:with_labels.rindex(b"PK\x03\x04")]  # the flatbuffer, its zip cut off
     with pytest.raises(ModelFormatError, match="labels.txt"):
         LiteRTModel(without_zip)
+
+
+def test_a_metadata_buffer_that_is_not_tflite_metadata_is_refused(plain_float):
+    with_meta = litemodels.with_metadata(plain_float, mean=[127.5], std=[127.5])
+    damaged = with_meta.replace(b"M001", b"X001", 1)  # the metadata flatbuffer's file identifier
+    with pytest.raises(ModelFormatError, match="M001"):
+        LiteRTModel(damaged)
+
+
+def test_normalization_per_channel_is_applied_per_channel(plain_float):
+    model = LiteRTModel(litemodels.with_metadata(plain_float, mean=[0.0, 0.0, 0.0], std=[255.0, 127.5, 85.0]))
+    pixels = np.full((1, 224, 224, 3), 255, np.uint8)
+    assert model.contract.input.prepare(pixels)[0, 0, 0].tolist() == [1.0, 2.0, 3.0]
