@@ -215,8 +215,8 @@ def _labels(config: Config, process: Process, session: Any,
         return files.read_document(session, url, config.labels_timeout_s)
 
     # Read while the model loads: LABELS_URL; or, for a TF Hub module or SavedModel (which carries no
-    # TFLite Metadata, so no labels of its own), the birds map, as before. Only a .tflite's own labels
-    # must wait for the model.
+    # TFLite Metadata, so no labels of its own), the birds map. Only a .tflite's labels wait for the
+    # model: they may be its own.
     early = config.labels_url or ("" if handles.is_tflite(config.model_url) else DEFAULT_LABELS_URL)
 
     def load() -> LabelMap:
