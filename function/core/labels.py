@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import LabelMapError
+from ..infra import logs
+
+log = logging.getLogger(__name__)
 
 # How label files name the class that is "no bird": the AIY CSV's "background", the lite model's
 # English file's "None", its Knowledge Graph file's "__background__".
@@ -118,10 +122,18 @@ class LabelMap:
             raise LabelMapError(f"the common names {source} have {len(lines)} lines but the label map "
                                 f"{self.source} has {len(self)} labels: they do not name the same classes")
         common: dict[int, str] = {}
+        differ: list[int] = []
         for i, line in enumerate(lines):
             match = _COMMON.match(line.replace(_ESCAPED_TIMES, "\u00d7").strip())
             if match and match.group("common").strip():
                 common[i] = match.group("common").strip()
+                if match.group("latin").strip().casefold() != self[i].strip().casefold():
+                    differ.append(i)
+        if differ:  # another order or another taxonomy's names: said, since the count alone cannot tell
+            first = differ[0]
+            log.warning("%d of the common names' Latin names differ from the label map's (class %d: %r there, "
+                        "%r here)", len(differ), first, lines[first], self[first],
+                        extra=logs.fields(common_names=source, labels=self.source, differ=len(differ)))
         return LabelMap(self._names, self.source, common)
 
     def check(self, classes: int | None) -> None:

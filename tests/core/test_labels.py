@@ -145,3 +145,15 @@ def test_a_label_map_with_ids_off_by_one_is_refused_naming_the_missing_class():
     labels = LabelMap({k + 1: f"bird {k}" for k in range(3)})
     with pytest.raises(LabelMapError, match="no label for class 0"):
         labels.check(3)
+
+
+def test_common_names_whose_latin_names_differ_from_the_labels_are_warned_about(caplog):
+    labels = LabelMap.from_lines(["Erithacus rubecula", "Turdus merula"], "test")
+    swapped = "Turdus merula (Common Blackbird)\nErithacus rubecula (European Robin)\n"
+    with caplog.at_level("WARNING"):
+        labels.with_common_names(swapped, "coral")
+    assert "2 of the common names' Latin names differ" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        labels.with_common_names("Erithacus rubecula (European Robin)\nTurdus merula (Common Blackbird)\n", "coral")
+    assert caplog.text == ""
