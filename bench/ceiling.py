@@ -52,10 +52,12 @@ def probe(model: str, photos: list[str], seconds: float, parallel: int, batch: i
     decoder = Decoder(config.max_photo_pixels, allowed_formats(config.photo_formats),
                       config.decode_memory_mb * 1_000_000, workers=workers, cpu_s=config.decode_cpu_s,
                       max_scans=config.max_jpeg_scans)
+    lite_size = LiteRTModel(model).contract.input  # photos are decoded to the model's own size
+    size = (lite_size.width, lite_size.height)
     for _ in range(2):  # the workers are started in the background: the measurement starts once they are up
         for p in photos:
             with open(p, "rb") as f:
-                decoder.decode(f.read())
+                decoder.decode(f.read(), size)
 
     datas = []
     for p in photos:
@@ -73,7 +75,7 @@ def probe(model: str, photos: list[str], seconds: float, parallel: int, batch: i
     def worker(i: int, started: float) -> None:
         while counts[i] < 2 or time.perf_counter() - started < seconds:
             t = time.perf_counter()
-            pixels = np.stack([decoder.decode(d, share=i) for d in datas])
+            pixels = np.stack([decoder.decode(d, size, share=i) for d in datas])
             t1 = time.perf_counter()
             for k in range(0, len(pixels), batch):
                 lite.predict(pixels[k:k + batch])

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import DEFAULT_LABELS_URL, Config
 from .core import outcomes, records
 from .core.buckets import Notification
 from .core.classifier import Classifier
@@ -58,7 +58,7 @@ from .infra.forkserver import ForkServer
 from .infra.metrics import Metrics, RequestMeter
 from .infra.senders import Senders
 from .infra.stores import Outbox
-from .model import loader
+from .model import handles, loader
 from .model.batching import Batcher
 from .model.lifecycle import LazyResource, ResourceCache
 from .model.prefetch import Prefetcher
@@ -88,7 +88,7 @@ class App:
         self._metrics = Metrics()
         self._decoder = _decoder(config, process, self._deadlines, self._metrics)
         self._model = _model(config, process, self._trusted, quiet_runtime, convert_in_background)
-        self._labels = _labels(config, process, self._trusted)
+        self._labels = _labels(config, process, self._trusted, self._model)
         self._pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="photo")
         self._batcher = Batcher(lambda batch: self._model.get().predict(batch), config.max_batch_images,
                                 config.batch_wait_ms / 1000, _inference_workers(config),
@@ -117,7 +117,9 @@ class App:
         self.start()
         status = self._classifier.status()
         if self._model.ready():
-            status["model"]["runtime"] = self._model.get().runtime
+            model = self._model.get()
+            status["model"]["runtime"] = model.runtime
+            status["model"]["contract"] = model.contract.to_dict()
         status["event_auth"] = self._senders.status()
         return Readiness(self._classifier.ready() and self._batcher.prepared(), status)
 
@@ -255,16 +257,27 @@ def _model(config: Config, process: Process, session: Any, quiet: bool,
                                  lambda: loader.load(spec, process.prefetcher, session), config.model_load_retry_s)
 
 
-def _labels(config: Config, process: Process, session: Any) -> LazyResource[LabelMap]:
+def _labels(config: Config, process: Process, session: Any,
+            model: LazyResource[loader.LoadedModel]) -> LazyResource[LabelMap]:
     def read(url: str) -> bytes:
         return files.read_document(session, url, config.labels_timeout_s)
 
+    # Read while the model loads: LABELS_URL; or, for a TF Hub module or SavedModel (which carries no
+    # TFLite Metadata, so no labels of its own), the birds map. Only a .tflite's labels wait for the
+    # model: they may be its own.
+    early = config.labels_url or ("" if handles.is_tflite(config.model_url) else DEFAULT_LABELS_URL)
+
     def load() -> LabelMap:
-        labels = LabelMap.load(config.labels_url, read)
-        log.info("label map loaded", extra=logs.fields(labels=len(labels), url=config.labels_url))
+        given = LabelMap.load(early, read) if early else None
+        contract = model.get(timeout=config.model_wait_s).contract
+        labels = LabelMap.for_model(contract, config.model_url, read, given=given, default_url=DEFAULT_LABELS_URL,
+                                    common_names_url=config.common_names_url)
+        log.info("label map loaded", extra=logs.fields(labels=len(labels), source=labels.source,
+                                                       common_names=labels.has_common_names,
+                                                       background=sorted(labels.background)))
         return labels
 
-    key = ("labels", config.labels_url, config.labels_timeout_s, config.user_agent)
+    key = ("labels", config.labels_url, config.common_names_url, config.labels_timeout_s, config.user_agent, model)
     return process.resources.get(key, "label map", load, config.model_load_retry_s)
 
 

@@ -37,11 +37,14 @@ EXAMPLE = """examples:
   find photos -name '*.jpg' | python main.py -    ... or given on standard input
   python main.py photos/*.jpg --write-results     ... and write photos/NAME.jpg.json beside each
 
-output: for each photo, its name, then one line per species (rank, species, score), or one line
-"error CODE: what went wrong" when it failed; then the count and the total time. A progress bar
-runs on stderr while more than a few photos are fetched, if stderr is a terminal.
+output: for each photo, its name, then one line per species (rank, species, score; the common name
+first with COMMON_NAMES_URL), preceded by "no bird recognised" when the model's best class is its
+background or scores under its threshold; or one line "error CODE: what went wrong" when it failed;
+then the count and the total time. A progress bar runs on stderr while more than a few photos are
+fetched, if stderr is a terminal.
 exit status: 0 when every photo was classified, 1 when any failed, 2 on bad usage.
-environment: MODEL_URL, MODEL_RUNTIME, MODEL_CACHE_DIR, LABELS_URL, TOP_K, TFHUB_CACHE_DIR and more (see README.md)."""
+environment: MODEL_URL, MODEL_RUNTIME, MODEL_CACHE_DIR, LABELS_URL, COMMON_NAMES_URL, SCORE_THRESHOLD, TOP_K,
+TFHUB_CACHE_DIR and more (see README.md)."""
 PROGRESS_MIN_PHOTOS = 4  # fewer than this come back before a bar would be worth drawing
 
 
@@ -220,9 +223,17 @@ def print_table(result: Classification, out: TextIO) -> None:
         if r.error:
             out.write(f"    error {r.error.code}: {r.error.message}\n")
             continue
-        width = max(len(p.label) for p in r.predictions)
-        for rank, p in enumerate(r.predictions, start=1):
-            out.write(f"    {rank}. {p.label:<{width}}  {p.score:6.1%}\n")
+        if r.recognised is False:
+            out.write("    no bird recognised; the closest classes:\n")
+        names = [_name(p.label, p.common_name) for p in r.predictions]
+        width = max(len(name) for name in names)
+        for rank, (p, name) in enumerate(zip(r.predictions, names, strict=True), start=1):
+            out.write(f"    {rank}. {name:<{width}}  {p.score:6.1%}\n")
+
+
+def _name(label: str, common_name: str | None) -> str:
+    """The common name first when COMMON_NAMES_URL gives one, the label (the Latin name) beside it."""
+    return f"{common_name} ({label})" if common_name else label
 
 
 def print_timings(result: Classification, out: TextIO) -> None:

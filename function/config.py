@@ -57,7 +57,13 @@ class Config:
     GCS_PUBLIC: ClassVar[str] = "https://storage.googleapis.com"
 
     model_url: str = DEFAULT_MODEL_URL
-    labels_url: str = DEFAULT_LABELS_URL
+    # Empty: the model's own labels (its TFLite Metadata's label file), else DEFAULT_LABELS_URL (the
+    # birds module's map: a SavedModel carries none). Set, it wins over the model's.
+    labels_url: str = ""
+    common_names_url: str = ""  # optional: "Latin name (Common Name)" lines, line i = class i
+    # The best species must score at least this to be "recognised", for a model whose metadata gives no
+    # threshold (a model's ScoreThresholdingOptions win); 0: only the background class is "not a bird".
+    score_threshold: float = 0.0
     top_k: int = 3
     max_top_k: int = 20
     log_level: str = "INFO"
@@ -186,6 +192,8 @@ class Config:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
         if self.max_connections <= self.threads:  # gunicorn keeps alive at most MAX_CONNECTIONS - THREADS
             raise ConfigError(f"MAX_CONNECTIONS ({self.max_connections}) must exceed THREADS ({self.threads})")
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise ConfigError(f"SCORE_THRESHOLD must be in [0, 1), got {self.score_threshold!r}")
         if self.top_k > self.max_top_k:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
         if self.log_level not in LOG_LEVELS:

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from standin import photos
 from standin.server import StandInServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = "/google/aiy/vision/classifier/birds_V1/1"
 LABELS_PATH = "/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
+# The real lite birds model and Coral's common names for its classes, as their publishers serve them
+# (../shared/models/README.md); never copied into the repository.
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+LITE_MODEL = SHARED_MODELS / "aiy-birds-v1-lite.tflite"
+COMMON_NAMES = SHARED_MODELS / "inat_bird_labels.txt"
+needs_lite_model = pytest.mark.skipif(not LITE_MODEL.is_file() or not COMMON_NAMES.is_file(),
+                                      reason=f"the real lite model and its common names are not in {SHARED_MODELS}")
 
 
 def photo_url(server: StandInServer, class_id: int, fmt: str = "JPEG", **params: object) -> str:

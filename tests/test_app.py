@@ -36,7 +36,7 @@ def test_stop_is_idempotent_and_a_stopped_app_refuses_model_calls(config, serve_
     app.stop()
     app.stop()
     with pytest.raises(RuntimeError, match="stopped"):
-        app._batcher.predict(np.zeros((1, 224, 224, 3), np.float32))
+        app._batcher.predict(np.zeros((1, 224, 224, 3), np.uint8))
 
 
 def test_importing_the_package_has_no_side_effects():

@@ -20,7 +20,8 @@ def test_no_variables_give_the_defaults():
     assert config == defaults()
     assert config.model_runtime == "auto"
     assert config.model_url == "https://tfhub.dev/google/aiy/vision/classifier/birds_V1/1"
-    assert config.labels_url == "https://www.gstatic.com/aihub/tfhub/labelmaps/aiy_birds_V1_labelmap.csv"
+    assert config.labels_url == ""  # the model's own labels, else the birds module's map
+    assert (config.common_names_url, config.score_threshold) == ("", 0.0)
     assert (config.top_k, config.max_top_k, config.log_level) == (3, 20, "INFO")
 
 

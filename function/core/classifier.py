@@ -1,8 +1,9 @@
 """The classifier: photo sources in, per-photo predictions out, every stage timed.
 
 On a cold instance the model download/load, the label map and the photo fetches all start at once;
-the request then waits for whichever is last, hands its photos to the model's call queue (small
-calls, in parallel, shared with other requests) and takes the top k per photo.
+a fetched photo is decoded once the model says its input size (its contract), the request then
+waits for whichever is last, hands its photos to the model's call queue (small calls, in parallel,
+shared with other requests) and takes the top k per photo, saying whether a bird is recognised.
 
 Transport-free and narrow: ``classify(sources, k) -> Classification``. It is handed everything it
 works with (the composition root, ``function/app.py``, builds them): the photo fetcher and pool,
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import DeadlineExceeded
+from .inputs import Size
 from .labels import LabelMap
 from .photos import LoadedPhoto, PhotoDecoder, PhotoReader, load
 from .pool import FairPool, Progress, report_progress
@@ -51,10 +53,32 @@ class Loadable(Protocol[T_co]):
     def get(self, timeout: float | None = None) -> T_co: ...
 
 
+class InputSpec(Protocol):
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+
+class Contract(Protocol):
+    """What the model declares (``function.model.contract.Contract``)."""
+
+    @property
+    def input(self) -> InputSpec: ...
+
+    @property
+    def score_threshold(self) -> float | None: ...
+
+
 class Model(Protocol):
-    """What the classifier needs of a loaded model: its load timings, for a cold request's answer."""
+    """What the classifier needs of a loaded model: its contract (photos are decoded to its input size;
+    its threshold says what is recognised), and its load timings, for a cold request's answer."""
 
     timings_ms: dict[str, float]
+
+    @property
+    def contract(self) -> Contract: ...
 
 
 class CallQueue(Protocol):
@@ -72,7 +96,17 @@ def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
     k = min(k, scores.shape[0])
     idx = np.argpartition(-scores, k - 1)[:k]
     idx = idx[np.lexsort((idx, -scores[idx]))]
-    return [Prediction(int(i), labels[int(i)], float(scores[i])) for i in idx]
+    return [Prediction(int(i), labels[int(i)], float(scores[i]), labels.common_name(int(i))) for i in idx]
+
+
+def recognised(scores: np.ndarray, labels: LabelMap, threshold: float) -> bool:
+    """Whether a bird is named: the best class is not the background, and scores at least ``threshold``.
+
+    The best class decides, as the Task Library's classifier does with the same metadata: a cat's
+    photo whose background class scores 74 % is not a bird, whatever the species below it score.
+    """
+    best = int(np.argmax(scores))
+    return best not in labels.background and float(scores[best]) >= threshold
 
 
 class Classifier:
@@ -106,6 +140,11 @@ class Classifier:
                 for name, r in (("model", self.model), ("labels", self.labels))}
 
     # -- work -------------------------------------------------------------------------------
+    def _input_size(self) -> Size:
+        """The loaded model's input size (width, height), waiting for the model's load if it is under way."""
+        spec = self.model.get(timeout=self.config.model_wait_s).contract.input
+        return spec.width, spec.height
+
     def _wait(self, future: Future[LoadedPhoto], deadline: float) -> LoadedPhoto:
         """The photo's outcome, or a deadline error when the request's time is up."""
         try:
@@ -135,7 +174,7 @@ class Classifier:
         decode_by = time.monotonic() + self.config.request_deadline_s
         request = object()  # which request a photo belongs to, for taking turns at the decode workers
         futures = self._pool.submit_all(_in_context, [(contextvars.copy_context(), self.reader, self.decoder, s,
-                                                       decode_by, request) for s in sources])
+                                                       self._input_size, decode_by, request) for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s
@@ -161,8 +200,11 @@ class Classifier:
             t_inf = time.perf_counter()
             timings["queue"] = queue_ms
             timings["inference"] = (t_inf - t_ready) * 1000 - queue_ms
+            threshold = model.contract.score_threshold
+            threshold = self.config.score_threshold if threshold is None else threshold
             for row, (i, _) in enumerate(good):
                 results[i].predictions = top_k(scores[row], k, labels)
+                results[i].recognised = recognised(scores[row], labels, threshold)
             timings["topk"] = (time.perf_counter() - t_inf) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Classification(results, timings)

@@ -34,7 +34,7 @@ from ..infra import logs
 from ..infra.deadlines import Deadlines
 from ..infra.forkserver import ForkServer, Worker
 from . import costs
-from .inputs import IMAGE_SIZE, MAX_JPEG_SCANS, DecodeBudget, Settings, bare, to_input
+from .inputs import MAX_JPEG_SCANS, DecodeBudget, Settings, Size, bare, to_input
 
 TARGET = "function.core.workers:serve"  # a worker's loop, run in the processes the fork server forks
 
@@ -54,9 +54,8 @@ class Decoder:
 
     def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
                  cpu_s: float = 2.0, max_scans: int = MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
-                 on_refusal: Callable[[str], None] | None = None, size: int = IMAGE_SIZE,
-                 server: ForkServer | None = None):
-        self.max_pixels, self.formats, self.size = max_pixels, formats, size
+                 on_refusal: Callable[[str], None] | None = None, server: ForkServer | None = None):
+        self.max_pixels, self.formats = max_pixels, formats
         self.cpu_s, self.max_scans = cpu_s, max_scans
         self.budget = DecodeBudget(budget_bytes)
         self._on_refusal = on_refusal
@@ -68,27 +67,27 @@ class Decoder:
         self._deadlines = deadlines or Deadlines()
         self._own_server = server is None and workers > 0
         self._server = server or ForkServer()
-        settings = Settings(max_pixels, formats, size, max_scans)
+        settings = Settings(max_pixels, formats, max_scans)
         self._pool = _Pool(self._server, settings, workers) if workers > 0 else None
 
-    def decode(self, data: bytes, deadline: float | None = None, share: object = None) -> np.ndarray:
-        """float32 [224,224,3] in [0,1], or a :class:`PhotoError`; a photo waits for a worker and for
-        decoding memory no longer than ``deadline`` (``time.monotonic()``). ``share``: the request it
-        belongs to, for taking turns with other requests."""
+    def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray:
+        """uint8 RGB [height,width,3] at ``size`` (width, height: the model's), or a :class:`PhotoError`; a
+        photo waits for a worker and for decoding memory no longer than ``deadline`` (``time.monotonic()``).
+        ``share``: the request it belongs to, for taking turns with other requests."""
         if self._pool is None:
             from . import images
 
             try:
-                return images.decode(data, self.max_pixels, self.size, self.formats, self.budget, deadline,
+                return images.decode(data, self.max_pixels, size, self.formats, self.budget, deadline,
                                      self.max_scans)
             except PhotoError as err:
                 self._count(err)
                 raise
-        result = self._decode(data, deadline, share)
+        result = self._decode(data, size, deadline, share)
         if isinstance(result, PhotoError):
             self._count(result)
             raise bare(result)
-        return to_input(result, self.size)
+        return to_input(result, size)
 
     def close(self) -> None:
         """Stop the workers (photos still decoding get an error); the fork server stays for the process."""
@@ -105,7 +104,7 @@ class Decoder:
         if reason is not None and self._on_refusal is not None:
             self._on_refusal(reason)
 
-    def _decode(self, data: bytes, deadline: float | None, share: object) -> bytes | PhotoError:
+    def _decode(self, data: bytes, size: Size, deadline: float | None, share: object) -> bytes | PhotoError:
         assert self._pool is not None
         allowance, heavy, crashes = 0, False, 0
         try:
@@ -116,7 +115,7 @@ class Decoder:
                     return err
                 if not allowance and not crashes and self.budget.try_acquire(ALLOWANCE_BYTES):
                     allowance = ALLOWANCE_BYTES  # charged only once a worker is there: waiting photos hold none
-                outcome = self._run(worker, data, allowance, deadline)
+                outcome = self._run(worker, data, size, allowance, deadline)
                 if isinstance(outcome, int):  # the decode needs this much: wait for it without a worker
                     if outcome > self.budget.capacity:
                         return costs.too_costly("memory", f"decoding it would hold {outcome / 1e6:.0f} MB; "
@@ -142,7 +141,7 @@ class Decoder:
             if heavy:
                 self._pool.give_heavy()
 
-    def _run(self, worker: Worker, data: bytes, allowance: int,
+    def _run(self, worker: Worker, data: bytes, size: Size, allowance: int,
              deadline: float | None) -> bytes | PhotoError | int | None:
         """One try on ``worker``: the pixels, an error, the bytes to charge before decoding (int), or
         None when the worker died for no reason of ours."""
@@ -151,7 +150,7 @@ class Decoder:
         watch = self._deadlines.arm(self._first_check(deadline), lambda: self._watch(worker, start, deadline))
         keep, charged = False, 0
         try:
-            worker.conn.send(("photo", allowance, self.cpu_s))
+            worker.conn.send(("photo", allowance, self.cpu_s, size))
             worker.conn.send_bytes(data)
             reply = worker.conn.recv()
             while reply[0] == "cost":  # charge the shared budget, or let the worker go and wait for it

@@ -21,10 +21,10 @@ from ..infra.procs import trim_heap
 from . import costs
 from .costs import Cost
 from .inputs import (
-    IMAGE_SIZE,
     MAX_JPEG_SCANS,
     TRIM_AFTER_BYTES,
     DecodeBudget,
+    Size,
     allowed_formats,
     bare,
     to_input,
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_QUARTER_TURNS = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                            Image.Transpose.ROTATE_90})
 
 
 def limit_decoders(max_pixels: int) -> None:
@@ -54,10 +56,10 @@ def limit_decoders(max_pixels: int) -> None:
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE, formats: tuple[str, ...] | None = None,
+def decode(data: bytes, max_pixels: int, size: Size, formats: tuple[str, ...] | None = None,
            budget: DecodeBudget | None = None, deadline: float | None = None,
            max_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
-    """Bytes of an allowed format -> float32 [size,size,3] RGB in [0,1], on the caller's thread.
+    """Bytes of an allowed format -> uint8 [height,width,3] RGB at ``size`` (the model's), on the caller's thread.
 
     The format is sniffed from the content, never trusted from a header, and must be one of
     ``formats`` (PHOTO_FORMATS). The pixel count is checked from the header before decoding, by
@@ -77,7 +79,7 @@ def decode(data: bytes, max_pixels: int, size: int = IMAGE_SIZE, formats: tuple[
     return to_input(result.tobytes(), size)
 
 
-def _decode(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...], budget: DecodeBudget | None,
+def _decode(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...], budget: DecodeBudget | None,
             deadline: float | None, max_scans: int) -> Image.Image | PhotoError:
     """The decode, returning its error rather than raising it from frames that hold the image."""
     opened = prepare(data, max_pixels, size, allowed, max_scans)
@@ -100,7 +102,7 @@ def _decode(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...], b
                 trim_heap()
 
 
-def prepare(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...],
+def prepare(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...],
             max_scans: int) -> tuple[Image.Image, Cost] | PhotoError:
     """The photo opened from its header (format, pixel count checked; draft scale set) and what
     decoding it will cost; nothing decoded yet. The caller closes the image."""
@@ -128,7 +130,7 @@ def prepare(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...],
             layout = found
     if error is None:
         try:
-            img.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; a no-op for others
+            img.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; a no-op for others
         except Exception as exc:
             error = CorruptImage(f"cannot decode the image: {exc}")
     if error is not None:
@@ -137,8 +139,8 @@ def prepare(data: bytes, max_pixels: int, size: int, allowed: tuple[str, ...],
     return img, costs.estimate(img, data, layout)
 
 
-def render(img: Image.Image, max_pixels: int, size: int) -> Image.Image | PhotoError:
-    """The opened photo decoded and scaled to ``size`` x ``size`` 8-bit RGB, upright; or its error."""
+def render(img: Image.Image, max_pixels: int, size: Size) -> Image.Image | PhotoError:
+    """The opened photo decoded and scaled to ``size`` (width, height) 8-bit RGB, upright; or its error."""
     try:
         return _pixels(img, max_pixels, size)
     except PhotoError as err:
@@ -194,22 +196,24 @@ def _declared_size(data: bytes, allowed: tuple[str, ...]) -> tuple[int, int] | N
     return None
 
 
-def _pixels(img: Image.Image, max_pixels: int, size: int) -> Image.Image:
+def _pixels(img: Image.Image, max_pixels: int, size: Size) -> Image.Image:
     orientation = img.getexif().get(0x0112)
     img.load()
     width, height = img.size
     if width * height > max_pixels:  # an ICNS decodes a bigger image than its header declares
         raise ImageTooLarge(f"image decoded to {width}x{height} = {width * height} pixels; "
                          f"the limit is {max_pixels}")
-    small = _to_rgb(img, size)
     turn = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
-    if turn is not None:  # on the small image: turning a square after scaling is turning before it
+    # Turned on the small image: scaling then turning is turning then scaling, once a quarter turn
+    # scales to the size turned too (a model's input need not be square).
+    small = _to_rgb(img, (size[1], size[0]) if turn in _QUARTER_TURNS else size)
+    if turn is not None:
         small = small.transpose(turn)
     return small
 
 
-def _to_rgb(img: Image.Image, size: int) -> Image.Image:
-    """``size`` x ``size`` RGB, scaled down first: converting or compositing at full size would add up
+def _to_rgb(img: Image.Image, size: Size) -> Image.Image:
+    """``size`` (width, height) RGB, scaled down first: converting or compositing at full size would add up
     to 11 bytes a pixel (measured 20 B/px at the peak for an RGBA PNG, 9 after)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit or float grayscale: scaled to the type's range instead of clipped at 255. In Pillow, not
@@ -223,8 +227,8 @@ def _to_rgb(img: Image.Image, size: int) -> Image.Image:
         img = img.convert("RGBA")
     elif img.mode not in ("RGB", "RGBA", "LA", "L", "CMYK"):
         img = img.convert("RGB")
-    if img.size != (size, size):  # RGBA and LA are resized premultiplied: no colour bleeds from clear pixels
-        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if img.size != size:  # RGBA and LA are resized premultiplied: no colour bleeds from clear pixels
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)

@@ -1,5 +1,8 @@
 """What the serving process knows of photos without Pillow: the formats allowed, the memory budget that
-every decode is charged to, and the model's input made from decoded pixels.
+every decode is charged to, and the decoded pixels as an array.
+
+Photos are decoded to the loaded model's own size (``Size``, from its contract) and handed to the
+model as 8-bit RGB: each model normalizes its input itself (:mod:`function.model.contract`).
 
 Photos are decoded in worker processes (:mod:`function.core.decoding`); the process that serves
 requests never opens one, so it does not import Pillow (~10 MB of RSS and ~30 ms of a cold start
@@ -19,7 +22,7 @@ from ..errors import ConfigError, DeadlineExceeded, PhotoError
 if TYPE_CHECKING:
     import numpy as np
 
-IMAGE_SIZE = 224
+Size = tuple[int, int]  # (width, height) in pixels, Pillow's order: the model's input size
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 OPTIONAL_FORMATS = frozenset({"HEIF", "AVIF"})  # allowed when their Pillow plugin is there, else skipped
 MAX_JPEG_SCANS = 256  # nvImageCodec's default limit; libjpeg's own progressive scripts write 6-10 scans
@@ -39,7 +42,6 @@ class Settings:
 
     max_pixels: int
     formats: tuple[str, ...]
-    size: int
     max_scans: int
 
 
@@ -102,8 +104,9 @@ def bare(err: PhotoError) -> PhotoError:
     return err
 
 
-def to_input(rgb: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """8-bit RGB bytes of a ``size`` x ``size`` image -> the model's float32 input in [0,1]."""
+def to_input(rgb: bytes, size: Size) -> np.ndarray:
+    """8-bit RGB bytes of a ``size`` (width, height) image -> its pixels, uint8 [height, width, 3]."""
     import numpy as np  # here, not at the top: a decode worker never needs it (~12 MB of RSS each)
 
-    return np.frombuffer(rgb, np.uint8).reshape(size, size, 3).astype(np.float32) / 255.0
+    width, height = size
+    return np.frombuffer(rgb, np.uint8).reshape(height, width, 3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +19,7 @@ import numpy as np
 from ..errors import CorruptImage, FetchFailed, PhotoError
 from ..infra import logs
 from ..infra.files import checked_size, read_file
-from .inputs import bare
+from .inputs import Size, bare
 from .sources import ObjectSource, PhotoSource
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ class UrlReader(Protocol):
 
 
 class PhotoDecoder(Protocol):
-    """What turns a photo's bytes into the model's input (``function.core.decoding.Decoder``)."""
+    """What turns a photo's bytes into pixels at the model's size (``function.core.decoding.Decoder``)."""
 
-    def decode(self, data: bytes, deadline: float | None = None, share: object = None) -> np.ndarray: ...
+    def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -76,10 +77,12 @@ def _unexpected(source: PhotoSource, exc: Exception, error: type[PhotoError]) ->
     return error(f"could not process the photo ({type(exc).__name__})", retryable=False)
 
 
-def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, deadline: float | None = None,
-         share: object = None) -> LoadedPhoto:
-    """Read and decode one photo; never raises for a photo-level problem. ``share``: its request, so
-    that requests take turns for the decoder."""
+def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, size: Callable[[], Size],
+         deadline: float | None = None, share: object = None) -> LoadedPhoto:
+    """Read and decode one photo; never raises for a photo-level problem. ``size()``: the model's input
+    size, asked once the bytes are in (on a cold start the fetch overlaps the model's load; the decode
+    waits for it, and ``size`` raises the request's error if the model cannot load). ``share``: its
+    request, so that requests take turns for the decoder."""
     t0 = time.perf_counter()
     try:
         data = reader.read(source)
@@ -88,16 +91,18 @@ def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, deadli
     except Exception as exc:  # a case nobody foresaw is still this photo's problem, not the request's
         return LoadedPhoto(None, _unexpected(source, exc, FetchFailed), (time.perf_counter() - t0) * 1000, 0.0, 0)
     t1 = time.perf_counter()
+    target = size()
+    t_size = time.perf_counter()  # the model's wait is the request's (model_wait), not this photo's decode
     pixels: np.ndarray | None = None
     error: PhotoError | None = None
     try:
-        pixels = decoder.decode(data, deadline, share)
+        pixels = decoder.decode(data, target, deadline, share)
     except PhotoError as err:
         error = bare(err)
     except Exception as exc:
         error = _unexpected(source, exc, CorruptImage)
     t2 = time.perf_counter()
-    photo = LoadedPhoto(pixels, error, (t1 - t0) * 1000, (t2 - t1) * 1000, len(data))
+    photo = LoadedPhoto(pixels, error, (t1 - t0) * 1000, (t2 - t_size) * 1000, len(data))
     log.debug("photo loaded", extra=logs.fields(
         photo=source.ref, bytes=len(data), fetch_ms=round(photo.fetch_ms, 1),
         decode_ms=round(photo.decode_ms, 1), error=error.code if error else None))

@@ -19,13 +19,18 @@ class Prediction:
     id: int
     label: str
     score: float
+    common_name: str | None = None  # with COMMON_NAMES_URL: "European Robin" beside "Erithacus rubecula"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "label": self.label, "score": round(self.score, 6)}
+        doc: dict[str, Any] = {"id": self.id, "label": self.label, "score": round(self.score, 6)}
+        if self.common_name is not None:
+            doc["common_name"] = self.common_name
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Prediction:
-        return cls(int(doc["id"]), str(doc["label"]), float(doc["score"]))
+        common = doc.get("common_name")
+        return cls(int(doc["id"]), str(doc["label"]), float(doc["score"]), None if common is None else str(common))
 
 
 @dataclass
@@ -33,6 +38,9 @@ class PhotoResult:
     source: PhotoSource
     predictions: list[Prediction] = field(default_factory=list)
     error: PhotoError | None = None
+    # False when the best class is the model's background class or the best species scores under the
+    # model's threshold: the predictions are still given, but no bird is named. None: not classified.
+    recognised: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -41,14 +49,16 @@ class PhotoResult:
     def to_dict(self) -> dict[str, Any]:
         key = "url" if self.source.kind == "url" else "file"
         return {key: self.source.ref, "predictions": [p.to_dict() for p in self.predictions],
-                "error": self.error.to_dict() if self.error else None}
+                "recognised": self.recognised, "error": self.error.to_dict() if self.error else None}
 
     @classmethod
     def from_dict(cls, source: PhotoSource, doc: Mapping[str, Any]) -> PhotoResult:
         """A result document (one item of ``results``) for ``source``; KeyError/TypeError/ValueError if malformed."""
         err = doc.get("error")
+        recognised = doc.get("recognised")
         return cls(source, [Prediction.from_dict(p) for p in doc["predictions"]],
-                   PhotoError.from_code(str(err["code"]), str(err["message"])) if err else None)
+                   PhotoError.from_code(str(err["code"]), str(err["message"])) if err else None,
+                   None if recognised is None else bool(recognised))
 
 
 @dataclass

@@ -7,12 +7,15 @@ process, with this module and so Pillow and numpy imported: a replacement worker
 milliseconds and shares those pages). This module is the worker's side; the parent's is
 function/core/decoding.py. The protocol, over one socket pair::
 
-    parent -> ("photo", allowance, cpu_s), then the photo's bytes
+    parent -> ("photo", allowance, cpu_s, (width, height)), then the photo's bytes
     worker -> ("error", keep, code, message, reason)     the header says no (format, size, scans)
            |  ("cost", bytes, detail)                    opening (WebP) or decoding it would hold more
               parent -> ("go", bytes) | ("drop",)        than ``allowance``: charged to the shared
                                                          budget, or not now (asked again later)
-    worker -> ("pixels", keep), then 224x224x3 8-bit RGB | ("error", ...)
+    worker -> ("pixels", keep), then width x height x 3 8-bit RGB | ("error", ...)
+
+The size comes with each photo, not with the worker's settings: it is the loaded model's input
+size, which the workers (started before the model loads) cannot know.
 
 ``keep`` is False when the worker exits after this answer (it ran out of memory, or holds more
 than it started with by RECYCLE_BYTES): the parent starts another in its place.
@@ -34,7 +37,7 @@ from multiprocessing.connection import Connection
 from ..errors import PhotoError
 from ..infra.procs import trim_heap
 from . import costs, images
-from .inputs import TRIM_AFTER_BYTES, Settings
+from .inputs import TRIM_AFTER_BYTES, Settings, Size
 
 HEADER_BYTES = 64 * 1024 * 1024  # address space allowed for reading a header (Pillow's ICO decodes in open())
 SLACK_BYTES = 16 * 1024 * 1024  # allocator slack on top of a photo's charge
@@ -50,18 +53,19 @@ def serve(conn: Connection, settings: Settings) -> None:
     started = _status_bytes("VmRSS")
     while True:
         try:
-            _, allowance, cpu_s = conn.recv()
+            _, allowance, cpu_s, size = conn.recv()
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        keep = _task(conn, data, allowance, cpu_s, settings, started)
+        keep = _task(conn, data, allowance, cpu_s, settings, started, size)
         del data
         if not keep:  # the answer said so: the parent starts a fresh worker instead of this one
             conn.close()
             return
 
 
-def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings: Settings, started: int) -> bool:
+def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings: Settings, started: int,
+          size: Size) -> bool:
     """One photo; False when the worker is to be replaced after it (it ran out of memory, or keeps
     more than RECYCLE_BYTES over what it ``started`` with): the answer says so."""
     _limit_cpu(cpu_s)
@@ -76,7 +80,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
                 return True
         _limit_memory(max(0, allowance - len(data)) + SLACK_BYTES if early is not None else HEADER_BYTES)
         try:
-            opened = images.prepare(data, settings.max_pixels, settings.size, settings.formats, settings.max_scans)
+            opened = images.prepare(data, settings.max_pixels, size, settings.formats, settings.max_scans)
         except MemoryError:
             opened = costs.too_costly("memory", "reading the image header needed more memory than it was "
                                       "allowed (64 MiB, or the charge of its canvas)")
@@ -89,7 +93,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
             if not allowance:
                 return True
             _limit_memory(max(0, allowance - len(data)) + SLACK_BYTES)
-            result = images.render(img, settings.max_pixels, settings.size)
+            result = images.render(img, settings.max_pixels, size)
             _limit_memory(None)
             img.close()
             if cost.bytes >= TRIM_AFTER_BYTES:

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SIGNATURE_PREFERENCE = ("default", "serving_default")
-IMAGE_SIZE = 224
 # Largest TF-vs-LiteRT difference in the scores accepted at conversion time. Float32 conversions of
 # the stand-in models agree to ~1e-7; a difference past this means the conversion changed the maths.
 MAX_ABS_DIFF = 1e-4
@@ -105,16 +104,17 @@ class Conversion:
 
 
 def verification_inputs_description() -> str:
-    return "4 uniform random images (numpy seed 0), all zeros, all ones; [6,224,224,3] in [0,1]"
+    return "4 uniform random images (numpy seed 0), all zeros, all ones; [6,H,W,3] in [0,1] at the model's size"
 
 
-def verification_inputs(size: int = IMAGE_SIZE) -> np.ndarray:
-    """The fixed inputs TensorFlow and LiteRT are compared on."""
+def verification_inputs(height: int, width: int) -> np.ndarray:
+    """The fixed inputs TensorFlow and LiteRT are compared on, at the signature's image size."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return np.concatenate([rng.random((4, size, size, 3), dtype=np.float32),
-                           np.zeros((1, size, size, 3), np.float32), np.ones((1, size, size, 3), np.float32)])
+    shape = (height, width, 3)
+    return np.concatenate([rng.random((4, *shape), dtype=np.float32),
+                           np.zeros((1, *shape), np.float32), np.ones((1, *shape), np.float32)])
 
 
 def _import_tensorflow(handle: str) -> tuple[Any, Any]:
@@ -200,7 +200,11 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
             flatbuffer = converter.convert()
             phase("verify")
             reference = hub.load(resolved, tags=tags).signatures[signature]
-            inputs = verification_inputs()
+            shape = reference.structured_input_signature[1][input_name].shape
+            if shape.rank != 4 or shape[1] is None or shape[2] is None:
+                raise ConversionError(f"{handle}: signature {signature!r} input {input_name!r} has shape {shape}; "
+                                      "expected [N,H,W,3] with its image size")
+            inputs = verification_inputs(int(shape[1]), int(shape[2]))
             expected = reference(**{input_name: tf.constant(inputs)})[output_name].numpy()
     except ConversionError as exc:
         exc.output = held.tail() if held else ""
@@ -213,7 +217,7 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
 
     try:
         model = LiteRTModel(flatbuffer, source=f"conversion of {handle}")
-        actual = model.predict(inputs)
+        actual = model.run(inputs)  # the tensors as TensorFlow took them: the conversion's maths, compared
     except ValueError as exc:
         raise ConversionError(f"the conversion of {handle} does not run on LiteRT: {exc}") from exc
     if actual.shape != expected.shape:

@@ -67,6 +67,13 @@ class LazyResource(Generic[T]):
         started = time.perf_counter()
         try:
             value = self._loader()
+        except NotReady as exc:
+            # What this load builds on is not there (the label map waits for the model): not a failure of
+            # its own, so no back-off of its own; the next start() tries again, once that one is retried.
+            with self._lock:
+                self._state, self._error = NOT_LOADED, str(exc)
+            self._done.set()
+            return
         except Exception as exc:  # the reason is kept and reported by readiness and requests
             log.error("%s failed to load: %s", self.name, exc, exc_info=True)
             with self._lock:

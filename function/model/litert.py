@@ -5,10 +5,10 @@ model-call worker of the call queue) gets its own, created lazily from the same 
 each single-threaded: on a small CPU, parallel single-threaded calls of one or two images run
 fastest per image (docs/performance.md), and the call queue already runs one worker per core.
 
-A quantized model (uint8 or int8 input and output, like the official lite birds model) is run the
-same way as a float one: the float photos are quantized with the input's (scale, zero_point) read
-from the interpreter, and the scores dequantized with the output's, so callers always get float32
-probabilities in [0,1].
+Every model takes 8-bit RGB pixels at its own size and turns them into its input tensor by its
+:class:`~function.model.contract.Contract` (its TFLite Metadata's normalization, or the convention for
+an input without one: raw pixels for a quantized input, [0,1] for a float one); a quantized output
+is dequantized with its (scale, zero_point), so callers always get float32 probabilities.
 
 Importing this module imports neither TensorFlow nor LiteRT; LiteRT is imported when the first
 model loads (a cold start pays ~0.1 s for it, and only once).
@@ -28,6 +28,10 @@ import numpy as np
 
 from ..errors import InputShapeError, ModelFormatError
 from ..infra.capture import Held, held_back
+from . import metadata
+from .contract import Contract, InputContract
+
+__all__ = ["InputShapeError", "LiteRTModel", "ModelFormatError", "TensorSummary"]
 
 _import_lock = threading.Lock()
 _interpreter_class: Any = None
@@ -107,7 +111,8 @@ class _Runner:
 
 
 class LiteRTModel:
-    """A loaded ``.tflite``: ``predict(batch [N,224,224,3] float32 in [0,1]) -> [N,classes]`` probabilities.
+    """A loaded ``.tflite``: ``predict(pixels uint8 [N,H,W,3]) -> [N,classes]`` probabilities, at the
+    model's own H and W (``contract.input``).
 
     ``model`` is a path to the flatbuffer or its bytes. The bytes are kept in memory: every
     thread's interpreter is built from them (no file read per thread, and a cached file replaced
@@ -154,6 +159,13 @@ class LiteRTModel:
                                        "expected float32, uint8 or int8")
         self.height, self.width = self.input.shape[1], self.input.shape[2]
         self.num_classes: int = self.output.shape[1]
+        meta = metadata.read(self._content, self.source)
+        labels = meta.labels() if meta is not None else None
+        self.contract = Contract(
+            InputContract.of(self.height, self.width, self.input.dtype, self.input.scale, self.input.zero_point,
+                             meta, self.source),
+            self.num_classes, labels.lines if labels is not None else None, labels.name if labels else None,
+            meta.score_threshold if meta is not None else None)
         self.quantized: bool = self.input.quantized or self.output.quantized
         # A model built for a fixed batch (the official lite model: [1,224,224,3]) may reshape with
         # that constant inside, so it is run one call per image rather than resized.
@@ -203,26 +215,25 @@ class LiteRTModel:
         """Run ``images`` images of zeros on this thread's interpreter (the first call pays for its set-up,
         and a call of another size for resizing its tensors)."""
         started = time.perf_counter()
-        self.predict(np.zeros((images, self.height, self.width, 3), np.float32))
+        self.predict(np.zeros((images, self.height, self.width, 3), np.uint8))
         self.timings_ms["warmup"] = (time.perf_counter() - started) * 1000
 
     def check(self, batch: np.ndarray) -> None:
-        """Raise InputShapeError unless ``batch`` is [N,H,W,3] at the model's height and width."""
-        shape = getattr(batch, "shape", None)
-        if shape is None or len(shape) != 4 or shape[3] != 3:
-            raise InputShapeError(f"expected an image batch [N,{self.height},{self.width},3]; got shape "
-                                  f"{list(shape) if shape is not None else type(batch).__name__}")
-        if (shape[1], shape[2]) != (self.height, self.width):
-            raise InputShapeError(f"expected images of {self.height}x{self.width} pixels ([N,{self.height},"
-                                  f"{self.width},3]); got shape {list(shape)}")
+        """Raise InputShapeError unless ``batch`` is 8-bit pixels [N,H,W,3] at the model's height and width."""
+        self.contract.input.check(batch)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities [N, num_classes] float32 for a float batch [N,H,W,3] in [0,1]; thread-safe."""
-        self.check(batch)
-        n = int(batch.shape[0])
+        """Probabilities [N, num_classes] float32 for 8-bit RGB pixels [N,H,W,3]; thread-safe."""
+        return self.run(self.contract.input.prepare(batch))
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch already in the input tensor's own type and normalization."""
+        if pixels.ndim != 4 or pixels.shape[1:] != (self.height, self.width, 3):
+            raise InputShapeError(f"expected an input batch [N,{self.height},{self.width},3]; got {list(pixels.shape)}")
+        n = int(pixels.shape[0])
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)
-        pixels = self._quantize_input(batch)
+        pixels = np.ascontiguousarray(pixels, dtype=self.input.dtype)
         runner = self._runner()
         if not self.dynamic_batch:
             step = max(runner.batch, 1)
@@ -245,14 +256,6 @@ class LiteRTModel:
         it.set_tensor(self._input_index, pixels)
         it.invoke()
         return self._dequantize_output(it.get_tensor(self._output_index))
-
-    def _quantize_input(self, batch: np.ndarray) -> np.ndarray:
-        if not self.input.quantized:
-            return np.ascontiguousarray(batch, dtype=np.float32)
-        info = np.iinfo(self.input.dtype)
-        q = np.round(np.asarray(batch, np.float32) / self.input.scale) + self.input.zero_point
-        quantized: np.ndarray = np.clip(q, info.min, info.max).astype(self.input.dtype)
-        return quantized
 
     def _dequantize_output(self, raw: np.ndarray) -> np.ndarray:
         if not self.output.quantized:

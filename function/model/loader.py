@@ -19,8 +19,10 @@
   it its priority, and says so; otherwise it answers on TensorFlow, as the first run did.
 * ``tensorflow``: the reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
 
-Every runtime gives the same thing to the call queue: ``predict(batch [N,224,224,3] float32 in
-[0,1]) -> [N, classes]`` probabilities, ``num_classes`` and the load's ``timings_ms``.
+Every runtime gives the same thing to the call queue: ``predict(pixels uint8 [N,H,W,3]) -> [N, classes]``
+probabilities, its ``contract`` (the input size and normalization it applies itself, the labels and
+score threshold its metadata carries: :mod:`function.model.contract`), ``num_classes`` and the
+load's ``timings_ms``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..errors import ModelCacheError, ModelError, ModelSourceUnavailable, Tensor
 from ..infra import logs, procs
 from . import handles
 from .cache import STILL_WRITING, ConvertedCache, fetch_tflite
+from .contract import Contract
 from .litert import LiteRTModel
 from .prefetch import Prefetcher
 
@@ -55,6 +58,7 @@ WAIT_SLACK, WAIT_EXTRA_S = 3.0, 10.0
 
 class LoadedModel(Protocol):
     timings_ms: dict[str, float]
+    contract: Contract
 
     @property
     def runtime(self) -> str: ...
@@ -216,4 +220,5 @@ def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> LoadedModel:
 def _log_loaded(model: LiteRTModel, spec: ModelSpec, started: float, **fields: Any) -> None:
     log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
         url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
-        input=model.input_details, timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))
+        input=model.input_details, contract=model.contract.to_dict(),
+        timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))

@@ -19,22 +19,27 @@ import numpy as np
 from ..config import quiet_tensorflow
 from ..errors import ModelError
 from ..infra import logs
+from .contract import Contract
 from .prefetch import Prefetcher, wait_for_other_download
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 224
 # The TF1 Hub format names its signature "default"; TF2 SavedModels usually "serving_default".
 SIGNATURE_PREFERENCE = ("default", "serving_default")
 
 
 class TensorFlowModel:
-    """A loaded model: ``predict(batch [N,224,224,3] float32 in [0,1]) -> [N,classes]`` scores."""
+    """A loaded model: ``predict(pixels uint8 [N,H,W,3]) -> [N,classes]`` scores, H and W its signature's.
+
+    A TF Hub image module takes float [0,1] (its documented convention, birds_V1/1's), so that is its
+    contract; a SavedModel carries no TFLite Metadata.
+    """
 
     runtime = "tensorflow"
 
     def __init__(self, module: Any, signature_name: str, input_name: str, output_name: str,
-                 timings_ms: dict[str, float]):
+                 timings_ms: dict[str, float], contract: Contract):
+        self.contract = contract
         self._module = module  # keeps the signature's variables and graph alive
         self._fn = module.signatures[signature_name]
         self.signature_name = signature_name
@@ -88,23 +93,33 @@ class TensorFlowModel:
         input_name, spec = next(iter(inputs.items()))
         if spec.shape.rank != 4 or spec.shape[-1] != 3:
             raise ModelError(f"signature {name!r} input {input_name!r} has shape {spec.shape}; expected [N,H,W,3]")
+        height, width = spec.shape[1], spec.shape[2]
+        if height is None or width is None:  # a photo must be resized to something the model was trained at
+            raise ModelError(f"signature {name!r} input {input_name!r} has shape {spec.shape}: it does not say "
+                             "its image size")
         outputs = fn.structured_outputs
         output_name = "default" if "default" in outputs else next(iter(outputs))
-        model = cls(module, name, input_name, output_name, timings)
+        classes = outputs[output_name].shape[-1]
+        model = cls(module, name, input_name, output_name, timings, Contract.unit_range(int(height), int(width),
+                                                                                        classes))
         if warmup:
-            model.num_classes = model.predict(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)).shape[1]
+            model.num_classes = model.predict(np.zeros((1, height, width, 3), np.uint8)).shape[1]
             timings["warmup"] = (time.perf_counter() - t3) * 1000
         else:
-            model.num_classes = outputs[output_name].shape[-1]
+            model.num_classes = classes
+        if model.num_classes != classes:
+            model.contract = Contract.unit_range(int(height), int(width), model.num_classes)
         log.info("model loaded in %.1f s", (time.perf_counter() - t0), extra=logs.fields(
             url=url, path=path, signature=name, input=input_name, output=output_name,
             classes=model.num_classes, timings_ms={k: round(v, 1) for k, v in timings.items()}))
         return model
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Scores [N, classes] for 8-bit RGB pixels [N,H,W,3] at the signature's size."""
         import tensorflow as tf
 
-        out = self._fn(**{self.input_name: tf.constant(batch, dtype=tf.float32)})[self.output_name]
+        tensor = self.contract.input.prepare(batch)
+        out = self._fn(**{self.input_name: tf.constant(tensor, dtype=tf.float32)})[self.output_name]
         return np.asarray(out.numpy())
 
 

@@ -95,3 +95,52 @@ def test_the_page_classifies_pasted_urls_and_a_chosen_photo(browser_tools, serve
     assert shown["chosenAfterDrop"] == ["dropped.png"]
     assert not [p for p in shown["problems"] if "page error" in p or "Content Security Policy" in p]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def lite_function(server, monkeypatch):
+    """The function serving the real lite model by MODEL_URL alone, with Coral's common names from the test hub."""
+    from tests.support import COMMON_NAMES, LITE_MODEL
+
+    if not LITE_MODEL.is_file() or not COMMON_NAMES.is_file():
+        pytest.skip(f"the real lite model and its common names are not in {LITE_MODEL.parent}")
+    monkeypatch.setenv("MODEL_URL", str(LITE_MODEL))
+    monkeypatch.delenv("LABELS_URL", raising=False)
+    monkeypatch.setenv("COMMON_NAMES_URL", server.add("/coral/inat_bird_labels.txt", COMMON_NAMES.read_bytes(),
+                                                      "text/plain"))
+    monkeypatch.setenv("TRUSTED_HOSTS", "127.0.0.1")
+    service.reset()
+    app = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py"))
+    assert service.serving().wait_until_ready(120).ready
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_port}"
+    http.shutdown()
+    thread.join(10)
+    service.reset()
+
+
+def test_the_page_shows_common_names_first_and_says_when_no_bird_is_recognised(browser_tools, lite_function, server,
+                                                                               tmp_path):
+    upload = tmp_path / "red.png"
+    upload.write_bytes(photos.solid((200, 30, 30), fmt="PNG"))  # the lite model's best class: its background
+    photo = server.add("/photos/like-a-photo.jpg", photos.photo_like(224, 224, seed=1), "image/jpeg")
+    run = subprocess.run(["node", str(BROWSER_DIR / "page.mjs")], cwd=BROWSER_DIR, capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "BASE_URL": lite_function, "CHROMIUM": CHROMIUM,
+                                           "PHOTO_URLS": json.dumps([photo]), "UPLOAD": str(upload),
+                                           "SCREENSHOT": str(tmp_path / "page.png")})
+    assert run.returncode == 0, run.stderr
+    background, other = json.loads(run.stdout.strip().splitlines()[-1])["results"]
+    assert background["unrecognised"] == "No bird recognised"
+    assert background["species"][0] == "None"  # still listed, under the statement
+    # Each species with a common name: the common name first, the Latin name under it, in its own element.
+    names = [line.replace("\\xd7", "\u00d7") for line in
+             (ROOT.parent / "shared" / "models" / "inat_bird_labels.txt").read_text().splitlines()]
+    assert len(other["species"]) == len(other["common"]) == 3
+    for species, common in zip(other["species"], other["common"], strict=True):
+        if species == "None":  # the background: Coral's file gives it no common name
+            assert common is None
+            continue
+        assert common.startswith("common > species: ")
+        assert f"{species} ({common.split(': ', 1)[1]})" in names

@@ -32,14 +32,21 @@ def test_post_urls_returns_results_in_request_order(warm_client, serve_photo):
     assert [x["url"] for x in body["results"]] == urls
     assert [x["predictions"][0]["id"] for x in body["results"]] == [300, 5, 77]
     assert all(len(x["predictions"]) == 2 and x["error"] is None for x in body["results"])
-    assert set(body["results"][0]["predictions"][0]) == {"id", "label", "score"}
+    assert set(body["results"][0]["predictions"][0]) == {"id", "label", "score"}  # no COMMON_NAMES_URL
+    assert all(x["recognised"] is True for x in body["results"])
     assert body["timings_ms"]["total"] > 0
 
 
 def test_the_service_serves_on_litert_by_default_and_readyz_says_so(warm_client, serve_photo):
     r = warm_client.get("/readyz")
     assert r.status_code == 200
-    assert r.get_json()["model"] == {"state": "ready", "error": None, "runtime": "litert"}
+    model = r.get_json()["model"]
+    assert {k: model[k] for k in ("state", "error", "runtime")} == {"state": "ready", "error": None,
+                                                                 "runtime": "litert"}
+    # The float module without metadata: [0,1] pixels at its signature's 224x224, as TF Hub documents it.
+    assert model["contract"]["input"] == {"height": 224, "width": 224, "dtype": "float32", "mean": [0.0],
+                                          "std": [255.0], "normalization": "[0,1] (float input, no metadata)",
+                                          "raw_pixels": False}
     r = warm_client.post("/", json={"urls": [serve_photo(618)], "top_k": 1})
     assert r.get_json()["results"][0]["predictions"][0]["id"] == 618
 

@@ -51,6 +51,13 @@ try {
     alt: a.querySelector(".thumb").getAttribute("alt") ?? a.querySelector(".thumb").getAttribute("aria-label"),
     thumbLoaded: a.querySelector(".thumb").tagName === "IMG",
     species: [...a.querySelectorAll(".prediction .species")].map((s) => s.textContent),
+    // Per prediction: the order of its name elements and its common name, or null without one.
+    common: [...a.querySelectorAll(".prediction")].map((li) => {
+      const names = li.querySelector(".names");
+      return names ? [...names.children].map((c) => c.className).join(" > ") + ": " +
+        names.querySelector(".common").textContent : null;
+    }),
+    unrecognised: a.querySelector(".unrecognised") ? a.querySelector(".unrecognised").textContent : null,
     percents: [...a.querySelectorAll(".prediction .pct")].map((s) => s.textContent),
     barWidths: [...a.querySelectorAll(".prediction .bar span")].map((s) => s.style.width),
     error: a.querySelector(".error") ? a.querySelector(".error").textContent : null,

@@ -19,7 +19,7 @@ MIB = 1024 * 1024
 
 
 def charge(data: bytes, max_scans: int = images.MAX_JPEG_SCANS) -> costs.Cost:
-    opened = images.prepare(data, MAX_PIXELS, images.IMAGE_SIZE, FORMATS, max_scans)
+    opened = images.prepare(data, MAX_PIXELS, (224, 224), FORMATS, max_scans)
     assert not isinstance(opened, PhotoError), opened
     img, cost = opened
     img.close()
@@ -61,7 +61,7 @@ def test_a_jpeg_with_more_scans_than_the_limit_is_refused_without_decoding():
     data = costly.jpeg(2000, 2000, repeats=20_000)  # 20003 scans: ~5.6 s of CPU if decoded
     started = time.process_time()
     with pytest.raises(PhotoError) as caught:
-        images.decode(data, MAX_PIXELS)
+        images.decode(data, MAX_PIXELS, (224, 224))
     assert time.process_time() - started < 0.5
     assert caught.value.code == "decode_too_costly"
     assert costs.reason_of(caught.value) == "scans"
@@ -86,10 +86,10 @@ from function.core import images
 data = open(sys.argv[1], "rb").read()
 def status(key):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) * 1024
-img, cost = images.prepare(data, 64_000_000, 224, images.allowed_formats(), 256)
+img, cost = images.prepare(data, 64_000_000, (224, 224), images.allowed_formats(), 256)
 img.close()
 base = status("VmRSS")
-images.decode(data, 64_000_000)
+images.decode(data, 64_000_000, (224, 224))
 print(cost.bytes, status("VmHWM") - base + len(data))
 """
 

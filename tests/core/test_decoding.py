@@ -35,13 +35,16 @@ def decoder():
     d.close()
 
 
+SIZE = (224, 224)  # (width, height): the birds model's input size
+
+
 def later(seconds: float = 60.0) -> float:
     return time.monotonic() + seconds
 
 
 def error_of(decoder: Decoder, data: bytes, deadline: float | None = None) -> PhotoError:
     with pytest.raises(PhotoError) as caught:
-        decoder.decode(data, deadline or later())
+        decoder.decode(data, SIZE, deadline or later())
     return caught.value
 
 
@@ -64,7 +67,7 @@ def alive(pid: int) -> bool:
                                   hostile.solid(250, "WEBP"), hostile.solid(7, "BMP"), hostile.solid(8, "TIFF")],
                          ids=["jpeg", "cmyk", "png16", "gif", "rgba", "exif", "webp", "bmp", "tiff"])
 def test_a_worker_decodes_every_format_as_the_caller_s_thread_does(decoder, data):
-    np.testing.assert_array_equal(decoder.decode(data, later()), images.decode(data, MAX_PIXELS))
+    np.testing.assert_array_equal(decoder.decode(data, SIZE, later()), images.decode(data, MAX_PIXELS, SIZE))
 
 
 def test_a_worker_gives_the_same_errors(decoder):
@@ -84,7 +87,7 @@ def test_a_decode_past_its_cpu_budget_is_stopped_and_its_core_freed(decoder):
 
 
 def test_the_killed_worker_is_gone_and_replaced(decoder):
-    decoder.decode(photos.photo_like(64, 64), later())
+    decoder.decode(photos.photo_like(64, 64), SIZE, later())
     before = set(workers_of(decoder))
     error_of(decoder, SLOW_JPEG)
     deadline = time.monotonic() + 5
@@ -94,7 +97,7 @@ def test_the_killed_worker_is_gone_and_replaced(decoder):
     assert len(after) == 2 and after != before
     assert all(alive(pid) for pid in after)
     assert not all(alive(pid) for pid in before)
-    assert decoder.decode(photos.photo_like(64, 64), later()).shape == (224, 224, 3)
+    assert decoder.decode(photos.photo_like(64, 64), SIZE, later()).shape == (224, 224, 3)
 
 
 def test_a_decode_still_running_at_its_request_s_deadline_is_stopped(decoder):
@@ -128,14 +131,14 @@ def test_decodes_together_stay_within_the_shared_budget_and_each_is_decoded():
     budget = 500_000_000  # one 7999x7999 progressive JPEG (~405 MB charged) at a time
     shared = Decoder(MAX_PIXELS, FORMATS, budget, workers=3)
     try:
-        shared.decode(photos.photo_like(64, 64), later())
+        shared.decode(photos.photo_like(64, 64), SIZE, later())
         pid = shared._pool.server._proc.pid
         base = tree_rss(pid)
         sampler = Sampler(lambda: {"rss": tree_rss(pid)}, period_s=0.02)
         sampler.start()
         try:
             with ThreadPoolExecutor(4) as pool:
-                results = list(pool.map(lambda _: shared.decode(BIG_JPEG, later()), range(4)))
+                results = list(pool.map(lambda _: shared.decode(BIG_JPEG, SIZE, later()), range(4)))
         finally:
             grew = sampler.stop()["rss"] - base
         assert all(r.shape == (224, 224, 3) for r in results)
@@ -147,13 +150,13 @@ def test_decodes_together_stay_within_the_shared_budget_and_each_is_decoded():
 
 def test_a_request_of_costly_photos_leaves_a_worker_to_another_request(decoder):
     small = photos.photo_like(640, 480)
-    decoder.decode(small, later())
+    decoder.decode(small, SIZE, later())
     with ThreadPoolExecutor(6) as pool:
         costly_share = object()
-        attack = [pool.submit(decoder.decode, SLOW_JPEG, later(), costly_share) for _ in range(3)]
+        attack = [pool.submit(decoder.decode, SLOW_JPEG, SIZE, later(), costly_share) for _ in range(3)]
         time.sleep(0.3)  # the attack's photos hold the heavy turns
         started = time.monotonic()
-        assert decoder.decode(small, later(), object()).shape == (224, 224, 3)
+        assert decoder.decode(small, SIZE, later(), object()).shape == (224, 224, 3)
         elapsed = time.monotonic() - started
         codes = [f.exception().code for f in attack]
     assert elapsed < 0.5, f"a small photo of another request took {elapsed:.2f} s"
@@ -164,12 +167,12 @@ def test_requests_take_turns_for_the_workers():
     one = Decoder(MAX_PIXELS, FORMATS, 1_000_000_000, workers=1, cpu_s=0.3)
     order: list[str] = []
     try:
-        one.decode(photos.photo_like(64, 64), later())
+        one.decode(photos.photo_like(64, 64), SIZE, later())
         with ThreadPoolExecutor(8) as pool:
             first, second = object(), object()
-            jobs = [pool.submit(one.decode, SLOW_JPEG, later(), first) for _ in range(4)]
+            jobs = [pool.submit(one.decode, SLOW_JPEG, SIZE, later(), first) for _ in range(4)]
             time.sleep(0.2)
-            late = pool.submit(one.decode, photos.photo_like(64, 64), later(), second)
+            late = pool.submit(one.decode, photos.photo_like(64, 64), SIZE, later(), second)
             late.add_done_callback(lambda _: order.append("second"))
             for j in jobs:
                 j.add_done_callback(lambda _: order.append("first"))
@@ -185,9 +188,9 @@ def test_requests_take_turns_for_the_workers():
 LIMITED = """
 from function.core import images, workers
 data = open(__import__("sys").argv[1], "rb").read()
-img, cost = images.prepare(data, 64_000_000, 224, images.allowed_formats(), 256)
+img, cost = images.prepare(data, 64_000_000, (224, 224), images.allowed_formats(), 256)
 workers._limit_memory(cost.bytes // 4)
-result = images.render(img, 64_000_000, 224)
+result = images.render(img, 64_000_000, (224, 224))
 workers._limit_memory(None)
 print(result.code, result.message.split(";")[0])
 """
@@ -199,3 +202,12 @@ def test_an_allocation_past_the_charge_fails_that_photo_as_too_costly(tmp_path):
     out = subprocess.run([sys.executable, "-c", LIMITED, str(path)], capture_output=True, text=True, cwd=ROOT,
                          timeout=60, check=True)
     assert out.stdout.startswith("decode_too_costly")
+
+
+def test_the_same_worker_decodes_each_photo_at_the_size_it_is_asked_for(decoder):
+    # The workers start before the model loads: the size comes with each photo, not with the worker.
+    data = photos.photo_like(640, 480)
+    for size in [(192, 192), (224, 224), (299, 160)]:
+        pixels = decoder.decode(data, size, later())
+        np.testing.assert_array_equal(pixels, images.decode(data, MAX_PIXELS, size))
+        assert pixels.shape == (size[1], size[0], 3)

@@ -16,9 +16,9 @@ import pytest
 import requests
 from PIL import Image
 
+from function.core import images
 from function.core.decoding import Decoder
-from function.core.images import decode
-from function.core.inputs import IMAGE_SIZE, DecodeBudget, allowed_formats
+from function.core.inputs import DecodeBudget, allowed_formats
 from function.core.photos import PhotoReader, load
 from function.core.sources import PhotoSource
 from function.errors import PhotoError
@@ -27,8 +27,17 @@ from standin import photos
 from tests.support import ROOT
 
 MAX_PIXELS = 64_000_000
+SIZE = (224, 224)  # (width, height): the birds model's input size
+IMAGE_SIZE = 224
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 URL = "https://photos.example.org/robin.jpg"
+
+
+def decoded(data: bytes, max_pixels: int, size: tuple[int, int] = SIZE, **params) -> np.ndarray:
+    """The photo decoded at a model's ``size``, as fractions of full scale (the 8-bit pixels / 255)."""
+    pixels = images.decode(data, max_pixels, size, **params)
+    assert pixels.dtype == np.uint8
+    return pixels / 255.0
 
 
 def encode(img: Image.Image, fmt: str, **params) -> bytes:
@@ -39,7 +48,7 @@ def encode(img: Image.Image, fmt: str, **params) -> bytes:
 
 def decode_error(data: bytes, max_pixels: int = MAX_PIXELS) -> PhotoError:
     with pytest.raises(PhotoError) as caught:
-        decode(data, max_pixels)
+        decoded(data, max_pixels)
     return caught.value
 
 
@@ -72,44 +81,43 @@ def mean_rgb(pixels: np.ndarray) -> tuple[float, ...]:
 @pytest.mark.parametrize("fmt, params", [("JPEG", {"quality": 95}), ("PNG", {}), ("WEBP", {"lossless": True}),
                                          ("GIF", {})])
 def test_common_formats_decode_to_their_colour(fmt, params):
-    pixels = decode(encode(Image.new("RGB", (320, 240), (0, 128, 255)), fmt, **params), MAX_PIXELS)
+    pixels = decoded(encode(Image.new("RGB", (320, 240), (0, 128, 255)), fmt, **params), MAX_PIXELS)
     np.testing.assert_allclose(pixels[112, 112], (0, 128 / 255, 1.0), atol=0.02)
 
 
-def test_output_is_float32_rgb_at_model_size_in_unit_range():
-    pixels = decode(photos.photo_like(640, 480), MAX_PIXELS)
+def test_output_is_8_bit_rgb_at_model_size_for_the_model_to_normalize():
+    pixels = images.decode(photos.photo_like(640, 480), MAX_PIXELS, SIZE)
     assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert pixels.dtype == np.float32
-    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
-    assert pixels.max() > 0.5, "a photo's pixels must be scaled to [0,1], not to [0,1/255]"
+    assert pixels.dtype == np.uint8
+    assert pixels.max() > 128, "the full 8-bit range, not scaled"
 
 
 def test_a_small_photo_is_scaled_up_to_model_size():
-    assert decode(photos.solid(RED, size=(16, 10), fmt="PNG"), MAX_PIXELS).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert decoded(photos.solid(RED, size=(16, 10), fmt="PNG"), MAX_PIXELS).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_an_animated_gif_gives_its_first_frame():
     red, blue = Image.new("RGB", (64, 64), RED), Image.new("RGB", (64, 64), BLUE)
     gif = encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
     assert Image.open(io.BytesIO(gif)).n_frames == 2
-    assert mean_rgb(decode(gif, MAX_PIXELS)) == (1.0, 0.0, 0.0)
+    assert mean_rgb(decoded(gif, MAX_PIXELS)) == (1.0, 0.0, 0.0)
 
 
 def test_grayscale_becomes_three_equal_channels():
-    pixels = decode(encode(Image.new("L", (100, 80), 64), "PNG"), MAX_PIXELS)
+    pixels = decoded(encode(Image.new("L", (100, 80), 64), "PNG"), MAX_PIXELS)
     np.testing.assert_allclose(pixels[50, 50], (64 / 255,) * 3, atol=1e-6)
 
 
 def test_a_cmyk_jpeg_is_converted_to_rgb():
     cmyk = encode(Image.new("CMYK", (400, 300), (0, 255, 255, 0)), "JPEG", quality=95)  # no cyan/yellow ink: red
     assert Image.open(io.BytesIO(cmyk)).mode == "CMYK"
-    np.testing.assert_allclose(mean_rgb(decode(cmyk, MAX_PIXELS)), (1.0, 0.0, 0.0), atol=0.02)
+    np.testing.assert_allclose(mean_rgb(decoded(cmyk, MAX_PIXELS)), (1.0, 0.0, 0.0), atol=0.02)
 
 
 def test_transparent_areas_are_composited_onto_white():
     img = Image.new("RGBA", (100, 100), (255, 0, 0, 0))  # fully transparent red
     img.paste((0, 0, 255, 255), (0, 50, 100, 100))  # opaque blue bottom half
-    pixels = decode(encode(img, "PNG"), MAX_PIXELS)
+    pixels = decoded(encode(img, "PNG"), MAX_PIXELS)
     assert mean_rgb(pixels[:100]) == (1.0, 1.0, 1.0)
     assert mean_rgb(pixels[-100:]) == (0.0, 0.0, 1.0)
 
@@ -117,7 +125,7 @@ def test_transparent_areas_are_composited_onto_white():
 def test_a_palette_gif_with_a_transparent_colour_is_composited_onto_white():
     img = Image.new("P", (50, 50), 0)
     img.putpalette([0, 0, 0, 255, 0, 0])
-    pixels = decode(encode(img, "GIF", transparency=0), MAX_PIXELS)
+    pixels = decoded(encode(img, "GIF", transparency=0), MAX_PIXELS)
     assert mean_rgb(pixels) == (1.0, 1.0, 1.0)
 
 
@@ -129,21 +137,40 @@ def test_exif_orientation_is_applied(orientation, top, bottom):
     exif = Image.Exif()
     exif[0x0112] = orientation
     jpeg = encode(left_red_right_blue(1200, 600), "JPEG", quality=95, exif=exif.tobytes())
-    pixels = decode(jpeg, MAX_PIXELS)
+    pixels = decoded(jpeg, MAX_PIXELS)
     assert mean_rgb(pixels[:20]) == top
     assert mean_rgb(pixels[-20:]) == bottom
 
 
 def test_without_exif_orientation_the_photo_is_not_rotated():
-    pixels = decode(encode(left_red_right_blue(1200, 600), "JPEG", quality=95), MAX_PIXELS)
+    pixels = decoded(encode(left_red_right_blue(1200, 600), "JPEG", quality=95), MAX_PIXELS)
     assert mean_rgb(pixels[:, :20]) == (1.0, 0.0, 0.0)
     assert mean_rgb(pixels[:, -20:]) == (0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("size", [(192, 192), (299, 299), (256, 160)])
+def test_a_photo_is_decoded_at_the_models_own_size(size):
+    width, height = size
+    pixels = images.decode(photos.photo_like(640, 480), MAX_PIXELS, size)
+    assert (pixels.shape, pixels.dtype) == ((height, width, 3), np.uint8)
+
+
+def test_a_turned_photo_fills_a_model_size_that_is_not_square():
+    # Stored landscape, left red, right blue, "turn 90 degrees clockwise to view": red ends on top, and
+    # the turned photo is scaled to the model's 160 wide by 256 high, not turned after scaling to it.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = encode(left_red_right_blue(1200, 600), "JPEG", quality=95, exif=exif.tobytes())
+    pixels = decoded(jpeg, MAX_PIXELS, size=(160, 256))
+    assert pixels.shape == (256, 160, 3)
+    assert mean_rgb(pixels[:20]) == (1.0, 0.0, 0.0)
+    assert mean_rgb(pixels[-20:]) == (0.0, 0.0, 1.0)
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped():
     png = encode(Image.new("I;16", (64, 64), 32768), "PNG")
     assert Image.open(io.BytesIO(png)).mode == "I;16"
-    np.testing.assert_allclose(decode(png, MAX_PIXELS)[32, 32], (0.5, 0.5, 0.5), atol=0.01)
+    np.testing.assert_allclose(decoded(png, MAX_PIXELS)[32, 32], (0.5, 0.5, 0.5), atol=0.01)
 
 
 # -- decode: errors -------------------------------------------------------------------------
@@ -180,7 +207,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
 
 def test_an_image_exactly_at_the_pixel_limit_is_decoded():
     png = encode(Image.new("RGB", (100, 50), GREEN), "PNG")
-    assert decode(png, max_pixels=5000).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert decoded(png, max_pixels=5000).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     assert decode_error(png, max_pixels=4999).code == "image_too_large"
 
 
@@ -216,7 +243,7 @@ def test_an_ico_holding_a_huge_png_is_refused_by_pillows_check_before_the_png_is
     # 6000x6000 declared, ten rows of data: decoded, it would fail as corrupt (and cost 36 MB)
     ico = ico_holding(png_header_only(6000, 6000))
     with pytest.raises(PhotoError) as caught:
-        decode(ico, 1_000_000, formats=ALL_FORMATS)
+        decoded(ico, 1_000_000, formats=ALL_FORMATS)
     assert caught.value.code == "image_too_large"
     assert "1000000" in caught.value.message
 
@@ -225,7 +252,7 @@ def test_an_icns_whose_header_understates_its_image_is_refused():
     # The header says 512x512 (262144 px, under the limit); the PNG inside is 1500x1500.
     icns = icns_holding(encode(Image.new("RGBA", (1500, 1500), (0, 0, 255, 255)), "PNG"))
     with pytest.raises(PhotoError) as caught:
-        decode(icns, 1_000_000, formats=ALL_FORMATS)
+        decoded(icns, 1_000_000, formats=ALL_FORMATS)
     assert caught.value.code == "image_too_large"
     assert decode_error(icns, 1_000_000).code == "unsupported_format"
 
@@ -236,11 +263,11 @@ def test_a_decode_waits_for_memory_no_longer_than_its_deadline():
     png = encode(Image.new("RGB", (100, 100), GREEN), "PNG")
     started = time.monotonic()
     with pytest.raises(PhotoError) as caught:
-        decode(png, MAX_PIXELS, budget=budget, deadline=started + 0.2)
+        decoded(png, MAX_PIXELS, budget=budget, deadline=started + 0.2)
     assert caught.value.code == "deadline_exceeded"
     assert 0.2 <= time.monotonic() - started < 1.0
     budget.release(10_000_000)
-    assert decode(png, MAX_PIXELS, budget=budget, deadline=time.monotonic() + 0.2).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert decoded(png, MAX_PIXELS, budget=budget, deadline=time.monotonic() + 0.2).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     assert budget.used == 0
 
 
@@ -270,7 +297,7 @@ def test_a_failed_decode_keeps_no_image_alive_through_its_error():
     gc.disable()
     try:
         before = sum(isinstance(o, Image.Image) for o in gc.get_objects())
-        loaded = load(reader, Decoder(MAX_PIXELS, allowed_formats(), 10**9), truncated)
+        loaded = load(reader, Decoder(MAX_PIXELS, allowed_formats(), 10**9), truncated, lambda: SIZE)
         after = sum(isinstance(o, Image.Image) for o in gc.get_objects())
     finally:
         gc.enable()
@@ -288,7 +315,7 @@ def status(key):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
 base = status("VmRSS")
 for _ in range(3):
-    decode(data, 64_000_000)
+    decode(data, 64_000_000, (224, 224))
 print(base, status("VmHWM"), status("VmRSS"))
 """
 

@@ -123,3 +123,37 @@ def test_fetch_reads_a_local_file_by_path_or_file_url(tmp_path):
 def test_fetch_names_a_missing_local_file(tmp_path):
     with pytest.raises(LabelMapError, match="cannot read the label map .*nope.csv"):
         load(requests.Session(), str(tmp_path / "nope.csv"), 1.0)
+
+
+def test_common_names_are_read_from_latin_name_common_name_lines():
+    labels = LabelMap.from_lines(["Erithacus rubecula", "Anas superciliosa × platyrhynchos", "None"], "test")
+    text = ("Erithacus rubecula (European Robin)\n"
+            "Anas superciliosa \\xd7 platyrhynchos (Pacific Black Duck \\xd7 Mallard hybrid)\n"
+            "background\n")
+    named = labels.with_common_names(text, "coral")
+    assert [named.common_name(i) for i in range(3)] == ["European Robin", "Pacific Black Duck × Mallard hybrid", None]
+    assert named[0] == "Erithacus rubecula" and named.background == frozenset({2})
+
+
+def test_the_background_class_is_known_by_any_of_its_names():
+    for name in ("background", "None", "__background__"):
+        assert LabelMap.from_lines(["Turdus merula", name], "test").background == frozenset({1})
+    assert LabelMap.from_lines(["Turdus merula", "Pica pica"], "test").background == frozenset()
+
+
+def test_a_label_map_with_ids_off_by_one_is_refused_naming_the_missing_class():
+    labels = LabelMap({k + 1: f"bird {k}" for k in range(3)})
+    with pytest.raises(LabelMapError, match="no label for class 0"):
+        labels.check(3)
+
+
+def test_common_names_whose_latin_names_differ_from_the_labels_are_warned_about(caplog):
+    labels = LabelMap.from_lines(["Erithacus rubecula", "Turdus merula"], "test")
+    swapped = "Turdus merula (Common Blackbird)\nErithacus rubecula (European Robin)\n"
+    with caplog.at_level("WARNING"):
+        labels.with_common_names(swapped, "coral")
+    assert "2 of the common names' Latin names differ" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        labels.with_common_names("Erithacus rubecula (European Robin)\nTurdus merula (Common Blackbird)\n", "coral")
+    assert caplog.text == ""

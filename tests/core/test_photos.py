@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from function.core.decoding import Decoder
-from function.core.inputs import IMAGE_SIZE, allowed_formats
+from function.core.inputs import allowed_formats
 from function.core.photos import PhotoReader
 from function.core.photos import load as load_photo
 from function.core.sources import PhotoSource
@@ -18,6 +18,9 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 URL = "https://photos.example.org/robin.jpg"
 
 
+SIZE = 224  # the birds model's input size
+
+
 @pytest.fixture
 def fetcher() -> PhotoReader:
     http = HttpFetcher(requests.Session(), connect_timeout_s=2.0, read_timeout_s=7.0, max_bytes=100_000)
@@ -25,7 +28,7 @@ def fetcher() -> PhotoReader:
 
 
 def load(reader: PhotoReader, source: PhotoSource, max_pixels: int):
-    return load_photo(reader, Decoder(max_pixels, allowed_formats(), 10**9), source)
+    return load_photo(reader, Decoder(max_pixels, allowed_formats(), 10**9), source, lambda: (SIZE, SIZE))
 
 
 # -- photo sources --------------------------------------------------------------------------
@@ -51,7 +54,7 @@ def test_load_gives_pixels_and_timings_for_a_good_photo(fetcher, requests_mock):
     requests_mock.get(URL, content=jpeg)
     loaded = load(fetcher, PhotoSource.url(URL), MAX_PIXELS)
     assert loaded.error is None
-    assert loaded.pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert loaded.pixels.shape == (SIZE, SIZE, 3)
     assert loaded.nbytes == len(jpeg)
     assert loaded.fetch_ms >= 0 and loaded.decode_ms > 0
 

@@ -44,7 +44,7 @@ def assert_litert_matches_tensorflow(handle: str, out, signature: str, input_nam
     assert (result.signature, result.input_name, result.output_name) == (signature, input_name, output_name)
     assert result.max_abs_diff <= 1e-5
     batch = comparison_inputs()
-    litert = LiteRTModel(out).predict(batch)
+    litert = LiteRTModel(out).run(batch)  # the tensors TensorFlow takes, unnormalized
     tf_scores = tensorflow_scores(handle, signature, input_name, output_name, batch)
     assert litert.shape == tf_scores.shape == (len(batch), hubmodel.NUM_CLASSES)
     assert np.abs(litert - tf_scores).max() <= 1e-5

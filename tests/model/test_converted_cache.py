@@ -16,7 +16,7 @@ from function.errors import ConversionError, ModelCacheError
 from function.model import convert, handles
 from function.model.cache import ConvertedCache, fetch_tflite, file_sha256
 from function.model.convert import cached
-from standin import hubmodel
+from standin import hubmodel, photos
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_PATH = "/google/aiy/vision/classifier/birds_V1/1"  # the frozen colour model, served by tests/conftest.py
@@ -68,8 +68,8 @@ def test_a_second_process_loads_the_cached_flatbuffer_without_importing_tensorfl
         path = ConvertedCache({str(cache.root.parent)!r}).lookup({handle!r})
         assert path is not None, "cache miss"
         model = LiteRTModel(path)
-        batch = np.zeros((2, 224, 224, 3), np.float32)
-        batch[1] = 1.0
+        batch = np.zeros((2, 224, 224, 3), np.uint8)
+        batch[1] = 255
         print(model.predict(batch).argmax(axis=1).tolist())
         assert "tensorflow" not in sys.modules, "tensorflow was imported"
     """))
@@ -191,7 +191,7 @@ def test_lookup_never_imports_tensorflow(tmp_path):
 def test_the_converted_model_scores_like_the_colour_model(cache, handle):
     from function.model.litert import LiteRTModel
 
-    batch = np.zeros((3, 224, 224, 3), np.float32)
+    batch = np.zeros((3, 224, 224, 3), np.uint8)
     for i, k in enumerate([5, 350, 963]):
-        batch[i] = hubmodel.prototype(k)
+        batch[i] = photos.class_colour(k)
     assert LiteRTModel(cached(cache, handle)).predict(batch).argmax(axis=1).tolist() == [5, 350, 963]

@@ -184,3 +184,23 @@ def test_start_alone_retries_a_failure_once_the_interval_has_passed():
     resource.start()
     wait_for(resource.ready)
     assert loader.calls == 2
+
+
+def test_a_load_waiting_on_a_failed_dependency_is_not_failed_itself_and_follows_its_retry():
+    clock = [100.0]
+    attempts = []
+
+    def base_loader():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("hub answered 503")
+        return "model"
+
+    base = LazyResource("model", base_loader, retry_after_s=30, clock=lambda: clock[0])
+    dependent = LazyResource("label map", lambda: f"labels for {base.get(timeout=5)}", retry_after_s=30,
+                             clock=lambda: clock[0])
+    with pytest.raises(NotReady):
+        dependent.get(timeout=5)
+    assert base.state == "failed" and dependent.state == "not_loaded" and "hub answered 503" in dependent.error
+    clock[0] += 31  # the model's back-off is over: the label map is loaded with it, without a back-off of its own
+    assert dependent.get(timeout=5) == "labels for model"

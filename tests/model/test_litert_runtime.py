@@ -27,9 +27,9 @@ CLASSES = [0, 9, 42, 99, 123, 500, 555, 777, 900, 963]
 
 
 def colour_batch(class_ids: list[int]) -> np.ndarray:
-    """Photos of the class colours as the service decodes them: 8-bit RGB scaled to [0,1]."""
-    return np.stack([np.broadcast_to(np.asarray(photos.class_colour(k), np.float32) / 255, (224, 224, 3))
-                     for k in class_ids]).astype(np.float32)
+    """Photos of the class colours as the service decodes them: 8-bit RGB."""
+    return np.stack([np.broadcast_to(np.asarray(photos.class_colour(k), np.uint8), (224, 224, 3))
+                     for k in class_ids])
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +104,13 @@ def test_a_dynamic_batch_model_is_resized_as_the_batch_size_changes(float_tflite
 
 
 def test_an_empty_batch_answers_no_rows(float_tflite):
-    assert LiteRTModel(float_tflite).predict(np.zeros((0, 224, 224, 3), np.float32)).shape == (0, 965)
+    assert LiteRTModel(float_tflite).predict(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 965)
 
 
 @pytest.mark.parametrize("shape", [(224, 224, 3), (1, 224, 224), (2, 224, 224, 4), (1, 100, 100, 3)])
 def test_a_batch_of_the_wrong_shape_is_refused_naming_the_expected_shape(float_tflite, shape):
     with pytest.raises(InputShapeError, match=r"\[N,224,224,3\]") as error:
-        LiteRTModel(float_tflite).predict(np.zeros(shape, np.float32))
+        LiteRTModel(float_tflite).predict(np.zeros(shape, np.uint8))
     assert isinstance(error.value, ValueError)
 
 
@@ -160,7 +160,7 @@ def test_importing_the_runtime_and_serving_a_tflite_never_imports_tensorflow(flo
         model = litert.LiteRTModel({str(float_tflite)!r})
         model.warmup()
         import numpy as np
-        print(int(model.predict(np.full((1, 224, 224, 3), 1.0, np.float32)).argmax()))
+        print(int(model.predict(np.full((1, 224, 224, 3), 255, np.uint8)).argmax()))
         assert "tensorflow" not in sys.modules, "tensorflow was imported"
     """)
     assert result.returncode == 0, result.stderr
@@ -178,7 +178,7 @@ def test_without_tensorflow_a_tflite_serves_and_a_hub_module_fails_naming_the_pa
         from function.model import convert
         from function.model.litert import LiteRTModel
         model = LiteRTModel({str(float_tflite)!r})
-        print(int(model.predict(np.zeros((1, 224, 224, 3), np.float32)).argmax()))
+        print(int(model.predict(np.zeros((1, 224, 224, 3), np.uint8)).argmax()))
         try:
             convert.convert({server.url("/google/aiy/vision/classifier/birds_V1/1")!r}, "/nonexistent/m.tflite")
         except TensorFlowMissing as exc:

@@ -7,7 +7,7 @@ import pytest
 
 from function.errors import ModelError
 from function.model.tensorflow import TensorFlowModel
-from standin import hubmodel
+from standin import hubmodel, photos
 
 
 def tf2_colour_model(export_dir, input_name: str = "pixels", signature: str = "serving_default"):
@@ -38,9 +38,9 @@ def test_a_tf2_saved_model_loads_by_url_and_its_input_name_is_read(tf2_url):
     model = TensorFlowModel.load(tf2_url)
     assert (model.signature_name, model.input_name, model.output_name) == ("serving_default", "pixels",
                                                                           "probabilities")
-    batch = np.zeros((2, 224, 224, 3), np.float32)
-    batch[0] = hubmodel.prototype(5)
-    batch[1] = hubmodel.prototype(500)
+    batch = np.zeros((2, 224, 224, 3), np.uint8)
+    batch[0] = photos.class_colour(5)
+    batch[1] = photos.class_colour(500)
     assert model.predict(batch).argmax(axis=1).tolist() == [5, 500]
     assert model.num_classes == hubmodel.NUM_CLASSES
 

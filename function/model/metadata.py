@@ -1,0 +1,216 @@
+"""A ``.tflite``'s own description of itself: TFLite Metadata, read without TensorFlow.
+
+A model with metadata keeps a ``ModelMetadata`` flatbuffer (file identifier ``M001``) in one of its
+buffers, named ``TFLITE_METADATA`` in the model's ``metadata`` list, and its associated files (label
+files) in a zip appended to the flatbuffer. What the function needs of it: the input's
+``ImageProperties`` (colour space) and ``NormalizationOptions`` (mean, std), the output's
+``ScoreThresholdingOptions`` and its ``TENSOR_AXIS_LABELS`` files.
+
+Which library: the model schema's reader comes with LiteRT itself (``ai_edge_litert``'s
+``schema_py_generated``, the generated code of ``schema.fbs``). The metadata schema's generated code
+(``metadata_schema_py_generated``) ships only in ``tflite-support``, whose last release (0.4.4, 2023)
+depends on protobuf below 4 with no plan to move (tensorflow/tflite-support#914; TensorFlow 2.21 here
+needs 5) and cannot be installed on this Python 3.11 (#959: 3.7-3.9 only); nothing maintained
+carries it. So the few tables needed are read with the ``flatbuffers`` runtime that LiteRT already
+depends on, by the field numbers of ``metadata_schema.fbs`` (a field's vtable slot is
+``4 + 2 * its number``; a union takes two numbers, its type then its value). Unknown or missing
+fields read as absent, as the schema's evolution rules want: a model with older or newer metadata
+still loads, only without what it does not say.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+
+import flatbuffers  # type: ignore[import-untyped]
+from flatbuffers.table import Table  # type: ignore[import-untyped]
+
+from ..errors import ModelFormatError
+
+METADATA_NAME = b"TFLITE_METADATA"
+FILE_IDENTIFIER = b"M001"
+# metadata_schema.fbs: enum values used here.
+TENSOR_AXIS_LABELS = 2  # AssociatedFileType
+NORMALIZATION_OPTIONS, SCORE_THRESHOLDING_OPTIONS = 1, 3  # ProcessUnitOptions union
+IMAGE_PROPERTIES = 2  # ContentProperties union
+COLOR_SPACES = {0: "unknown", 1: "rgb", 2: "grayscale"}
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    """One ``TENSOR_AXIS_LABELS`` file of the output tensor: line i names class i."""
+
+    name: str
+    locale: str | None
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a model's metadata says about its input and output; every field may be absent."""
+
+    name: str | None = None
+    color_space: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    score_threshold: float | None = None
+    label_files: tuple[LabelFile, ...] = field(default_factory=tuple)
+
+    def labels(self) -> LabelFile | None:
+        """The label file to answer with: the English one when there are several (the Task Library's
+        choice: display names by locale, ``en`` first), else the first. Files without a locale come
+        before other languages: the AIY models' second file holds Knowledge Graph ids, in no language."""
+        if not self.label_files:
+            return None
+        english = [f for f in self.label_files if (f.locale or "").lower().startswith("en")]
+        plain = [f for f in self.label_files if not f.locale]
+        return (english or plain or list(self.label_files))[0]
+
+
+class _Table:
+    """A flatbuffers table read by field number."""
+
+    def __init__(self, table: Table):
+        self._t = table
+
+    @classmethod
+    def root(cls, buf: bytearray) -> _Table:
+        return cls(Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0)))
+
+    def _offset(self, number: int) -> int:
+        return int(self._t.Offset(4 + 2 * number))
+
+    def string(self, number: int) -> str | None:
+        o = self._offset(number)
+        return self._t.String(o + self._t.Pos).decode("utf-8", "replace") if o else None
+
+    def byte(self, number: int) -> int:
+        o = self._offset(number)
+        return int(self._t.Get(flatbuffers.number_types.Uint8Flags, o + self._t.Pos)) if o else 0
+
+    def float32(self, number: int) -> float | None:
+        o = self._offset(number)
+        return float(self._t.Get(flatbuffers.number_types.Float32Flags, o + self._t.Pos)) if o else None
+
+    def table(self, number: int) -> _Table | None:
+        o = self._offset(number)
+        return _Table(Table(self._t.Bytes, self._t.Indirect(o + self._t.Pos))) if o else None
+
+    def union(self, number: int) -> tuple[int, _Table | None]:
+        """A union's (type, value): the type at ``number``, the value at ``number + 1``."""
+        kind = self.byte(number)
+        o = self._offset(number + 1)
+        if not kind or not o:
+            return kind, None
+        value = Table(self._t.Bytes, 0)
+        self._t.Union(value, o)
+        return kind, _Table(value)
+
+    def tables(self, number: int) -> list[_Table]:
+        o = self._offset(number)
+        if not o:
+            return []
+        start, n = self._t.Vector(o), self._t.VectorLen(o)
+        return [_Table(Table(self._t.Bytes, self._t.Indirect(start + 4 * i))) for i in range(n)]
+
+    def floats(self, number: int) -> tuple[float, ...] | None:
+        o = self._offset(number)
+        if not o:
+            return None
+        start, n = self._t.Vector(o), self._t.VectorLen(o)
+        return tuple(float(self._t.Get(flatbuffers.number_types.Float32Flags, start + 4 * i)) for i in range(n))
+
+
+def metadata_buffer(content: bytes) -> bytes | None:
+    """The ``ModelMetadata`` flatbuffer inside a ``.tflite``, or None when the model has none."""
+    from ai_edge_litert import schema_py_generated as schema  # LiteRT's own reader of schema.fbs
+
+    model = schema.Model.GetRootAs(content, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() != METADATA_NAME:
+            continue
+        buffer = model.Buffers(entry.Buffer())
+        if buffer is None:
+            return None
+        if buffer.Offset() > 1:  # a large model keeps its buffers after the flatbuffer
+            return bytes(content[buffer.Offset():buffer.Offset() + buffer.Size()])
+        return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else None
+    return None
+
+
+def read(content: bytes, source: str = "the model") -> Metadata | None:
+    """The metadata of a ``.tflite`` (its bytes), or None when it carries none.
+
+    :class:`ModelFormatError` when the metadata is there but unreadable, or names a label file the
+    model's zip does not hold: serving such a model with guessed pixels or labels would answer wrong.
+    """
+    try:
+        raw = metadata_buffer(content)
+    except Exception as exc:  # a flatbuffer LiteRT loaded but whose metadata list is damaged
+        raise ModelFormatError(f"{source}: cannot read its metadata list: {exc}") from exc
+    if raw is None:
+        return None
+    if raw[4:8] != FILE_IDENTIFIER:
+        raise ModelFormatError(f"{source}: its TFLITE_METADATA buffer is not TFLite Metadata (no M001 identifier)")
+    try:
+        return _parse(bytearray(raw), content, source)
+    except ModelFormatError:
+        raise
+    except Exception as exc:
+        raise ModelFormatError(f"{source}: its TFLite Metadata is damaged: {exc}") from exc
+
+
+def _parse(raw: bytearray, content: bytes, source: str) -> Metadata:
+    root = _Table.root(raw)
+    subgraphs = root.tables(3)  # ModelMetadata.subgraph_metadata
+    if not subgraphs:
+        return Metadata(name=root.string(0))
+    graph = subgraphs[0]
+    inputs, outputs = graph.tables(2), graph.tables(3)  # input_tensor_metadata, output_tensor_metadata
+    color_space, mean, std, threshold = None, None, None, None
+    if inputs:
+        tensor = inputs[0]
+        content_table = tensor.table(3)  # TensorMetadata.content
+        if content_table is not None:
+            kind, props = content_table.union(0)  # Content.content_properties
+            if kind == IMAGE_PROPERTIES and props is not None:
+                color_space = COLOR_SPACES.get(props.byte(0), "unknown")  # ImageProperties.color_space
+        for unit in tensor.tables(4) + graph.tables(5):  # its process_units, the subgraph's input ones
+            kind, options = unit.union(0)
+            if kind == NORMALIZATION_OPTIONS and options is not None:
+                mean, std = options.floats(0), options.floats(1)
+    files: list[LabelFile] = []
+    if outputs:
+        tensor = outputs[0]
+        for unit in tensor.tables(4) + graph.tables(6):
+            kind, options = unit.union(0)
+            if kind == SCORE_THRESHOLDING_OPTIONS and options is not None:
+                threshold = options.float32(0)
+        names = [(f.string(0), f.string(3)) for f in tensor.tables(6) if f.byte(2) == TENSOR_AXIS_LABELS]
+        if names:
+            files = _label_files(content, names, source)
+    return Metadata(name=root.string(0), color_space=color_space, mean=mean, std=std,
+                    score_threshold=threshold, label_files=tuple(files))
+
+
+def _label_files(content: bytes, names: list[tuple[str | None, str | None]], source: str) -> list[LabelFile]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(content))
+    except zipfile.BadZipFile:
+        raise ModelFormatError(f"{source}: its metadata names label files ({', '.join(n or '?' for n, _ in names)}) "
+                               "but the model carries no associated files") from None
+    files = []
+    with archive:
+        for name, locale in names:
+            if not name:
+                continue
+            try:
+                text = archive.read(name).decode("utf-8", errors="replace")
+            except KeyError:
+                raise ModelFormatError(f"{source}: its metadata names the label file {name!r}, "
+                                       f"which is not among its associated files") from None
+            files.append(LabelFile(name, locale or None, tuple(text.splitlines())))
+    return files
