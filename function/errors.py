@@ -150,6 +150,13 @@ class InvalidUrls(RequestError):
     code = "invalid_urls"
 
 
+class OwnChunk(RequestError):
+    """A fan-out chunk routed back to the instance that sent it, which classifies its share itself."""
+
+    code = "fanout_own_chunk"
+    status = 421  # Misdirected Request: another instance can answer it
+
+
 class TooManyUrls(RequestError):
     code = "too_many_urls"
 

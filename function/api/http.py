@@ -141,7 +141,9 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
         return answer_response(events.deliver(parsed.headers, parsed.body, app))
     if isinstance(parsed, Notification):  # a bucket notification posted as a plain body
         return answer_response(events.notification_answer(parsed, app, delivered=False))
-    result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=FANOUT_HEADER in request.headers)
+    origin = request.headers.get(FANOUT_HEADER)
+    result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=origin is not None,
+                          fanout_origin=origin)
     response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
     log_classification(result, _http_request(request, response, started))
     return response
