@@ -67,7 +67,7 @@ class Config:
     sns_topic_arns: frozenset[str] = frozenset()  # SNS topics whose SubscriptionConfirmation is confirmed
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
     fanout_chunk: int = 8  # the most photos per sub-request when fanning out (the last ones are smaller)
-    fanout_inflight: int = 8  # sub-requests out at once per fanned-out request
+    fanout_inflight: int = 4  # sub-requests out at once per fanned-out request (about 2 per other instance)
     fanout_timeout_s: float = 120.0
     k_service: str = "bird-classifier"  # Knative sets K_SERVICE; names the source of reply events
     # Inference: TensorFlow thread pools (0 = sized to the CPU this process may use) and batching

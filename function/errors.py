@@ -370,6 +370,10 @@ class FanoutFailed(PhotoError):
     retryable = True
 
 
+class FanoutRefused(FanoutFailed):
+    """The instance a chunk reached is the one that sent it (421): another instance can take it."""
+
+
 class FileNotFound(PhotoError):
     code = "file_not_found"
 

@@ -10,7 +10,7 @@ becomes a queue of chunks that lanes pull from until every photo has a result:
 * **local lanes** (:data:`LOCAL_LANES`, the request's own thread one of them) classify chunks here,
   so the front instance works through its share meanwhile.
 
-Chunks shrink as the queue empties (guided self-scheduling: what is left over the number of
+Chunks shrink as the queue empties (guided self-scheduling: half of what is left over the number of
 lanes, between :attr:`FanOut.smallest` and ``FANOUT_CHUNK``), so the last chunks, which decide when
 the request ends, are small. Once the queue is empty, a free local lane takes over the newest chunk
 still out (a backup, as MapReduce's backup tasks): an instance that is slow or never answers holds
@@ -24,7 +24,9 @@ Sub-requests carry :data:`HEADER` with this instance's random id; a request carr
 split again, and an instance refuses (``421``, :class:`~function.errors.OwnChunk`) a chunk it sent
 itself: a router that knows nothing of fan-out (Knative's round robin) sends some chunks back to
 the front instance, where they would compete for its CPU with its local lanes and answer last.
-Refused, the chunk goes to the next instance at the price of one round trip.
+Refused, the chunk goes to the next instance at the price of one round trip. Refusals are not
+failures; but ``2 * FANOUT_INFLIGHT`` of them before any other instance has answered mean this
+instance is alone, and the rest is classified here in big chunks.
 
 A wrapper around the classifier, not a part of it: :meth:`FanOut.classify` takes the local
 ``classify``, sends chunks with the injected ``post`` (the HTTP call is infra's,
@@ -45,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FanoutFailed, PhotoError
+from ..errors import FanoutFailed, FanoutRefused, PhotoError
 from .results import Classification, PhotoResult
 from .sources import PhotoSource
 
@@ -53,9 +55,10 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Bird-Fanout"
 
-# Two local lanes: while one chunk's photos are being fetched (a round trip to their host), the
-# other's are decoded and classified, so the front instance's CPU does not wait on the network.
-LOCAL_LANES = 2
+# Three local lanes: a chunk's photos arrive together, after the round trip to their host and the
+# biggest one's transfer (~215 ms for a 2 MB photo at 16 MB/s, make bench), while classifying four
+# photos takes ~100 ms of CPU; with three chunks under way the front instance's CPU rarely waits.
+LOCAL_LANES = 3
 # Sends of one chunk before it is classified here: a refusal or a failed instance costs one round
 # trip, and the router's next pick is usually another instance.
 REMOTE_TRIES = 3
@@ -89,6 +92,7 @@ class _Request:
         self.out: list[_Chunk] = []  # sent and not answered, oldest first
         self.remote_on = True
         self.failed_in_a_row = 0
+        self.refused = 0
         self.last_failure = ""
         self.error: BaseException | None = None
         self.cond = threading.Condition()
@@ -105,7 +109,10 @@ class _Request:
         if self.cursor >= self.n:
             return None
         rest = self.n - self.cursor
-        size = min(rest, self.chunk, max(self.smallest, math.ceil(rest / self.lanes)))
+        if not self.remote_on:  # the lanes here are all there is: big chunks, each fetched in one go
+            size = math.ceil(rest / LOCAL_LANES)
+        else:  # half what is left per lane: the lanes that answer sooner take more of the rest
+            size = min(rest, self.chunk, max(self.smallest, math.ceil(rest / (2 * self.lanes))))
         c = _Chunk(self.cursor, self.cursor + size)
         self.cursor += size
         return c
@@ -164,17 +171,25 @@ class _Request:
             self.transport_ms += max(0.0, round_trip_ms - own_ms)
             self.fill(c, results)
 
-    def failed(self, c: _Chunk, reason: str) -> None:
+    def failed(self, c: _Chunk, reason: str, refused: bool) -> None:
         with self.cond:
             self.out.remove(c)
             c.tries += 1
             self.failures += 1
-            self.failed_in_a_row += 1
-            self.last_failure = reason
-            if self.failed_in_a_row >= self.inflight and self.remote_on:
-                self.remote_on = False
-                log.warning("fan-out stopped for this request after %d failed sub-requests in a row; "
-                            "the rest is classified here (last: %s)", self.failed_in_a_row, reason)
+            if refused:
+                # Refusals come back at once and say nothing about the other instances; many of them
+                # before any other instance has answered mean there is no other instance.
+                self.refused += 1
+                if self.refused >= 2 * self.inflight and self.remote_chunks == 0 and self.remote_on:
+                    self.remote_on = False
+                    log.info("fan-out stopped for this request: %d chunks came back to this instance and "
+                             "none reached another; the rest is classified here", self.refused)
+            else:
+                self.failed_in_a_row += 1
+                if self.failed_in_a_row >= self.inflight and self.remote_on:
+                    self.remote_on = False
+                    log.warning("fan-out stopped for this request after %d failed sub-requests in a row; "
+                                "the rest is classified here (last: %s)", self.failed_in_a_row, reason)
             if not c.backed_up and self._unanswered(c):
                 self.again.append(c)
             self.cond.notify_all()
@@ -194,12 +209,12 @@ class _Request:
 
 
 class FanOut:
-    def __init__(self, post: Post, chunk: int, inflight: int = 8, workers: int | None = None):
+    def __init__(self, post: Post, chunk: int, inflight: int = 4, workers: int | None = None):
         self.post, self.chunk, self.inflight = post, chunk, inflight
-        # Chunks shrink to a quarter of FANOUT_CHUNK at the smallest: below that a sub-request's own
-        # cost (a round trip, parsing, a model call for one or two photos) outweighs what a smaller
-        # last chunk saves.
-        self.smallest = max(1, chunk // 4)
+        # Chunks shrink to half of FANOUT_CHUNK at the smallest: the photos of a chunk are fetched
+        # together, so a smaller chunk leaves the CPU of the instance that classifies it waiting on
+        # the network for a larger part of its time (docs/performance.md, "Scale-out").
+        self.smallest = max(1, chunk // 2)
         # An id of this process, sent with every chunk, so that a chunk routed back here is refused.
         self.instance = secrets.token_hex(8)
         self._pool = ThreadPoolExecutor(workers or 2 * (inflight + LOCAL_LANES), thread_name_prefix="fanout")
@@ -265,9 +280,9 @@ class FanOut:
                     raise FanoutFailed(f"the instance answered for {len(answered)} photos, not {len(chunk)}")
                 result = Classification.from_dict(chunk, doc)
             except PhotoError as err:
-                req.failed(c, err.message)
+                req.failed(c, err.message, refused=isinstance(err, FanoutRefused))
             except (ValueError, KeyError, TypeError) as exc:  # an answer that is not a result document
-                req.failed(c, f"not a result document: {exc}")
+                req.failed(c, f"not a result document: {exc}", refused=False)
             else:
                 own = result.timings_ms.get("total", 0.0)
                 req.answered(c, result.results, (time.perf_counter() - t0) * 1000, own)

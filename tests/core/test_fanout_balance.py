@@ -19,7 +19,7 @@ import pytest
 from function.core.fanout import HEADER, REMOTE_TRIES, FanOut
 from function.core.results import Classification, PhotoResult, Prediction
 from function.core.sources import PhotoSource
-from function.errors import FanoutFailed, NotReady
+from function.errors import FanoutFailed, FanoutRefused, NotReady
 
 BOUND_S = 30.0  # how long a test waits for an event before it fails
 
@@ -86,6 +86,11 @@ def failing(sources: list[PhotoSource]) -> Classification:
     raise FanoutFailed("the instance handling this chunk answered HTTP 502")
 
 
+def front(sources: list[PhotoSource]) -> Classification:
+    """The front instance itself, as the router sees it: it refuses the chunks it sent."""
+    raise FanoutRefused("the chunk was routed back to the instance that sent it (HTTP 421)")
+
+
 @pytest.fixture
 def fanouts():
     made: list[FanOut] = []
@@ -128,7 +133,7 @@ def test_chunks_are_no_bigger_than_the_chunk_size_and_smaller_towards_the_end(fa
     result = fanouts(router, chunk=8, inflight=2).classify(Local(gate=last_sent), photos(64), 3)
     sizes = [len(p) for _, p in router.sent]
     assert numbers(result) == list(range(64)) and sum(sizes) == 64
-    assert max(sizes) == 8 and sizes[-1] < 8
+    assert max(sizes) <= 8 and sizes[-1] < sizes[0]
     assert sizes == sorted(sizes, reverse=True)
 
 
@@ -183,7 +188,7 @@ def test_a_chunk_is_sent_at_most_remote_tries_times_then_classified_here(fanouts
         return failing(sources)
 
     router = Router(refusing)
-    fan = fanouts(router, chunk=4, inflight=40)  # never enough failures in a row to stop sending
+    fan = fanouts(router, chunk=2, inflight=40)  # never enough failures in a row to stop sending
     result = fan.classify(Local(gate=all_tried), photos(12), 3)
     assert numbers(result) == list(range(12))
     assert all(who(result)[p] == "here" for p in range(12))
@@ -203,16 +208,65 @@ def test_when_every_instance_fails_the_front_stops_sending_and_classifies_everyt
                 stopped.set()
 
     handler = Stopped()
-    logging.getLogger("function.core.fanout").addHandler(handler)
+    logger = logging.getLogger("function.core.fanout")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
     try:
         router = Router(failing, failing)
         result = fanouts(router, chunk=4, inflight=3).classify(Local(gate=stopped), photos(200), 3)
     finally:
-        logging.getLogger("function.core.fanout").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert numbers(result) == list(range(200))
     assert all(who(result)[p] == "here" for p in range(200))
     # Sending stops after `inflight` failures in a row; lanes already sending finish their one send.
     assert 3 <= len(router.sent) <= 2 * 3
+
+
+def test_chunks_routed_back_to_the_front_go_to_the_other_instance(fanouts):
+    # Round robin over the front and one other instance: every other send comes back refused, which
+    # is no reason to stop sending; the refused chunks reach the other instance or are classified here.
+    other_answered = threading.Event()
+
+    def other(sources):
+        other_answered.set()
+        return answer(sources, "other")
+
+    router = Router(front, other)
+    result = fanouts(router, chunk=4, inflight=2).classify(Local(gate=other_answered), photos(80), 3)
+    assert numbers(result) == list(range(80))
+    assert set(who(result).values()) <= {"other", "here"}
+    refused = [ps for i, ps in router.sent if i == 0]
+    assert refused and len(router.photos_sent_to(1)) > 0
+    assert result.timings_ms["remote_chunks"] >= 1
+
+
+def test_an_instance_alone_stops_sending_after_its_chunks_keep_coming_back(fanouts):
+    stopped = threading.Event()
+
+    class Stopped(logging.Handler):
+        def emit(self, record):
+            if "fan-out stopped" in record.getMessage():
+                stopped.set()
+
+    handler = Stopped()
+    logger = logging.getLogger("function.core.fanout")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        router = Router(front)
+        result = fanouts(router, chunk=4, inflight=3).classify(Local(gate=stopped), photos(200), 3)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert numbers(result) == list(range(200))
+    assert all(who(result)[p] == "here" for p in range(200))
+    # 2 x inflight refusals, and at most one more send from each lane already sending.
+    assert 2 * 3 <= len(router.sent) <= 3 * 3
+    # The rest, classified here, in chunks as big as the lanes here allow.
+    assert result.timings_ms["local_chunks"] < 200 / 4
 
 
 def test_chunks_answered_out_of_order_land_in_request_order(fanouts):
