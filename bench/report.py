@@ -138,7 +138,9 @@ def _scaleout_rows(so: dict[str, Any]) -> list[dict[str, Any]]:
                   f"sub-requests ({_s(r['refused'], 0)} refused as the front's own); fan-out transport "
                   f"{_s(r['transport_ms'], 1)} ms summed over chunks; JSON {_s(so['serialisation_ms_per_chunk'], 2)} "
                   f"ms per chunk each way; chunks {_s(r['remote_chunks'], 0)} remote, {_s(r['local_chunks'], 0)} "
-                  f"local ({_s(r['backups'], 0)} backups); other work on the machine {_s(r['other_cores'])} cores")
+                  f"local ({_s(r['backups'], 0)} backups); the busiest instance's CPU / one instance's "
+                  f"{_s(r.get('busiest_cpu_vs_one'))}; cores busy meanwhile with the proxy, stand-in and client "
+                  f"{_s(r.get('bench_cores'))}, with other work {_s(r['other_cores'])}")
         if r["k"] == 2:
             rows.append(_row("one big request on 2 instances vs 1", f"<= {TWO_VS_ONE} x one instance", measured,
                              TWO_VS_ONE, measured <= TWO_VS_ONE, detail))

@@ -8,6 +8,9 @@ there are), behind a round-robin proxy that stands in for Knative's routing (the
 sub-request goes through it as it would go through Knative. One instance without ``FANOUT_URL`` is
 measured too: what fan-out costs where there is nobody to fan out to.
 
+Besides the latency ratio, the busiest instance's CPU seconds per request over one instance's: the
+ratio with the instances' cores to themselves, which a busy shared machine does not move much.
+
 Per K: the median latency over ``rounds`` requests (after a warm-up that sends each instance a
 request of its own, so each has been the front once), and where the time went: the proxy's own
 time (its handling minus the time upstream), the fan-out's transport (the front's round trips minus
@@ -145,10 +148,10 @@ def _one_k(b: Bench, k: int, photos: int, rounds: int, fanout: bool, cores: list
                 mark = proxy.mark()
                 trees = [tree(srv.pid) for srv in servers]
                 cpu0 = [cpu_seconds(t) for t in trees]
-                busy0, t0 = machine_busy_seconds(), time.perf_counter()
+                busy0, t0, own0 = machine_busy_seconds(), time.perf_counter(), time.process_time()
                 reply = post(session, proxy.url + "/", [f"{u}&round={r}" for u in urls], s.request_timeout_s)
                 elapsed = time.perf_counter() - t0
-                busy = machine_busy_seconds() - busy0
+                busy, own = machine_busy_seconds() - busy0, time.process_time() - own0
                 cpu = [cpu_seconds(t) - c for t, c in zip(trees, cpu0, strict=True)]
                 if not reply.ok:
                     raise RuntimeError(f"{label}: the request failed: {reply.error}")
@@ -158,7 +161,8 @@ def _one_k(b: Bench, k: int, photos: int, rounds: int, fanout: bool, cores: list
                 samples.append({
                     "latency_s": reply.latency_s, "front": front, "cpu_s": [round(c, 3) for c in cpu],
                     "front_cpu_s": cpu[front], "others_cpu_s": sum(cpu) - cpu[front],
-                    "other_cores": max(0.0, busy - sum(cpu)) / elapsed,
+                    "busiest_cpu_s": max(cpu), "bench_cores": own / elapsed,  # the proxy, the stand-in, this client
+                    "other_cores": max(0.0, busy - sum(cpu) - own) / elapsed,
                     "proxy_ms": sum(c["proxy_ms"] for c in calls), "sub_requests": len(chunks),
                     "refused": sum(c["status"] == 421 for c in chunks),
                     "sub_requests_to": [sum(c["backend"] == i for c in chunks if c["status"] == 200) for i in range(k)],
@@ -178,6 +182,8 @@ def _one_k(b: Bench, k: int, photos: int, rounds: int, fanout: bool, cores: list
             "latency_s": summary([x["latency_s"] for x in samples]),
             "front_cpu_s": median([x["front_cpu_s"] for x in samples]),
             "others_cpu_s": median([x["others_cpu_s"] for x in samples]),
+            "busiest_cpu_s": median([x["busiest_cpu_s"] for x in samples]),
+            "bench_cores": median([x["bench_cores"] for x in samples]),
             "other_cores": median([x["other_cores"] for x in samples]),
             "proxy_ms": median([x["proxy_ms"] for x in samples]),
             "sub_requests": median([x["sub_requests"] for x in samples]),
@@ -202,5 +208,7 @@ def scaleout(b: Bench, ks: tuple[int, ...] = (1, 2), photos: int = 40) -> dict[s
         one = by_k[1]["latency_s"]["median"]
         for row in out["by_k"]:
             row["vs_one"] = row["latency_s"]["median"] / one
+            # The CPU on the critical path: what the ratio would be with the cores to themselves
+            row["busiest_cpu_vs_one"] = row["busiest_cpu_s"] / by_k[1]["busiest_cpu_s"]
         out["alone_vs_one"] = out["alone"]["latency_s"]["median"] / one
     return out
