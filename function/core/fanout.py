@@ -144,8 +144,8 @@ class _Request:
                 c = self._cut()
                 if c is not None:
                     return c
-                # The newest chunk out: an instance works through its sub-requests oldest first, so
-                # the newest is the one it would answer last.
+                # The newest chunk out: sent last, it is the one least far along where it went, so
+                # the one whose answer the request would wait for longest.
                 backup = next((x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)), None)
                 if backup is not None:
                     backup.backed_up = True
