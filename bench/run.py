@@ -1,6 +1,6 @@
 """``make bench``: the benchmark, against a stand-in internet on 127.0.0.1.
 
-    python -m bench.run                          # every scenario, ~6 minutes; prints the table
+    python -m bench.run                          # every scenario, ~7 minutes; prints the table
     python -m bench.run --quick                  # a short smoke run (one round, short load levels)
     python -m bench.run --only cli,service --latency-ms 20 --bandwidth-mbps 100
     python -m bench.run --only compare --compare DECODE_WORKERS=0,DECODE_WORKERS=2
