@@ -24,9 +24,10 @@ Sub-requests carry :data:`HEADER` with this instance's random id; a request carr
 split again, and an instance refuses (``421``, :class:`~function.errors.OwnChunk`) a chunk it sent
 itself: a router that knows nothing of fan-out (Knative's round robin) sends some chunks back to
 the front instance, where they would compete for its CPU with its local lanes and answer last.
-Refused, the chunk goes to the next instance at the price of one round trip. Refusals are not
-failures; but ``2 * FANOUT_INFLIGHT`` of them before any other instance has answered mean this
-instance is alone, and the rest is classified here in big chunks.
+Refused, the chunk goes to the next instance at the price of one round trip (a send, counted
+against its tries). Refusals do not count towards the failures in a row; but ``2 * FANOUT_INFLIGHT``
+of them before any other instance has answered mean this instance is alone, and the rest is
+classified here in big chunks.
 
 A wrapper around the classifier, not a part of it: :meth:`FanOut.classify` takes the local
 ``classify``, sends chunks with the injected ``post`` (the HTTP call is infra's,
