@@ -66,11 +66,11 @@ $(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json
 test-network: $(VENV)/.installed-test
 	$(PY) -m pytest -m network
 
-## The benchmark (bench/run.py), on a stand-in internet (127.0.0.1; ~6 minutes): the CLI's first, back-to-back
+## The benchmark (bench/run.py), on a stand-in internet (127.0.0.1; ~7 minutes): the CLI's first, back-to-back
 ## second and repeat runs against the naive original, the service's cold start, 8-client throughput against
 ## the decode+inference ceiling and RSS against the TensorFlow service (started as the image starts it),
-## the container's cold start (needs $(IMAGE): make image; skipped with the reason otherwise) and the
-## service's import chain. Prints one table with the targets as PASS/MISS; writes bench/results/latest.json.
+## the container's cold start (needs $(IMAGE): make image; skipped with the reason otherwise), the
+## service's import chain and one 40-photo request on 1 and 2 instances (scaleout). Prints one table with the targets as PASS/MISS; writes bench/results/latest.json.
 ## Smoke run: make bench BENCH_ARGS=--quick; a subset: BENCH_ARGS="--only cli,service"; what a setting
 ## costs: BENCH_ARGS="--only compare --compare DECODE_WORKERS=0,DECODE_WORKERS=2". docs/performance.md.
 bench: $(VENV)/.installed-test

@@ -20,6 +20,7 @@ REPEAT_VS_NAIVE = 0.08
 SERVICE_COLD_VS_NAIVE = 0.05
 THROUGHPUT_VS_CEILING = 0.85
 RSS_VS_TENSORFLOW = 0.25
+TWO_VS_ONE = 0.55  # the ideal 0.5 plus what fanning out may cost
 
 
 def _row(figure: str, target: str, measured: float, limit: float, passed: bool, detail: str,
@@ -106,6 +107,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                             f"({_s(ratio(lite['pss_mb']['median'], tf['pss_mb']))}); VmHWM "
                             f"{_s(lite['hwm_mb']['median'], 0)} vs {_s(tf['hwm_mb'], 0)} MB (the tree: gunicorn "
                             f"arbiter + worker, model loaded, one request served)"))
+    so = results.get("scaleout")
+    if so:
+        out += _scaleout_rows(so)
     if ctr:
         if "skipped" in ctr:
             out.append(_row("container cold start (podman run -> first answer)", "", math.nan, math.nan,
@@ -117,6 +121,33 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{_s(c)} s / naive {_s(naive)} s, model in the image; errors {ctr['errors']}; image "
                             f"{ctr['image']} {ctr['image_mb']} MB", result="info"))
     return out
+
+
+def _scaleout_rows(so: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    one = next((r for r in so["by_k"] if r["k"] == 1), None)
+    for r in so["by_k"]:
+        if r["k"] == 1 or one is None:
+            continue
+        measured = r["vs_one"]
+        detail = (f"{so['photos']} photos: {_s(r['latency_s']['median'])} s on {r['k']} instances / "
+                  f"{_s(one['latency_s']['median'])} s on one (one without FANOUT_URL "
+                  f"{_s(so['alone']['latency_s']['median'])} s); per request: front instance CPU "
+                  f"{_s(r['front_cpu_s'])} s, the others {_s(r['others_cpu_s'])} s (one instance: "
+                  f"{_s(one['front_cpu_s'])} s); proxy {_s(r['proxy_ms'], 1)} ms over {_s(r['sub_requests'], 0)} "
+                  f"sub-requests ({_s(r['refused'], 0)} refused as the front's own); fan-out transport "
+                  f"{_s(r['transport_ms'], 1)} ms summed over chunks; JSON {_s(so['serialisation_ms_per_chunk'], 2)} "
+                  f"ms per chunk each way; chunks {_s(r['remote_chunks'], 0)} remote, {_s(r['local_chunks'], 0)} "
+                  f"local ({_s(r['backups'], 0)} backups); the busiest instance's CPU / one instance's "
+                  f"{_s(r.get('busiest_cpu_vs_one'))}; cores busy meanwhile with the proxy, stand-in and client "
+                  f"{_s(r.get('bench_cores'))}, with other work {_s(r['other_cores'])}")
+        if r["k"] == 2:
+            rows.append(_row("one big request on 2 instances vs 1", f"<= {TWO_VS_ONE} x one instance", measured,
+                             TWO_VS_ONE, measured <= TWO_VS_ONE, detail))
+        else:
+            rows.append(_row(f"one big request on {r['k']} instances vs 1", "", measured, math.nan, True, detail,
+                             result="info"))
+    return rows
 
 
 def _runtime(tensorflow_imported: bool | None) -> str:

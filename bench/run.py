@@ -1,6 +1,6 @@
 """``make bench``: the benchmark, against a stand-in internet on 127.0.0.1.
 
-    python -m bench.run                          # every scenario, ~6 minutes; prints the table
+    python -m bench.run                          # every scenario, ~7 minutes; prints the table
     python -m bench.run --quick                  # a short smoke run (one round, short load levels)
     python -m bench.run --only cli,service --latency-ms 20 --bandwidth-mbps 100
     python -m bench.run --only compare --compare DECODE_WORKERS=0,DECODE_WORKERS=2
@@ -24,6 +24,9 @@ Scenarios (``--only``; the default is all but ``compare``, which runs when ``--c
 * ``imports``    ``python -X importtime`` of the service's start: the import chain (``bench/imports.py``)
 * ``compare``    the service with each of two or more environments: warm p50, 8 clients, RSS/PSS
                  (``bench/compare.py``)
+* ``scaleout``   one 40-photo request on K = 1, 2 instances (``--scaleout-k``), each pinned to a core,
+                 behind a round-robin proxy: the latency ratio and the fan-out's overhead
+                 (``bench/scaleout.py``)
 
 Environment: BENCH_LATENCY_MS (80), BENCH_BANDWIDTH_MBPS (16, MB/s per connection, 0 = unlimited),
 BENCH_RUNS (3), BENCH_CACHE_DIR (~/.cache/bird-bench). The function's own variables (THREADS,
@@ -56,12 +59,13 @@ from .container import container
 from .context import QUICK, Bench, Settings, base_env
 from .imports import imports
 from .picture import render as phases_svg
+from .scaleout import scaleout
 from .service import service
 from .standin_internet import StandInInternet, cache_root, run_prepare
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
-SCENARIOS = ("cli", "service", "container", "imports", "compare")
-DEFAULT_SCENARIOS = ("cli", "service", "container", "imports")
+SCENARIOS = ("cli", "service", "container", "imports", "scaleout", "compare")
+DEFAULT_SCENARIOS = ("cli", "service", "container", "imports", "scaleout")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare-rounds", type=int, default=None, help="passes over the --compare settings")
     p.add_argument("--image", default=None,
                    help="container scenario: the image to run (default bird-classifier, if it exists)")
+    p.add_argument("--scaleout-k", default="1,2", metavar="1,2,4",
+                   help="scaleout scenario: the instance counts, comma-separated (default 1,2)")
+    p.add_argument("--scaleout-photos", type=int, default=40, help="scaleout scenario: photos in the request")
     p.add_argument("--engine", default=os.environ.get("ENGINE", "podman"), help="container engine")
     p.add_argument("--cache-dir", default=None, help="fixtures cache (default BENCH_CACHE_DIR or ~/.cache/bird-bench)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -94,6 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.only.split(",")) - set(SCENARIOS)
     if unknown:
         p.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
+    try:
+        args.scaleout_ks = tuple(int(k) for k in args.scaleout_k.split(","))
+    except ValueError:
+        p.error("--scaleout-k: comma-separated instance counts, such as 1,2,4")
+    if min(args.scaleout_ks) < 1 or args.scaleout_photos < 1:
+        p.error("--scaleout-k and --scaleout-photos must be positive")
     if "compare" in args.only.split(","):
         if not args.compare:
             p.error("the compare scenario needs --compare A=1,A=2")
@@ -201,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 attempt("container", container, b, args.image, args.engine)
             if "imports" in only:
                 attempt("imports", imports, b)
+            if "scaleout" in only:
+                attempt("scaleout", scaleout, b, args.scaleout_ks, args.scaleout_photos)
             if "compare" in only:
                 attempt("compare", compare_mod.compare, b, args.configs)
     finally:

@@ -47,6 +47,7 @@ from .errors import (
     FileUnreadable,
     NotReady,
     ObjectUnavailable,
+    OwnChunk,
     SenderKeysUnavailable,
     SenderUnproven,
 )
@@ -162,10 +163,14 @@ class App:
 
     # -- verbs ------------------------------------------------------------------------------
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None, *, progress: Progress | None = None,
-                 request_id: str | None = None, fanned_out: bool = False) -> Classification:
+                 request_id: str | None = None, fanned_out: bool = False,
+                 fanout_origin: str | None = None) -> Classification:
         """Classify photos; spread over the Service's instances when ``FANOUT_URL`` is set, unless the
-        request is itself a fan-out chunk (``fanned_out``). Raises :class:`~function.errors.NotReady`."""
+        request is itself a fan-out chunk (``fanned_out``). Raises :class:`~function.errors.NotReady`,
+        and :class:`~function.errors.OwnChunk` for a chunk this instance sent (``fanout_origin``)."""
         k = k or self.config.top_k
+        if fanout_origin is not None and self._fanout is not None and self._fanout.sent_here(fanout_origin):
+            raise OwnChunk("this instance sent this chunk and classifies its own share; send it to another instance")
         if self._fanout is not None and not fanned_out:
             result = self._fanout.classify(self._classifier.classify, sources, k, request_id)
         else:
@@ -293,7 +298,8 @@ def _decoder(config: Config, process: Process, deadlines: Deadlines, metrics: Me
 def _fanout(config: Config, session: Any) -> FanOut | None:
     if not config.fanout_url:
         return None
-    return FanOut(fetch.JsonPoster(session, config.fanout_url, config.fanout_timeout_s), config.fanout_chunk)
+    return FanOut(fetch.JsonPoster(session, config.fanout_url, config.fanout_timeout_s), config.fanout_chunk,
+                  config.fanout_inflight)
 
 
 def _recorder(config: Config) -> tuple[Any, Outbox | None, records.Recorder | None]:

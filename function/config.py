@@ -122,7 +122,8 @@ class Config:
     k_sink: str | None = None  # Knative's SinkBinding / ContainerSource: results also go there as CloudEvents
     k_ce_overrides: str | None = None  # Knative's ceOverrides (JSON): extension attributes of those events
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
-    fanout_chunk: int = 8  # photos per sub-request when fanning out
+    fanout_chunk: int = 8  # the most photos per sub-request when fanning out (the last ones are smaller)
+    fanout_inflight: int = 4  # sub-requests out at once per fanned-out request (about 2 per other instance)
     fanout_timeout_s: float = 120.0
     k_service: str = "bird-classifier"  # Knative sets K_SERVICE; names the source of reply events
     # Inference: TensorFlow thread pools (0 = sized to the CPU this process may use) and batching
@@ -183,7 +184,7 @@ class Config:
     def validate(self) -> None:
         positive = ["top_k", "max_top_k", "connect_timeout_s", "read_timeout_s", "max_photo_bytes",
                     "max_photo_pixels", "fetch_workers", "max_urls", "labels_timeout_s",
-                    "model_wait_s", "fanout_chunk", "fanout_timeout_s",
+                    "model_wait_s", "fanout_chunk", "fanout_inflight", "fanout_timeout_s",
                     "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
                     "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s",
                     "max_connections", "event_keys_timeout_s"]

@@ -150,6 +150,13 @@ class InvalidUrls(RequestError):
     code = "invalid_urls"
 
 
+class OwnChunk(RequestError):
+    """A fan-out chunk routed back to the instance that sent it, which classifies its share itself."""
+
+    code = "fanout_own_chunk"
+    status = 421  # Misdirected Request: another instance can answer it
+
+
 class TooManyUrls(RequestError):
     code = "too_many_urls"
 
@@ -411,6 +418,10 @@ class DeadlineExceeded(PhotoError):
 class FanoutFailed(PhotoError):
     code = "fanout_failed"
     retryable = True
+
+
+class FanoutRefused(FanoutFailed):
+    """The instance a chunk reached is the one that sent it (421): another instance can take it."""
 
 
 class FileNotFound(PhotoError):

@@ -151,7 +151,9 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
     parsed = read_request(request, app.config)
     if isinstance(parsed, (Delivery, Notification)):
         return _delivered(parsed, request, app)
-    result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=FANOUT_HEADER in request.headers)
+    origin = request.headers.get(FANOUT_HEADER)
+    result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=origin is not None,
+                          fanout_origin=origin)
     response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
     log_classification(result, _http_request(request, response, started))
     return response

@@ -1,26 +1,54 @@
-"""Fan-out: split a request with many photos across instances of the same Service.
+"""Fan-out: spread a request with many photos over instances of the same Service, evenly, without
+knowing how many instances there are.
 
 With ``FANOUT_URL`` set (the Service's own URL), a request with more than ``FANOUT_CHUNK`` photos
-is cut into chunks of that size. This instance classifies the first chunk itself and posts the
-others to ``FANOUT_URL`` at once; Knative spreads those sub-requests over pods (scaling out if it
-must), and the answers are merged in request order. Sub-requests carry :data:`HEADER`, and a
-request carrying it is never split again. A chunk that fails becomes per-photo errors.
+becomes a queue of chunks that lanes pull from until every photo has a result:
+
+* **remote lanes** (``FANOUT_INFLIGHT`` of them) each post one chunk to ``FANOUT_URL`` and take the
+  next when its answer is back, so an instance that answers quickly is sent more, and no more than
+  ``FANOUT_INFLIGHT`` sub-requests are ever out at once;
+* **local lanes** (:data:`LOCAL_LANES`, the request's own thread one of them) classify chunks here,
+  so the front instance works through its share meanwhile.
+
+Chunks shrink as the queue empties (guided self-scheduling: half of what is left over the number of
+lanes, between :attr:`FanOut.smallest` and ``FANOUT_CHUNK``), so the last chunks, which decide when
+the request ends, are small. Once the queue is empty, a free local lane takes over the newest chunk
+still out (a backup, as MapReduce's backup tasks): an instance that is slow or never answers holds
+the request no longer than this instance needs for that chunk, and the first answer for a photo is
+the one kept. A chunk whose sub-request fails goes back to the queue and is sent again (to whichever
+instance the router picks next) up to :data:`REMOTE_TRIES` times, then classified here; after
+``FANOUT_INFLIGHT`` failures in a row nothing more is sent and the rest is classified here. So a
+chunk's failure is never a lost photo, and results come back in request order.
+
+Sub-requests carry :data:`HEADER` with this instance's random id; a request carrying it is never
+split again, and an instance refuses (``421``, :class:`~function.errors.OwnChunk`) a chunk it sent
+itself: a router that knows nothing of fan-out (Knative's round robin) sends some chunks back to
+the front instance, where they would compete for its CPU with its local lanes and answer last.
+Refused, the chunk goes to the next instance at the price of one round trip (a send, counted
+against its tries). Refusals do not count towards the failures in a row; but ``2 * FANOUT_INFLIGHT``
+of them before any other instance has answered mean this instance is alone, and the rest is
+classified here in big chunks.
 
 A wrapper around the classifier, not a part of it: :meth:`FanOut.classify` takes the local
-``classify`` to run on the first chunk, sends the others with the injected ``post`` (the HTTP call
-is infra's, :class:`function.infra.fetch.JsonPoster`), and reads the other instances' answers with
-the result types' own ``from_dict``.
+``classify``, sends chunks with the injected ``post`` (the HTTP call is infra's,
+:class:`function.infra.fetch.JsonPoster`), and reads the other instances' answers with the result
+types' own ``from_dict``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import secrets
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FanoutFailed, PhotoError
+from ..errors import FanoutFailed, FanoutRefused, PhotoError
 from .results import Classification, PhotoResult
 from .sources import PhotoSource
 
@@ -28,57 +56,234 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Bird-Fanout"
 
+# Three local lanes: a chunk's photos arrive together, after the round trip to their host and the
+# biggest one's transfer (~215 ms for a 2 MB photo at 16 MB/s, make bench), while classifying four
+# photos takes ~100 ms of CPU; with three chunks under way the front instance's CPU rarely waits.
+LOCAL_LANES = 3
+# Sends of one chunk before it is classified here: a refusal or a failed instance costs one round
+# trip, and the router's next pick is usually another instance.
+REMOTE_TRIES = 3
+
 # post(document, headers) -> the answer's JSON document; raises a PhotoError (FanoutFailed) when the
 # other instance does not answer 200.
 Post = Callable[[Mapping[str, Any], Mapping[str, str]], Any]
+Local = Callable[[Sequence[PhotoSource], int], Classification]
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """Photos ``start:stop`` of the request."""
+
+    start: int
+    stop: int
+    tries: int = 0  # sends that failed or were refused
+    backed_up: bool = False  # a local lane classifies it too (it was out when the queue ran dry)
+
+
+class _Request:
+    """One fanned-out request: the queue, the chunks out, the results so far. Every method holds the
+    condition; lanes wait on it for work or for the end."""
+
+    def __init__(self, n: int, chunk: int, smallest: int, lanes: int, inflight: int):
+        self.n, self.chunk, self.smallest, self.lanes, self.inflight = n, chunk, smallest, lanes, inflight
+        self.results: list[PhotoResult | None] = [None] * n
+        self.left = n
+        self.cursor = 0  # photos before it are in a chunk
+        self.again: deque[_Chunk] = deque()  # chunks to send again or, past their tries, to classify here
+        self.out: list[_Chunk] = []  # sent and not answered, oldest first
+        self.remote_on = True
+        self.failed_in_a_row = 0
+        self.refused = 0
+        self.last_failure = ""
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        # what the answer's timings report
+        self.remote_chunks = self.local_chunks = self.backups = self.failures = 0
+        self.remote_ms = self.transport_ms = 0.0
+        self.local_timings: dict[str, float] = {}
+
+    @property
+    def finished(self) -> bool:
+        return self.left == 0 or self.error is not None
+
+    def _cut(self) -> _Chunk | None:
+        if self.cursor >= self.n:
+            return None
+        rest = self.n - self.cursor
+        if not self.remote_on:  # the lanes here are all there is: big chunks, each fetched in one go
+            size = math.ceil(rest / LOCAL_LANES)
+        else:  # half what is left per lane: the lanes that answer sooner take more of the rest
+            size = min(rest, self.chunk, max(self.smallest, math.ceil(rest / (2 * self.lanes))))
+        c = _Chunk(self.cursor, self.cursor + size)
+        self.cursor += size
+        return c
+
+    def _unanswered(self, c: _Chunk) -> bool:
+        return any(r is None for r in self.results[c.start:c.stop])
+
+    def take_remote(self) -> _Chunk | None:
+        """The next chunk to send, or None when there is nothing left to send."""
+        with self.cond:
+            if self.finished or not self.remote_on:
+                return None
+            c = next((x for x in self.again if x.tries < REMOTE_TRIES), None)
+            if c is not None:
+                self.again.remove(c)
+            else:
+                c = self._cut()
+            if c is not None:
+                self.out.append(c)
+            return c
+
+    def take_local(self) -> _Chunk | None:
+        """The next chunk to classify here, waiting while every chunk left is out and backed up
+        already; None once every photo has a result (or a local lane failed)."""
+        with self.cond:
+            while not self.finished:
+                if self.again:
+                    return self.again.popleft()
+                c = self._cut()
+                if c is not None:
+                    return c
+                # The newest chunk out: sent last, it is the one least far along where it went, so
+                # the one whose answer the request would wait for longest.
+                backup = next((x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)), None)
+                if backup is not None:
+                    backup.backed_up = True
+                    self.backups += 1
+                    return backup
+                self.cond.wait()
+            return None
+
+    def fill(self, c: _Chunk, results: Sequence[PhotoResult]) -> None:
+        for i, r in enumerate(results, start=c.start):
+            if self.results[i] is None:
+                self.results[i] = r
+                self.left -= 1
+        if self.left == 0:
+            self.cond.notify_all()
+
+    def answered(self, c: _Chunk, results: Sequence[PhotoResult], round_trip_ms: float, own_ms: float) -> None:
+        with self.cond:
+            self.out.remove(c)
+            self.failed_in_a_row = 0
+            self.remote_chunks += 1
+            self.remote_ms = max(self.remote_ms, round_trip_ms)
+            self.transport_ms += max(0.0, round_trip_ms - own_ms)
+            self.fill(c, results)
+
+    def failed(self, c: _Chunk, reason: str, refused: bool) -> None:
+        with self.cond:
+            self.out.remove(c)
+            c.tries += 1
+            self.failures += 1
+            if refused:
+                # Refusals come back at once and say nothing about the other instances; many of them
+                # before any other instance has answered mean there is no other instance.
+                self.refused += 1
+                if self.refused >= 2 * self.inflight and self.remote_chunks == 0 and self.remote_on:
+                    self.remote_on = False
+                    log.info("fan-out stopped for this request: %d chunks came back to this instance and "
+                             "none reached another; the rest is classified here", self.refused)
+            else:
+                self.failed_in_a_row += 1
+                if self.failed_in_a_row >= self.inflight and self.remote_on:
+                    self.remote_on = False
+                    log.warning("fan-out stopped for this request after %d failed sub-requests in a row; "
+                                "the rest is classified here (last: %s)", self.failed_in_a_row, reason)
+            if not c.backed_up and self._unanswered(c):
+                self.again.append(c)
+            self.cond.notify_all()
+
+    def classified(self, c: _Chunk, result: Classification) -> None:
+        with self.cond:
+            self.local_chunks += 1
+            for name, ms in result.timings_ms.items():
+                if name != "total":
+                    self.local_timings[name] = self.local_timings.get(name, 0.0) + ms
+            self.fill(c, result.results)
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            self.error = exc
+            self.cond.notify_all()
 
 
 class FanOut:
-    def __init__(self, post: Post, chunk: int, workers: int = 16):
-        self.post, self.chunk = post, chunk
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fanout")
+    def __init__(self, post: Post, chunk: int, inflight: int = 4, workers: int | None = None):
+        self.post, self.chunk, self.inflight = post, chunk, inflight
+        # Chunks shrink to half of FANOUT_CHUNK at the smallest: the photos of a chunk are fetched
+        # together, so a smaller chunk leaves the CPU of the instance that classifies it waiting on
+        # the network for a larger part of its time (docs/performance.md, "Scale-out").
+        self.smallest = max(1, chunk // 2)
+        # An id of this process, sent with every chunk, so that a chunk routed back here is refused.
+        self.instance = secrets.token_hex(8)
+        self._pool = ThreadPoolExecutor(workers or 2 * (inflight + LOCAL_LANES), thread_name_prefix="fanout")
 
     def wanted(self, sources: Sequence[PhotoSource]) -> bool:
         """Only caller URLs are split: a bucket object (ObjectSource) is read signed by this instance,
         and another instance would get it as a plain URL, unsigned and behind the SSRF guard."""
         return len(sources) > self.chunk and all(s.kind == "url" and type(s) is PhotoSource for s in sources)
 
+    def sent_here(self, header: str) -> bool:
+        """Whether a sub-request carrying ``header`` (:data:`HEADER`'s value) was sent by this instance."""
+        return header == self.instance
+
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def classify(self, local: Callable[[Sequence[PhotoSource], int], Classification],
-                 sources: Sequence[PhotoSource], k: int, request_id: str | None = None) -> Classification:
-        """``local(sources, k)`` for small requests; otherwise chunks spread over instances, merged in order."""
+    def classify(self, local: Local, sources: Sequence[PhotoSource], k: int,
+                 request_id: str | None = None) -> Classification:
+        """``local(sources, k)`` for small requests; otherwise the photos spread over instances by the
+        lanes above, merged in request order."""
         if not self.wanted(sources):
             return local(sources, k)
         t0 = time.perf_counter()
-        chunks = [list(sources[i:i + self.chunk]) for i in range(0, len(sources), self.chunk)]
-        remote = [self._pool.submit(self._post, c, k, request_id) for c in chunks[1:]]
-        mine = local(chunks[0], k)
-        results = list(mine.results)
-        remote_ms = 0.0
-        for future in remote:
-            chunk_results, ms = future.result()
-            results.extend(chunk_results)
-            remote_ms = max(remote_ms, ms)
-        timings = {**{f"local_{k_}": v for k_, v in mine.timings_ms.items() if k_ != "total"},
-                   "fanout": remote_ms, "chunks": float(len(chunks)), "total": (time.perf_counter() - t0) * 1000}
-        log.info("fanned out %d photos in %d chunks", len(sources), len(chunks))
+        req = _Request(len(sources), self.chunk, self.smallest, self.inflight + LOCAL_LANES, self.inflight)
+        for _ in range(self.inflight):
+            self._pool.submit(self._remote_lane, req, sources, k, request_id)
+        for _ in range(LOCAL_LANES - 1):
+            self._pool.submit(self._local_lane, req, local, sources, k)
+        self._local_lane(req, local, sources, k)  # this thread is a lane too, so the request ends even
+        with req.cond:                            # if every pool thread is held by other requests
+            while not req.finished:
+                req.cond.wait()
+        if req.error is not None:
+            raise req.error
+        results = [r for r in req.results if r is not None]
+        timings = {**{f"local_{name}": ms for name, ms in req.local_timings.items()},
+                   "fanout": req.remote_ms, "fanout_transport": req.transport_ms,
+                   "chunks": float(req.remote_chunks + req.local_chunks), "remote_chunks": float(req.remote_chunks),
+                   "local_chunks": float(req.local_chunks), "backups": float(req.backups),
+                   "fanout_failures": float(req.failures), "total": (time.perf_counter() - t0) * 1000}
+        log.info("fanned out %d photos: %d chunks answered by other instances, %d classified here (%d backups), "
+                 "%d sub-requests failed or refused", len(sources), req.remote_chunks, req.local_chunks,
+                 req.backups, req.failures)
         return Classification(results, timings)
 
-    def _post(self, chunk: list[PhotoSource], k: int, request_id: str | None) -> tuple[list[PhotoResult], float]:
-        t0 = time.perf_counter()
-        headers = {HEADER: "1", **({"X-Request-Id": request_id} if request_id else {})}
+    def _local_lane(self, req: _Request, local: Local, sources: Sequence[PhotoSource], k: int) -> None:
         try:
-            doc = self.post({"urls": [s.ref for s in chunk], "top_k": k}, headers)
-            answered = doc["results"]
-            if len(answered) != len(chunk):
-                raise FanoutFailed("the instance handling this chunk answered for "
-                                   f"{len(answered)} photos, not {len(chunk)}")
-            results = Classification.from_dict(chunk, doc).results
-        except PhotoError as err:
-            results = [PhotoResult(s, error=err) for s in chunk]
-        except (ValueError, KeyError, TypeError) as exc:  # an answer that is not a result document
-            failed = FanoutFailed(f"the chunk could not be classified by another instance: {exc}")
-            results = [PhotoResult(s, error=failed) for s in chunk]
-        return results, (time.perf_counter() - t0) * 1000
+            while (c := req.take_local()) is not None:
+                req.classified(c, local(sources[c.start:c.stop], k))
+        except BaseException as exc:  # the model not ready, say: the request answers with it
+            req.fail(exc)
+            raise
+
+    def _remote_lane(self, req: _Request, sources: Sequence[PhotoSource], k: int, request_id: str | None) -> None:
+        headers = {HEADER: self.instance, **({"X-Request-Id": request_id} if request_id else {})}
+        while (c := req.take_remote()) is not None:
+            chunk = list(sources[c.start:c.stop])
+            t0 = time.perf_counter()
+            try:
+                doc = self.post({"urls": [s.ref for s in chunk], "top_k": k}, headers)
+                answered = doc["results"]
+                if len(answered) != len(chunk):
+                    raise FanoutFailed(f"the instance answered for {len(answered)} photos, not {len(chunk)}")
+                result = Classification.from_dict(chunk, doc)
+            except PhotoError as err:
+                req.failed(c, err.message, refused=isinstance(err, FanoutRefused))
+            except (ValueError, KeyError, TypeError) as exc:  # an answer that is not a result document
+                req.failed(c, f"not a result document: {exc}", refused=False)
+            else:
+                own = result.timings_ms.get("total", 0.0)
+                req.answered(c, result.results, (time.perf_counter() - t0) * 1000, own)

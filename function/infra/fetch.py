@@ -32,6 +32,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 from ..config import Config
 from ..errors import (
     FanoutFailed,
+    FanoutRefused,
     FetchFailed,
     HttpError,
     InvalidUrl,
@@ -346,6 +347,8 @@ class JsonPoster:
             response = self.session.post(self.url, json=doc, headers=dict(headers), timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise FanoutFailed(f"the chunk could not be sent to another instance: {_reason(exc)}") from None
+        if response.status_code == 421:  # Misdirected Request: the chunk came back to its sender
+            raise FanoutRefused("the chunk was routed back to the instance that sent it (HTTP 421)")
         if response.status_code != 200:
             raise FanoutFailed(f"the instance handling this chunk answered HTTP {response.status_code}")
         try:
