@@ -132,7 +132,7 @@ def documents_read(monkeypatch) -> list[str]:
         return read(session, url, *args, **kwargs)
 
     monkeypatch.setattr(files, "read_document", recording)
-    service.PROCESS.resources.clear()  # the label map is loaded afresh, not found loaded by an earlier test
+    service.this_process().resources.clear()  # the label map is loaded afresh, not found loaded by an earlier test
     return urls
 
 
