@@ -16,23 +16,16 @@ from referencing.jsonschema import DRAFT202012
 
 from function import app as service
 from harness import HOST
+from tests.api import stores
 from tests.support import ROOT
 
 
 def no_host_credentials(env, tmp_path) -> None:
-    """Only what a test sets is found: no ~/.aws, no gcloud ADC file, no instance metadata probes; no
-    TRUSTED_HOSTS (the stores' endpoints come from configuration). Deliveries need no proof of sender."""
-    env.delenv("TRUSTED_HOSTS", raising=False)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP", "K_SINK",
-                 "RESULTS_URL", "RESULTS_METADATA"):
+    """The stores' tests' clean credentials (``stores.no_host_credentials``), no results configured unless
+    a test sets them, and deliveries that need no proof of sender (the point here is what is written)."""
+    stores.no_host_credentials(env, tmp_path)
+    for name in ("K_SINK", "RESULTS_URL", "RESULTS_METADATA", "EVENT_TOKENS"):
         env.delenv(name, raising=False)
-    env.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    env.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    env.setenv("NO_GCE_CHECK", "true")
     env.setenv("EVENT_AUTH", "none")
 
 
