@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from ..errors import BodyTimeout, BodyTooLarge, InvalidContentLength, QueryTooLong, RequestError, answer
 from . import logs
 from .deadlines import Deadline, Deadlines
+from .worker import server_close
 
 Environ = dict[str, Any]
 Headers = list[tuple[str, str]]
@@ -202,7 +203,7 @@ class BoundedRequests:
         try:
             status, headers, body, body_unread = self._bounded(environ)
             if body_unread:  # the connection cannot carry another request: close it, and say so
-                _server_close(start_response)()
+                server_close(start_response)()
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
             start_response(status, headers)
             return body
@@ -267,14 +268,6 @@ def _close(result: Iterable[bytes]) -> None:
     close = getattr(result, "close", None)
     if close is not None:
         close()
-
-
-def _server_close(start_response: StartResponse) -> Callable[[], object]:
-    """What closes the connection after this answer besides ``Connection: close``, which gunicorn drops
-    (hop-by-hop) with no public way for an app to ask for a close: its ``start_response`` is a method of
-    its response, whose ``force_close()`` does it (checked by tests/infra/test_reaches.py)."""
-    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
-    return force_close if callable(force_close) else lambda: None
 
 
 def _refuse(environ: Environ, err: RequestError, body_unread: bool) -> Answered:

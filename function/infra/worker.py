@@ -1,4 +1,6 @@
-"""gunicorn's threaded worker, changed so that a connection holds no request thread until its request head is in.
+"""gunicorn's threaded worker, changed so that a connection holds no request thread until its request head is in;
+the one module that depends on how gunicorn is built (tests/infra/test_gunicorn_surface.py and test_reaches.py
+name what it uses), so a gunicorn release that changes it fails there first.
 
 gunicorn 27's gthread worker hands every accepted connection to the thread pool at once, and the
 pool thread waits up to 5 s (``DEFAULT_WORKER_DATA_TIMEOUT``) for a first byte before giving the
@@ -28,6 +30,7 @@ import selectors
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -193,3 +196,12 @@ def header_deadline_worker(header_timeout_s: float) -> type[HeadFirstWorker]:
 
     Worker.header_timeout_s = header_timeout_s
     return Worker
+
+
+def server_close(start_response: Callable[..., object]) -> Callable[[], object]:
+    """What closes the connection after this answer besides ``Connection: close``, which gunicorn drops
+    (hop-by-hop) with no public way for an app to ask for a close: its ``start_response`` is a method of
+    its response, whose ``force_close()`` does it (checked by tests/infra/test_reaches.py). Under another
+    server, nothing: the header then closes it."""
+    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+    return force_close if callable(force_close) else lambda: None

@@ -1,6 +1,6 @@
 """What this code builds on in other libraries, where a change under it would not show elsewhere.
 
-gunicorn offers an app no public way to close its connection (function/infra/limits.py reaches its
+gunicorn offers an app no public way to close its connection (function/infra/worker.py reaches its
 response through ``start_response``): the test says so by name when gunicorn changes. The SSRF
 guard stands on urllib3's public connection hooks: the tests check, on real connections, that it
 connects to the address it checked (no second lookup to rebind), and that the Host header and TLS
@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from function.errors import BlockedAddress, Timeout
-from function.infra import limits
+from function.infra import worker
 from function.infra.fetch import HttpFetcher, new_session
 from function.infra.guard import AddressPolicy, guard_session
 
@@ -143,14 +143,14 @@ def test_gunicorn_still_needs_and_still_has_the_way_limits_closes_a_connection()
             return False
 
     response = gunicorn_wsgi.Response(Request(), None, None)
-    close = limits._server_close(response.start_response)
+    close = worker.server_close(response.start_response)
     assert close == getattr(response, "force_close", None), (
         "gunicorn's start_response is no longer a method of a response with force_close(): "
-        "function/infra/limits.py's _server_close no longer closes a connection whose body is left unread")
+        "function/infra/worker.py's server_close no longer closes a connection whose body is left unread")
     response.start_response("413 REQUEST ENTITY TOO LARGE", [("Content-Length", "2"), ("Connection", "close")])
     assert "Connection: keep-alive\r\n" in response.default_headers(), (
-        "gunicorn now honours the app's Connection: close: function/infra/limits.py's _server_close can go")
+        "gunicorn now honours the app's Connection: close: function/infra/worker.py's server_close can go")
     close()
     assert "Connection: close\r\n" in response.default_headers() and response.should_close(), (
-        "gunicorn's force_close() no longer closes the connection: function/infra/limits.py's _server_close "
+        "gunicorn's force_close() no longer closes the connection: function/infra/worker.py's server_close "
         "needs another way")
