@@ -28,9 +28,10 @@ IMAGE_PROPERTIES = 2
 TENSOR_AXIS_LABELS = 2
 
 
-def colour_function(tf, *, size: int = 224, classes: int = NUM_CLASSES, unit_input: tuple[float, float] = (0.0, 1.0),
-                    clip: float | None = None, batch: int | None = None):
-    """The colour model (see :mod:`standin.hubmodel`) as a concrete function at ``size`` x ``size``.
+def colour_function(tf, *, size: int | None = 224, classes: int = NUM_CLASSES,
+                    unit_input: tuple[float, float] = (0.0, 1.0), clip: float | None = None, batch: int | None = None):
+    """The colour model (see :mod:`standin.hubmodel`) as a concrete function at ``size`` x ``size``
+    (``None``: any size, a model with no image size of its own).
 
     ``unit_input``: the input values that mean colour 0 and colour 1 (``(-1, 1)`` for a model whose
     metadata says mean = std = 127.5). Classes past the birds model's 965 sit far outside the colour
@@ -52,7 +53,7 @@ def colour_function(tf, *, size: int = 224, classes: int = NUM_CLASSES, unit_inp
     return classify.get_concrete_function()
 
 
-def colour_tflite(*, size: int = 224, classes: int = NUM_CLASSES, unit_input: tuple[float, float] = (0.0, 1.0),
+def colour_tflite(*, size: int | None = 224, classes: int = NUM_CLASSES, unit_input: tuple[float, float] = (0.0, 1.0),
                   quantized: str | None = None) -> bytes:
     """The colour model as a ``.tflite``: float32, or fully quantized with ``quantized`` ("uint8", "int8")
     input and output (calibrated on solid class colours, one call per image like the official model)."""

@@ -147,6 +147,9 @@ class LiteRTModel:
         if len(self.input.shape) != 4 or self.input.shape[3] != 3:
             raise ModelFormatError(f"{self.source} input {self.input.name!r} has shape {list(self.input.shape)}; "
                                    "expected [N,H,W,3]")
+        if -1 in self.input.shape_signature[1:3]:  # the interpreter would report 1x1, and photos be cut to a pixel
+            raise ModelFormatError(f"{self.source} input {self.input.name!r} has no image size of its own (shape "
+                                   f"{list(self.input.shape_signature)}); export it with its height and width fixed")
         if len(self.output.shape) != 2:
             raise ModelFormatError(f"{self.source} output {self.output.name!r} has shape "
                                    f"{list(self.output.shape)}; expected [N,classes]")

@@ -174,3 +174,9 @@ def test_normalization_per_channel_is_applied_per_channel(plain_float):
     model = LiteRTModel(litemodels.with_metadata(plain_float, mean=[0.0, 0.0, 0.0], std=[255.0, 127.5, 85.0]))
     pixels = np.full((1, 224, 224, 3), 255, np.uint8)
     assert model.contract.input.prepare(pixels)[0, 0, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_model_without_an_image_size_of_its_own_is_refused_at_load():
+    # Its input is [-1,-1,-1,3]: the interpreter reports 1x1, which would decode every photo to one pixel.
+    with pytest.raises(ModelFormatError, match="no image size of its own"):
+        LiteRTModel(litemodels.colour_tflite(size=None))
