@@ -21,7 +21,7 @@ STATES = ("not_loaded", "loading", "ready", "failed")
 COST_REASONS = ("memory", "cpu", "scans", "deadline")  # function/core/decoding.py
 # Why a delivery was refused (function/infra/senders.py): a bounded set, whatever callers send.
 SENDER_REASONS = ("no_proof", "not_accepted", "malformed", "signature", "issuer", "audience", "expired",
-                  "not_allowed", "token", "cert_url", "keys_unavailable")
+                  "not_allowed", "token", "cert_url", "cert", "keys_unavailable")
 # Seconds: a cached photo decodes in ms, a slow host takes up to the 60 s request deadline.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

@@ -53,6 +53,11 @@ JWKS_DEFAULT_MAX_AGE_S = 300.0
 JWKS_MAX_AGE_CAP_S = 3600.0
 OIDC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]  # never "none", never HMAC
 SNS_CERTS_KEPT = 16  # SNS signs with one certificate per region at a time
+# A certificate URL on SNS's pattern that held no usable certificate is refused without a fetch for this
+# long; and a URL not yet known is fetched at most this often, so that forged deliveries naming ever new
+# URLs cannot make this instance fetch from SNS's hosts on their behalf faster than that.
+SNS_CERT_REFUSED_S = 600.0
+SNS_CERT_FETCH_INTERVAL_S = 1.0
 SNS_SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
@@ -197,9 +202,16 @@ def _bounded_get(session: requests.Session, url: str, timeout: float,
             body = response.raw.read(MAX_KEY_DOCUMENT_BYTES + 1, decode_content=True)
     except (requests.RequestException, OSError) as exc:
         raise SenderKeysUnavailable(f"could not fetch the keys that verify deliveries: {type(exc).__name__}") from None
+    if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+        raise KeyDocumentMissing(f"the keys that verify deliveries are not there: HTTP {response.status_code}")
     if response.status_code != 200 or len(body) > MAX_KEY_DOCUMENT_BYTES:
         raise SenderKeysUnavailable(f"the keys that verify deliveries could not be had: HTTP {response.status_code}")
     return body, response.headers
+
+
+class KeyDocumentMissing(SenderKeysUnavailable):
+    """The key document's host answered that it has no such document (a 4xx): for a URL the delivery chose
+    (SNS's SigningCertURL) that proves nothing; for one the configuration names, it is still a 503."""
 
 
 # -- Google-signed ID tokens -------------------------------------------------------------------------------
@@ -375,6 +387,8 @@ class SnsSignatures:
         self._topics, self._cert_url, self._timeout = topics, re.compile(cert_url), timeout
         self._session = requests.Session()
         self._certs: OrderedDict[str, Any] = OrderedDict()  # URL -> public key, newest last
+        self._refused: OrderedDict[str, float] = OrderedDict()  # URL -> when it held no usable certificate
+        self._next_fetch = 0.0  # monotonic time before which no unknown URL is fetched
         self._lock = threading.Lock()
 
     def verify(self, envelope: str, doc: Mapping[str, Any]) -> str:
@@ -405,7 +419,7 @@ class SnsSignatures:
         if not isinstance(url, str) or not self._cert_url.fullmatch(url):
             raise unproven(envelope, "cert_url", "its SigningCertURL is not a certificate on an SNS endpoint "
                            "(https://sns.REGION.amazonaws.com/...pem); nothing was fetched")
-        key = self._public_key(url)
+        key = self._public_key(envelope, url)
         try:
             key.verify(signature, "".join(text).encode(), padding.PKCS1v15(), hash_())
         except (InvalidSignature, TypeError, ValueError):
@@ -415,31 +429,59 @@ class SnsSignatures:
             raise not_allowed(envelope, f"topic {str(topic)[:200]!r} is not listed in SNS_TOPIC_ARNS")
         return str(topic)
 
-    def _public_key(self, url: str) -> Any:
+    def _public_key(self, envelope: str, url: str) -> Any:
+        """The key of the certificate at ``url`` (already checked to be on SNS's pattern), kept once fetched.
+
+        Only a failure to reach it is a 503 (the broker delivers again); a URL that answers but holds no
+        usable certificate proves nothing (401), and is remembered so that it is not fetched again.
+        """
         from cryptography import x509
         from cryptography.hazmat.primitives.asymmetric import rsa
 
+        now = time.monotonic()
         with self._lock:
             key = self._certs.get(url)
             if key is not None:
                 self._certs.move_to_end(url)
                 return key
-        pem, _ = _bounded_get(self._session, url, self._timeout)
+            refused = self._refused.get(url)
+            if refused is not None and now - refused < SNS_CERT_REFUSED_S:
+                raise unproven(envelope, "cert", "its SigningCertURL held no usable certificate")
+            if now < self._next_fetch:
+                raise SenderKeysUnavailable("an SNS signing certificate was fetched less than "
+                                            f"{SNS_CERT_FETCH_INTERVAL_S:g} s ago; deliver again")
+            self._next_fetch = now + SNS_CERT_FETCH_INTERVAL_S
         try:
-            cert = x509.load_pem_x509_certificate(pem)
-        except ValueError:
-            raise SenderKeysUnavailable("the SNS signing certificate is not a PEM certificate") from None
-        now = time.time()
-        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-            raise SenderKeysUnavailable("the SNS signing certificate is not valid now")
-        key = cert.public_key()
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise SenderKeysUnavailable("the SNS signing certificate does not hold an RSA key")
+            pem, _ = _bounded_get(self._session, url, self._timeout)
+        except KeyDocumentMissing:
+            key = None
+        else:
+            key = _rsa_key(pem, x509, rsa)
         with self._lock:
-            self._certs[url] = key
-            while len(self._certs) > SNS_CERTS_KEPT:
-                self._certs.popitem(last=False)
+            if key is None:
+                self._refused[url] = now
+                while len(self._refused) > SNS_CERTS_KEPT:
+                    self._refused.popitem(last=False)
+            else:
+                self._certs[url] = key
+                while len(self._certs) > SNS_CERTS_KEPT:
+                    self._certs.popitem(last=False)
+        if key is None:
+            raise unproven(envelope, "cert", "its SigningCertURL held no usable certificate")
         return key
+
+
+def _rsa_key(pem: bytes, x509: Any, rsa: Any) -> Any:
+    """The RSA key of a PEM certificate valid now, or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+    now = time.time()
+    if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
+        return None
+    key = cert.public_key()
+    return key if isinstance(key, rsa.RSAPublicKey) else None
 
 
 def sns_envelope(doc: Mapping[str, Any]) -> bool:

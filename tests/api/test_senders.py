@@ -449,3 +449,21 @@ def test_the_proofs_taken_are_the_configured_ones_and_key_locations_come_from_no
     assert re.fullmatch(config.sns_cert_url, "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc1.pem")
     assert not re.fullmatch(config.sns_cert_url, "https://sns.eu-west-1.amazonaws.com.attacker.example/x.pem")
     assert TOKENS[0] not in repr(config)
+
+
+@pytest.mark.parametrize(("served", "status"), [(None, 404), (b"not a certificate", 200)])
+def test_a_certificate_url_on_sns_pattern_that_holds_no_certificate_proves_nothing_and_is_not_fetched_again(
+        client, sns, store_reads, served, status):
+    # Anyone can name such a URL; its host saying "no such file", or serving something that is no
+    # certificate, is not an outage of the keys (503, retried forever) but a delivery that proves nothing.
+    path = f"/SimpleNotificationService-{'0' * 15}{status}.pem"
+    if served is not None:
+        sns.server.add(path, served, "application/x-pem-file")
+    url = f"http://127.0.0.1:{sns.server.port}{path}"
+    doc = sns.signed(sns_envelope(records("heron.jpg")), "2", cert_url=url)
+    for _ in range(2):
+        r = client.post("/events", headers=sns_headers(), data=json.dumps(doc))
+        assert r.status_code == 401 and r.get_json()["error"]["code"] == "sender_unproven", r.get_data(as_text=True)
+    assert sns.server.hits[path] == 1  # remembered: the second delivery fetched nothing
+    assert store_reads() == 0
+    assert 'reason="cert"} 2.0' in refusals(client)
