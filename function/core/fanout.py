@@ -63,6 +63,11 @@ LOCAL_LANES = 3
 # Sends of one chunk before it is classified here: a refusal or a failed instance costs one round
 # trip, and the router's next pick is usually another instance.
 REMOTE_TRIES = 3
+# How long an instance that found itself alone classifies big requests whole, without trying to fan out:
+# a request that finds out pays a round trip per refused chunk and classifies in smaller chunks than one
+# call would (a 40-photo request alone: 1.39 s fanning out, 1.02 s whole; docs/performance.md, "Scale-out").
+# A new instance is used by the first request after this.
+ALONE_S = 10.0
 
 # post(document, headers) -> the answer's JSON document; raises a PhotoError (FanoutFailed) when the
 # other instance does not answer 200.
@@ -92,6 +97,7 @@ class _Request:
         self.again: deque[_Chunk] = deque()  # chunks to send again or, past their tries, to classify here
         self.out: list[_Chunk] = []  # sent and not answered, oldest first
         self.remote_on = True
+        self.alone = False  # the chunks kept coming back here and none reached another instance
         self.failed_in_a_row = 0
         self.refused = 0
         self.last_failure = ""
@@ -182,7 +188,7 @@ class _Request:
                 # before any other instance has answered mean there is no other instance.
                 self.refused += 1
                 if self.refused >= 2 * self.inflight and self.remote_chunks == 0 and self.remote_on:
-                    self.remote_on = False
+                    self.remote_on, self.alone = False, True
                     log.info("fan-out stopped for this request: %d chunks came back to this instance and "
                              "none reached another; the rest is classified here", self.refused)
             else:
@@ -210,8 +216,10 @@ class _Request:
 
 
 class FanOut:
-    def __init__(self, post: Post, chunk: int, inflight: int = 4, workers: int | None = None):
-        self.post, self.chunk, self.inflight = post, chunk, inflight
+    def __init__(self, post: Post, chunk: int, inflight: int = 4, workers: int | None = None,
+                 alone_s: float = ALONE_S):
+        self.post, self.chunk, self.inflight, self.alone_s = post, chunk, inflight, alone_s
+        self._alone_until = 0.0  # monotonic: until then, big requests are classified here whole
         # Chunks shrink to half of FANOUT_CHUNK at the smallest: the photos of a chunk are fetched
         # together, so a smaller chunk leaves the CPU of the instance that classifies it waiting on
         # the network for a larger part of its time (docs/performance.md, "Scale-out").
@@ -236,7 +244,7 @@ class FanOut:
                  request_id: str | None = None) -> Classification:
         """``local(sources, k)`` for small requests; otherwise the photos spread over instances by the
         lanes above, merged in request order."""
-        if not self.wanted(sources):
+        if not self.wanted(sources) or time.monotonic() < self._alone_until:
             return local(sources, k)
         t0 = time.perf_counter()
         req = _Request(len(sources), self.chunk, self.smallest, self.inflight + LOCAL_LANES, self.inflight)
@@ -250,6 +258,9 @@ class FanOut:
                 req.cond.wait()
         if req.error is not None:
             raise req.error
+        if req.alone:
+            self._alone_until = time.monotonic() + self.alone_s
+            log.info("this instance is alone: big requests are classified here whole for %g s", self.alone_s)
         results = [r for r in req.results if r is not None]
         timings = {**{f"local_{name}": ms for name, ms in req.local_timings.items()},
                    "fanout": req.remote_ms, "fanout_transport": req.transport_ms,

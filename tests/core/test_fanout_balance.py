@@ -354,3 +354,27 @@ def test_a_request_no_bigger_than_a_chunk_is_classified_here_only(fanouts):
     router = Router(fast("a"))
     result = fanouts(router, chunk=4).classify(Local(), photos(4), 3)
     assert numbers(result) == [0, 1, 2, 3] and router.sent == []
+
+
+def test_an_instance_that_found_itself_alone_classifies_the_next_big_requests_whole(fanouts):
+    router = Router(front)
+    fanout = fanouts(router, chunk=4, inflight=2)
+    fanout.classify(Local(), photos(40), 3)  # finds out: its chunks keep coming back
+    sent = len(router.sent)
+    local = Local()
+    result = fanout.classify(local, photos(40), 3)
+    assert len(router.sent) == sent, "nothing is sent while it remembers it is alone"
+    assert numbers(result) == list(range(40)) and sorted(local.photos) == list(range(40))
+    assert result.timings_ms.get("local_chunks") is None  # one local call, not chunks
+
+
+def test_an_instance_alone_tries_again_once_its_memory_of_it_ends(fanouts):
+    router = Router(front)
+    fanout = FanOut(router, 4, 2, alone_s=0.0)  # forgets at once
+    try:
+        fanout.classify(Local(), photos(40), 3)
+        sent = len(router.sent)
+        fanout.classify(Local(), photos(40), 3)
+        assert len(router.sent) > sent
+    finally:
+        fanout.stop()
