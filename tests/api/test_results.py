@@ -154,6 +154,22 @@ def test_a_refused_delivery_writes_nothing(s3):
     assert stored(s3) == {}
 
 
+@pytest.mark.parametrize("proof", [None, "Bearer not-the-token-0000000000000000"])
+def test_a_delivery_that_does_not_prove_its_sender_writes_nothing(s3, env, proof):
+    # Proofs on (the default outside these tests): a forged notification is refused before anything is read,
+    # so nothing is written either; the same body with the token is classified and written.
+    token = "results-test-token-0123456789abcd"
+    env.setenv("EVENT_AUTH", "token")
+    env.setenv("EVENT_TOKENS", token)
+    client = http_client()
+    r = client.post("/events", json={"Records": [s3_record(KEY)]}, headers={"Authorization": proof} if proof else {})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "sender_unproven"
+    assert stored(s3) == {}
+    r = client.post("/events", json={"Records": [s3_record(KEY)]}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert set(stored(s3)) == {f"out/birds/{KEY}.json"}
+
+
 def test_a_photo_that_failed_for_good_gets_a_document_saying_why(s3, env):
     env.setenv("MAX_PHOTO_BYTES", "100")  # the photos are bigger: too_large, whoever delivers it again
     r = http_client().post("/", json={"Records": [s3_record("heron.jpg")]})
