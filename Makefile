@@ -40,9 +40,10 @@ model: $(VENV)/.installed
 serve: $(VENV)/.installed
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config gunicorn.conf.py 'functions_framework:create_app(target="classify_http")'
 
-## The CloudEvent target on $(PORT).
+## The CloudEvent target on $(PORT), for local events: a trusted route (EVENT_AUTH=none, logged as a
+## WARNING) unless EVENT_AUTH is set; a deployment sets the proofs its platform gives (README).
 serve-events: $(VENV)/.installed
-	$(VENV)/bin/functions-framework --target classify_event --signature-type cloudevent --port $(PORT)
+	EVENT_AUTH=$${EVENT_AUTH:-none} $(VENV)/bin/functions-framework --target classify_event --signature-type cloudevent --port $(PORT)
 
 ## The offline test suite (generated model and photos on 127.0.0.1).
 test: $(VENV)/.installed-test
