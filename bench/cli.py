@@ -14,7 +14,8 @@ runs, on the default runtime (``auto``):
 and the naive original (``bench/naive.py``, its own empty hub cache), before the chain in even rounds
 and after it in odd ones. Whether a run imported TensorFlow is read from the process itself: every
 process runs under :data:`WRAPPER`, which runs the script as ``python SCRIPT`` would
-(``runpy.run_path``, ``__main__``) and, at exit, writes which heavy modules ``sys.modules`` holds.
+(``runpy.run_path``, ``__main__``) and, at exit (``os._exit`` included), writes which heavy modules
+``sys.modules`` holds.
 It costs a ``runpy`` import, not ``-X importtime``'s per-import bookkeeping, so it does not tilt
 the ratios.
 """
@@ -37,8 +38,10 @@ from harness import ROOT, machine_busy_seconds
 from .context import PHOTOS_PER_REQUEST, Bench
 from .stats import phase_medians, ratio, summary
 
+# The CLI ends with os._exit (no interpreter teardown, no atexit handlers), the naive script normally:
+# the wrapper writes its record on either way out.
 WRAPPER = """\
-import atexit, json, runpy, sys
+import atexit, json, os, runpy, sys
 out = sys.argv.pop(1)
 sys.argv = sys.argv[1:]
 def _modules():
@@ -47,6 +50,11 @@ def _modules():
                    "litert": any(m.startswith("ai_edge_litert") for m in sys.modules),
                    "modules": len(sys.modules)}, f)
 atexit.register(_modules)
+_exit = os._exit
+def _recorded_exit(code):
+    _modules()
+    _exit(code)
+os._exit = _recorded_exit
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 KINDS = ("naive", "first", "second", "repeat")
