@@ -105,7 +105,8 @@ def photo_like_class(data: bytes) -> int:
     """The class the colour model gives a photo-like JPEG: nearest prototype to its decoded mean."""
     from function.core.images import decode
 
-    mean = tuple(decode(data, 10**9).reshape(-1, 3).mean(axis=0).tolist())
+    # 8-bit pixels at the colour model's size, in [0,1] as the float model sees them (its contract).
+    mean = tuple((decode(data, 10**9, (224, 224)).reshape(-1, 3).mean(axis=0) / 255).tolist())
     ranking = hubmodel.expected_ranking(mean)
     d = [sum((a - b) ** 2 for a, b in zip(hubmodel.prototype(k), mean, strict=True)) for k in ranking[:2]]
     if d[1] - d[0] < 1e-4:
