@@ -23,9 +23,7 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass, field
-
-import flatbuffers  # type: ignore[import-untyped]
-from flatbuffers.table import Table  # type: ignore[import-untyped]
+from typing import Any
 
 from ..errors import ModelFormatError
 
@@ -72,12 +70,20 @@ class Metadata:
 class _Table:
     """A flatbuffers table read by field number."""
 
-    def __init__(self, table: Table):
+    def __init__(self, table: Any):  # a flatbuffers Table
         self._t = table
 
     @classmethod
     def root(cls, buf: bytearray) -> _Table:
+        # The flatbuffers runtime is imported when a model is read, not with the serving stack (~15 ms of
+        # the cold start's imports); LiteRT's schema reader imports it then anyway.
+        import flatbuffers  # type: ignore[import-untyped]
+        from flatbuffers.table import Table  # type: ignore[import-untyped]
+
         return cls(Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0)))
+
+    def _new(self, pos: int) -> _Table:
+        return _Table(type(self._t)(self._t.Bytes, pos))
 
     def _offset(self, number: int) -> int:
         return int(self._t.Offset(4 + 2 * number))
@@ -88,15 +94,15 @@ class _Table:
 
     def byte(self, number: int) -> int:
         o = self._offset(number)
-        return int(self._t.Get(flatbuffers.number_types.Uint8Flags, o + self._t.Pos)) if o else 0
+        return int(self._t.Get(_flags().Uint8Flags, o + self._t.Pos)) if o else 0
 
     def float32(self, number: int) -> float | None:
         o = self._offset(number)
-        return float(self._t.Get(flatbuffers.number_types.Float32Flags, o + self._t.Pos)) if o else None
+        return float(self._t.Get(_flags().Float32Flags, o + self._t.Pos)) if o else None
 
     def table(self, number: int) -> _Table | None:
         o = self._offset(number)
-        return _Table(Table(self._t.Bytes, self._t.Indirect(o + self._t.Pos))) if o else None
+        return self._new(self._t.Indirect(o + self._t.Pos)) if o else None
 
     def union(self, number: int) -> tuple[int, _Table | None]:
         """A union's (type, value): the type at ``number``, the value at ``number + 1``."""
@@ -104,23 +110,30 @@ class _Table:
         o = self._offset(number + 1)
         if not kind or not o:
             return kind, None
-        value = Table(self._t.Bytes, 0)
-        self._t.Union(value, o)
-        return kind, _Table(value)
+        value = self._new(0)
+        self._t.Union(value._t, o)
+        return kind, value
 
     def tables(self, number: int) -> list[_Table]:
         o = self._offset(number)
         if not o:
             return []
         start, n = self._t.Vector(o), self._t.VectorLen(o)
-        return [_Table(Table(self._t.Bytes, self._t.Indirect(start + 4 * i))) for i in range(n)]
+        return [self._new(self._t.Indirect(start + 4 * i)) for i in range(n)]
 
     def floats(self, number: int) -> tuple[float, ...] | None:
         o = self._offset(number)
         if not o:
             return None
         start, n = self._t.Vector(o), self._t.VectorLen(o)
-        return tuple(float(self._t.Get(flatbuffers.number_types.Float32Flags, start + 4 * i)) for i in range(n))
+        flags = _flags()
+        return tuple(float(self._t.Get(flags.Float32Flags, start + 4 * i)) for i in range(n))
+
+
+def _flags() -> Any:
+    from flatbuffers import number_types  # imported by root() already
+
+    return number_types
 
 
 def metadata_buffer(content: bytes) -> bytes | None:
