@@ -195,11 +195,17 @@ def _max_age(headers: Mapping[str, str], default: float) -> float:
 
 def _bounded_get(session: requests.Session, url: str, timeout: float,
                  **kwargs: Any) -> tuple[bytes, Mapping[str, str]]:
-    """A GET of a key document (its body and headers): no redirects, a bounded body, any failure a 503 to
-    the broker, which delivers again."""
+    """A GET of a key document (its body and headers): no redirects, a bounded body, and no read begun
+    once ``timeout`` has passed in all, so a host sending a byte at a time holds the delivery's thread for
+    at most about twice ``timeout``; any failure a 503 to the broker, which delivers again."""
+    ends = time.monotonic() + timeout
     try:
         with session.get(url, timeout=timeout, allow_redirects=False, stream=True, **kwargs) as response:
-            body = response.raw.read(MAX_KEY_DOCUMENT_BYTES + 1, decode_content=True)
+            body = b""
+            while len(body) <= MAX_KEY_DOCUMENT_BYTES and (chunk := response.raw.read1(16384, decode_content=True)):
+                body += chunk
+                if time.monotonic() > ends:
+                    raise requests.Timeout("the key document took longer than its timeout to arrive")
     except (requests.RequestException, OSError) as exc:
         raise SenderKeysUnavailable(f"could not fetch the keys that verify deliveries: {type(exc).__name__}") from None
     if 400 <= response.status_code < 500 and response.status_code not in (408, 429):

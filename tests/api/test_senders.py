@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import re
+import threading
 import time
 
 import functions_framework
@@ -26,6 +27,7 @@ from cloudevents.http import CloudEvent
 from function import app as service
 from function.config import Config
 from function.core.buckets import FINALIZED
+from standin import hostile
 from standin.issuers import SNS_CERT_PATH, ClusterIssuer, GoogleIssuer, SnsSigner, rsa_key, unsigned
 from tests.api import stores
 from tests.api.stores import (
@@ -467,3 +469,22 @@ def test_a_certificate_url_on_sns_pattern_that_holds_no_certificate_proves_nothi
     assert sns.server.hits[path] == 1  # remembered: the second delivery fetched nothing
     assert store_reads() == 0
     assert 'reason="cert"} 2.0' in refusals(client)
+
+
+def test_a_key_document_sent_a_byte_at_a_time_is_given_up_on_not_waited_for(proven, sns, store_reads, caplog):
+    # Each byte comes well within the read timeout; the whole certificate never would. The fetch is bounded
+    # as a whole (EVENT_KEYS_TIMEOUT_S), so the delivery is a 503 the broker retries, not a thread held.
+    stop = threading.Event()
+    path = "/SimpleNotificationService-00000000000000000000.pem"
+    sns.server.add(path, hostile.trickle(stop, max_s=120.0))
+    proven.setenv("EVENT_KEYS_TIMEOUT_S", "1")
+    service.reset()
+    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    hear_stores(caplog)
+    doc = sns.signed(sns_envelope(records("heron.jpg")), "2", cert_url=f"http://127.0.0.1:{sns.server.port}{path}")
+    try:
+        r = client.post("/events", headers=sns_headers(), data=json.dumps(doc))
+    finally:
+        stop.set()
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "sender_keys_unavailable", r.get_data(as_text=True)
+    assert store_reads() == 0
