@@ -91,13 +91,14 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
     try:
         if sns_type(headers) is not None:
             return _deliver_sns(headers, body, app)
+        # Before the body is parsed and before the memory of answers: a forged copy learns nothing.
+        app.verify_sender("cloudevent", headers)
         try:
             event = from_http(dict(headers), body)
         except (ce_exceptions.GenericException, ValueError, TypeError, AttributeError, KeyError) as exc:
             # The SDK's own errors, and what its parser raises on JSON of the wrong shape (a list where
             # a string goes: "unhashable type").
             raise InvalidCloudEvent(f"not a valid CloudEvent: {exc}") from None
-        app.verify_sender("cloudevent", headers)  # before the memory of answers: a forged copy learns nothing
         source, event_id = str(event["source"]), str(event["id"])
         return _once(app, delivery_key("cloudevent", source, event_id, body), source, event_id,
                      lambda: _reply(event, app))
