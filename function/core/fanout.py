@@ -65,8 +65,8 @@ LOCAL_LANES = 3
 REMOTE_TRIES = 3
 # How long an instance that found itself alone classifies big requests whole, without trying to fan out:
 # a request that finds out pays a round trip per refused chunk and classifies in smaller chunks than one
-# call would (a 40-photo request alone: 1.39 s fanning out, 1.02 s whole; docs/performance.md, "Scale-out").
-# A new instance is used by the first request after this.
+# call would (docs/performance.md, "Scale-out", measures both). A new instance is used by the first
+# request after this.
 ALONE_S = 10.0
 
 # post(document, headers) -> the answer's JSON document; raises a PhotoError (FanoutFailed) when the
@@ -100,7 +100,6 @@ class _Request:
         self.alone = False  # the chunks kept coming back here and none reached another instance
         self.failed_in_a_row = 0
         self.refused = 0
-        self.last_failure = ""
         self.error: BaseException | None = None
         self.cond = threading.Condition()
         # what the answer's timings report
