@@ -1,7 +1,8 @@
 """The object stores the bucket tests read from, started on 127.0.0.1, and the deliveries that name
-their objects: helpers shared by test_buckets.py and test_senders.py.
+their objects: helpers shared by test_buckets.py, test_senders.py and test_results.py.
 
-* :func:`moto_s3`: moto's S3 + IAM server with authentication enforced, a private bucket 'birds'.
+* :func:`moto_with_auth`: moto's S3 + IAM server with authentication enforced, buckets and users as asked;
+  :func:`moto_s3`: with a private bucket 'birds' and a reader.
 * :func:`gcs_emulator`: gcp-storage-emulator in memory, bucket 'birds'.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from urllib.parse import quote
 
@@ -46,8 +47,12 @@ def no_host_credentials(env, tmp_path) -> None:
 
 
 @contextmanager
-def moto_s3() -> Iterator[dict]:
-    """moto's S3 + IAM on 127.0.0.1: a private bucket, a reader allowed s3:GetObject, a user without it."""
+def moto_with_auth(objects: Mapping[tuple[str, str], bytes],
+                   policies: Mapping[str, list[dict] | None], buckets: Sequence[str] = ()) -> Iterator[dict]:
+    """moto's S3 + IAM on 127.0.0.1 with authentication enforced: private buckets holding ``objects``
+    ((bucket, key) -> a JPEG), ``buckets`` more, and one IAM user per entry of ``policies`` with those
+    statements (None: no policy at all). Yields the endpoint, each user's keys, and the client settings
+    to make boto3 clients with (``client_kwargs``, without keys)."""
     moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
     boto3 = pytest.importorskip("boto3", reason="boto3 (moto's dependency) is not installed")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -56,29 +61,39 @@ def moto_s3() -> Iterator[dict]:
     endpoint = f"http://{host}:{port}"
     # moto's accounts live in the process, not the server: start from none, whatever an earlier module made.
     requests.post(f"{endpoint}/moto-api/reset", timeout=5).raise_for_status()
-    admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMINADMINADMIN1",
-             "aws_secret_access_key": "admin-secret"}
+    settings = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    admin = {**settings, "aws_access_key_id": "AKIAADMINADMINADMIN1", "aws_secret_access_key": "admin-secret"}
     iam, s3 = boto3.client("iam", **admin), boto3.client("s3", **admin)
-    s3.create_bucket(Bucket="birds")  # private: no bucket policy, no ACL grants
-    s3.put_object(Bucket="birds", Key=KEY, Body=photos.solid(photos.class_colour(ROBIN)), ContentType="image/jpeg")
-    s3.put_object(Bucket="birds", Key="heron.jpg", Body=photos.solid(photos.class_colour(HERON)),
-                  ContentType="image/jpeg")
+    for bucket in dict.fromkeys([b for b, _ in objects] + list(buckets)):
+        s3.create_bucket(Bucket=bucket)  # private: no bucket policy, no ACL grants
+    for (bucket, key), body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/jpeg")
     keys = {}
-    for user, allowed in (("classifier", True), ("intern", False)):
+    for user, statements in policies.items():
         iam.create_user(UserName=user)
-        if allowed:
-            iam.put_user_policy(UserName=user, PolicyName="read-birds", PolicyDocument=json.dumps({
-                "Version": "2012-10-17", "Statement": [
-                    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::birds/*"}]}))
+        if statements is not None:
+            iam.put_user_policy(UserName=user, PolicyName="policy", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": statements}))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
     previous = requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=5).json()
     try:
-        yield {"endpoint": endpoint, "keys": keys}
+        yield {"endpoint": endpoint, "keys": keys, "client_kwargs": settings}
     finally:
         requests.post(f"{endpoint}/moto-api/reset-auth",
                       data=str(previous["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]).encode(), timeout=5)
+        requests.post(f"{endpoint}/moto-api/reset", timeout=5)  # and leave none
         server.stop()
+
+
+@contextmanager
+def moto_s3() -> Iterator[dict]:
+    """A private bucket 'birds' with two photos, a reader allowed s3:GetObject, a user without it."""
+    objects = {("birds", KEY): photos.solid(photos.class_colour(ROBIN)),
+               ("birds", "heron.jpg"): photos.solid(photos.class_colour(HERON))}
+    read = [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::birds/*"}]
+    with moto_with_auth(objects, {"classifier": read, "intern": None}) as moto:
+        yield moto
 
 
 @contextmanager

@@ -29,9 +29,10 @@ from function.errors import ResultNotWritten
 from function.infra.stores import Outbox
 from harness import free_port
 from standin import photos
+from tests.api import stores
 from tests.api.writes import StandInSink, check_record, event_client, http_client, no_host_credentials
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
 boto3 = pytest.importorskip("boto3", reason="boto3 (moto's dependency) is not installed")
 gcs_emulator = pytest.importorskip("gcp_storage_emulator.server",
                                    reason="gcp-storage-emulator is not installed (requirements-test.txt)")
@@ -48,42 +49,17 @@ RESULTS = "s3://results/out/"
 def moto() -> Iterator[dict]:
     """moto's S3 + IAM: a private bucket of photos, an empty results bucket, and three IAM users --
     'classifier' (reads photos, writes results, tags photos), 'reader' (reads only), 'auditor' (all)."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto keeps its state per process, not per server: start from none (another module's users and
-    # buckets may be there) and leave none.
-    requests.post(f"{endpoint}/moto-api/reset", timeout=5).raise_for_status()
-    admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMINADMINADMIN1",
-             "aws_secret_access_key": "admin-secret"}
-    iam, s3 = boto3.client("iam", **admin), boto3.client("s3", **admin)
-    for bucket in ("birds", "results"):
-        s3.create_bucket(Bucket=bucket)
-    statements = {
+    policies = {
         "classifier": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectTagging", "s3:PutObjectTagging"],
                         "Resource": "arn:aws:s3:::birds/*"},
                        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::results/out/*"}],
         "reader": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::birds/*"}],
         "auditor": [{"Effect": "Allow", "Action": ["s3:*", "iam:*"], "Resource": "*"}],
     }
-    keys = {}
-    for user, allowed in statements.items():
-        iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": allowed}))
-        key = iam.create_access_key(UserName=user)["AccessKey"]
-        keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
-    previous = requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=5).json()
-    auditor = {**admin, "aws_access_key_id": keys["auditor"][0], "aws_secret_access_key": keys["auditor"][1]}
-    try:
-        yield {"endpoint": endpoint, "keys": keys, "s3": boto3.client("s3", **auditor),
-               "iam": boto3.client("iam", **auditor)}
-    finally:
-        requests.post(f"{endpoint}/moto-api/reset-auth",
-                      data=str(previous["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]).encode(), timeout=5)
-        requests.post(f"{endpoint}/moto-api/reset", timeout=5)
-        server.stop()
+    with stores.moto_with_auth({}, policies, buckets=("birds", "results")) as moto:
+        key_id, secret = moto["keys"]["auditor"]
+        auditor = {**moto["client_kwargs"], "aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        yield {**moto, "s3": boto3.client("s3", **auditor), "iam": boto3.client("iam", **auditor)}
 
 
 @pytest.fixture
