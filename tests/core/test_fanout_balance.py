@@ -9,10 +9,11 @@ fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -92,6 +93,27 @@ def failing(sources: list[PhotoSource]) -> Classification:
 def front(sources: list[PhotoSource]) -> Classification:
     """The front instance itself, as the router sees it: it refuses the chunks it sent."""
     raise FanoutRefused("the chunk was routed back to the instance that sent it (HTTP 421)")
+
+
+@contextlib.contextmanager
+def logged(text: str) -> Iterator[threading.Event]:
+    """An event set when the fan-out logs a record containing ``text``."""
+    seen = threading.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if text in record.getMessage():
+                seen.set()
+
+    handler, logger = Handler(), logging.getLogger("function.core.fanout")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @pytest.fixture
@@ -211,24 +233,9 @@ def test_a_chunk_is_sent_at_most_remote_tries_times_then_classified_here(fanouts
 
 
 def test_when_every_instance_fails_the_front_stops_sending_and_classifies_everything(fanouts):
-    stopped = threading.Event()
-
-    class Stopped(logging.Handler):
-        def emit(self, record):
-            if "fan-out stopped" in record.getMessage():
-                stopped.set()
-
-    handler = Stopped()
-    logger = logging.getLogger("function.core.fanout")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        router = Router(failing, failing)
+    router = Router(failing, failing)
+    with logged("fan-out stopped") as stopped:
         result = fanouts(router, chunk=4, inflight=3).classify(Local(gate=stopped), photos(200), 3)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert numbers(result) == list(range(200))
     assert all(who(result)[p] == "here" for p in range(200))
     # Sending stops after `inflight` failures in a row; lanes already sending finish their one send.
@@ -254,24 +261,9 @@ def test_chunks_routed_back_to_the_front_go_to_the_other_instance(fanouts):
 
 
 def test_an_instance_alone_stops_sending_after_its_chunks_keep_coming_back(fanouts):
-    stopped = threading.Event()
-
-    class Stopped(logging.Handler):
-        def emit(self, record):
-            if "fan-out stopped" in record.getMessage():
-                stopped.set()
-
-    handler = Stopped()
-    logger = logging.getLogger("function.core.fanout")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        router = Router(front)
+    router = Router(front)
+    with logged("fan-out stopped") as stopped:
         result = fanouts(router, chunk=4, inflight=3).classify(Local(gate=stopped), photos(200), 3)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert numbers(result) == list(range(200))
     assert all(who(result)[p] == "here" for p in range(200))
     # 2 x inflight refusals, and at most one more send from each lane already sending.
