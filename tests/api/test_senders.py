@@ -114,6 +114,15 @@ def proven(env, moto, gcs, google, cluster, sns, tmp_path, monkeypatch):
     return env
 
 
+def fresh_client(caplog=None):
+    """The HTTP target rebuilt from the environment as the test has set it; the stores heard when ``caplog``."""
+    service.reset()
+    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    if caplog is not None:
+        hear_stores(caplog)
+    return client
+
+
 @pytest.fixture
 def client(proven):
     client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
@@ -348,9 +357,7 @@ def test_a_forged_delivery_is_refused_with_nothing_read(client, google, cluster,
 def test_keys_that_cannot_be_fetched_are_a_503_the_broker_retries(proven, google, monkeypatch, store_reads,
                                                                    caplog):
     trust(monkeypatch, google_certs_url=google.server.url("/no-certs-here"))  # the certificates endpoint fails
-    service.reset()
-    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    hear_stores(caplog)
+    client = fresh_client(caplog)
     r = client.post("/events", json=pubsub_message("heron.jpg"), headers=bearer(google.token(PUSH_AUDIENCE, PUSHER)))
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "sender_keys_unavailable"
     assert "Retry-After" in r.headers
@@ -367,9 +374,7 @@ def test_a_proven_delivery_leaves_its_token_out_of_logs_and_answers(client, capl
 
 def test_only_the_proofs_event_auth_lists_are_taken(proven, store_reads, caplog):
     proven.setenv("EVENT_AUTH", "google,oidc,sns")  # EVENT_TOKENS is still set: it proves nothing now
-    service.reset()
-    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    hear_stores(caplog)
+    client = fresh_client(caplog)
     r = client.post("/events", json=records(), headers=bearer(TOKENS[0]))
     assert r.status_code == 401 and r.get_json()["error"]["code"] == "sender_unproven"
     assert store_reads() == 0
@@ -378,8 +383,7 @@ def test_only_the_proofs_event_auth_lists_are_taken(proven, store_reads, caplog)
 
 def test_the_photo_api_needs_no_proof(proven, serve_photo):
     proven.setenv("TRUSTED_HOSTS", "127.0.0.1")  # the stand-in photo host is on loopback
-    service.reset()
-    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
+    client = fresh_client()
     r = client.post("/", json={"urls": [serve_photo(40)]})
     assert r.status_code == 200 and r.get_json()["results"][0]["predictions"][0]["id"] == 40
 
@@ -395,9 +399,7 @@ def test_without_proofs_configured_every_delivery_is_refused(env, moto, tmp_path
     no_host_credentials(env, tmp_path)
     env.delenv("EVENT_TOKENS")
     env.setenv("S3_ENDPOINT", moto["endpoint"])
-    service.reset()
-    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    hear_stores(caplog)
+    client = fresh_client(caplog)
     r = client.post("/", json=records(), headers=bearer(TOKENS[0]))
     assert r.status_code == 401 and r.get_json()["error"]["code"] == "sender_unproven"
     assert store_reads() == 0
@@ -478,9 +480,7 @@ def test_a_key_document_sent_a_byte_at_a_time_is_given_up_on_not_waited_for(prov
     path = "/SimpleNotificationService-00000000000000000000.pem"
     sns.server.add(path, hostile.trickle(stop, max_s=120.0))
     proven.setenv("EVENT_KEYS_TIMEOUT_S", "1")
-    service.reset()
-    client = functions_framework.create_app(target="classify_http", source=str(ROOT / "main.py")).test_client()
-    hear_stores(caplog)
+    client = fresh_client(caplog)
     doc = sns.signed(sns_envelope(records("heron.jpg")), "2", cert_url=f"http://127.0.0.1:{sns.server.port}{path}")
     try:
         r = client.post("/events", headers=sns_headers(), data=json.dumps(doc))
