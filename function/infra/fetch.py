@@ -223,7 +223,6 @@ class HttpFetcher:
                 raise Timeout("the photo host stopped sending in time", retryable=True) from None
             raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
 
-
     def _read_body(self, raw: Any, length: int | None, deadline: float, watch: _Watch) -> bytes:
         """The body as sent (undecoded), within the byte limit and the deadline (which shuts the socket down).
 
@@ -333,7 +332,6 @@ def object_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
 def _fetcher(session: requests.Session, config: Config, deadlines: Deadlines) -> HttpFetcher:
     return HttpFetcher(session, config.connect_timeout_s, config.read_timeout_s, config.max_photo_bytes,
                        config.fetch_retries, config.photo_deadline_s, deadlines=deadlines)
-
 
 
 class JsonPoster:
