@@ -220,6 +220,12 @@ class MethodNotAllowed(RequestError):
     headers = {"Allow": "GET, POST"}
 
 
+class DeliveryMethodNotAllowed(MethodNotAllowed):
+    """``/events`` takes deliveries, which are POSTs only."""
+
+    headers = {"Allow": "POST"}
+
+
 class InvalidCloudEvent(RequestError):
     code = "invalid_cloudevent"
 

@@ -37,6 +37,7 @@ from ..core.fanout import HEADER as FANOUT_HEADER
 from ..core.results import Classification
 from ..errors import (
     Answer,
+    DeliveryMethodNotAllowed,
     Internal,
     MethodNotAllowed,
     NotFound,
@@ -140,7 +141,7 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
         return flask.Response(app.metrics_text(), 200, content_type=CONTENT_TYPE)
     if path == "/events":
         if request.method != "POST":
-            raise MethodNotAllowed(f"{request.method} is not supported; POST bucket deliveries to /events")
+            raise DeliveryMethodNotAllowed(f"{request.method} is not supported; POST bucket deliveries to /events")
         return _delivered(read_delivery(request, app.config), request, app)
     if path != "/":
         raise NotFound(f"no endpoint {request.path}; POST / to classify photos")

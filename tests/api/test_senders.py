@@ -393,6 +393,12 @@ def test_photos_are_not_taken_at_the_delivery_path(client, serve_photo):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_notification"
 
 
+def test_the_delivery_path_says_it_takes_posts_only(client):
+    r = client.get("/events")
+    assert r.status_code == 405 and r.get_json()["error"]["code"] == "method_not_allowed"
+    assert r.headers["Allow"] == "POST"
+
+
 # -- what the configuration declares ------------------------------------------------------------------------
 
 def test_without_proofs_configured_every_delivery_is_refused(env, moto, tmp_path, store_reads, caplog):
