@@ -153,6 +153,13 @@ def main() -> int:
         no_tf = engine_run(args.engine, "exec", container, "python", "-c",
                            "import importlib.util as u; print(u.find_spec('tensorflow') is None)")
         check(no_tf == "True", "TensorFlow is installed in the serving image")
+        # Every module the service imports loads from the bytecode compiled at build: a cold start
+        # compiles nothing (the code layer is read-only, so nothing compiled at a start is kept).
+        uncompiled = engine_run(args.engine, "exec", container, "python", "-c",
+                                "import importlib.util as u, pathlib; print(' '.join(str(p) for p in "
+                                "[pathlib.Path('main.py'), pathlib.Path('gunicorn.conf.py'), *pathlib.Path('function')"
+                                ".rglob('*.py')] if not pathlib.Path(u.cache_from_source(str(p))).exists()))")
+        check(not uncompiled, f"modules without bytecode in the image: {uncompiled}")
         done = subprocess.run([args.engine, "logs", container], capture_output=True, text=True, timeout=60)
         logs = done.stdout + done.stderr  # the function logs JSON lines to stdout, gunicorn to stderr
         errors = [line for line in logs.splitlines() if '"severity": "ERROR"' in line or "[ERROR]" in line]
