@@ -168,11 +168,11 @@ class App:
         self._metrics.observe(result.timings_ms, [r.error.code for r in result.results if r.error])
         return result
 
-    def classify_objects(self, notification: Notification, k: int | None = None) -> ObjectsOutcome:
+    def classify_objects(self, notification: Notification) -> ObjectsOutcome:
         """Classify a notification's objects (never fanned out: each is read signed by this instance), and
         record each outcome before returning (:class:`~function.errors.ResultNotWritten` if a write failed)."""
         if notification.objects:
-            result = self.classify([o.source(self.config) for o in notification.objects], k, fanned_out=True)
+            result = self.classify([o.source(self.config) for o in notification.objects], fanned_out=True)
         else:
             result = Classification([], {})
         found = outcomes.outcomes(notification, result)

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 from .app import App
@@ -163,11 +164,7 @@ def photo_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 def read_list(name: str, parser: argparse.ArgumentParser) -> list[str]:
     """URLs or paths, one a line; blank lines and ``#`` comments skipped."""
     try:
-        if name == "-":
-            text = sys.stdin.read()
-        else:
-            with open(name, encoding="utf-8") as f:
-                text = f.read()
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         parser.error(f"cannot read the list {name}: {getattr(exc, 'strerror', None) or exc}")
     lines = (line.strip() for line in text.splitlines())
@@ -221,8 +218,3 @@ def print_table(result: Classification, out: TextIO) -> None:
         width = max(len(name) for name in names)
         for rank, (p, name) in enumerate(zip(r.predictions, names, strict=True), start=1):
             out.write(f"    {rank}. {name:<{width}}  {p.score:6.1%}\n")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    logging.captureWarnings(True)
-    sys.exit(main())

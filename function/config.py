@@ -32,11 +32,8 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 SNS_CERT_URL = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem"
 MIN_EVENT_TOKEN_CHARS = 16
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# Where the keys that prove a sender come from: fixed for serving, so no setting can make the function
-# trust another signer; the tests' stand-in issuers replace them in a Config built by the test itself.
+# Where the keys that prove a sender come from: fixed, so no setting can make the function trust another signer.
 NOT_FROM_ENV = frozenset({"google_certs_url", "sns_cert_url"})
-
-
 MAX_PREFIX_BYTES = 256  # of RESULTS_URL's prefix: with a bucket and an object name it must fit a 1024-byte key
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # GCS and S3 bucket names, lower case
 _CE_NAME = re.compile(r"[a-z0-9]{1,20}")  # CloudEvents extension attribute names
@@ -213,7 +210,14 @@ class Config:
             value = getattr(self, name)
             if value and urlsplit(value).scheme not in ("http", "https"):
                 raise ConfigError(f"{name.upper()} must be an http(s) URL, got {value!r}")
-        self._validate_results()
+        if self.results_metadata and not self.results_url:
+            raise ConfigError("RESULTS_METADATA=true needs RESULTS_URL: the documents are the record the labels "
+                              "on the photos summarise")
+        self.results_location()
+        sink = urlsplit(self.k_sink or "")
+        if self.k_sink and (sink.scheme not in ("http", "https") or not sink.hostname):
+            raise ConfigError(f"K_SINK must be an http(s) URL, got {self.k_sink!r}")
+        self.ce_extensions()
         bad = sorted(a for a in self.sns_topic_arns if not a.startswith("arn:aws") or a.count(":") != 5)
         if bad:
             raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
@@ -241,23 +245,12 @@ class Config:
             raise ConfigError("EVENT_SERVICE_ACCOUNTS lists service account emails "
                               "(NAME@PROJECT.iam.gserviceaccount.com)")
 
-
     def event_proofs(self) -> tuple[str, ...]:
         """The proofs a delivery may carry: those ``EVENT_AUTH`` lists, else every one whose settings are
         given; none at all refuses every delivery. ``("none",)``: the route is declared trusted."""
         if self.event_auth:
             return tuple(sorted(set(self.event_auth)))
         return tuple(p for p, names in EVENT_PROOFS.items() if all(getattr(self, n) for n in names))
-
-    def _validate_results(self) -> None:
-        if self.results_metadata and not self.results_url:
-            raise ConfigError("RESULTS_METADATA=true needs RESULTS_URL: the documents are the record the labels "
-                              "on the photos summarise")
-        self.results_location()
-        sink = urlsplit(self.k_sink or "")
-        if self.k_sink and (sink.scheme not in ("http", "https") or not sink.hostname):
-            raise ConfigError(f"K_SINK must be an http(s) URL, got {self.k_sink!r}")
-        self.ce_extensions()
 
     def results_location(self) -> ResultsLocation | None:
         """Where results go (``RESULTS_URL``), checked; None when they are not written."""

@@ -13,14 +13,7 @@ import flask
 from ..config import Config
 from ..core import buckets
 from ..core.buckets import Notification
-from ..errors import (
-    BodyTooLarge,
-    InvalidJson,
-    InvalidNotification,
-    InvalidUrls,
-    UnknownField,
-    UnsupportedMediaType,
-)
+from ..errors import BodyTooLarge, InvalidJson, InvalidNotification, InvalidUrls, UnknownField, UnsupportedMediaType
 from . import uploads
 from .fields import ClassifyRequest, classify_request
 

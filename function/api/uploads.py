@@ -42,10 +42,8 @@ def parse(request: flask.Request, config: Config) -> ClassifyRequest:
     """The photos and ``top_k`` of an upload request; :class:`~function.errors.RequestError` if malformed."""
     limit = config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"the upload is {request.content_length} bytes; the limit is {limit} "
-                           "(MAX_UPLOAD_BYTES)")
-    # Bounds a body sent without Content-Length (chunked) while it is read.
-    request.max_content_length = limit
+        raise BodyTooLarge(f"the upload is {request.content_length} bytes; the limit is {limit} (MAX_UPLOAD_BYTES)")
+    request.max_content_length = limit  # bounds a chunked body while it is read
     try:
         if request.mimetype == MULTIPART:
             return _parse_multipart(request, config)
@@ -92,16 +90,14 @@ def _multipart_sources(form: MultiDict[str, str], files: MultiDict[str, FileStor
                        config: Config) -> list[PhotoSource]:
     unknown = sorted((set(form) | set(files)) - set(FIELDS))
     if unknown:
-        raise UnknownField(f"unknown form field(s) {', '.join(unknown)}; "
-                           f"expected {', '.join(FIELDS)}")
+        raise UnknownField(f"unknown form field(s) {', '.join(unknown)}; expected {', '.join(FIELDS)}")
     if "photo" in form:
-        raise InvalidPhoto("the photo field must be a file, not text: "
-                           "curl -F photo=@bird.jpg (note the @)")
+        raise InvalidPhoto("the photo field must be a file, not text: curl -F photo=@bird.jpg (note the @)")
     for key in ("urls", "url", "top_k"):
         if key in files:
             raise UnknownField(f"{key} must be a text field, not a file")
     # A browser sends an empty part (no file name, no bytes) for a file input left empty.
-    uploads = [f for f in files.getlist("photo") if f.filename or _has_bytes(f)]
+    uploads = [f for f in files.getlist("photo") if f.filename or _read(f, 1)]
     urls = [u for key in ("urls", "url") for value in form.getlist(key) for u in _split_urls(value)]
     total = len(uploads) + len(urls)
     if total == 0:
@@ -113,15 +109,10 @@ def _multipart_sources(form: MultiDict[str, str], files: MultiDict[str, FileStor
     return sources + [PhotoSource.url(u) for u in urls]
 
 
-def _has_bytes(f: FileStorage) -> bool:
+def _read(f: FileStorage, size: int = -1) -> bytes:
+    """The part's bytes; all of them by default, so a ``too_large`` error gives the size (the body is bounded)."""
     f.stream.seek(0)
-    return bool(f.stream.read(1))
-
-
-def _read(f: FileStorage) -> bytes:
-    """All the part's bytes, so a ``too_large`` error gives the size: ``MAX_UPLOAD_BYTES`` bounds them."""
-    f.stream.seek(0)
-    return f.stream.read()
+    return f.stream.read(size)
 
 
 def _split_urls(value: str) -> list[str]:
