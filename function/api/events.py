@@ -44,11 +44,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 def handle(event: Any, app: App, headers: Mapping[str, str]) -> Answer | None:
-    """The CloudEvent target: classify the object a storage event names, and log the outcome.
-
-    Returns the refusal of a delivery that does not prove its sender (``headers``); an event not to act
-    on is acknowledged; a failure a redelivery may fix raises, so the framework answers 5xx.
-    """
+    """The CloudEvent target: classify the object a storage event names. Returns a sender's refusal; a
+    failure a redelivery may fix raises, so the framework answers 5xx; anything else is acknowledged."""
     traceparent = event.get("traceparent")  # the CloudEvents distributed-tracing extension
     trace = logs.trace_fields(traceparent if isinstance(traceparent, str) else None, None,
                               app.config.google_cloud_project)
@@ -73,11 +70,8 @@ def handle(event: Any, app: App, headers: Mapping[str, str]) -> Answer | None:
 
 
 def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
-    """A delivery posted to the HTTP target (a Trigger's CloudEvent, an SNS message).
-
-    200 with a ``birds.classified`` CloudEvent; 4xx for what a redelivery cannot fix, so the Broker
-    dead-letters; 5xx with ``Retry-After`` for what it can; 204 for nothing to do. Once per delivery.
-    """
+    """A Trigger's CloudEvent or an SNS message posted to the HTTP target, answered once per delivery: 4xx
+    for what a redelivery cannot fix (the Broker dead-letters), 5xx with ``Retry-After`` for what it can."""
     try:
         if sns_type(headers) is not None:
             return _deliver_sns(headers, body, app)

@@ -46,11 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def install(flask_app: flask.Flask, config: Config, meter: Callable[[Sequence[str]], RequestMeter]) -> None:
-    """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py).
-
-    Below the routes: functions-framework reads every unstreamed body after the answer, whatever the
-    route. Installed at import, maybe in a parent that forks the server: ``meter`` is asked per request.
-    """
+    """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py): below
+    the routes, as the framework reads every unstreamed body after the answer; ``meter`` is asked per request."""
     flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
         flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
         max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s,
@@ -67,11 +64,6 @@ def answer_response(reply: Answer) -> flask.Response:
         # Streamed, so functions-framework does not read (and hold) the rest of a body refused as too large.
         response.response = iter([response.get_data()])
     return response
-
-
-def server_timing(timings_ms: Mapping[str, float]) -> str:
-    """``Server-Timing: fetch;dur=81.2, inference;dur=40.3, ...`` for browser dev tools and curl."""
-    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings_ms.items() if math.isfinite(ms))
 
 
 def handle(request: flask.Request, app: App) -> flask.Response:
@@ -129,7 +121,9 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
     origin = request.headers.get(FANOUT_HEADER)
     result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=origin is not None,
                           fanout_origin=origin)
-    response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
+    # Server-Timing: fetch;dur=81.2, inference;dur=40.3, ... for browser dev tools and curl
+    timing = ", ".join(f"{name};dur={ms:.1f}" for name, ms in result.timings_ms.items() if math.isfinite(ms))
+    response = json_response(result.to_dict(), 200, {"Server-Timing": timing})
     log_classification(result, _http_request(request, response, started))
     return response
 
