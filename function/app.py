@@ -1,18 +1,8 @@
 """The composition root: everything built from one :class:`~function.config.Config`, owned in one place.
 
-:class:`App` is what the entry points talk to, through its verbs only: :meth:`App.classify` (photo
-sources -> a :class:`~function.core.results.Classification`, fanned out across instances when that
-is configured), :meth:`App.classify_objects` (a bucket notification -> each object's outcome),
-:meth:`App.deliver_once` (a broker's delivery, answered once however often it comes),
-:meth:`App.confirm_subscription`, :meth:`App.readiness`, and the request metrics. Its lifecycle is
-visible, like knative/func's function instance: ``start()`` begins the loads, ``readiness()``
-reports them, ``stop()`` shuts the pools and the call queue down. The pieces are made by the small
-factories below it, each from the configuration.
-
-:func:`this_process` gives what the process keeps, made on first use in the process that uses it (never
-at import): the one serving app of the functions-framework targets (:func:`serving`, built on first
-use) and the loaded models and label maps every app in the process shares, one per (source, runtime,
-settings), so an app built again (tests, after :func:`reset`) does not load them again.
+:class:`App` is what the entry points talk to, through its verbs only; ``start()`` begins the loads,
+``readiness()`` reports them, ``stop()`` shuts the pools down. :func:`this_process` gives what the
+process keeps (the serving app, the loaded models and label maps), made on first use, never at import.
 """
 
 from __future__ import annotations
@@ -96,8 +86,13 @@ class App:
                                 prepare=self._warm_call_worker if config.warmup else None)
         self._classifier = Classifier(config, self._reader, self._decoder, self._pool, self._model, self._labels,
                                       self._batcher)
-        self._fanout = _fanout(config, self._trusted)
-        self._deliveries = _deliveries()
+        self._fanout = FanOut(fetch.JsonPoster(self._trusted, config.fanout_url, config.fanout_timeout_s),
+                              config.fanout_chunk, config.fanout_inflight) if config.fanout_url else None
+        # Replies to recent deliveries, bounded by entries and bytes; a 5xx is forgotten, so the broker's
+        # retry does the work again.
+        self._deliveries: RecentDeliveries[Answer] = RecentDeliveries(
+            lambda reply: reply.status >= 500,
+            size=lambda r: len(r.body) + sum(len(k) + len(v) for k, v in r.headers.items()))
         self._senders = Senders(config)  # who may deliver bucket events, and the keys that prove it
         self._results_session, self._outbox, self._recorder = _recorder(config)
         self._metrics.watch(lambda: {name: s["state"] for name, s in self._classifier.status().items()},
@@ -107,14 +102,12 @@ class App:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        """Begin loading the model and the label map in the background, and the model-call workers, which
-        warm their interpreters once the model is in (idempotent)."""
+        """Begin the loads and the model-call workers in the background (idempotent)."""
         self._classifier.start()
         self._batcher.start()
 
     def readiness(self) -> Readiness:
-        """Starts the loads if they are not under way; ready once both are loaded and every model-call
-        worker has warmed up."""
+        """Starts the loads; ready once both are loaded and every model-call worker has warmed up."""
         self.start()
         status = self._classifier.status()
         if self._model.ready():
@@ -125,7 +118,7 @@ class App:
         return Readiness(self._classifier.ready() and self._batcher.prepared(), status)
 
     def wait_until_ready(self, timeout_s: float) -> Readiness:
-        """Start the loads and wait, up to ``timeout_s`` in all, until the app is ready or a load has failed."""
+        """Start the loads and wait, up to ``timeout_s`` in all, until ready or a load has failed."""
         deadline = time.monotonic() + timeout_s
         self.start()
         with contextlib.suppress(NotReady):  # the readiness below says which load failed, and why
@@ -135,7 +128,6 @@ class App:
         return self.readiness()
 
     def stop(self) -> None:
-        """Shut down: photo pool and fan-out pool (running work finishes), the call queue, sessions."""
         if self._stopped:
             return
         self._stopped = True
@@ -155,7 +147,6 @@ class App:
         log.info("stopped")
 
     def _warm_call_worker(self) -> None:
-        """On a model-call worker's thread: wait for the model, then build and warm this thread's runtime."""
         model = self._model.get(timeout=self.config.model_wait_s)
         warmup = getattr(model, "warmup", None)  # LiteRT's interpreters are per thread; TensorFlow warms at load
         if warmup is not None:
@@ -165,9 +156,8 @@ class App:
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None, *, progress: Progress | None = None,
                  request_id: str | None = None, fanned_out: bool = False,
                  fanout_origin: str | None = None) -> Classification:
-        """Classify photos; spread over the Service's instances when ``FANOUT_URL`` is set, unless the
-        request is itself a fan-out chunk (``fanned_out``). Raises :class:`~function.errors.NotReady`,
-        and :class:`~function.errors.OwnChunk` for a chunk this instance sent (``fanout_origin``)."""
+        """Classify photos, fanned out when ``FANOUT_URL`` is set unless this is a chunk (``fanned_out``);
+        :class:`~function.errors.OwnChunk` for a chunk this instance sent (``fanout_origin``)."""
         k = k or self.config.top_k
         if fanout_origin is not None and self._fanout is not None and self._fanout.sent_here(fanout_origin):
             raise OwnChunk("this instance sent this chunk and classifies its own share; send it to another instance")
@@ -178,13 +168,11 @@ class App:
         self._metrics.observe(result.timings_ms, [r.error.code for r in result.results if r.error])
         return result
 
-    def classify_objects(self, notification: Notification, k: int | None = None) -> ObjectsOutcome:
-        """Classify the objects a bucket notification names (never fanned out: each is read signed by
-        this instance); every outcome is logged once, and recorded where ``RESULTS_URL`` and ``K_SINK``
-        say before this returns. :class:`~function.errors.ResultNotWritten` (503) when a write failed:
-        the delivery fails, so the platform delivers it again."""
+    def classify_objects(self, notification: Notification) -> ObjectsOutcome:
+        """Classify a notification's objects (never fanned out: each is read signed by this instance), and
+        record each outcome before returning (:class:`~function.errors.ResultNotWritten` if a write failed)."""
         if notification.objects:
-            result = self.classify([o.source(self.config) for o in notification.objects], k, fanned_out=True)
+            result = self.classify([o.source(self.config) for o in notification.objects], fanned_out=True)
         else:
             result = Classification([], {})
         found = outcomes.outcomes(notification, result)
@@ -193,9 +181,8 @@ class App:
         return found
 
     def write_beside_files(self, result: Classification) -> list[str]:
-        """The CLI's ``--write-results``: each local photo's result document in ``<photo>.json`` (those
-        classified, and those read that failed for good; URLs, and paths with no file to read, have no
-        place of their own to write to)."""
+        """The CLI's ``--write-results``: ``<photo>.json`` beside each local photo read (classified or failed
+        for good)."""
         written = []
         for r in result.results:
             unread = isinstance(r.error, (FileNotFound, FileUnreadable)) or (r.error is not None and r.error.retryable)
@@ -205,15 +192,12 @@ class App:
         return written
 
     def deliver_once(self, key: bytes, work: Callable[[], Answer]) -> tuple[Answer, bool]:
-        """The answer to a delivery, ``work()`` done only if no delivery with this key is done or under way;
-        True when the answer comes from memory (brokers deliver at least once)."""
+        """``work()``'s answer, done once per key (brokers deliver at least once); True when from memory."""
         return self._deliveries.run(key, work)
 
     def verify_sender(self, envelope: str, headers: Mapping[str, str], signed: Mapping[str, Any] | None = None) -> str:
-        """Who sent a bucket delivery, proven the way its platform proves it (infra/senders.py), before
-        anything is done with the function's credentials. A refusal is counted by reason and raised:
-        :class:`~function.errors.SenderUnproven` (401), ``SenderNotAllowed`` (403), or
-        :class:`~function.errors.SenderKeysUnavailable` (503) when the keys cannot be fetched now."""
+        """Who sent a bucket delivery (infra/senders.py), before the function's credentials are used; a
+        refusal is counted by reason and raised."""
         try:
             sender = self._senders.check(envelope, headers, signed)
         except (SenderUnproven, SenderKeysUnavailable) as err:
@@ -223,8 +207,7 @@ class App:
         return sender
 
     def confirm_subscription(self, url: str) -> None:
-        """Follow an SNS SubscribeURL already checked to be SNS's (``buckets.subscribe_url``), through the
-        SSRF guard like any URL from a caller; :class:`~function.errors.ObjectUnavailable` if it fails."""
+        """Follow an SNS SubscribeURL already checked to be SNS's, through the SSRF guard like a caller's URL."""
         try:
             status = self._photos.status(url)
         except Exception as exc:  # SNS sends the confirmation again; a 503 asks for that
@@ -234,7 +217,6 @@ class App:
 
     # -- metrics ----------------------------------------------------------------------------
     def request_meter(self, routes: Sequence[str]) -> RequestMeter:
-        """What counts the HTTP target's requests and answers by route (the bounds middleware calls it)."""
         return RequestMeter(self._metrics, routes)
 
     def metrics_text(self) -> bytes:
@@ -245,10 +227,8 @@ class App:
 
 
 def _inference_workers(config: Config) -> int:
-    # Parallel single-threaded calls beat one multi-threaded call for this model on a small CPU, but
-    # the decode workers and the request threads need a core too: one model-call worker per usable
-    # CPU beyond the first. Each interpreter holds its own packed weights (~24 MB); on 2 CPUs a second
-    # one served no more requests (docs/performance.md, "What the throughput row is made of").
+    # Parallel single-threaded calls beat one multi-threaded call, but the decode workers and request
+    # threads need a core too: one per usable CPU beyond the first (docs/performance.md).
     return config.inference_workers or max(1, usable_cpus() - 1)
 
 
@@ -267,9 +247,7 @@ def _labels(config: Config, process: Process, session: Any,
     def read(url: str) -> bytes:
         return files.read_document(session, url, config.labels_timeout_s)
 
-    # Read while the model loads: LABELS_URL; or, for a TF Hub module or SavedModel (which carries no
-    # TFLite Metadata, so no labels of its own), the birds map. Only a .tflite's labels wait for the
-    # model: they may be its own.
+    # Read while the model loads, unless the labels may be the .tflite's own (only then they wait for it).
     early = config.labels_url or ("" if handles.is_tflite(config.model_url) else DEFAULT_LABELS_URL)
 
     def load() -> LabelMap:
@@ -287,19 +265,11 @@ def _labels(config: Config, process: Process, session: Any,
 
 
 def _decoder(config: Config, process: Process, deadlines: Deadlines, metrics: Metrics) -> Decoder:
-    # Worker processes that can be killed at a photo's CPU budget (one per usable CPU, plus one so that
-    # a small photo finds a worker while big ones decode), unless DECODE_IN_PROCESS asks for none.
+    # One per usable CPU, plus one so that a small photo finds a worker while big ones decode.
     workers = 0 if config.decode_in_process else (config.decode_workers or usable_cpus() + 1)
     return Decoder(config.max_photo_pixels, allowed_formats(config.photo_formats), config.decode_memory_mb * 1_000_000,
                    workers=workers, cpu_s=config.decode_cpu_s, max_scans=config.max_jpeg_scans, deadlines=deadlines,
                    on_refusal=metrics.count_cost_refusal, server=process.fork_server)
-
-
-def _fanout(config: Config, session: Any) -> FanOut | None:
-    if not config.fanout_url:
-        return None
-    return FanOut(fetch.JsonPoster(session, config.fanout_url, config.fanout_timeout_s), config.fanout_chunk,
-                  config.fanout_inflight)
 
 
 def _recorder(config: Config) -> tuple[Any, Outbox | None, records.Recorder | None]:
@@ -312,19 +282,11 @@ def _recorder(config: Config) -> tuple[Any, Outbox | None, records.Recorder | No
     return session, outbox, records.Recorder(config, stores.stores(config, send), stores.sink(config, send), outbox)
 
 
-def _deliveries() -> RecentDeliveries[Answer]:
-    # Replies to recent deliveries; a 5xx is forgotten, so the broker's retry does the work again.
-    # Bounded by entries and bytes; keys are digests of (source, id, body) (infra/deliveries.py).
-    return RecentDeliveries(lambda reply: reply.status >= 500,
-                            size=lambda r: len(r.body) + sum(len(k) + len(v) for k, v in r.headers.items()))
-
-
 # -- the process -------------------------------------------------------------------------------------
 
 
 class Process:
-    """What the process keeps across apps: the loaded models and label maps (keyed by everything that
-    changes a load), the model-download prefetcher, the decode workers' fork server, and the serving app."""
+    """What the process keeps across apps: loaded models and label maps, the prefetcher, the fork server."""
 
     def __init__(self) -> None:
         self.resources = ResourceCache()
@@ -334,27 +296,19 @@ class Process:
         self._app: App | None = None
 
     def serving(self) -> App:
-        """The app the functions-framework targets share, built on first use from the environment.
-
-        JSON-lines logging is set up first; the app's ``stop()`` runs when the process exits (gunicorn's
-        worker exits after SIGTERM once the requests in flight are answered).
-        """
-        app = self._app
-        if app is None:
-            with self._lock:
-                app = self._app
-                if app is None:
-                    config = Config.from_env()
-                    logs.setup(config.log_level, json_lines=True)
-                    app = App(config, self, quiet_runtime=config.log_level != "DEBUG")
-                    atexit.register(app.stop)
-                    app.start()  # an instance is started for a request: its loads begin at once
-                    self._app = app
-        return app
+        """The app the functions-framework targets share, built on first use from the environment."""
+        with self._lock:
+            if self._app is None:
+                config = Config.from_env()
+                logs.setup(config.log_level, json_lines=True)
+                app = App(config, self, quiet_runtime=config.log_level != "DEBUG")
+                atexit.register(app.stop)  # gunicorn's worker exits once the requests in flight are answered
+                app.start()  # an instance is started for a request: its loads begin at once
+                self._app = app
+            return self._app
 
     def reset(self) -> None:
-        """Stop and forget the serving app so the next one reads the environment again (tests); the loaded
-        models stay."""
+        """Stop and forget the serving app (tests); the loaded models stay."""
         with self._lock:
             app, self._app = self._app, None
         if app is not None:
@@ -362,10 +316,8 @@ class Process:
             app.stop()
 
 
-# The process's state is made on first use by the process that uses it, never at import: a server
-# that imports the entry points in one process and serves from a fork of it (functions-framework's
-# launcher, gunicorn --preload) must not hand its worker a Process whose threads and fork server stayed
-# in the parent. A fork child forgets whatever the parent built and builds its own.
+# Made on first use, never at import: a server that imports in one process and serves from a fork
+# (gunicorn --preload) must not hand its worker threads and a fork server that stayed in the parent.
 _process: Process | None = None
 _process_lock = threading.Lock()
 
@@ -381,13 +333,10 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 def this_process() -> Process:
     """This process's :class:`Process`, made on first use."""
     global _process
-    current = _process
-    if current is None:
-        with _process_lock:
-            if _process is None:
-                _process = Process()
-            current = _process
-    return current
+    with _process_lock:
+        if _process is None:
+            _process = Process()
+        return _process
 
 
 def configuration() -> Config:
@@ -396,15 +345,12 @@ def configuration() -> Config:
 
 
 def serving() -> App:
-    """The app the functions-framework targets share, started on first use in the process that serves."""
     return this_process().serving()
 
 
 def request_meter(routes: Sequence[str]) -> RequestMeter:
-    """The serving app's request meter (the HTTP bounds ask for it per request)."""
     return serving().request_meter(routes)
 
 
 def reset() -> None:
-    """Stop and forget the serving app (tests); the process's loaded models stay."""
     this_process().reset()

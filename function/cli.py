@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 from .app import App
@@ -82,13 +83,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        # The CLI runs on the user's own machine for the user: no SSRF guard on their URLs.
-        # One call follows the load at once, so a separate warm-up call would only add to the wait.
-        # One request, the user's: it may use the whole fetch pool (no share kept for other requests).
-        config = dataclasses.replace(Config.from_env(), ssrf_guard=False, warmup=False)
-        config = dataclasses.replace(config, fetch_per_request=config.fetch_per_request or config.fetch_workers)
-        if args.runtime:
-            config = dataclasses.replace(config, model_runtime=args.runtime)
+        # The user's own machine: no SSRF guard; no warm-up call, as one call follows the load at once;
+        # one request, the user's, which may use the whole fetch pool.
+        config = Config.from_env()
+        config = dataclasses.replace(config, ssrf_guard=False, warmup=False,
+                                     model_runtime=args.runtime or config.model_runtime,
+                                     fetch_per_request=config.fetch_per_request or config.fetch_workers)
     except ConfigError as err:
         parser.error(str(err))
     top_k = args.top_k if args.top_k is not None else config.top_k
@@ -130,17 +130,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         out.write(f"\n{len(sources)} photo(s), {result.failed} failed, in {total_s:.2f} s "
                   "(model download and load, photo downloads and inference included)\n")
         if args.verbose:
-            print_timings(result, out)
+            out.write("where the time went (ms; fetch is the slowest photo, decode the sum):\n")
+            for name, ms in result.timings_ms.items():
+                out.write(f"    {name:<16}{ms:10.1f}\n")
     return 1 if result.failed else 0
 
 
 def run() -> NoReturn:
-    """``python main.py``: :func:`main`, then an exit that skips the interpreter's teardown.
-
-    With TensorFlow loaded (a first run answers on it) tearing the interpreter down takes ~0.65 s of
-    module finalisation and C++ destructors, against ~0.05 s for this exit. What a run leaves to finish
-    is done first: the app stopped (:func:`main`), the log handlers and the streams flushed.
-    """
+    """:func:`main`, then an exit that skips the interpreter's teardown, slow with TensorFlow loaded;
+    the app is stopped and the logs and streams flushed first."""
     code = main()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -166,11 +164,7 @@ def photo_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 def read_list(name: str, parser: argparse.ArgumentParser) -> list[str]:
     """URLs or paths, one a line; blank lines and ``#`` comments skipped."""
     try:
-        if name == "-":
-            text = sys.stdin.read()
-        else:
-            with open(name, encoding="utf-8") as f:
-                text = f.read()
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         parser.error(f"cannot read the list {name}: {getattr(exc, 'strerror', None) or exc}")
     lines = (line.strip() for line in text.splitlines())
@@ -185,11 +179,8 @@ def show_progress(stream: TextIO, photos: int) -> bool:
 
 
 class ProgressBar:
-    """``photos  7/12 [##########........]`` on one terminal line, redrawn in place with ``\r``.
-
-    Called from the fetching threads (one at a time); once every photo is in, it says it is
-    classifying, which on a cold start includes the rest of the model load.
-    """
+    """``photos  7/12 [##########........]`` on one terminal line, redrawn in place with ``\r``; called
+    from the fetching threads, one at a time."""
 
     WIDTH = 24
 
@@ -202,9 +193,6 @@ class ProgressBar:
         line = f"photos {done:>{len(str(total))}}/{total} [{'#' * filled}{'.' * (self.WIDTH - filled)}]"
         if done == total:
             line += " classifying..."
-        self._draw(line)
-
-    def _draw(self, line: str) -> None:
         self.stream.write("\r" + line.ljust(self._shown))
         self.stream.flush()
         self._shown = len(line)
@@ -225,23 +213,8 @@ def print_table(result: Classification, out: TextIO) -> None:
             continue
         if r.recognised is False:
             out.write("    no bird recognised; the closest classes:\n")
-        names = [_name(p.label, p.common_name) for p in r.predictions]
+        # The common name first when COMMON_NAMES_URL gives one, the label (the Latin name) beside it.
+        names = [f"{p.common_name} ({p.label})" if p.common_name else p.label for p in r.predictions]
         width = max(len(name) for name in names)
         for rank, (p, name) in enumerate(zip(r.predictions, names, strict=True), start=1):
             out.write(f"    {rank}. {name:<{width}}  {p.score:6.1%}\n")
-
-
-def _name(label: str, common_name: str | None) -> str:
-    """The common name first when COMMON_NAMES_URL gives one, the label (the Latin name) beside it."""
-    return f"{common_name} ({label})" if common_name else label
-
-
-def print_timings(result: Classification, out: TextIO) -> None:
-    out.write("where the time went (ms; fetch is the slowest photo, decode the sum):\n")
-    for name, ms in result.timings_ms.items():
-        out.write(f"    {name:<16}{ms:10.1f}\n")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    logging.captureWarnings(True)
-    sys.exit(main())

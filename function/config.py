@@ -1,7 +1,6 @@
 """Settings, read once from the environment into one frozen object and passed down.
 
-Nothing else in the package reads ``os.environ``. ``TFHUB_CACHE_DIR`` keeps its tensorflow_hub
-meaning (tensorflow_hub reads it itself); it is read here too, to know whether the model is cached.
+Nothing else in the package reads ``os.environ`` (tensorflow_hub reads ``TFHUB_CACHE_DIR`` itself).
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 SNS_CERT_URL = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem"
 MIN_EVENT_TOKEN_CHARS = 16
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# Where the keys that prove a sender come from: fixed for serving, so no setting can make the function
-# trust another signer; the tests' stand-in issuers replace them in a Config built by the test itself.
+# Where the keys that prove a sender come from: fixed, so no setting can make the function trust another signer.
 NOT_FROM_ENV = frozenset({"google_certs_url", "sns_cert_url"})
-
-
 MAX_PREFIX_BYTES = 256  # of RESULTS_URL's prefix: with a bucket and an object name it must fit a 1024-byte key
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # GCS and S3 bucket names, lower case
 _CE_NAME = re.compile(r"[a-z0-9]{1,20}")  # CloudEvents extension attribute names
@@ -57,12 +53,10 @@ class Config:
     GCS_PUBLIC: ClassVar[str] = "https://storage.googleapis.com"
 
     model_url: str = DEFAULT_MODEL_URL
-    # Empty: the model's own labels (its TFLite Metadata's label file), else DEFAULT_LABELS_URL (the
-    # birds module's map: a SavedModel carries none). Set, it wins over the model's.
+    # Empty: the model's own labels, else DEFAULT_LABELS_URL (a SavedModel carries none). Set, it wins.
     labels_url: str = ""
     common_names_url: str = ""  # optional: "Latin name (Common Name)" lines, line i = class i
-    # The best species must score at least this to be "recognised", for a model whose metadata gives no
-    # threshold (a model's ScoreThresholdingOptions win); 0: only the background class is "not a bird".
+    # The least score "recognised" when the model gives no threshold; 0: only the background is "not a bird".
     score_threshold: float = 0.0
     top_k: int = 3
     max_top_k: int = 20
@@ -74,7 +68,7 @@ class Config:
     max_photo_pixels: int = 64_000_000
     # Formats decoded (Pillow's names; HEIF and AVIF only where their plugin is installed)
     photo_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
-    fetch_workers: int = 32  # I/O-bound threads; 32 beat 16 by ~18 % at 8 clients (docs/performance.md, sweep)
+    fetch_workers: int = 32  # I/O-bound threads (docs/performance.md, sweep)
     fetch_per_request: int = 0  # photos one request may fetch at once (0: max(1, FETCH_WORKERS // THREADS))
     max_urls: int = 64
     max_request_bytes: int = 1024 * 1024  # JSON request bodies (uploads have their own limit)
@@ -139,16 +133,13 @@ class Config:
     max_query_bytes: int = 4096  # a longer query string is 414 (gunicorn refuses a request line past 8190)
     header_timeout_s: float = 10.0  # request headers not complete by then: the connection is dropped
     body_timeout_s: float = 60.0  # a request body not in by then (after its headers): 408
-    # Connections per worker, idle ones included (gunicorn's worker_connections); past it, a 503 at
-    # once. Far above what the queue-proxy opens; 512 sockets fit a 1024-descriptor limit with room.
+    # Per worker, idle ones included (worker_connections); past it a 503. Fits a 1024-descriptor limit.
     max_connections: int = 512
     google_cloud_project: str | None = None  # names the trace in log lines (logging.googleapis.com/trace)
-    # Decoding costs (function/core/decoding.py; the cost model per format: function/core/costs.py).
-    # Each photo is charged, from its header, what its decoder will hold; the photos being decoded at
-    # once share DECODE_MEMORY_MB (one bigger than that is refused). Each is decoded in a worker
-    # process limited to its charge and killed after DECODE_CPU_S of CPU (decode_too_costly).
+    # Decoding (function/core/decoding.py, costs.py): photos decoded at once share DECODE_MEMORY_MB, each
+    # charged from its header; a worker is killed after DECODE_CPU_S of CPU (decode_too_costly).
     decode_memory_mb: int = 1000  # MB (10^6 bytes); in the pod's limit with every other bound (tests/test_knative.py)
-    decode_cpu_s: float = 2.0  # a 64 Mpx progressive CMYK JPEG, the costliest legitimate photo measured: 0.9 s
+    decode_cpu_s: float = 2.0  # above a 64 Mpx progressive CMYK JPEG's, the costliest legitimate
     decode_workers: int = 0  # worker processes (0: one per usable CPU, plus one kept for small photos)
     decode_in_process: bool = False  # decode on the request threads: the memory budget, no CPU bound
     max_jpeg_scans: int = 256  # more is refused unread (libjpeg's own scripts write <= 10; nvImageCodec's limit)
@@ -187,39 +178,46 @@ class Config:
                     "model_wait_s", "fanout_chunk", "fanout_inflight", "fanout_timeout_s",
                     "max_request_bytes", "max_upload_bytes", "request_deadline_s", "photo_deadline_s",
                     "workers", "threads", "max_query_bytes", "header_timeout_s", "body_timeout_s",
-                    "max_connections", "event_keys_timeout_s"]
+                    "max_connections", "event_keys_timeout_s", "litert_threads", "max_batch_images",
+                    "decode_memory_mb", "decode_cpu_s", "max_jpeg_scans", "results_timeout_s",
+                    "results_pending", "results_workers"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
+        non_negative = ("fetch_retries", "fetch_per_request", "model_load_retry_s", "batch_wait_ms",
+                        "tf_intra_op_threads", "tf_inter_op_threads", "inference_workers", "decode_workers",
+                        "results_retries")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must not be negative")
+        choices = {"log_level": LOG_LEVELS, "model_runtime": MODEL_RUNTIMES,
+                   "storage_credentials": ("auto", "anonymous")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name.upper()} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.max_connections <= self.threads:  # gunicorn keeps alive at most MAX_CONNECTIONS - THREADS
             raise ConfigError(f"MAX_CONNECTIONS ({self.max_connections}) must exceed THREADS ({self.threads})")
         if not 0.0 <= self.score_threshold < 1.0:
             raise ConfigError(f"SCORE_THRESHOLD must be in [0, 1), got {self.score_threshold!r}")
         if self.top_k > self.max_top_k:
             raise ConfigError(f"TOP_K ({self.top_k}) must not exceed MAX_TOP_K ({self.max_top_k})")
-        if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        if self.litert_threads <= 0:
-            raise ConfigError("LITERT_THREADS must be positive")
-        non_negative = ("fetch_retries", "fetch_per_request", "model_load_retry_s", "batch_wait_ms",
-                        "tf_intra_op_threads", "tf_inter_op_threads", "inference_workers")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name.upper()} must not be negative")
-        self._validate_decoding()
+        if self.decode_memory_mb < 64:
+            raise ConfigError(f"DECODE_MEMORY_MB must be at least 64 (each decode is charged 16 MiB of working "
+                              f"memory besides its pixels), got {self.decode_memory_mb}")
         if not self.photo_formats:
             raise ConfigError("PHOTO_FORMATS must name at least one format")
-        if self.max_batch_images <= 0:
-            raise ConfigError("MAX_BATCH_IMAGES must be positive")
-        if self.model_runtime not in MODEL_RUNTIMES:
-            raise ConfigError(f"MODEL_RUNTIME must be one of {', '.join(MODEL_RUNTIMES)}, got {self.model_runtime!r}")
-        if self.storage_credentials not in ("auto", "anonymous"):
-            raise ConfigError(f"STORAGE_CREDENTIALS must be auto or anonymous, got {self.storage_credentials!r}")
         for name in ("gcs_endpoint", "s3_endpoint"):
             value = getattr(self, name)
             if value and urlsplit(value).scheme not in ("http", "https"):
                 raise ConfigError(f"{name.upper()} must be an http(s) URL, got {value!r}")
-        self._validate_results()
+        if self.results_metadata and not self.results_url:
+            raise ConfigError("RESULTS_METADATA=true needs RESULTS_URL: the documents are the record the labels "
+                              "on the photos summarise")
+        self.results_location()
+        sink = urlsplit(self.k_sink or "")
+        if self.k_sink and (sink.scheme not in ("http", "https") or not sink.hostname):
+            raise ConfigError(f"K_SINK must be an http(s) URL, got {self.k_sink!r}")
+        self.ce_extensions()
         bad = sorted(a for a in self.sns_topic_arns if not a.startswith("arn:aws") or a.count(":") != 5)
         if bad:
             raise ConfigError(f"SNS_TOPIC_ARNS holds {bad[0]!r}, not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
@@ -254,21 +252,6 @@ class Config:
             return tuple(sorted(set(self.event_auth)))
         return tuple(p for p, names in EVENT_PROOFS.items() if all(getattr(self, n) for n in names))
 
-    def _validate_results(self) -> None:
-        for name in ("results_timeout_s", "results_pending", "results_workers"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
-        if self.results_retries < 0:
-            raise ConfigError("RESULTS_RETRIES must not be negative")
-        if self.results_metadata and not self.results_url:
-            raise ConfigError("RESULTS_METADATA=true needs RESULTS_URL: the documents are the record the labels "
-                              "on the photos summarise")
-        self.results_location()
-        sink = urlsplit(self.k_sink or "")
-        if self.k_sink and (sink.scheme not in ("http", "https") or not sink.hostname):
-            raise ConfigError(f"K_SINK must be an http(s) URL, got {self.k_sink!r}")
-        self.ce_extensions()
-
     def results_location(self) -> ResultsLocation | None:
         """Where results go (``RESULTS_URL``), checked; None when they are not written."""
         if not self.results_url:
@@ -301,16 +284,6 @@ class Config:
                               "letters and digits and string values")
         return dict(extensions)
 
-    def _validate_decoding(self) -> None:
-        for name in ("decode_memory_mb", "decode_cpu_s", "max_jpeg_scans"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be positive, got {getattr(self, name)!r}")
-        if self.decode_workers < 0:
-            raise ConfigError("DECODE_WORKERS must not be negative (0: one per usable CPU, plus one)")
-        if self.decode_memory_mb < 64:
-            raise ConfigError(f"DECODE_MEMORY_MB must be at least 64 (each decode is charged 16 MiB of working "
-                              f"memory besides its pixels), got {self.decode_memory_mb}")
-
     def gcs_base_url(self) -> str:
         """Where Cloud Storage's JSON API is: ``GCS_ENDPOINT``, else Google's public endpoint."""
         return self.gcs_endpoint or self.GCS_PUBLIC
@@ -335,26 +308,17 @@ def default_model_cache_dir(env: Mapping[str, str]) -> str:
 
 
 def quiet_tensorflow(quiet: bool) -> None:
-    """Set ``TF_CPP_MIN_LOG_LEVEL`` for TensorFlow's C++ logging, which reads it once, at its import.
-
-    A value the operator set wins. This is the one place besides :meth:`Config.from_env` that
-    touches the environment: TensorFlow's native code takes this setting from nowhere else.
-    """
+    """Set ``TF_CPP_MIN_LOG_LEVEL`` (read once, at TensorFlow's import) unless the operator set it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if quiet else "0")
 
 
+_FOLDED = {"PHOTO_FORMATS": str.upper, "LOG_LEVEL": str.upper, "EVENT_AUTH": str.lower, "MODEL_RUNTIME": str.lower}
+
+
 def _parse(name: str, raw: str, default: object) -> object:
+    raw = _FOLDED.get(name, str)(raw)
     if isinstance(default, (tuple, frozenset)):  # a comma-separated list
-        items = [item.strip() for item in raw.split(",") if item.strip()]
-        if name == "PHOTO_FORMATS":
-            items = [item.upper() for item in items]
-        if name == "EVENT_AUTH":
-            items = [item.lower() for item in items]
-        return type(default)(items)
-    if name in ("LOG_LEVEL",):
-        return raw.upper()
-    if name == "MODEL_RUNTIME":
-        return raw.lower()
+        return type(default)(item.strip() for item in raw.split(",") if item.strip())
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

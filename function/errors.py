@@ -1,12 +1,7 @@
-"""Every error the service names, each carrying its own answer, and the one function that turns it into one.
+"""Every error the service names, each with its stable ``code``, HTTP ``status``, ``retryable`` and headers.
 
-Each error is a named class declaring its stable ``code``, HTTP ``status``, whether a later try may
-fix it (``retryable``) and fixed headers; all are built ``SomeError(message, *, retry_after_s=None,
-retryable=None)``, the message saying what to fix. Photo problems (:class:`PhotoError`) are values in
-a 200, request problems (:class:`RequestError`) 4xx, the model not there yet (:class:`NotReady`) a 503
-with ``Retry-After``. :func:`answer` alone turns an error into status, headers and body, for HTTP,
-CloudEvent deliveries and bucket notifications alike (as Starlette's leaf ``exceptions.py`` and
-KServe's ``errors.py``). A leaf module: it imports nothing from the package.
+Photo problems (:class:`PhotoError`) are values in a 200, request problems (:class:`RequestError`) 4xx.
+:func:`answer` alone turns an error into an answer, for every transport. A leaf module.
 """
 
 from __future__ import annotations
@@ -19,17 +14,16 @@ from typing import ClassVar, Self
 
 
 class ServiceError(Exception):
-    """Base of every error the service reports by name."""
-
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
     retryable: bool = False  # a later try of the same thing may succeed (a host down, a model loading)
     headers: ClassVar[Mapping[str, str]] = {}
+    default_retry_after_s: ClassVar[float | None] = None
 
     def __init__(self, message: str, *, retry_after_s: float | None = None, retryable: bool | None = None):
         super().__init__(message)
         self.message = message
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = self.default_retry_after_s if retry_after_s is None else retry_after_s
         if retryable is not None:
             self.retryable = retryable
 
@@ -48,8 +42,6 @@ class ConfigError(ServiceError, ValueError):
 
 
 # -- the instance: the model and the label map not ready, too many connections ---------------------
-
-
 class NotReady(ServiceError):
     """The model or the label map cannot be had now (still loading past the wait, or failed)."""
 
@@ -96,44 +88,32 @@ class InputShapeError(ModelError, ValueError):
 
 
 class ConversionError(ModelError):
-    """The handle could not be turned into a usable ``.tflite``; ``output`` holds the tail of what
-    TensorFlow printed while it was held back, if anything."""
+    """The handle could not be turned into a usable ``.tflite``; ``output``: the tail of TensorFlow's output."""
 
     code = "model_conversion_failed"
     output: str = ""
 
 
 class TensorFlowMissing(ConversionError):
-    """Converting needs TensorFlow and tensorflow_hub, and this environment does not have them."""
-
     code = "tensorflow_missing"
 
 
 class ModelSourceUnavailable(ConversionError):
-    """The module could not be downloaded (or found): nothing was tried to convert, so no other
-    runtime would do better; the load is retried after the back-off like any failed download."""
+    """The module could not be downloaded (or found): no other runtime would do better."""
 
     code = "model_source_unavailable"
 
 
 class ModelCacheError(ModelError):
-    """The model cache directory cannot be used, or a download into it failed."""
-
     code = "model_cache_unusable"
 
 
 class LabelMapError(ServiceError, ValueError):
-    """The label map could not be fetched or does not have the expected shape."""
-
     code = "label_map_invalid"
 
 
 # -- requests: 4xx, retrying the same request will not help ----------------------------------------
-
-
 class RequestError(ServiceError):
-    """A request the service cannot act on."""
-
     code = "invalid_request"
     status = 400
 
@@ -221,8 +201,6 @@ class MethodNotAllowed(RequestError):
 
 
 class DeliveryMethodNotAllowed(MethodNotAllowed):
-    """``/events`` takes deliveries, which are POSTs only."""
-
     headers = {"Allow": "POST"}
 
 
@@ -231,8 +209,6 @@ class InvalidCloudEvent(RequestError):
 
 
 # -- bucket events and notifications ---------------------------------------------------------------
-
-
 class EventError(RequestError):
     """An event that cannot be acted on (wrong type, missing fields): a redelivery will not help."""
 
@@ -240,8 +216,6 @@ class EventError(RequestError):
 
 
 class InvalidNotification(EventError):
-    """A bucket notification body (S3 Records, Pub/Sub push, SNS envelope) that is malformed."""
-
     code = "invalid_notification"
 
 
@@ -259,8 +233,7 @@ class SubscriptionRefused(EventError):
 
 
 class SenderUnproven(RequestError):
-    """A delivery that does not prove who sent it (no proof, or one that does not verify): nothing is done
-    with the function's credentials. ``envelope`` and ``reason`` name it in logs and metrics, never the proof."""
+    """A delivery without a proof of its sender that verifies; ``envelope`` and ``reason`` name it, never the proof."""
 
     code = "sender_unproven"
     status = 401
@@ -292,13 +265,10 @@ class SenderKeysUnavailable(ServiceError):
     envelope: str = ""
     reason: str = "keys_unavailable"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = 10.0, retryable: bool | None = None):
-        super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
+    default_retry_after_s = 10.0
 
 
 class ObjectNotAnImage(ServiceError):
-    """The object a delivery names is not an image (by its content type or its content)."""
-
     code = "not_an_image"
     status = 422
 
@@ -317,28 +287,21 @@ class ObjectUnavailable(ServiceError):
     status = 503
     retryable = True
 
-    def __init__(self, message: str, *, retry_after_s: float | None = 5.0, retryable: bool | None = None):
-        super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
+    default_retry_after_s = 5.0
 
 
 class ResultNotWritten(ServiceError):
-    """A classified object's result could not be written where ``RESULTS_URL`` names, or sent to
-    ``K_SINK``, after the retries: the delivery fails so the platform delivers it again."""
+    """A result not written to ``RESULTS_URL`` or ``K_SINK`` after the retries: the platform delivers again."""
 
     code = "result_not_written"
     status = 503
     retryable = True
 
-    def __init__(self, message: str, *, retry_after_s: float | None = 5.0, retryable: bool | None = None):
-        super().__init__(message, retry_after_s=retry_after_s, retryable=retryable)
+    default_retry_after_s = 5.0
 
 
 # -- photos: values inside a 200, next to the other photos' results --------------------------------
-
-
 class PhotoError(ServiceError):
-    """Why one photo has no predictions."""
-
     code = "photo_failed"
     status = 422
     _by_code: ClassVar[dict[str, type[PhotoError]]] = {}
@@ -449,7 +412,7 @@ class CredentialsUnavailable(PhotoError):
 
 @dataclass(frozen=True)
 class Answer:
-    """An HTTP answer, transport-free: the HTTP target and CloudEvent deliveries both send these."""
+    """An HTTP answer, transport-free."""
 
     status: int
     body: bytes

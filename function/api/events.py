@@ -1,13 +1,8 @@
-"""Bucket events in, answers out: CloudEvents (the event target, and Trigger deliveries to the HTTP
-target), SNS messages and bucket notifications posted as bodies. Only decoding and encoding.
+"""Bucket events in, answers out: CloudEvents, SNS messages and bucket notifications posted as bodies.
 
-Every delivery first proves its sender (:meth:`App.verify_sender`, function/infra/senders.py): one
-that does not is answered 401 or 403, logged once with its envelope and the reason, and nothing is
-fetched for it.
-
-Every envelope goes through one door, :func:`function.core.buckets.notification`; the objects are
-classified by :meth:`App.classify_objects`; outcomes become answers by the table in
-:mod:`function.core.outcomes`; errors become answers by :func:`function.errors.answer`, once, in
+Every delivery first proves its sender (:meth:`App.verify_sender`); one that does not is answered 401
+or 403, logged once with its envelope and the reason, and nothing is fetched for it. Every envelope
+goes through one door, :func:`function.core.buckets.notification`; errors become answers once, in
 :func:`deliver` and :func:`handle`.
 """
 
@@ -49,22 +44,16 @@ JSON = {"Content-Type": "application/json"}
 
 
 def handle(event: Any, app: App, headers: Mapping[str, str]) -> Answer | None:
-    """The CloudEvent target: classify the object a storage event names, and log the outcome.
-
-    ``headers`` are the delivery's HTTP headers, where its sender's proof is. A delivery that does not
-    prove its sender is the refusal returned, for the target to answer. An event that is not one to act
-    on is logged and acknowledged. A failure a redelivery may fix raises
-    (:class:`~function.errors.ObjectUnavailable` or ``NotReady``), so the framework answers 5xx and the
-    trigger retries.
-    """
-    # The CloudEvents distributed-tracing extension carries a W3C traceparent.
-    trace = logs.trace_fields(_text(event.get("traceparent")), None, app.config.google_cloud_project)
+    """The CloudEvent target: classify the object a storage event names. Returns a sender's refusal; a
+    failure a redelivery may fix raises, so the framework answers 5xx; anything else is acknowledged."""
+    traceparent = event.get("traceparent")  # the CloudEvents distributed-tracing extension
+    trace = logs.trace_fields(traceparent if isinstance(traceparent, str) else None, None,
+                              app.config.google_cloud_project)
     with logs.request_context(_short(str(event.get("id") or logs.new_request_id()))), logs.trace_context(trace):
         try:
             app.verify_sender("cloudevent", headers)
         except (SenderUnproven, SenderKeysUnavailable) as err:
-            _log_refusal("cloudevent", err)
-            return answer(err)
+            return _refused("cloudevent", err)
         try:
             notification = buckets.notification(event.data, event.get("type") or "", app.config.max_urls)
         except EventError as err:
@@ -81,13 +70,8 @@ def handle(event: Any, app: App, headers: Mapping[str, str]) -> Answer | None:
 
 
 def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
-    """A delivery posted to the HTTP target (a Trigger's CloudEvent, binary or structured; an SNS message).
-
-    A CloudEvent gets 200 with a ``birds.classified`` CloudEvent carrying the result document, 4xx
-    for what a redelivery cannot fix (bad event, not an image, object gone) so the Broker
-    dead-letters instead of retrying, 5xx with ``Retry-After`` for what it can (host down, model
-    loading); an event that names nothing to do, 204. The same delivery again gets the same answer.
-    """
+    """A Trigger's CloudEvent or an SNS message posted to the HTTP target, answered once per delivery: 4xx
+    for what a redelivery cannot fix (the Broker dead-letters), 5xx with ``Retry-After`` for what it can."""
     try:
         if sns_type(headers) is not None:
             return _deliver_sns(headers, body, app)
@@ -96,15 +80,13 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
         try:
             event = from_http(dict(headers), body)
         except (ce_exceptions.GenericException, ValueError, TypeError, AttributeError, KeyError) as exc:
-            # The SDK's own errors, and what its parser raises on JSON of the wrong shape (a list where
-            # a string goes: "unhashable type").
+            # The SDK's own errors, and what its parser raises on JSON of the wrong shape.
             raise InvalidCloudEvent(f"not a valid CloudEvent: {exc}") from None
         source, event_id = str(event["source"]), str(event["id"])
         return _once(app, delivery_key("cloudevent", source, event_id, body), source, event_id,
                      lambda: _reply(event, app))
     except (SenderUnproven, SenderKeysUnavailable) as err:
-        _log_refusal("sns" if sns_type(headers) is not None else "cloudevent", err)
-        return answer(err)
+        return _refused("sns" if sns_type(headers) is not None else "cloudevent", err)
     except ServiceError as err:
         if err.status < 500:
             log.warning("delivery refused: %s", err.message, extra=logs.fields(code=err.code))
@@ -112,29 +94,24 @@ def deliver(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
 
 
 def posted(notification: Notification, headers: Mapping[str, str], app: App) -> Answer:
-    """A bucket notification posted as a plain body (a MinIO webhook, a Pub/Sub push, SNS raw delivery):
-    once its sender is proven, the result document, each object's error in it."""
+    """A bucket notification posted as a plain body: once its sender is proven, the result document."""
     try:
         app.verify_sender(notification.envelope, headers)
     except (SenderUnproven, SenderKeysUnavailable) as err:
-        _log_refusal(notification.envelope, err)
-        return answer(err)
+        return _refused(notification.envelope, err)
     return notification_answer(notification, app, delivered=False)
 
 
-def _log_refusal(envelope: str, err: SenderUnproven | SenderKeysUnavailable) -> None:
-    """The one record of a refused delivery: its envelope and why, never its proof."""
+def _refused(envelope: str, err: SenderUnproven | SenderKeysUnavailable) -> Answer:
+    """The one record of a refused delivery (its envelope and why, never its proof), and its answer."""
     log.warning("delivery refused: %s", err.message, extra=logs.fields(
         code=err.code, status=err.status, envelope=envelope, reason=err.reason))
+    return answer(err)
 
 
 def notification_answer(notification: Notification, app: App, *, delivered: bool = True) -> Answer:
-    """Several objects (S3 / MinIO ``Records``, SNS, a Pub/Sub push): the result document.
-
-    A broker's delivery (``delivered``: SNS) gets 503 when a redelivery may read some object later, and
-    204 when nothing is to be classified; a notification posted as a plain body gets the result
-    document either way, each object's error in it, as a request naming photo URLs would.
-    """
+    """The result document; a broker's delivery (``delivered``) gets 503 instead when a redelivery may read
+    some object later, and 204 when nothing is to be classified."""
     if not notification.objects and delivered:
         return _skipped(notification.empty_reason)
     found = app.classify_objects(notification)
@@ -184,13 +161,8 @@ def _skipped(reason: str) -> Answer:
     return Answer(204, b"", {"X-Skipped": re.sub(r"[^\x20-\x7e]", "?", reason)[:200]})
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _short(value: object, limit: int = 200) -> str:
-    """Caller-chosen values as they may appear in logs: text (a structured event's attribute may be any
-    JSON value), bounded."""
+    """A caller-chosen value (a structured event's attribute may be any JSON value) as text for logs, bounded."""
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else f"{text[:limit]}…"
 
@@ -200,11 +172,7 @@ def _short(value: object, limit: int = 200) -> str:
 
 def _deliver_sns(headers: Mapping[str, str], body: bytes, app: App) -> Answer:
     """An SNS message: a Notification classified; a SubscriptionConfirmation followed for listed topics only.
-
-    An envelope proves itself by its signature (SNS's certificate, a topic in ``SNS_TOPIC_ARNS``), a
-    confirmation before its URL is fetched; a raw delivery (the ``Records`` body alone, unsigned) by
-    its ``Authorization`` header, like a MinIO webhook.
-    """
+    A signed envelope proves itself by its signature, a raw delivery by its ``Authorization`` header."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):

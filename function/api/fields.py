@@ -17,7 +17,6 @@ class ClassifyRequest:
     top_k: int
 
 
-
 def parse_top_k(value: Any, config: Config) -> int:
     if value is None:
         return config.top_k

@@ -1,21 +1,12 @@
 """The HTTP target: routes, responses, health endpoints; one log line per request.
 
-Routes (the functions-framework target receives every path):
+* ``POST /`` JSON ``{"urls": [...]}``, ``GET /?url=...``, uploads (``uploads.py``) -> results; ``GET /``
+  from a browser: the page, ``GET /openapi.json``: the contract (``web.py``)
+* ``GET /healthz``, ``GET /readyz`` (starts the model load), ``GET /metrics``
+* ``POST /events`` (and ``/``, where older subscriptions send them): bucket deliveries, each proving
+  its sender first (``events.py``)
 
-* ``POST /`` ``{"urls": [...], "top_k": 3}`` and ``GET /?url=...&url=...&top_k=3`` -> results
-* ``POST /`` ``multipart/form-data`` (files in ``photo``, ``urls``) or ``image/*``: uploads (see ``uploads.py``)
-* ``GET /`` without ``url`` from a browser: the web page; ``GET /openapi.json``: the contract (see web.py)
-* ``GET /healthz`` liveness; ``GET /readyz`` readiness (starts the model load on first call)
-* ``POST /events``: bucket deliveries only: a CloudEvent (binary or structured; a Trigger's, answered
-  with a CloudEvent), an SNS message, a Pub/Sub push, an S3 / MinIO notification (``{"Records": [...]}``)
-* the same deliveries posted to ``/``, where older subscriptions send them
-
-Every delivery proves its sender first (``events.py``, function/infra/senders.py); photo requests
-need no proof.
-
-Every answer is JSON. A malformed request is a 400 that says what to fix; a model that cannot be
-loaded is a 503 with ``Retry-After``; one bad photo is an error inside a 200. Routes raise; errors
-become answers in one place, the ``try`` of :func:`handle` (through :func:`function.errors.answer`).
+Routes raise; errors become answers in one place, the ``try`` of :func:`handle`.
 """
 
 from __future__ import annotations
@@ -55,54 +46,29 @@ log = logging.getLogger(__name__)
 
 
 def install(flask_app: flask.Flask, config: Config, meter: Callable[[Sequence[str]], RequestMeter]) -> None:
-    """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py).
-
-    Below the routes on purpose: functions-framework reads every unstreamed request's body after
-    the answer, whatever the route, so a body limit in a route leaves /healthz and 404s unbounded.
-    Installed at import, which may be in a parent process that forks the server: the bounds hold
-    plain settings, and ``meter`` (:func:`function.app.request_meter`) is asked per request for the serving
-    app's, in the process serving it.
-    """
+    """Wrap functions-framework's WSGI app in the bounds every request gets (function/infra/limits.py): below
+    the routes, as the framework reads every unstreamed body after the answer; ``meter`` is asked per request."""
     flask_app.wsgi_app = BoundedRequests(  # type: ignore[method-assign]  # the WSGI middleware hook
         flask_app.wsgi_app, max_request_bytes=config.max_request_bytes, max_upload_bytes=config.max_upload_bytes,
         max_query_bytes=config.max_query_bytes, body_timeout_s=config.body_timeout_s,
         meter=functools.partial(meter, ROUTES))
 
 
-def leave_body_unread(response: flask.Response) -> flask.Response:
-    """Answer without reading the rest of a body refused as too large.
-
-    functions-framework reads the whole request after every response that is not streamed, which
-    would hold that body in memory; it skips streamed ones, and the server discards what is left.
-    """
-    response.response = iter([response.get_data()])
-    return response
-
-
 def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> flask.Response:
-    response = flask.Response(json.dumps(doc, allow_nan=False), status, mimetype="application/json")
-    for k, v in (headers or {}).items():
-        response.headers[k] = v
-    return response
+    return flask.Response(json.dumps(doc, allow_nan=False), status, headers=headers, mimetype="application/json")
 
 
 def answer_response(reply: Answer) -> flask.Response:
     response = flask.Response(reply.body, reply.status, headers=reply.headers)
-    return leave_body_unread(response) if reply.status == 413 else response
-
-
-def server_timing(timings_ms: Mapping[str, float]) -> str:
-    """``Server-Timing: fetch;dur=81.2, inference;dur=40.3, ...`` for browser dev tools and curl."""
-    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings_ms.items() if math.isfinite(ms))
+    if reply.status == 413:
+        # Streamed, so functions-framework does not read (and hold) the rest of a body refused as too large.
+        response.response = iter([response.get_data()])
+    return response
 
 
 def handle(request: flask.Request, app: App) -> flask.Response:
-    """The whole HTTP target: route, answer, one log line per classification or refusal.
-
-    The one place errors become answers: a :class:`ServiceError` raised anywhere below is its own
-    answer; anything else is logged with its stack trace and answered as a JSON 500 with the request id.
-    Every answer carries ``X-Request-Id``.
-    """
+    """The whole HTTP target: route, answer, one log line per classification or refusal; anything but a
+    :class:`ServiceError` is logged with its stack trace and answered as a JSON 500 with the request id."""
     started = time.perf_counter()
     rid = request.headers.get("X-Request-Id") or logs.new_request_id()
     trace = logs.trace_fields(request.headers.get("traceparent"), request.headers.get("X-Cloud-Trace-Context"),
@@ -155,7 +121,9 @@ def _route(request: flask.Request, app: App, rid: str, started: float) -> flask.
     origin = request.headers.get(FANOUT_HEADER)
     result = app.classify(parsed.sources, parsed.top_k, request_id=rid, fanned_out=origin is not None,
                           fanout_origin=origin)
-    response = json_response(result.to_dict(), 200, {"Server-Timing": server_timing(result.timings_ms)})
+    # Server-Timing: fetch;dur=81.2, inference;dur=40.3, ... for browser dev tools and curl
+    timing = ", ".join(f"{name};dur={ms:.1f}" for name, ms in result.timings_ms.items() if math.isfinite(ms))
+    response = json_response(result.to_dict(), 200, {"Server-Timing": timing})
     log_classification(result, _http_request(request, response, started))
     return response
 
@@ -175,13 +143,12 @@ def _http_request(request: flask.Request, response: flask.Response, started: flo
         request.environ.get("SERVER_PROTOCOL"))
 
 
-def log_classification(result: Classification, http_request: dict[str, Any] | None = None) -> None:
+def log_classification(result: Classification, http_request: dict[str, Any]) -> None:
     """The request's one INFO line: counts, error codes and the phase timings (DEBUG: each photo)."""
     log.info("classified %d photo(s), %d failed", len(result.results), result.failed, extra=logs.fields(
         photos=len(result.results), failed=result.failed,
         errors=sorted({r.error.code for r in result.results if r.error}),
-        timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()},
-        **({"httpRequest": http_request} if http_request else {})))
+        timings_ms={k: round(v, 1) for k, v in result.timings_ms.items()}, httpRequest=http_request))
     for r in result.results:
         log.debug("photo result", extra=logs.fields(
             photo=r.source.ref, top=[(p.label, round(p.score, 4)) for p in r.predictions[:1]],

@@ -1,8 +1,5 @@
-"""What a request asks for: photo sources from JSON bodies, query parameters and uploads (``uploads.py``),
-a bucket notification posted as a JSON body (through the bucket door, ``core/buckets.py``), or a
-broker's delivery (for ``events.py``).
-
-Every problem is a :class:`~function.errors.RequestError` that says what to fix.
+"""What a request asks for: photo sources (JSON bodies, query parameters, uploads), a bucket notification
+posted as a body, or a broker's delivery. Every problem is a :class:`~function.errors.RequestError`.
 """
 
 from __future__ import annotations
@@ -16,14 +13,7 @@ import flask
 from ..config import Config
 from ..core import buckets
 from ..core.buckets import Notification
-from ..errors import (
-    BodyTooLarge,
-    InvalidJson,
-    InvalidNotification,
-    InvalidUrls,
-    UnknownField,
-    UnsupportedMediaType,
-)
+from ..errors import BodyTooLarge, InvalidJson, InvalidNotification, InvalidUrls, UnknownField, UnsupportedMediaType
 from . import uploads
 from .fields import ClassifyRequest, classify_request
 
@@ -37,8 +27,6 @@ class Delivery:
 
 
 def read_request(request: flask.Request, config: Config) -> ClassifyRequest | Notification | Delivery:
-    """What a ``GET /`` or ``POST /`` asks for: photos to classify (URLs, uploads), a bucket notification
-    posted as a plain body, or a broker's delivery."""
     if request.method == "GET":
         urls = request.args.getlist("url") or None
         return classify_request(urls, request.args.get("top_k"), config)
@@ -74,10 +62,7 @@ def is_delivery(headers: Mapping[str, str]) -> bool:
 
 
 def sns_type(headers: Mapping[str, str]) -> str | None:
-    for name, value in headers.items():
-        if name.lower() == "x-amz-sns-message-type":
-            return value
-    return None
+    return next((value for name, value in headers.items() if name.lower() == "x-amz-sns-message-type"), None)
 
 
 _FIELDS = {"urls", "url", "top_k"}

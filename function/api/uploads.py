@@ -1,16 +1,12 @@
 """Photos sent in the request itself: ``multipart/form-data`` and ``Content-Type: image/*`` bodies.
 
-* ``multipart/form-data``: files in the field ``photo`` (repeatable), photo URLs in ``urls`` or
-  ``url`` (repeatable; a value may also hold several URLs separated by white space, or a JSON array
-  string), and an optional ``top_k``. Results come files first, in the order sent, then URLs.
-* ``image/*``: the body is one photo, named by the ``filename`` query parameter or the
-  ``Content-Disposition`` header's ``filename``, else ``upload``; ``top_k`` is a query parameter.
+* multipart: files in ``photo``, URLs in ``urls`` or ``url`` (each repeatable; a value may hold several
+  URLs separated by white space, or a JSON array), ``top_k``. Results come files first, then URLs.
+* ``image/*``: one photo, named by the ``filename`` query parameter or ``Content-Disposition``.
 
-Limits: the whole body is refused with 413 past ``MAX_UPLOAD_BYTES`` before it is parsed (a declared
-length) or as soon as it passes the limit (a chunked body); file parts are spooled to disk past
-500 KB by Werkzeug, and form text fields are held to ``MAX_REQUEST_BYTES``. One photo over
-``MAX_PHOTO_BYTES`` is that photo's ``too_large`` error, as for a fetched photo; at most
-``MAX_URLS`` photos in all.
+The whole body is refused with 413 past ``MAX_UPLOAD_BYTES`` (declared, or as soon as a chunked body
+passes it); form text fields are held to ``MAX_REQUEST_BYTES``; one photo over ``MAX_PHOTO_BYTES`` is
+that photo's ``too_large`` error.
 """
 
 from __future__ import annotations
@@ -39,7 +35,6 @@ from ..errors import (
 from .fields import ClassifyRequest, parse_top_k
 
 MULTIPART = "multipart/form-data"
-DEFAULT_NAME = "upload"
 FIELDS = ("photo", "urls", "url", "top_k")
 
 
@@ -47,10 +42,8 @@ def parse(request: flask.Request, config: Config) -> ClassifyRequest:
     """The photos and ``top_k`` of an upload request; :class:`~function.errors.RequestError` if malformed."""
     limit = config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"the upload is {request.content_length} bytes; the limit is {limit} "
-                           "(MAX_UPLOAD_BYTES)")
-    # Bounds a body sent without Content-Length (chunked) while it is read.
-    request.max_content_length = limit
+        raise BodyTooLarge(f"the upload is {request.content_length} bytes; the limit is {limit} (MAX_UPLOAD_BYTES)")
+    request.max_content_length = limit  # bounds a chunked body while it is read
     try:
         if request.mimetype == MULTIPART:
             return _parse_multipart(request, config)
@@ -64,22 +57,15 @@ def _parse_image(request: flask.Request, config: Config) -> ClassifyRequest:
     data = request.stream.read()  # a declared length is checked already; a chunked body stops at the limit
     if len(data) >= config.max_upload_bytes:
         request.stream.read(1)  # raises RequestEntityTooLarge if a chunked body goes on past the limit
-    name = request.args.get("filename") or _disposition_filename(request.headers.get("Content-Disposition"))
-    source = PhotoSource.upload(file_name(name), data)
+    _, disposition = parse_options_header(request.headers.get("Content-Disposition", ""))
+    source = PhotoSource.upload(file_name(request.args.get("filename") or disposition.get("filename")), data)
     return ClassifyRequest([source], parse_top_k(request.args.get("top_k"), config))
-
-
-def _disposition_filename(header: str | None) -> str | None:
-    if not header:
-        return None
-    _, options = parse_options_header(header)
-    return options.get("filename")
 
 
 def file_name(name: str | None) -> str:
     """The last part of a client's file name (some clients send a path), or ``upload``."""
     base = posixpath.basename((name or "").replace("\\", "/")).strip()
-    return base or DEFAULT_NAME
+    return base or "upload"
 
 
 def _parse_multipart(request: flask.Request, config: Config) -> ClassifyRequest:
@@ -104,16 +90,14 @@ def _multipart_sources(form: MultiDict[str, str], files: MultiDict[str, FileStor
                        config: Config) -> list[PhotoSource]:
     unknown = sorted((set(form) | set(files)) - set(FIELDS))
     if unknown:
-        raise UnknownField(f"unknown form field(s) {', '.join(unknown)}; "
-                           f"expected {', '.join(FIELDS)}")
+        raise UnknownField(f"unknown form field(s) {', '.join(unknown)}; expected {', '.join(FIELDS)}")
     if "photo" in form:
-        raise InvalidPhoto("the photo field must be a file, not text: "
-                           "curl -F photo=@bird.jpg (note the @)")
+        raise InvalidPhoto("the photo field must be a file, not text: curl -F photo=@bird.jpg (note the @)")
     for key in ("urls", "url", "top_k"):
         if key in files:
             raise UnknownField(f"{key} must be a text field, not a file")
     # A browser sends an empty part (no file name, no bytes) for a file input left empty.
-    uploads = [f for f in files.getlist("photo") if f.filename or _has_bytes(f)]
+    uploads = [f for f in files.getlist("photo") if f.filename or _read(f, 1)]
     urls = [u for key in ("urls", "url") for value in form.getlist(key) for u in _split_urls(value)]
     total = len(uploads) + len(urls)
     if total == 0:
@@ -125,16 +109,10 @@ def _multipart_sources(form: MultiDict[str, str], files: MultiDict[str, FileStor
     return sources + [PhotoSource.url(u) for u in urls]
 
 
-def _has_bytes(f: FileStorage) -> bool:
+def _read(f: FileStorage, size: int = -1) -> bytes:
+    """The part's bytes; all of them by default, so a ``too_large`` error gives the size (the body is bounded)."""
     f.stream.seek(0)
-    return bool(f.stream.read(1))
-
-
-def _read(f: FileStorage) -> bytes:
-    """The part's bytes. One over ``MAX_PHOTO_BYTES`` is read too, so that its ``too_large`` error
-    gives its size: the whole body is already bounded by ``MAX_UPLOAD_BYTES``, no new worst case."""
-    f.stream.seek(0)
-    return f.stream.read()
+    return f.stream.read(size)
 
 
 def _split_urls(value: str) -> list[str]:

@@ -1,9 +1,7 @@
 """The documents the HTTP target serves besides results: the web page and the OpenAPI contract.
 
-Both are read from disk once, on first use (:func:`documents`), so a request only copies bytes.
-The page is one HTML file with its CSS and JavaScript inline; its Content-Security-Policy allows
-exactly those inline blocks (by hash) and nothing from elsewhere but photos to show as thumbnails.
-The contract is ``openapi.yaml`` at the repository root, served as JSON.
+Each is read from disk once, on first use. The page is one HTML file with its CSS and JavaScript
+inline; its Content-Security-Policy allows exactly those blocks (by hash) and photos as thumbnails.
 """
 
 from __future__ import annotations
@@ -13,9 +11,7 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import flask
 
@@ -30,10 +26,7 @@ def _hashes(tag: str, html: str) -> str:
 
 def content_security_policy(html: str) -> str:
     """Nothing runs or styles the page but its own inline blocks; it talks only to this origin.
-
-    Thumbnails are the photos themselves: from the pasted URLs (any http/https host) or from the
-    chosen files (``blob:``).
-    """
+    Thumbnails are the photos themselves: pasted URLs (any http/https host) or chosen files (``blob:``)."""
     return "; ".join([
         "default-src 'none'",
         f"script-src {_hashes('script', html)}",
@@ -46,32 +39,19 @@ def content_security_policy(html: str) -> str:
     ])
 
 
-def load_spec(path: Path = SPEC_PATH) -> dict[str, Any]:
-    import yaml  # here: the contract is read on its first request, not on a cold start's path
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path, encoding="utf-8") as f:
-        spec: dict[str, Any] = yaml.load(f, Loader=loader)
-        return spec
-
-
-@dataclass(frozen=True)
-class Documents:
-    page: bytes
-    page_csp: str
-    spec_json: bytes
-
-    @classmethod
-    def load(cls, page_path: Path = PAGE_PATH, spec_path: Path = SPEC_PATH) -> Documents:
-        page = page_path.read_bytes()
-        return cls(page, content_security_policy(page.decode()),
-                   json.dumps(load_spec(spec_path), separators=(",", ":")).encode())
+@functools.cache
+def _page() -> tuple[bytes, str]:
+    page = PAGE_PATH.read_bytes()
+    return page, content_security_policy(page.decode())
 
 
 @functools.cache
-def documents() -> Documents:
-    """The documents as shipped with the package: immutable, read on first use and kept."""
-    return Documents.load()
+def _spec_json() -> bytes:
+    import yaml  # here: the contract is read on its first request, not on a cold start's path
+
+    with open(SPEC_PATH, encoding="utf-8") as f:
+        spec = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return json.dumps(spec, separators=(",", ":")).encode()
 
 
 def wants_page(request: flask.Request) -> bool:
@@ -82,10 +62,10 @@ def wants_page(request: flask.Request) -> bool:
 
 
 def page_response() -> flask.Response:
-    docs = documents()
-    response = flask.Response(docs.page, 200, mimetype="text/html")
+    page, csp = _page()
+    response = flask.Response(page, 200, mimetype="text/html")
     response.headers.update({
-        "Content-Security-Policy": docs.page_csp,
+        "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",  # thumbnails are fetched from photo hosts
         "Cache-Control": "no-cache",
@@ -94,6 +74,6 @@ def page_response() -> flask.Response:
 
 
 def openapi_response() -> flask.Response:
-    response = flask.Response(documents().spec_json, 200, mimetype="application/json")
+    response = flask.Response(_spec_json(), 200, mimetype="application/json")
     response.headers["Access-Control-Allow-Origin"] = "*"  # for API explorers on other origins
     return response
