@@ -1,12 +1,10 @@
 """Writing results back: result documents into the configured bucket, labels onto the photo itself,
-CloudEvents to a Knative sink, each retried and bounded, and the outbox that bounds what waits.
+CloudEvents to a Knative sink, and the outbox that bounds what waits.
 
-No storage client library: the read credentials (:mod:`function.infra.credentials`) with write access,
-and three kinds of request (GCS's JSON API; S3 or ``S3_ENDPOINT`` with SigV4). Every request goes to a
-place the configuration names (``RESULTS_URL``'s bucket, the store the photo was read from, ``K_SINK``),
-with checked key names and no redirects, so an event cannot move a write elsewhere. Each is bounded in
-time (``RESULTS_TIMEOUT_S``, retries included) and size (16 KB of any answer is read). A failed write is
-:class:`~function.errors.ResultNotWritten` (503), so the platform delivers again: no result is dropped silently.
+No storage client library: the read credentials (:mod:`function.infra.credentials`) with write access.
+Every request goes to a place the configuration names, with checked key names and no redirects, so an
+event cannot move a write elsewhere; each is bounded in time (``RESULTS_TIMEOUT_S``, retries included)
+and size. A failed write is :class:`~function.errors.ResultNotWritten` (503): the platform delivers again.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from .credentials import AwsSigner, GoogleSigner, Signer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+OK, RETRY_STATUS = (200, 201, 202, 204), (408, 429, 500, 502, 503, 504)
 BACKOFF_S = 0.2
 MAX_ANSWER_BYTES = 16 * 1024  # read of any answer: an error code, or a tag set (10 tags of 128 + 256 characters)
 MAX_S3_TAGS = 10
@@ -48,8 +46,8 @@ _ERROR_CODE = re.compile(r"<Code>([A-Za-z.]{1,64})</Code>|\"reason\": ?\"([A-Za-
 
 
 class Sender:
-    """Sends one request to a configured place, signed, retried while a later try may succeed, within
-    a deadline; raises :class:`ResultNotWritten` naming what failed and, for a refusal, who and what to grant."""
+    """Sends one request, signed, retried while a later try may succeed, within a deadline; else
+    :class:`ResultNotWritten` naming what failed and, for a refusal, who and what to grant."""
 
     def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float, deadline_s: float,
                  retries: int):
@@ -58,9 +56,8 @@ class Sender:
         self.deadline_s, self.retries = deadline_s, retries
 
     def send(self, method: str, url: str, what: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None,
-             signer: Signer | None = None, region: str | None = None, ok: tuple[int, ...] = (200, 201, 202, 204),
-             permission: str = "") -> bytes:
-        """The answer's first bytes once the place answers one of ``ok``."""
+             signer: Signer | None = None, region: str | None = None, permission: str = "") -> bytes:
+        """The answer's first bytes (``MAX_ANSWER_BYTES``) once it is a success."""
         deadline = time.monotonic() + self.deadline_s
         attempt = 0
         while True:
@@ -75,12 +72,15 @@ class Sender:
                 with self.session.send(request, timeout=timeout, allow_redirects=False, stream=True) as response:
                     answer = response.raw.read(MAX_ANSWER_BYTES, decode_content=True) or b""
                     status = response.status_code
-                    if status in ok:
+                    if status in OK:
                         return bytes(answer)
                     retry_after = _seconds(response.headers.get("Retry-After"))
                 problem = f"HTTP {status}{_code(answer)}"
+                if status in (401, 403) and permission:
+                    who = signer.identity() if signer is not None else "anonymously"
+                    problem += f" to a write as {who}: grant it {permission} (docs/deploy.md, Where the results go)"
                 if status not in RETRY_STATUS:
-                    raise ResultNotWritten(f"{what}: {_refusal(problem, status, signer, permission)}")
+                    raise ResultNotWritten(f"{what}: {problem}")
             except ResultNotWritten:
                 raise
             except requests.RequestException as exc:
@@ -93,14 +93,6 @@ class Sender:
             attempt += 1
             log.debug("retrying a write", extra=logs.fields(what=what, problem=problem, attempt=attempt))
             time.sleep(pause)
-
-
-def _refusal(problem: str, status: int, signer: Signer | None, permission: str) -> str:
-    if status not in (401, 403) or not permission:
-        return problem
-    who = signer.identity() if signer is not None else "anonymously"
-    return (f"{problem} to a write as {who}: grant it {permission} (docs/deploy.md, "
-            "Where the results go)")
 
 
 def _code(answer: bytes) -> str:
