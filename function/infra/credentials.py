@@ -66,10 +66,18 @@ class Signer:
                     self._resolved = True
 
     def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
+        self._ensure()
+        if self._credentials is not None:
+            self._sign(request, region)
+
+    def _sign(self, request: requests.PreparedRequest, region: str | None) -> None:
         raise NotImplementedError
 
     def identity(self) -> str:
         """Who the requests are made as, safe to show: an email or an access key id's prefix."""
+        return ANONYMOUS if self._credentials is None else self._who()
+
+    def _who(self) -> str:
         raise NotImplementedError
 
 
@@ -99,10 +107,7 @@ class GoogleSigner(Signer):
         self._credentials, self._transport = credentials, Request()
         log.info("Cloud Storage objects are %s as %s", self.use, self.identity())
 
-    def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
-        self._ensure()
-        if self._credentials is None:
-            return
+    def _sign(self, request: requests.PreparedRequest, region: str | None) -> None:
         import google.auth.exceptions
 
         with self._lock:  # one refresh at a time; the token is reused until it is nearly expired
@@ -112,9 +117,7 @@ class GoogleSigner(Signer):
                 raise CredentialsUnavailable(f"could not get a token for {self.identity()} "
                                              f"from Application Default Credentials: {type(exc).__name__}") from None
 
-    def identity(self) -> str:
-        if self._credentials is None:
-            return ANONYMOUS
+    def _who(self) -> str:
         email = getattr(self._credentials, "service_account_email", None)
         if email and email != "default":
             return f"service account {email}"
@@ -146,10 +149,7 @@ class AwsSigner(Signer):
             log.info("S3 objects are %s as %s (credentials from %s)", self.use, self.identity(),
                      getattr(self._credentials, "method", "?"))
 
-    def sign(self, request: requests.PreparedRequest, region: str | None) -> None:
-        self._ensure()
-        if self._credentials is None:
-            return
+    def _sign(self, request: requests.PreparedRequest, region: str | None) -> None:
         from botocore.auth import S3SigV4Auth  # type: ignore[import-untyped]  # no stubs shipped
         from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]  # no stubs shipped
 
@@ -164,9 +164,7 @@ class AwsSigner(Signer):
             if name in aws.headers:
                 request.headers[name] = aws.headers[name]
 
-    def identity(self) -> str:
-        if self._credentials is None:
-            return ANONYMOUS
+    def _who(self) -> str:
         key_id = str(getattr(self._credentials, "access_key", "") or "")
         return f"access key {key_id[:8]}…" if key_id else "the default credentials"
 

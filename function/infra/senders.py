@@ -142,11 +142,9 @@ class Senders:
 
 
 def _authorization(headers: Mapping[str, str]) -> tuple[str, str]:
-    for name, value in headers.items():
-        if name.lower() == "authorization":
-            scheme, _, credential = value.strip().partition(" ")
-            return scheme.lower(), credential.strip()
-    return "", ""
+    value = next((v for name, v in headers.items() if name.lower() == "authorization"), "")
+    scheme, _, credential = value.strip().partition(" ")
+    return scheme.lower(), credential.strip()
 
 
 def _basic_password(credential: str) -> str:

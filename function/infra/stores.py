@@ -229,9 +229,8 @@ class Sink:
 
     def send(self, attributes: Mapping[str, str], body: bytes) -> None:
         headers = {f"ce-{k}": v for k, v in {**self.extensions, **attributes}.items()}
-        headers["Content-Type"] = "application/json"
         self.sender.send("POST", self.url, f"sending {attributes.get('subject', 'an event')} to K_SINK", body=body,
-                         headers=headers)
+                         headers={**headers, "Content-Type": "application/json"})
 
 
 class Outbox:
