@@ -30,8 +30,7 @@ GCS_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"  # res
 GCS_PERMISSION = "storage.objects.get"
 S3_PERMISSION = "s3:GetObject"
 ANONYMOUS = "anonymous (no credentials found)"
-# AWS virtual-hosted or path-style endpoints: bucket.s3.amazonaws.com, bucket.s3.eu-west-1.amazonaws.com,
-# s3.eu-west-1.amazonaws.com, bucket.s3-eu-west-1.amazonaws.com (legacy).
+# bucket.s3.amazonaws.com, bucket.s3.eu-west-1.amazonaws.com, s3.eu-west-1..., bucket.s3-eu-west-1... (legacy)
 _AWS_S3_HOST = re.compile(r"(?:.+\.)?s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com")
 
 
@@ -169,8 +168,7 @@ class AwsSigner(Signer):
         return f"access key {key_id[:8]}…" if key_id else "the default credentials"
 
 
-# Which signer a store's requests get, and the region to sign for (S3).
-Route = tuple[Signer | None, str | None]
+Route = tuple[Signer | None, str | None]  # the signer a store's requests get, and the S3 region to sign for
 
 
 class StoreAuth(AuthBase):

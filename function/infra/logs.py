@@ -125,8 +125,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-# What a one-shot run tells its user it is doing and why: shown at the CLI's default level, which hides INFO.
-NOTICE = "function.notice"
+NOTICE = "function.notice"  # what a CLI run is doing and why: shown at its default level, which hides INFO
 
 
 def setup(level: str, json_lines: bool, notices: bool = False) -> None:
