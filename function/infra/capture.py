@@ -1,9 +1,7 @@
 """Hold back what native code writes to file descriptors 1 and 2.
 
-TensorFlow's C++ logs and LiteRT's delegate notice are written to the descriptors directly, past
-Python's ``sys.stdout``/``sys.stderr``: only swapping the descriptors themselves keeps them out of
-a CLI's answer or the service's JSON log stream. The caller decides what to do with the bytes
-(quote their tail in an error, pass on all but a known line).
+TensorFlow's C++ logs and LiteRT's delegate notice bypass ``sys.stdout``/``sys.stderr``: only swapping
+the descriptors keeps them out of a CLI's answer or the service's JSON log stream.
 """
 
 from __future__ import annotations
@@ -21,17 +19,14 @@ class Held:
     def __init__(self) -> None:
         self.data = b""
 
-    def tail(self, chars: int = 4000) -> str:
-        return self.data.decode("utf8", "replace")[-chars:]
+    def tail(self) -> str:
+        return self.data.decode("utf8", "replace")[-4000:]
 
 
 @contextlib.contextmanager
-def held_back(fds: tuple[int, ...] = (1, 2)) -> Iterator[Held]:
-    """Send ``fds`` to one temporary file for the block; an empty tuple holds nothing back.
-
-    While it is active, everything this process writes to those descriptors, from any thread, is
-    held back: keep the block to the native call that needs it.
-    """
+def held_back(fds: tuple[int, ...]) -> Iterator[Held]:
+    """Send ``fds`` (none if empty) to one temporary file for the block. Everything any thread writes to
+    them is held back meanwhile: keep the block to the native call that needs it."""
     held = Held()
     if not fds:
         yield held

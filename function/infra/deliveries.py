@@ -12,11 +12,8 @@ R = TypeVar("R")
 
 
 def delivery_key(*parts: str | bytes) -> bytes:
-    """A fixed-size key for a delivery: a digest of (source, id, body), each part length-prefixed.
-
-    The body is part of it, so a reused (source, id) naming another object is classified, not
-    answered with the earlier object's result; and a 900 KB id costs 32 bytes of memory, not 900 KB.
-    """
+    """A digest of (source, id, body), each part length-prefixed. The body is part of it, so a reused
+    (source, id) naming another object is classified anew; a 900 KB id costs 32 bytes, not 900 KB."""
     digest = hashlib.sha256()
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
@@ -26,14 +23,10 @@ def delivery_key(*parts: str | bytes) -> bytes:
 
 
 class RecentDeliveries(Generic[R]):
-    """Remembers the replies to recent deliveries by key, within ``capacity`` entries and ``max_bytes``.
-
-    Brokers deliver at least once: a redelivered event gets the first delivery's reply (the same
-    reply event id), and a redelivery that arrives while the first is still being classified
-    waits for it instead of classifying the object twice. Only final replies are kept; a reply that
-    ``retryable`` says a retry should redo (a 5xx) is forgotten so the retry does the work again.
-    The oldest replies are forgotten first when either bound is passed (``size`` says what a reply costs).
-    """
+    """The replies to recent deliveries by key, the oldest forgotten first past ``capacity`` entries or
+    ``max_bytes`` (``size``: what a reply costs). A redelivery that arrives while the first is under way
+    waits for it rather than classifying twice. A reply ``retryable`` says a retry should redo (a 5xx)
+    is not kept."""
 
     def __init__(self, retryable: Callable[[R], bool], capacity: int = 4096, max_bytes: int = 16 * 1024 * 1024,
                  size: Callable[[R], int] = lambda _: 0):
@@ -55,11 +48,11 @@ class RecentDeliveries(Generic[R]):
 
     def _trim(self) -> None:
         while self._replies and (len(self._replies) > self.capacity or self.bytes > self.max_bytes):
-            oldest = next(iter(self._replies))
-            self._forget(oldest)
+            self._forget(next(iter(self._replies)))
 
     def run(self, key: bytes, work: Callable[[], R]) -> tuple[R, bool]:
-        """The reply for ``key``, doing ``work`` only if no delivery of it is done or under way."""
+        """The reply for ``key`` and whether it was remembered; ``work`` done only if no delivery of it
+        is done or under way."""
         while True:
             with self._lock:
                 entry = self._replies.get(key)
@@ -72,21 +65,17 @@ class RecentDeliveries(Generic[R]):
                     self._replies.move_to_end(key)
                     return entry, True
             entry.wait(60)
+        reply: R | None = None
         try:
             reply = work()
-        except BaseException:
+        finally:
             with self._lock:
                 if self._replies.get(key) is pending:
                     self._forget(key)
+                    if reply is not None and not self._retryable(reply):
+                        self._replies[key] = reply
+                        self._sizes[key] = cost = len(key) + self._size(reply)
+                        self.bytes += cost
+                        self._trim()
             pending.set()
-            raise
-        with self._lock:
-            if self._replies.get(key) is pending:
-                self._forget(key)
-                if not self._retryable(reply):
-                    self._replies[key] = reply
-                    self._sizes[key] = cost = len(key) + self._size(reply)
-                    self.bytes += cost
-                    self._trim()
-        pending.set()
         return reply, False

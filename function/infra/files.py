@@ -1,5 +1,5 @@
-"""Bytes from local files: photos named on the command line and documents from configuration (the label
-map the image carries), within the same limits as fetched ones; result documents written beside photos."""
+"""Local files: photos named on the command line, documents from configuration (the label map the image
+carries), within the same limits as fetched ones; result documents written beside photos."""
 
 from __future__ import annotations
 
@@ -25,12 +25,10 @@ def checked_size(data: bytes, max_bytes: int) -> bytes:
 def read_file(path: str, max_bytes: int) -> bytes:
     """A local photo (the CLI's arguments), within the same byte limit as a fetched one."""
     try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(path)
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise TooLarge(f"{path} is {size} bytes; the limit is {max_bytes}")
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise TooLarge(f"{path} is {size} bytes; the limit is {max_bytes}")
             return checked_size(f.read(), max_bytes)
     except (FileNotFoundError, NotADirectoryError):
         raise FileNotFound(f"no such file: {path}") from None
@@ -43,8 +41,8 @@ def read_file(path: str, max_bytes: int) -> bytes:
 
 
 def read_document(session: requests.Session, url: str, timeout: float) -> bytes:
-    """A small document from configuration (the label map): an http(s) URL, or a local file
-    (a path or ``file://``; the image carries one). ``OSError`` or ``requests`` errors propagate."""
+    """A small document from configuration: an http(s) URL, or a local path or ``file://`` URL.
+    ``OSError`` or ``requests`` errors propagate."""
     parts = urlsplit(url)
     if parts.scheme in ("http", "https"):
         response = session.get(url, timeout=timeout)

@@ -1,8 +1,7 @@
 """Logging set-up: JSON lines for the service, readable text for the CLI, request ids.
 
-Records carry structured fields one way: ``log.info("msg", extra=logs.fields(photos=3))``; the JSON formatter puts them
-at the top level next to ``severity`` and ``message`` (the keys Cloud Logging and most Knative log
-pipelines read), the text formatter appends them as ``key=value``.
+Structured fields (``extra=logs.fields(photos=3)``) go at the top level of a JSON line, beside ``severity``
+and ``message`` (what Cloud Logging and most Knative log pipelines read), or after a text line as ``key=value``.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, TextIO
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-# Fields every record of the current request carries (the trace), set by trace_context().
 trace_var: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("trace", default={})  # noqa: B039
 
 TRACE = "logging.googleapis.com/trace"
@@ -27,13 +25,10 @@ SPAN = "logging.googleapis.com/spanId"
 SAMPLED = "logging.googleapis.com/trace_sampled"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([01]))?$")
-
-# Loggers of libraries whose start-up chatter an operator does not need at INFO.
-_NOISY = ("tensorflow", "absl", "h5py", "urllib3", "werkzeug", "PIL")
+_NOISY = ("tensorflow", "absl", "h5py", "urllib3", "werkzeug", "PIL")  # start-up chatter, quiet at INFO
 
 
 def fields(**values: Any) -> dict[str, Any]:
-    """``log.info("msg", extra=fields(photos=3))``: structured fields for a record."""
     return {"fields": values}
 
 
@@ -42,23 +37,28 @@ def new_request_id() -> str:
 
 
 @contextmanager
-def request_context(request_id: str | None = None) -> Iterator[str]:
-    """Tag every record logged inside (in this thread) with the request id."""
-    rid = request_id or new_request_id()
-    token = request_id_var.set(rid)
+def _bound(var: contextvars.ContextVar[Any], value: Any) -> Iterator[None]:
+    token = var.set(value)
     try:
-        yield rid
+        yield
     finally:
-        request_id_var.reset(token)
+        var.reset(token)
+
+
+def request_context(request_id: str) -> AbstractContextManager[None]:
+    """Every record logged inside (in this thread) carries the request id."""
+    return _bound(request_id_var, request_id)
+
+
+def trace_context(values: Mapping[str, Any]) -> AbstractContextManager[None]:
+    """Every record logged inside (in this thread, and in the photo fetches it starts) carries ``values``."""
+    return _bound(trace_var, dict(values))
 
 
 def trace_fields(traceparent: str | None, cloud_trace: str | None, project: str | None) -> dict[str, Any]:
-    """The request's trace, as Cloud Logging reads it: W3C ``traceparent``, else ``X-Cloud-Trace-Context``.
-
-    With ``project`` (``GOOGLE_CLOUD_PROJECT``) the trace is ``projects/P/traces/T``, which links the
-    log line to the trace in Cloud Trace; without it, the bare id goes in ``trace_id``. Malformed or
-    all-zero ids are ignored (a caller's header must not break or forge the log's structure).
-    """
+    """The request's trace for Cloud Logging, from W3C ``traceparent``, else ``X-Cloud-Trace-Context``:
+    ``projects/P/traces/T`` with ``GOOGLE_CLOUD_PROJECT`` (linking Cloud Trace), else a bare ``trace_id``.
+    Malformed or all-zero ids are ignored: a caller's header must not break or forge the log's structure."""
     trace = span = None
     sampled: bool | None = None
     match = _TRACEPARENT.match((traceparent or "").strip().lower())
@@ -81,41 +81,20 @@ def trace_fields(traceparent: str | None, cloud_trace: str | None, project: str 
     return out
 
 
-@contextmanager
-def trace_context(values: Mapping[str, Any]) -> Iterator[None]:
-    """Every record logged inside (in this thread, and in the photo fetches it starts) carries ``values``."""
-    token = trace_var.set(dict(values))
-    try:
-        yield
-    finally:
-        trace_var.reset(token)
-
-
 def http_request(method: str, url: str, status: int, response_size: int | None, user_agent: str | None,
                  remote_ip: str | None, latency_s: float, protocol: str | None) -> dict[str, Any]:
     """Cloud Logging's ``httpRequest`` field (LogEntry.HttpRequest) for the request's log line."""
-    out: dict[str, Any] = {"requestMethod": method, "requestUrl": url[:2000], "status": status,
-                           "latency": f"{latency_s:.3f}s"}
-    if response_size is not None:
-        out["responseSize"] = str(response_size)
-    if user_agent:
-        out["userAgent"] = user_agent[:500]
-    if remote_ip:
-        out["remoteIp"] = remote_ip
-    if protocol:
-        out["protocol"] = protocol
-    return out
+    optional = {"responseSize": None if response_size is None else str(response_size),
+                "userAgent": (user_agent or "")[:500], "remoteIp": remote_ip, "protocol": protocol}
+    return {"requestMethod": method, "requestUrl": url[:2000], "status": status, "latency": f"{latency_s:.3f}s",
+            **{k: v for k, v in optional.items() if v}}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "severity": record.levelname,
-            "message": record.getMessage(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "logger": record.name,
-        }
+        created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, Any] = {"severity": record.levelname, "message": record.getMessage(),
+                                 "time": f"{created}.{int(record.msecs):03d}Z", "logger": record.name}
         rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid:
             entry["request_id"] = rid
@@ -146,15 +125,12 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-# What a one-shot run tells its user it is doing and why (waiting for a conversion, answering on
-# TensorFlow this time): shown by the CLI at its default level, which hides the rest of INFO.
-NOTICE = "function.notice"
+NOTICE = "function.notice"  # what a CLI run is doing and why: shown at its default level, which hides INFO
 
 
-def setup(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = None,
-          notices: bool = False) -> None:
-    """Configure the root logger once per process (calling it again replaces the handler)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+def setup(level: str, json_lines: bool, notices: bool = False) -> None:
+    """Configure the root logger (calling it again replaces the handler)."""
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -166,5 +142,4 @@ def setup(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = 
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING if level == "DEBUG" else logging.ERROR)
     logging.getLogger("function").setLevel(level)
-    notice_level = logging.getLevelName(level)
-    logging.getLogger(NOTICE).setLevel(min(logging.INFO, notice_level) if notices else logging.NOTSET)
+    logging.getLogger(NOTICE).setLevel(min(logging.INFO, logging.getLevelName(level)) if notices else logging.NOTSET)

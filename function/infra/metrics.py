@@ -1,11 +1,6 @@
-"""Prometheus metrics, in a registry the app owns (never prometheus_client's global default one).
-
-:class:`Metrics` holds the instruments the HTTP target moves (requests by route and status, photo
-errors by code, phase histograms, requests in flight); what other pieces already count (the model's
-state and load time, the call queue's batch totals) is read at scrape time through
-:meth:`Metrics.watch`, so those pieces do not depend on this module. ``GET /metrics`` answers
-:meth:`Metrics.exposition` as ``text/plain; version=0.0.4``.
-"""
+"""Prometheus metrics, in a registry the app owns (never prometheus_client's global one). What other pieces
+already count (model state and load time, batch totals) is read at scrape time (:meth:`Metrics.watch`),
+so they do not depend on this module."""
 
 from __future__ import annotations
 
@@ -26,12 +21,29 @@ SENDER_REASONS = ("no_proof", "not_accepted", "malformed", "signature", "issuer"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class _Callback(Collector):
-    def __init__(self, collect: Callable[[], Iterator[Metric]]):
-        self._collect = collect
+class _Watched(Collector):
+    """Read at scrape time: each resource's state, the model's load time, ``(calls, images, largest)``."""
+
+    def __init__(self, states: Callable[[], Mapping[str, str]], load_seconds: Callable[[], float | None],
+                 batches: Callable[[], tuple[int, int, int]]):
+        self.states, self.load_seconds, self.batches = states, load_seconds, batches
 
     def collect(self) -> Iterator[Metric]:
-        return self._collect()
+        state = GaugeMetricFamily("bird_resource_state", "1 for the state each resource is in",
+                                  labels=["resource", "state"])
+        for resource, current in self.states().items():
+            for s in STATES:
+                state.add_metric([resource, s], 1.0 if current == s else 0.0)
+        yield state
+        seconds = self.load_seconds()
+        if seconds is not None:
+            yield GaugeMetricFamily("bird_model_load_seconds", "How long the model took to load and warm up",
+                                    value=seconds)
+        calls, images, largest = self.batches()
+        yield CounterMetricFamily("bird_model_calls", "Model calls (batches) made", value=calls)
+        yield CounterMetricFamily("bird_model_call_images", "Images in all model calls; "
+                                  "/ bird_model_calls_total = mean batch size", value=images)
+        yield GaugeMetricFamily("bird_model_call_largest_batch", "Most images in one model call", value=largest)
 
 
 class Metrics:
@@ -54,11 +66,9 @@ class Metrics:
                                          "proof, by envelope and reason", ["envelope", "reason"], registry=r)
 
     def count_delivery_refusal(self, envelope: str, reason: str) -> None:
-        """One delivery refused: no proof, a proof that does not verify, or a sender not allowed."""
         self.delivery_refusals.labels(envelope, reason if reason in SENDER_REASONS else "other").inc()
 
     def count_cost_refusal(self, reason: str) -> None:
-        """One photo refused or stopped for its decoding cost: memory, cpu, scans or deadline."""
         self.cost_refusals.labels(reason).inc()
 
     def observe(self, timings_ms: Mapping[str, float], error_codes: Iterable[str]) -> None:
@@ -71,35 +81,15 @@ class Metrics:
 
     def watch(self, states: Callable[[], Mapping[str, str]], load_seconds: Callable[[], float | None],
               batches: Callable[[], tuple[int, int, int]]) -> None:
-        """Read at scrape time: each resource's state, the model's load time, the call queue's
-        ``(calls, images, largest)``."""
-
-        def collect() -> Iterator[Metric]:
-            state = GaugeMetricFamily("bird_resource_state", "1 for the state each resource is in",
-                                      labels=["resource", "state"])
-            for resource, current in states().items():
-                for s in STATES:
-                    state.add_metric([resource, s], 1.0 if current == s else 0.0)
-            yield state
-            seconds = load_seconds()
-            if seconds is not None:
-                yield GaugeMetricFamily("bird_model_load_seconds", "How long the model took to load and warm up",
-                                        value=seconds)
-            calls, images, largest = batches()
-            yield CounterMetricFamily("bird_model_calls", "Model calls (batches) made", value=calls)
-            yield CounterMetricFamily("bird_model_call_images", "Images in all model calls; "
-                                      "/ bird_model_calls_total = mean batch size", value=images)
-            yield GaugeMetricFamily("bird_model_call_largest_batch", "Most images in one model call", value=largest)
-
-        self.registry.register(_Callback(collect))
+        self.registry.register(_Watched(states, load_seconds, batches))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class RequestMeter:
-    """Requests in flight and answers by route and status, counted once per request below the routes
-    (``function.infra.limits.BoundedRequests``), so answers the bounds give (413, 414, 408) count too."""
+    """Requests in flight and answers by route and status, counted below the routes (in ``limits``), so
+    answers the bounds give (413, 414, 408) count too."""
 
     def __init__(self, metrics: Metrics, routes: Iterable[str]):
         self._metrics, self._routes = metrics, frozenset(routes)
@@ -112,6 +102,6 @@ class RequestMeter:
         self._metrics.requests.labels(self.route(path), str(status)).inc()
 
     def route(self, path: str) -> str:
-        """The route a path belongs to, for metric labels: a bounded set, whatever paths clients send."""
+        """For metric labels: a bounded set, whatever paths clients send."""
         path = path.rstrip("/") or "/"
         return path if path in self._routes else "other"

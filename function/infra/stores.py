@@ -1,19 +1,10 @@
 """Writing results back: result documents into the configured bucket, labels onto the photo itself,
-CloudEvents to a Knative sink, each retried and bounded, and the outbox that bounds what waits.
+CloudEvents to a Knative sink, and the outbox that bounds what waits.
 
-Writes use the credentials reads use (:mod:`function.infra.credentials`), with the write permission:
-Cloud Storage through its JSON API (a multipart upload; a metadata PATCH), S3 or ``S3_ENDPOINT`` with
-SigV4 (PutObject; Get/PutObjectTagging). No storage client library: the same two auth libraries,
-three kinds of request.
-
-Every request here goes to a place the configuration names: the results bucket of ``RESULTS_URL``
-on the configured endpoint, the store the photo was just read from, or ``K_SINK``. A key is built
-from the configured prefix and checked names (:func:`function.core.records.key`), and no redirect is
-followed, so an event cannot move a write elsewhere. Each request is bounded in time (connect and
-read timeouts, at most the write's deadline, ``RESULTS_TIMEOUT_S``, retries included) and in size
-(the document's bound; at most 16 KB of any answer is read). A write that does not succeed raises
-:class:`~function.errors.ResultNotWritten` (503), which fails the delivery so the platform delivers
-it again: a result is never dropped without the delivery failing.
+No storage client library: the read credentials (:mod:`function.infra.credentials`) with write access.
+Every request goes to a place the configuration names, with checked key names and no redirects, so an
+event cannot move a write elsewhere; each is bounded in time (``RESULTS_TIMEOUT_S``, retries included)
+and size. A failed write is :class:`~function.errors.ResultNotWritten` (503): the platform delivers again.
 """
 
 from __future__ import annotations
@@ -37,12 +28,13 @@ import requests
 from ..config import Config, ResultsLocation
 from ..errors import ResultNotWritten, ServiceError
 from . import logs
-from .credentials import GCS_WRITE_SCOPE, AwsSigner, GoogleSigner, Signer
+from .credentials import AwsSigner, GoogleSigner, Signer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+OK, RETRY_STATUS = (200, 201, 202, 204), (408, 429, 500, 502, 503, 504)
+BACKOFF_S = 0.2
 MAX_ANSWER_BYTES = 16 * 1024  # read of any answer: an error code, or a tag set (10 tags of 128 + 256 characters)
 MAX_S3_TAGS = 10
 GCS_CREATE, GCS_UPDATE = "storage.objects.create", "storage.objects.update"
@@ -54,20 +46,18 @@ _ERROR_CODE = re.compile(r"<Code>([A-Za-z.]{1,64})</Code>|\"reason\": ?\"([A-Za-
 
 
 class Sender:
-    """Sends one request to a configured place, signed, retried while a later try may succeed, within
-    a deadline; raises :class:`ResultNotWritten` naming what failed and, for a refusal, who and what to grant."""
+    """Sends one request, signed, retried while a later try may succeed, within a deadline; else
+    :class:`ResultNotWritten` naming what failed and, for a refusal, who and what to grant."""
 
     def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float, deadline_s: float,
-                 retries: int, backoff_s: float = 0.2, sleep: Callable[[float], None] = time.sleep):
+                 retries: int):
         self.session = session
         self.timeout = (connect_timeout_s, read_timeout_s)
-        self.deadline_s, self.retries, self.backoff_s = deadline_s, retries, backoff_s
-        self._sleep = sleep
+        self.deadline_s, self.retries = deadline_s, retries
 
     def send(self, method: str, url: str, what: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None,
-             signer: Signer | None = None, region: str | None = None, ok: tuple[int, ...] = (200, 201, 202, 204),
-             permission: str = "") -> bytes:
-        """The answer's first bytes once the place answers one of ``ok``."""
+             signer: Signer | None = None, region: str | None = None, permission: str = "") -> bytes:
+        """The answer's first bytes (``MAX_ANSWER_BYTES``) once it is a success."""
         deadline = time.monotonic() + self.deadline_s
         attempt = 0
         while True:
@@ -82,32 +72,27 @@ class Sender:
                 with self.session.send(request, timeout=timeout, allow_redirects=False, stream=True) as response:
                     answer = response.raw.read(MAX_ANSWER_BYTES, decode_content=True) or b""
                     status = response.status_code
-                    if status in ok:
+                    if status in OK:
                         return bytes(answer)
                     retry_after = _seconds(response.headers.get("Retry-After"))
                 problem = f"HTTP {status}{_code(answer)}"
+                if status in (401, 403) and permission:
+                    who = signer.identity() if signer is not None else "anonymously"
+                    problem += f" to a write as {who}: grant it {permission} (docs/deploy.md, Where the results go)"
                 if status not in RETRY_STATUS:
-                    raise ResultNotWritten(f"{what}: {_refusal(problem, status, signer, permission)}")
+                    raise ResultNotWritten(f"{what}: {problem}")
             except ResultNotWritten:
                 raise
             except requests.RequestException as exc:
                 problem = type(exc).__name__
             except ServiceError as exc:  # signing: credentials that cannot be had now
                 problem = exc.message
-            pause = retry_after if retry_after is not None else self.backoff_s * 2 ** attempt
+            pause = retry_after if retry_after is not None else BACKOFF_S * 2 ** attempt
             if attempt >= self.retries or time.monotonic() + pause >= deadline:
                 raise ResultNotWritten(f"{what}: {problem} after {attempt + 1} attempt(s)")
             attempt += 1
             log.debug("retrying a write", extra=logs.fields(what=what, problem=problem, attempt=attempt))
-            self._sleep(pause)
-
-
-def _refusal(problem: str, status: int, signer: Signer | None, permission: str) -> str:
-    if status not in (401, 403) or not permission:
-        return problem
-    who = signer.identity() if signer is not None else "anonymously"
-    return (f"{problem} to a write as {who}: grant it {permission} (docs/deploy.md, "
-            "Where the results go)")
+            time.sleep(pause)
 
 
 def _code(answer: bytes) -> str:
@@ -130,8 +115,8 @@ class GcsStore:
         self.sender, self.base, self.signer = sender, base_url.rstrip("/"), signer
 
     def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
-        """A multipart upload (the object's resource, then its bytes), as Google's clients send small objects:
-        one request that names the object and its content type; no-cache, since a redelivery overwrites it."""
+        """A multipart upload (resource, then bytes), as Google's clients send small objects; no-cache,
+        since a redelivery overwrites it."""
         boundary = uuid.uuid4().hex
         resource = json.dumps({"name": key, "contentType": content_type, "cacheControl": "no-cache"}).encode()
         payload = b"".join([
@@ -144,8 +129,7 @@ class GcsStore:
                          permission=GCS_CREATE)
 
     def label(self, bucket: str, name: str, labels: Mapping[str, str]) -> None:
-        """Custom metadata on the object: a PATCH changes only these keys, and makes no new generation
-        (so no finalized event: a metadata update is acknowledged without a fetch)."""
+        """Custom metadata: a PATCH changes only these keys and makes no new generation (no finalized event)."""
         url = f"{self.base}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
         self.sender.send("PATCH", url, f"labelling gs://{bucket}/{name}", body=json.dumps({"metadata": dict(labels)})
                          .encode(), headers={"Content-Type": "application/json"}, signer=self.signer,
@@ -178,9 +162,8 @@ class S3Store:
                          headers={"Content-Type": content_type}, signer=self.signer, region=region, permission=S3_PUT)
 
     def label(self, bucket: str, name: str, labels: Mapping[str, str], region: str | None = None) -> None:
-        """Object tags, merged into the tag set the object has (PutObjectTagging replaces the whole set).
-        Tags, not metadata: S3 changes an object's metadata only by copying it, and the copy is a new
-        ObjectCreated event, which would be classified again, and again."""
+        """Object tags, merged into the object's set (PutObjectTagging replaces it). Not metadata: S3 changes
+        that only by a copy, a new ObjectCreated event that would be classified again, and again."""
         region = self._region(region)
         url = self._url(bucket, name, region) + "?tagging"
         what = f"tagging s3://{bucket}/{name}"
@@ -204,12 +187,10 @@ def _tags(xml: bytes) -> dict[str, str]:
     except ElementTree.ParseError:
         return {}
     out = {}
-    for tag in root.iter():
-        if tag.tag.rsplit("}", 1)[-1] == "Tag":
-            k = next((c.text for c in tag if c.tag.rsplit("}", 1)[-1] == "Key"), None)
-            v = next((c.text for c in tag if c.tag.rsplit("}", 1)[-1] == "Value"), None)
-            if k:
-                out[k] = v or ""
+    for tag in root.iterfind(".//{*}Tag"):
+        key = tag.findtext("{*}Key")
+        if key:
+            out[key] = tag.findtext("{*}Value") or ""
     return out
 
 
@@ -248,27 +229,19 @@ class Sink:
 
     def send(self, attributes: Mapping[str, str], body: bytes) -> None:
         headers = {f"ce-{k}": v for k, v in {**self.extensions, **attributes}.items()}
-        headers["Content-Type"] = "application/json"
         self.sender.send("POST", self.url, f"sending {attributes.get('subject', 'an event')} to K_SINK", body=body,
-                         headers=headers)
+                         headers={**headers, "Content-Type": "application/json"})
 
 
 class Outbox:
-    """The writes and events under way, in a pool of ``workers``; at most ``limit`` wait in memory.
-
-    A write that would pass the limit is refused at once (:class:`ResultNotWritten`, 503 with
-    Retry-After): the delivery is redelivered later instead of queueing behind a store that is slow.
-    """
+    """The writes and events under way, in a pool of ``workers``. One past ``limit`` is refused at once
+    (:class:`ResultNotWritten`, 503): redelivered later rather than queued behind a slow store."""
 
     def __init__(self, workers: int, limit: int):
         self.limit = limit
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="result")
         self._lock = threading.Lock()
         self._pending = 0
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     def submit(self, work: Callable[[], T]) -> Future[T]:
         with self._lock:
@@ -293,9 +266,6 @@ class Outbox:
         self._pool.shutdown(wait=True)
 
 
-# -- from the configuration -------------------------------------------------------------------------------
-
-
 def sender(config: Config, session: requests.Session) -> Sender:
     return Sender(session, config.connect_timeout_s, config.read_timeout_s, config.results_timeout_s,
                   config.results_retries)
@@ -307,8 +277,8 @@ def stores(config: Config, send: Sender) -> Stores | None:
     if location is None:
         return None
     anonymous = config.storage_credentials == "anonymous"
-    google = None if anonymous or config.storage_emulator_host else GoogleSigner(GCS_WRITE_SCOPE, GCS_CREATE)
-    aws = None if anonymous else AwsSigner(permission=S3_PUT)
+    google = None if anonymous or config.storage_emulator_host else GoogleSigner(write=True)
+    aws = None if anonymous else AwsSigner(write=True)
     base = config.storage_emulator_host or config.gcs_base_url()
     base = base if "://" in base else f"http://{base}"
     return Stores(location, GcsStore(send, base, google), S3Store(send, config.s3_endpoint, aws))
