@@ -1,19 +1,14 @@
 """TensorFlow as the model's source: a TF Hub module converted once to a float32 ``.tflite``.
 
-``tensorflow_hub.resolve`` downloads and unpacks the module through its own cache
-(``TFHUB_CACHE_DIR``), as the TensorFlow runtime does. ``tf.lite.TFLiteConverter.from_saved_model``
-converts the signature the TensorFlow runtime would serve (``default`` for a TF1 Hub module, whose
-meta graph has the empty tag set; ``serving_default`` for a TF2 SavedModel), without quantization,
-and the result is checked against TensorFlow on a few fixed inputs; the largest difference goes
-into the manifest. :func:`cached` does it once across processes, through the model cache.
-
-TensorFlow is imported inside :func:`convert` only: importing this module costs numpy at most.
+``tensorflow_hub.resolve`` downloads the module through its own cache (``TFHUB_CACHE_DIR``);
+``TFLiteConverter.from_saved_model`` converts the signature the TensorFlow runtime would serve,
+without quantization, and the result is checked against TensorFlow on fixed inputs. TensorFlow is
+imported inside :func:`convert` only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -29,31 +24,27 @@ from ..infra.capture import held_back
 from . import handles
 from .cache import ConvertedCache
 from .prefetch import wait_for_other_download
+from .tensorflow import SIGNATURE_PREFERENCE
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_PREFERENCE = ("default", "serving_default")
-# Largest TF-vs-LiteRT difference in the scores accepted at conversion time. Float32 conversions of
-# the stand-in models agree to ~1e-7; a difference past this means the conversion changed the maths.
+# Largest TF-vs-LiteRT score difference accepted: float32 conversions agree far closer; a difference
+# past this means the conversion changed the maths.
 MAX_ABS_DIFF = 1e-4
-# A conversion's phases and the CPU seconds each is expected to take before this cache has timed
-# one: MobileNet V2 on this project's 2-core machine (TensorFlow's import 3.6-4.0 s, resolve and
-# convert 2.3 s, TensorFlow and LiteRT on the check inputs 1.2-1.3 s). Afterwards, the cache's own
-# figures from the last conversion.
+VERIFICATION_INPUTS = ("4 uniform random images (numpy seed 0), all zeros, all ones; [6,H,W,3] in [0,1] "
+                       "at the model's size")
+# A conversion's phases and the CPU seconds each takes (MobileNet V2, 2 cores) until this cache has
+# timed one; afterwards, the last conversion's own figures.
 DEFAULT_PHASE_CPU_S = {"import": 4.0, "convert": 2.4, "verify": 1.3}
 
 
 def cached(cache: ConvertedCache, handle: str, quiet: bool = True, downloader: int | None = None) -> Path:
-    """The cached ``.tflite`` for a TF Hub handle, converting it first (once across processes) if needed.
-
-    The converter holds the entry's lock for the whole conversion and announces each phase as it
-    begins, so a run that finds the entry held can tell how much work is left. ``downloader``: the
-    process that is downloading the module (the run that started this converter); its download is
-    used rather than a second one.
-    """
+    """The cached ``.tflite`` for a TF Hub handle, converted first (once across processes, under the
+    entry's lock, announcing each phase) if needed. ``downloader``: a process downloading the module,
+    whose download is used rather than a second one."""
     found = cache.lookup(handle)
     if found is not None:
         return found
@@ -78,10 +69,6 @@ def cached(cache: ConvertedCache, handle: str, quiet: bool = True, downloader: i
 class Conversion:
     """What one conversion produced and measured."""
 
-    path: Path
-    size: int
-    sha256: str
-    source: str
     resolved_path: str
     signature: str
     tags: list[str]
@@ -96,19 +83,15 @@ class Conversion:
     def manifest_fields(self) -> dict[str, Any]:
         return {"kind": "conversion", "signature": self.signature, "tags": self.tags,
                 "input_name": self.input_name, "output_name": self.output_name,
-                "max_abs_diff": self.max_abs_diff, "compared_on": verification_inputs_description(),
+                "max_abs_diff": self.max_abs_diff, "compared_on": VERIFICATION_INPUTS,
                 "converter": f"tensorflow {self.tensorflow_version} TFLiteConverter.from_saved_model, float32",
                 "tensorflow_version": self.tensorflow_version, "tensorflow_hub_version": self.tensorflow_hub_version,
                 "litert_version": self.litert_version, "resolved_path": self.resolved_path,
                 "seconds": round(self.seconds, 3)}
 
 
-def verification_inputs_description() -> str:
-    return "4 uniform random images (numpy seed 0), all zeros, all ones; [6,H,W,3] in [0,1] at the model's size"
-
-
 def verification_inputs(height: int, width: int) -> np.ndarray:
-    """The fixed inputs TensorFlow and LiteRT are compared on, at the signature's image size."""
+    """:data:`VERIFICATION_INPUTS` at the signature's image size."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -169,14 +152,11 @@ def _pick_signature(saved_model_dir: str, handle: str) -> tuple[str, set[str], s
 
 def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
             on_phase: Callable[[str], None] | None = None, downloader: int | None = None) -> Conversion:
-    """Convert the TF Hub module or SavedModel at ``handle`` to a float32 ``.tflite`` at ``out_path``.
+    """Convert the TF Hub module or SavedModel at ``handle`` to a float32 ``.tflite`` at ``out_path``,
+    failing when LiteRT's scores differ from TensorFlow's by over ``MAX_ABS_DIFF``.
 
-    Downloads through ``tensorflow_hub.resolve`` (its cache, ``TFHUB_CACHE_DIR``), converts the
-    serving signature, then compares TensorFlow's scores with LiteRT's on
-    :func:`verification_inputs`; a difference over ``MAX_ABS_DIFF`` fails the conversion.
-    With ``quiet``, TensorFlow's output is held back (and quoted in the error if it fails).
-    ``on_phase`` is told as each phase begins: ``import``, ``convert``, ``verify``. ``downloader``: a
-    process downloading the module into tensorflow_hub's cache, waited for (see :func:`cached`).
+    With ``quiet``, TensorFlow's output is held back (and quoted in the error if it fails);
+    ``on_phase`` is told as each phase begins: ``import``, ``convert``, ``verify``.
     """
     phase = on_phase or (lambda name: None)
     started = time.perf_counter()
@@ -226,10 +206,8 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
     if not max_abs_diff <= MAX_ABS_DIFF:
         raise ConversionError(f"the conversion of {handle} differs from TensorFlow by up to {max_abs_diff:.3g} "
                               f"(limit {MAX_ABS_DIFF:g})")
-    out = Path(out_path)
-    out.write_bytes(flatbuffer)
+    Path(out_path).write_bytes(flatbuffer)
     return Conversion(
-        path=out, size=len(flatbuffer), sha256=hashlib.sha256(flatbuffer).hexdigest(), source=handle,
         resolved_path=str(resolved), signature=signature, tags=sorted(tags), input_name=input_name,
         output_name=output_name, max_abs_diff=max_abs_diff, tensorflow_version=tf.__version__,
         tensorflow_hub_version=getattr(hub, "__version__", "?"), litert_version=_litert_version(),

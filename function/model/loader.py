@@ -1,28 +1,19 @@
 """Which runtime serves the model, and where its file comes from: ``MODEL_URL`` x ``MODEL_RUNTIME``.
 
-* A ``.tflite`` (http(s) URL, local path or ``file://``) runs on LiteRT; an http(s) one is downloaded
-  once into ``MODEL_CACHE_DIR``. It never needs TensorFlow.
-* A TF Hub module or TF2 SavedModel with ``auto`` (the default) or ``litert``: the flatbuffer cached in
-  ``MODEL_CACHE_DIR`` for that handle, verified by its sha256, runs on LiteRT; a process that finds it
-  never imports TensorFlow. Not cached yet: TensorFlow and tensorflow_hub download the module
-  (through tensorflow_hub's own cache) and convert it once, checking LiteRT's scores against
-  TensorFlow's. If that fails, ``auto`` falls back to the TensorFlow runtime with one WARNING that
-  says why; ``litert`` fails the load with the reason.
-* ``convert_in_background`` (the CLI, with ``auto``): a one-shot run would wait for the conversion
-  (about 8 s of CPU for MobileNet V2, TensorFlow's import included) only to classify a few photos;
-  so on a cache miss it answers on the TensorFlow runtime and starts a detached
-  ``python -m function.model`` that fills the cache for the next run. That converter starts at
-  once but runs on idle CPU only (SCHED_IDLE): it imports TensorFlow and converts on the core this
-  run leaves free, without slowing it down. A run that finds a conversion under way waits for it
-  when the work the converter has left (in its own CPU seconds, announced phase by phase) is less
-  than this run's TensorFlow load would take (the cache keeps that figure from earlier runs), lends
-  it its priority, and says so; otherwise it answers on TensorFlow, as the first run did.
+* A ``.tflite`` (http(s), local path or ``file://``) runs on LiteRT; an http(s) one is downloaded once
+  into ``MODEL_CACHE_DIR``.
+* A TF Hub module or SavedModel with ``auto`` or ``litert``: its flatbuffer from ``MODEL_CACHE_DIR``
+  runs on LiteRT, without importing TensorFlow. On a miss it is converted once (TensorFlow checks
+  LiteRT's scores); if that fails, ``auto`` falls back to TensorFlow with a WARNING, ``litert`` fails.
+* ``convert_in_background`` (the CLI, with ``auto``): a one-shot run would wait seconds of CPU for a
+  conversion to classify a few photos; so a miss answers on TensorFlow and starts a detached
+  ``python -m function.model`` on idle CPU (SCHED_IDLE) that fills the cache for the next run. A run
+  that finds a conversion under way waits for it (lending it its priority) when its announced work
+  left is less than a TensorFlow load here takes, else answers on TensorFlow.
 * ``tensorflow``: the reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
 
-Every runtime gives the same thing to the call queue: ``predict(pixels uint8 [N,H,W,3]) -> [N, classes]``
-probabilities, its ``contract`` (the input size and normalization it applies itself, the labels and
-score threshold its metadata carries: :mod:`function.model.contract`), ``num_classes`` and the
-load's ``timings_ms``.
+Every runtime gives the call queue ``predict(pixels uint8 [N,H,W,3]) -> [N, classes]``, its
+``contract`` (:mod:`function.model.contract`), ``num_classes`` and the load's ``timings_ms``.
 """
 
 from __future__ import annotations
@@ -39,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..config import MODEL_RUNTIMES
-from ..errors import ModelCacheError, ModelError, ModelSourceUnavailable, TensorFlowMissing
+from ..errors import ModelError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra import logs, procs
 from . import handles
 from .cache import STILL_WRITING, ConvertedCache, fetch_tflite
@@ -98,24 +89,17 @@ def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | N
         return _tensorflow(spec, prefetcher)
     started = time.perf_counter()
     cache = ConvertedCache(spec.cache_dir)
-    cached: Path | None = None
-    lookup_error: ModelCacheError | None = None
-    try:
+    try:  # a cache that cannot be used is as a failed conversion
         cached = cache.lookup(spec.url)  # hashes the file: once per load
-    except ModelCacheError as exc:  # the cache cannot be used: as a failed conversion, below
-        lookup_error = exc
-    if cached is None and lookup_error is None and spec.runtime == "auto" and spec.convert_in_background:
-        return _one_shot(spec, cache, prefetcher, started)
-    try:
-        if lookup_error is not None:
-            raise lookup_error
-        return _converted(spec, cache, cached, started)
+        if cached is not None or spec.runtime != "auto" or not spec.convert_in_background:
+            return _converted(spec, cache, cached, started)
     except (ModelError, OSError) as exc:
         if spec.runtime == "litert" or isinstance(exc, (TensorFlowMissing, ModelSourceUnavailable)):
             raise exc if isinstance(exc, ModelError) else ModelError(str(exc)) from exc
         log.warning("serving %s on the TensorFlow runtime: the LiteRT conversion failed (%s)", spec.url, exc,
                     extra=logs.fields(url=spec.url, runtime="tensorflow", fallback_reason=str(exc)))
         return _tensorflow(spec, prefetcher)
+    return _one_shot(spec, cache, prefetcher, started)
 
 
 def _one_shot(spec: ModelSpec, cache: ConvertedCache, prefetcher: Prefetcher | None, started: float) -> LoadedModel:
@@ -187,9 +171,8 @@ def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, starte
 
 
 def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
-    """Start ``python -m function.model`` on its own, on idle CPU, outliving this process; its output
-    goes to ``convert.log`` in the cache. Two at once are safe: the cache's lock makes the second one
-    wait and find the first one's file."""
+    """Start ``python -m function.model`` on idle CPU, outliving this process, logging to ``convert.log``
+    in the cache (two at once are safe: the cache's lock serializes them)."""
     cache.root.mkdir(parents=True, exist_ok=True)
     log_path = cache.root / "convert.log"
     package_root = Path(__file__).resolve().parents[2]
