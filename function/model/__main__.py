@@ -1,8 +1,7 @@
 """``python -m function.model [HANDLE]``: fill the model cache with the ``.tflite`` LiteRT serves.
 
 A TF Hub module or SavedModel is converted (TensorFlow needed); a ``.tflite`` URL is downloaded.
-Settings come from :class:`~function.config.Config` (``MODEL_URL``, ``MODEL_CACHE_DIR``) like
-everywhere else; the options override them. The image's build stage runs it; so does the CLI,
+Options override :class:`~function.config.Config`. The image's build stage runs it; so does the CLI,
 detached, to convert for its next run (``--idle``).
 """
 
@@ -10,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,9 +77,7 @@ def main(argv: list[str] | None = None, config: Config | None = None) -> int:
 
 def _copy_out(path: Path, out: Path, manifest: dict[str, object]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, out)
+    write_atomic(out, path.read_bytes())
     if manifest:
         write_atomic(out.with_name(out.name + ".json"), (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"cached:  {path}")

@@ -1,16 +1,10 @@
 """The model's call queue: bounded calls, several in parallel, shared by concurrent requests.
 
-Requests put their photo batches on one queue, cut into pieces of at most ``max_images``. A few
-worker threads (one per usable CPU beyond the first by default) each take a piece, add whatever other pieces are
-already waiting while the call stays within ``max_images`` (optionally waiting ``max_wait_s`` for
-more), and run one model call. So a lone request is spread over all workers, requests that arrive
-together share calls, and no call is larger than the size that runs fastest.
-
-Why small calls in parallel rather than one big batched call: on a small CPU, MobileNet V2 runs
-fastest per image in calls of one or two images, each on one thread, several calls at once; larger
-batches outgrow the caches and TensorFlow's intra-op threads add little at this size (measured in
-docs/performance.md). ``MAX_BATCH_IMAGES``, ``INFERENCE_WORKERS`` and ``TF_INTRA_OP_THREADS`` let
-a bigger machine or a GPU choose differently, the way Triton's and BentoML's batchers are tuned.
+Requests put their batches on one queue in pieces of at most ``max_images``. Each worker thread takes
+a piece, adds pieces already waiting while the call stays within ``max_images`` (waiting up to
+``max_wait_s`` for more) and runs one model call: a lone request is spread over all workers, and
+requests that arrive together share calls. Small calls in parallel, because on a small CPU the model
+runs fastest per image in calls of one or two images on one thread each (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -74,8 +68,7 @@ class BatchStats:
 
 class Batcher:
     """``prepare``, if given, runs once on each worker thread before its first call: a runtime whose
-    state is per thread (LiteRT's interpreters) builds and warms it there, not in a request's call
-    (a cold request's five images took ~90 ms on fresh interpreters, ~30 ms on warm ones)."""
+    state is per thread (LiteRT's interpreters) builds and warms it there, not in a request's call."""
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_images: int = 2, max_wait_s: float = 0.0,
                  workers: int = 1, prepare: Callable[[], None] | None = None):

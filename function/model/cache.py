@@ -59,14 +59,13 @@ class UnderWay:
         if not self.expected_s:
             return None
         names = list(self.expected_s)
-        phase = self.phase
-        if phase is not None and phase in self.expected_s and self.phase_cpu_s is not None:
+        if self.phase in names and self.phase_cpu_s is not None:
             if cpu_now is None and self.pid is not None:
                 cpu_now = procs.cpu_seconds(self.pid)
             if cpu_now is not None:
                 used = max(0.0, cpu_now - self.phase_cpu_s)
-                later = names[names.index(phase) + 1:]
-                return max(0.0, self.expected_s[phase] - used) + sum(self.expected_s[n] for n in later)
+                i, seconds = names.index(self.phase), list(self.expected_s.values())
+                return max(0.0, seconds[i] - used) + sum(seconds[i + 1:])
         elapsed = (time.time() if now is None else now) - self.started
         return max(0.0, sum(self.expected_s.values()) - elapsed)
 
@@ -95,12 +94,9 @@ class ConvertedCache:
     def lookup(self, handle: str) -> Path | None:
         """The cached, verified file for ``handle``; None (and the entry removed if corrupt) if there is none."""
         problem = self._verify(handle)
-        if problem is None:
-            self.last_miss = None
-            return self.model_path(handle)
-        if problem == "not cached":
+        if problem in (None, "not cached"):
             self.last_miss = problem
-            return None
+            return self.model_path(handle) if problem is None else None
         with self.locked(handle):  # check again under the lock: a writer may be replacing the entry
             return self.lookup_locked(handle)
 

@@ -141,13 +141,9 @@ def _tflite(spec: ModelSpec, session: Any | None) -> LiteRTModel:
     started = time.perf_counter()
     try:
         path = fetch_tflite(spec.url, spec.cache_dir, session)  # a local path is used in place
-        fetched = time.perf_counter()
-        model = _litert(str(path), spec, source=spec.url)
+        return _litert(path, spec, started, "model_download")
     except (ModelError, OSError) as exc:
         raise ModelError(f"cannot load the .tflite model {spec.url}: {exc}") from exc
-    model.timings_ms = {"model_download": (fetched - started) * 1000, **model.timings_ms}
-    _log_loaded(model, spec, started, path=str(path))
-    return model
 
 
 def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, started: float,
@@ -160,14 +156,9 @@ def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, starte
         log.info("converting %s to a .tflite for LiteRT (once; cached in %s)", spec.url, cache.root,
                  extra=logs.fields(url=spec.url, reason=cache.last_miss))
         path = cached(cache, spec.url, quiet=spec.quiet)
-    found = time.perf_counter()
-    model = _litert(str(path), spec, source=spec.url)
     key = "conversion" if converted else "conversion_wait" if waited else "cache_lookup"
-    model.timings_ms = {key: (found - started) * 1000, **model.timings_ms}
-    manifest = cache.manifest(spec.url) or {}
-    _log_loaded(model, spec, started, path=str(path), converted=converted,
-                max_abs_diff_vs_tensorflow=manifest.get("max_abs_diff"))
-    return model
+    return _litert(path, spec, started, key, converted=converted,
+                   max_abs_diff_vs_tensorflow=(cache.manifest(spec.url) or {}).get("max_abs_diff"))
 
 
 def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
@@ -186,10 +177,17 @@ def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
                 extra=logs.fields(url=spec.url, runtime="tensorflow", cache=str(cache.root)))
 
 
-def _litert(path: str, spec: ModelSpec, source: str) -> LiteRTModel:
-    model = LiteRTModel(path, source=source, threads=spec.litert_threads)
+def _litert(path: Path, spec: ModelSpec, started: float, timing: str, **fields: Any) -> LiteRTModel:
+    """The flatbuffer at ``path`` on LiteRT; ``timing`` names what took the time since ``started``."""
+    found = time.perf_counter()
+    model = LiteRTModel(path, source=spec.url, threads=spec.litert_threads)
     if spec.warmup:
         model.warmup()
+    model.timings_ms = {timing: (found - started) * 1000, **model.timings_ms}
+    log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
+        url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
+        input=model.input_details, contract=model.contract.to_dict(),
+        timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, path=str(path), **fields))
     return model
 
 
@@ -198,10 +196,3 @@ def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> LoadedModel:
 
     return TensorFlowModel.load(spec.url, spec.intra_op_threads, spec.inter_op_threads, spec.warmup,
                                 spec.tfhub_cache_dir, prefetcher, spec.quiet)
-
-
-def _log_loaded(model: LiteRTModel, spec: ModelSpec, started: float, **fields: Any) -> None:
-    log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
-        url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
-        input=model.input_details, contract=model.contract.to_dict(),
-        timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))
