@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,41 +23,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Job:
-    """One request's batch; done when every piece has its scores."""
-
-    size: int
-    submitted: float = field(default_factory=time.perf_counter)
-    done: threading.Event = field(default_factory=threading.Event)
-    scores: np.ndarray | None = None
-    error: BaseException | None = None
-    pending: int = 0
-    first_started: float | None = None
-    largest_call: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def finish_piece(self, offset: int, scores: np.ndarray | None, error: BaseException | None,
-                     started: float, call_size: int) -> None:
-        with self.lock:
-            if error is not None:
-                self.error = self.error or error
-            elif self.error is None:
-                assert scores is not None
-                if self.scores is None:
-                    self.scores = np.empty((self.size, scores.shape[1]), scores.dtype)
-                self.scores[offset:offset + len(scores)] = scores
-            self.first_started = min(self.first_started or started, started)
-            self.largest_call = max(self.largest_call, call_size)
-            self.pending -= 1
-            if self.pending == 0:
-                self.done.set()
-
-
-@dataclass
 class _Piece:
-    job: _Job
-    offset: int
+    """Part of one request's batch; its scores come back through ``future``."""
+
     pixels: np.ndarray
+    future: futures.Future[np.ndarray] = field(default_factory=futures.Future)
+    started: float = 0.0  # when its call started
+    call_size: int = 0
 
 
 @dataclass
@@ -112,18 +85,15 @@ class Batcher:
         """Scores for ``batch``; also the ms before its first call started and the largest call it rode in."""
         if self._stopped:
             raise RuntimeError("the model's call queue is stopped")
-        job = _Job(len(batch))
-        offsets = range(0, len(batch), self.max_images)
-        job.pending = len(offsets)
+        submitted = time.perf_counter()
+        pieces = [_Piece(batch[offset:offset + self.max_images]) for offset in range(0, len(batch), self.max_images)]
         self._ensure_workers()
-        for offset in offsets:
-            self._queue.put(_Piece(job, offset, batch[offset:offset + self.max_images]))
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.scores is not None  # every piece finished without an error
-        queue_ms = ((job.first_started or job.submitted) - job.submitted) * 1000
-        return job.scores, queue_ms, job.largest_call
+        for piece in pieces:
+            self._queue.put(piece)
+        futures.wait([piece.future for piece in pieces])
+        scores = np.concatenate([piece.future.result() for piece in pieces])  # raises a failed call's error
+        queue_ms = (min(piece.started for piece in pieces) - submitted) * 1000
+        return scores, queue_ms, max(piece.call_size for piece in pieces)
 
     def _ensure_workers(self) -> None:
         with self._lock:
@@ -166,12 +136,9 @@ class Batcher:
                 self._prepared += 1
                 if self._prepared >= self.workers:
                     self._all_prepared.set()
-        while True:
-            pieces = self._collect()
-            if pieces is None:
-                return
+        while (pieces := self._collect()) is not None:
             started = time.perf_counter()
-            sizes = [len(p.pixels) for p in pieces]
+            images = sum(len(p.pixels) for p in pieces)
             scores, error = None, None
             try:
                 batch = np.concatenate([p.pixels for p in pieces]) if len(pieces) > 1 else pieces[0].pixels
@@ -180,12 +147,15 @@ class Batcher:
                 error = exc
             with self._lock:
                 self.stats.calls += 1
-                self.stats.images += sum(sizes)
-                self.stats.largest = max(self.stats.largest, sum(sizes))
+                self.stats.images += images
+                self.stats.largest = max(self.stats.largest, images)
             if len(pieces) > 1:
-                log.debug("one call for %d pieces, %d images", len(pieces), sum(sizes))
+                log.debug("one call for %d pieces, %d images", len(pieces), images)
             start = 0
-            for piece, size in zip(pieces, sizes, strict=True):
-                part = None if scores is None else scores[start:start + size]
-                piece.job.finish_piece(piece.offset, part, error, started, sum(sizes))
-                start += size
+            for piece in pieces:
+                piece.started, piece.call_size = started, images
+                if scores is None:
+                    piece.future.set_exception(error)
+                else:
+                    piece.future.set_result(scores[start:start + len(piece.pixels)])
+                start += len(piece.pixels)

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from concurrent import futures
 from typing import IO
 
 import requests
@@ -26,11 +27,9 @@ log = logging.getLogger(__name__)
 
 def compressed_url(handle: str) -> str:
     """The URL tensorflow_hub requests for a handle: the handle plus ``tf-hub-format=compressed``."""
-    parsed = list(urllib.parse.urlparse(handle))
-    query = urllib.parse.parse_qsl(parsed[4])
-    query.append(("tf-hub-format", "compressed"))
-    parsed[4] = urllib.parse.urlencode(query)
-    return urllib.parse.urlunparse(parsed)
+    parsed = urllib.parse.urlparse(handle)
+    query = [*urllib.parse.parse_qsl(parsed.query), ("tf-hub-format", "compressed")]
+    return urllib.parse.urlunparse(parsed._replace(query=urllib.parse.urlencode(query)))
 
 
 def cached_module_dir(handle: str, cache_dir: str | None) -> str:
@@ -85,12 +84,12 @@ def _alive(pid: int) -> bool:
 
 
 class ModelPrefetch:
+    """One module's download, under way on its own thread."""
+
     def __init__(self, handle: str, timeout_s: float):
         self.url = compressed_url(handle)
         self.timeout_s = timeout_s
-        self._body: IO[bytes] | None = None
-        self._error: Exception | None = None
-        self._done = threading.Event()
+        self._body: futures.Future[IO[bytes]] = futures.Future()
         threading.Thread(target=self._download, name="model-prefetch", daemon=True).start()
 
     def _download(self) -> None:
@@ -104,23 +103,16 @@ class ModelPrefetch:
                     if time.perf_counter() - started > self.timeout_s:
                         raise TimeoutError(f"model download took over {self.timeout_s:g} s")
             body.seek(0)
-            self._body = body
+            self._body.set_result(body)
         except Exception as exc:  # raised to tensorflow_hub when it asks for the body
             body.close()
-            self._error = exc
-        finally:
-            self._done.set()
+            self._body.set_exception(exc)
 
     def take(self) -> IO[bytes]:
-        """The downloaded body (once), waiting for the download; the download's error if it failed."""
-        if not self._done.wait(self.timeout_s):
+        """The downloaded body, waiting for the download; the download's error if it failed."""
+        if not futures.wait([self._body], self.timeout_s).done:
             raise TimeoutError(f"model download took over {self.timeout_s:g} s")
-        if self._error is not None:
-            raise self._error
-        body, self._body = self._body, None
-        if body is None:
-            raise RuntimeError("the prefetched model body was already used")
-        return body
+        return self._body.result()
 
 
 class Prefetcher:
