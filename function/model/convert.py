@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from ..config import quiet_tensorflow
 from ..errors import ConversionError, ModelSourceUnavailable, TensorFlowMissing
@@ -25,9 +27,6 @@ from . import handles
 from .cache import ConvertedCache
 from .prefetch import wait_for_other_download
 from .tensorflow import SIGNATURE_PREFERENCE
-
-if TYPE_CHECKING:
-    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +87,6 @@ class Conversion:
                 "tensorflow_version": self.tensorflow_version, "tensorflow_hub_version": self.tensorflow_hub_version,
                 "litert_version": self.litert_version, "resolved_path": self.resolved_path,
                 "seconds": round(self.seconds, 3)}
-
-
-def verification_inputs(height: int, width: int) -> np.ndarray:
-    """:data:`VERIFICATION_INPUTS` at the signature's image size."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    shape = (height, width, 3)
-    return np.concatenate([rng.random((4, *shape), dtype=np.float32),
-                           np.zeros((1, *shape), np.float32), np.ones((1, *shape), np.float32)])
 
 
 def _import_tensorflow(handle: str) -> tuple[Any, Any]:
@@ -184,7 +173,9 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
             if shape.rank != 4 or shape[1] is None or shape[2] is None:
                 raise ConversionError(f"{handle}: signature {signature!r} input {input_name!r} has shape {shape}; "
                                       "expected [N,H,W,3] with its image size")
-            inputs = verification_inputs(int(shape[1]), int(shape[2]))
+            size = (int(shape[1]), int(shape[2]), 3)  # VERIFICATION_INPUTS
+            inputs = np.concatenate([np.random.default_rng(0).random((4, *size), dtype=np.float32),
+                                     np.zeros((1, *size), np.float32), np.ones((1, *size), np.float32)])
             expected = reference(**{input_name: tf.constant(inputs)})[output_name].numpy()
     except ConversionError as exc:
         exc.output = held.tail() if held else ""

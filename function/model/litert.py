@@ -12,6 +12,7 @@ first model loads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -25,8 +26,6 @@ from ..errors import InputShapeError, ModelFormatError
 from ..infra.capture import Held, held_back
 from . import metadata
 from .contract import Contract, InputContract
-
-__all__ = ["InputShapeError", "LiteRTModel", "ModelFormatError", "TensorSummary"]
 
 _import_lock = threading.Lock()
 _interpreter_class: Any = None
@@ -49,10 +48,6 @@ class TensorSummary:
     @property
     def quantized(self) -> bool:
         return self.dtype in ("uint8", "int8")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "shape_signature": list(self.shape_signature),
-                "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
 
 
 def _interpreter() -> tuple[Any, float]:
@@ -106,7 +101,7 @@ class LiteRTModel:
     runtime = "litert"
 
     def __init__(self, model: str | os.PathLike[str] | bytes, *, source: str | None = None, threads: int = 1):
-        Interpreter, import_ms = _interpreter()
+        self._interpreter_class, import_ms = _interpreter()
         self.threads = threads
         started = time.perf_counter()
         if isinstance(model, bytes | bytearray | memoryview):
@@ -116,7 +111,6 @@ class LiteRTModel:
             with open(model, "rb") as f:
                 self._content = f.read()
             self.source = source or os.fspath(model)
-        self._interpreter_class = Interpreter
         self._local = threading.local()
         runner = self._new_runner()  # validates the flatbuffer; becomes this thread's interpreter
         it = runner.interpreter
@@ -146,13 +140,12 @@ class LiteRTModel:
                                        "expected float32, uint8 or int8")
         self.height, self.width = self.input.shape[1], self.input.shape[2]
         self.num_classes: int = self.output.shape[1]
-        meta = metadata.read(self._content, self.source)
-        labels = meta.labels() if meta is not None else None
+        meta = metadata.read(self._content, self.source) or metadata.Metadata()
+        labels = meta.labels()
         self.contract = Contract(
             InputContract.of(self.height, self.width, self.input.dtype, self.input.scale, self.input.zero_point,
                              meta, self.source),
-            self.num_classes, labels.lines if labels is not None else None, labels.name if labels else None,
-            meta.score_threshold if meta is not None else None)
+            self.num_classes, labels.lines if labels else None, labels.name if labels else None, meta.score_threshold)
         self.quantized: bool = self.input.quantized or self.output.quantized
         # A model built for a fixed batch (the official lite model: [1,224,224,3]) may reshape with
         # that constant inside, so it is run one call per image rather than resized.
@@ -163,11 +156,11 @@ class LiteRTModel:
 
     @property
     def input_details(self) -> dict[str, Any]:
-        return self.input.to_dict()
+        return dataclasses.asdict(self.input)
 
     @property
     def output_details(self) -> dict[str, Any]:
-        return self.output.to_dict()
+        return dataclasses.asdict(self.output)
 
     @property
     def size_bytes(self) -> int:
@@ -230,9 +223,7 @@ class LiteRTModel:
         it = runner.interpreter
         it.set_tensor(self._input_index, pixels)
         it.invoke()
-        return self._dequantize_output(it.get_tensor(self._output_index))
-
-    def _dequantize_output(self, raw: np.ndarray) -> np.ndarray:
+        raw: np.ndarray = it.get_tensor(self._output_index)
         if not self.output.quantized:
             return np.array(raw, dtype=np.float32)  # a copy: the interpreter reuses its buffer
         return (raw.astype(np.float32) - self.output.zero_point) * np.float32(self.output.scale)
