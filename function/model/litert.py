@@ -12,7 +12,6 @@ first model loads.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import threading
 import time
@@ -153,18 +152,6 @@ class LiteRTModel:
         self._local.runner = runner
         self.timings_ms: dict[str, float] = {"litert_import": import_ms,
                                              "model_load": (time.perf_counter() - started) * 1000}
-
-    @property
-    def input_details(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.input)
-
-    @property
-    def output_details(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.output)
-
-    @property
-    def size_bytes(self) -> int:
-        return len(self._content)
 
     def _new_runner(self) -> _Runner:
         global _first_build_done

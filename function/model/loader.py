@@ -1,23 +1,19 @@
-"""Which runtime serves the model, and where its file comes from: ``MODEL_URL`` x ``MODEL_RUNTIME``.
+"""Which runtime serves the model: ``MODEL_URL`` x ``MODEL_RUNTIME``.
 
-* A ``.tflite`` (http(s), local path or ``file://``) runs on LiteRT; an http(s) one is downloaded once
-  into ``MODEL_CACHE_DIR``.
-* A TF Hub module or SavedModel with ``auto`` or ``litert``: its flatbuffer from ``MODEL_CACHE_DIR``
-  runs on LiteRT, without importing TensorFlow. On a miss it is converted once (TensorFlow checks
-  LiteRT's scores); if that fails, ``auto`` falls back to TensorFlow with a WARNING, ``litert`` fails.
-* ``convert_in_background`` (the CLI, with ``auto``): a one-shot run would wait seconds of CPU for a
-  conversion to classify a few photos; so a miss answers on TensorFlow and starts a detached
-  ``python -m function.model`` on idle CPU (SCHED_IDLE) that fills the cache for the next run. A run
-  that finds a conversion under way waits for it (lending it its priority) when its announced work
-  left is less than a TensorFlow load here takes, else answers on TensorFlow.
-* ``tensorflow``: the reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
-
-Every runtime gives the call queue ``predict(pixels uint8 [N,H,W,3]) -> [N, classes]``, its
-``contract`` (:mod:`function.model.contract`), ``num_classes`` and the load's ``timings_ms``.
+* A ``.tflite`` runs on LiteRT (an http(s) one downloaded once into ``MODEL_CACHE_DIR``).
+* A TF Hub module or SavedModel, ``auto`` or ``litert``: its cached conversion runs on LiteRT without
+  importing TensorFlow; on a miss it is converted once. If that fails, ``auto`` falls back to
+  TensorFlow with a WARNING; ``litert`` fails.
+* ``convert_in_background`` (the CLI, ``auto``): a one-shot run would wait long for a conversion, so
+  a miss answers on TensorFlow and starts a detached converter on idle CPU for the next run. A
+  conversion under way is waited for (lent this run's priority) when its announced work left is
+  less than a TensorFlow load.
+* ``tensorflow``: the reference path, no LiteRT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -186,7 +182,7 @@ def _litert(path: Path, spec: ModelSpec, started: float, timing: str, **fields: 
     model.timings_ms = {timing: (found - started) * 1000, **model.timings_ms}
     log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
         url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
-        input=model.input_details, contract=model.contract.to_dict(),
+        input=dataclasses.asdict(model.input), contract=model.contract.to_dict(),
         timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, path=str(path), **fields))
     return model
 

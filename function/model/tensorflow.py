@@ -60,7 +60,11 @@ class TensorFlowModel:
 
         if prefetcher is not None:
             prefetcher.install_resolver()
-        _configure_threads(tf, intra_op_threads, inter_op_threads)
+        with contextlib.suppress(RuntimeError):  # already initialised in this process (tests load several models)
+            if intra_op_threads:  # 0 leaves TensorFlow's default
+                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            if inter_op_threads:
+                tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
         t1 = time.perf_counter()
         timings["tf_import"] = (t1 - t0) * 1000
         from tensorflow_hub import resolver as hub_resolver
@@ -112,11 +116,3 @@ class TensorFlowModel:
         out = self._fn(**{self.input_name: tf.constant(tensor, dtype=tf.float32)})[self.output_name]
         return np.asarray(out.numpy())
 
-
-def _configure_threads(tf: Any, intra: int, inter: int) -> None:
-    """Size TensorFlow's pools to the CPU this process may use (0 leaves TF's default)."""
-    with contextlib.suppress(RuntimeError):  # already initialised in this process (tests load several models)
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
