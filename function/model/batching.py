@@ -1,10 +1,9 @@
 """The model's call queue: bounded calls, several in parallel, shared by concurrent requests.
 
-Requests put their batches on one queue in pieces of at most ``max_images``. Each worker thread takes
-a piece, adds pieces already waiting while the call stays within ``max_images`` (waiting up to
-``max_wait_s`` for more) and runs one model call: a lone request is spread over all workers, and
-requests that arrive together share calls. Small calls in parallel, because on a small CPU the model
-runs fastest per image in calls of one or two images on one thread each (docs/performance.md).
+Batches are queued in pieces of at most ``max_images``; each worker takes a piece, adds those already
+waiting (up to ``max_wait_s`` for more) while the call stays within ``max_images``, and runs one call.
+Small calls in parallel, because on a small CPU the model runs fastest per image in calls of one or
+two images on one thread each (docs/performance.md).
 """
 
 from __future__ import annotations

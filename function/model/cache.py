@@ -1,14 +1,10 @@
-"""The model cache: ``<cache_dir>/litert/<sha256 of the handle>/model.tflite`` beside a ``manifest.json``.
+"""The model cache: ``<cache_dir>/litert/<sha256 of the handle>/model.tflite`` and its ``manifest.json``.
 
-Files are written to a temporary name and moved into place with ``os.replace``, the manifest last,
-so a crash never leaves half a file; a lookup hashes the file against its manifest, and a corrupt
-entry is a miss, removed. Writers hold an ``fcntl.flock`` on the entry's ``lock`` file, so a handle
-is downloaded or converted once across processes. A converter also announces itself
-(``converting.json``: pid, phase, CPU time at its start, the CPU seconds each phase should take) so
-a one-shot run that finds the lock held can judge the work left. That is counted in the converter's
-CPU seconds, not wall time: a converter on idle CPU only may have been starved.
-
-Nothing here imports TensorFlow.
+Files are moved into place with ``os.replace``, the manifest last, so a crash never leaves half a
+file; a lookup checks the file's sha256 against the manifest. An ``fcntl.flock`` on the entry's
+``lock`` makes a download or conversion happen once across processes; a converter announces its
+phases in ``converting.json`` so a run that finds the lock held can judge the work left, in the
+converter's CPU seconds (one on idle CPU may have been starved). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -291,10 +287,9 @@ def fetch_tflite(url: str, cache_dir: str | os.PathLike[str], session: Any | Non
 def _download(url: str, dest: Path, session: Any | None, timeout: float) -> None:
     import requests
 
-    getter = session or requests
     started = time.perf_counter()
     try:
-        with getter.get(url, stream=True, timeout=timeout) as response:
+        with (session or requests).get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
             with open(dest, "wb") as f:
                 for chunk in response.iter_content(256 * 1024):

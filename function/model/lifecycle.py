@@ -1,9 +1,7 @@
-"""A thing loaded once per process, in the background, with a visible lifecycle.
-
-``not_loaded -> loading -> ready``, or ``-> failed`` with the reason. The first :meth:`start` spawns
-the loader thread; everyone else waits on the same load. A failed load is retried by a later
-:meth:`start` once ``retry_after_s`` has passed: one bad download does not break an instance for
-its whole life, nor hammer the origin.
+"""A thing loaded once per process, in the background: ``not_loaded -> loading -> ready``, or
+``-> failed`` with the reason. Every caller waits on the same load; a failed one is retried by a later
+:meth:`~LazyResource.start` once ``retry_after_s`` has passed, so one bad download neither breaks an
+instance for life nor hammers the origin.
 """
 
 from __future__ import annotations
@@ -95,9 +93,7 @@ class ResourceCache:
 
     def get(self, key: Hashable, name: str, loader: Callable[[], T], retry_after_s: float) -> LazyResource[T]:
         with self._lock:
-            if key not in self._resources:
-                self._resources[key] = LazyResource(name, loader, retry_after_s)
-            return self._resources[key]
+            return self._resources.setdefault(key, LazyResource(name, loader, retry_after_s))
 
     def clear(self) -> None:
         with self._lock:

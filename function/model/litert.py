@@ -1,12 +1,9 @@
 """The serving runtime: a TFLite flatbuffer run by LiteRT (``ai-edge-litert``), no TensorFlow.
 
-A LiteRT ``Interpreter`` is not safe to call from two threads at once, so each calling thread gets
-its own, built lazily from the same bytes and single-threaded: on a small CPU, parallel
-single-threaded calls of one or two images run fastest per image (docs/performance.md).
-
-Pixels become the input tensor by the model's :class:`~function.model.contract.Contract`; a quantized
-output is dequantized, so callers always get float32 probabilities. LiteRT is imported when the
-first model loads.
+An ``Interpreter`` is not safe to call from two threads at once, so each calling thread gets its own,
+single-threaded (on a small CPU, parallel single-threaded calls run fastest per image). Pixels become
+the input tensor by the model's :class:`~function.model.contract.Contract`; a quantized output is
+dequantized, so callers get float32 probabilities. LiteRT is imported when the first model loads.
 """
 
 from __future__ import annotations

@@ -21,18 +21,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from ..config import MODEL_RUNTIMES
 from ..errors import ModelError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra import logs, procs
 from . import handles
 from .cache import STILL_WRITING, ConvertedCache, fetch_tflite
-from .contract import Contract
 from .litert import LiteRTModel
 from .prefetch import Prefetcher
+from .tensorflow import TensorFlowModel
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger(logs.NOTICE)  # the one-shot run's choices, shown to the CLI's user
@@ -43,17 +41,7 @@ DEFAULT_TENSORFLOW_LOAD_S = 5.0
 WAIT_SLACK, WAIT_EXTRA_S = 3.0, 10.0
 
 
-class LoadedModel(Protocol):
-    timings_ms: dict[str, float]
-    contract: Contract
-
-    @property
-    def runtime(self) -> str: ...
-
-    @property
-    def num_classes(self) -> int | None: ...
-
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+LoadedModel = LiteRTModel | TensorFlowModel
 
 
 @dataclass(frozen=True)
@@ -187,8 +175,6 @@ def _litert(path: Path, spec: ModelSpec, started: float, timing: str, **fields: 
     return model
 
 
-def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> LoadedModel:
-    from .tensorflow import TensorFlowModel  # imports TensorFlow: only on this path
-
+def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> TensorFlowModel:
     return TensorFlowModel.load(spec.url, spec.intra_op_threads, spec.inter_op_threads, spec.warmup,
                                 spec.tfhub_cache_dir, prefetcher, spec.quiet)

@@ -1,15 +1,12 @@
-"""A ``.tflite``'s own description of itself: TFLite Metadata, read without TensorFlow.
+"""A ``.tflite``'s TFLite Metadata, read without TensorFlow: the input's colour space and
+``NormalizationOptions``, the output's ``ScoreThresholdingOptions`` and ``TENSOR_AXIS_LABELS`` files.
 
-The ``ModelMetadata`` flatbuffer (identifier ``M001``) is the buffer named ``TFLITE_METADATA`` in the
-model's ``metadata`` list; its label files are in a zip appended to the flatbuffer. Read here: the
-input's colour space and ``NormalizationOptions``, the output's ``ScoreThresholdingOptions`` and
-``TENSOR_AXIS_LABELS`` files.
-
-The metadata schema's generated code ships only in ``tflite-support``, which cannot be installed
-beside this TensorFlow and Python; so the few tables needed are read with the ``flatbuffers`` runtime
-LiteRT depends on, by the field numbers of ``metadata_schema.fbs`` (a field's vtable slot is
-``4 + 2 * its number``; a union takes two numbers, its type then its value). Unknown or missing
-fields read as absent, as the schema's evolution rules want.
+The ``ModelMetadata`` flatbuffer (identifier ``M001``) is the buffer named ``TFLITE_METADATA``; label
+files are in a zip appended to the model. The schema's generated code ships only in
+``tflite-support``, which cannot be installed beside this TensorFlow and Python; so the tables are
+read with the ``flatbuffers`` runtime LiteRT depends on, by the field numbers of
+``metadata_schema.fbs`` (vtable slot ``4 + 2 * number``; a union takes two numbers, type then value).
+Unknown or missing fields read as absent, as the schema's evolution rules want.
 """
 
 from __future__ import annotations

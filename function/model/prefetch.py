@@ -1,10 +1,9 @@
 """Start the model download before TensorFlow is imported, and hand it to tensorflow_hub.
 
 ``import tensorflow`` takes seconds and tensorflow_hub cannot download before it is done; so the
-compressed module is downloaded on its own thread meanwhile, and a resolver registered with
-tensorflow_hub's registry (made of the public parts of its own HTTP resolver) unpacks those bytes
-through tensorflow_hub's usual cache and lock. Nothing is prefetched for a module already cached. A
-failed prefetch fails that load, as tensorflow_hub's own download would (no second request).
+module is downloaded on its own thread meanwhile, and a resolver registered with tensorflow_hub
+(made of its HTTP resolver's public parts) unpacks those bytes through its usual cache and lock.
+A failed prefetch fails that load, as tensorflow_hub's own download would (no second request).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The TensorFlow runtime: a TF Hub module fetched by URL and cached by ``tensorflow_hub``
-(``TFHUB_CACHE_DIR``), its serving signature run by TensorFlow.
-
-TensorFlow is imported lazily, so that importing the package (and answering liveness) does not wait
-for it, and the import overlaps with photo fetching on a cold start.
+"""The TensorFlow runtime: a TF Hub module fetched and cached by ``tensorflow_hub``, its serving
+signature run by TensorFlow. TensorFlow is imported at load only, so importing the package (and
+answering liveness) does not wait for it.
 """
 
 from __future__ import annotations
