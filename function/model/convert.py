@@ -25,6 +25,7 @@ from ..errors import ConversionError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra.capture import held_back
 from . import handles
 from .cache import ConvertedCache
+from .litert import LiteRTModel
 from .prefetch import wait_for_other_download
 from .tensorflow import SIGNATURE_PREFERENCE
 
@@ -120,23 +121,22 @@ def _pick_signature(saved_model_dir: str, handle: str) -> tuple[str, set[str], s
             proto.ParseFromString(f.read())
     except OSError as exc:
         raise ConversionError(f"{handle} is not a SavedModel or TF1 Hub module (no {pb})") from exc
-    available: list[str] = []
-    for name in SIGNATURE_PREFERENCE:
-        for meta_graph in proto.meta_graphs:
-            available += list(meta_graph.signature_def)
-            if name in meta_graph.signature_def:
-                sig = meta_graph.signature_def[name]
-                if len(sig.inputs) != 1:
-                    raise ConversionError(f"signature {name!r} of {handle} takes {len(sig.inputs)} inputs "
-                                          f"{sorted(sig.inputs)}; expected one image batch")
-                outputs = sorted(sig.outputs)
-                output = "default" if "default" in sig.outputs else outputs[0]
-                if len(outputs) != 1:
-                    raise ConversionError(f"signature {name!r} of {handle} has {len(outputs)} outputs {outputs}; "
-                                          "expected one score batch")
-                return name, set(meta_graph.meta_info_def.tags), next(iter(sig.inputs)), output
-    raise ConversionError(f"{handle} has no signature named {' or '.join(SIGNATURE_PREFERENCE)}; "
-                          f"it has {sorted(set(available)) or 'none'}")
+    found = [(name, graph) for name in SIGNATURE_PREFERENCE for graph in proto.meta_graphs
+             if name in graph.signature_def]
+    if not found:
+        available = sorted({name for graph in proto.meta_graphs for name in graph.signature_def})
+        raise ConversionError(f"{handle} has no signature named {' or '.join(SIGNATURE_PREFERENCE)}; "
+                              f"it has {available or 'none'}")
+    name, meta_graph = found[0]
+    sig = meta_graph.signature_def[name]
+    if len(sig.inputs) != 1:
+        raise ConversionError(f"signature {name!r} of {handle} takes {len(sig.inputs)} inputs "
+                              f"{sorted(sig.inputs)}; expected one image batch")
+    outputs = sorted(sig.outputs)
+    if len(outputs) != 1:
+        raise ConversionError(f"signature {name!r} of {handle} has {len(outputs)} outputs {outputs}; "
+                              "expected one score batch")
+    return name, set(meta_graph.meta_info_def.tags), next(iter(sig.inputs)), outputs[0]
 
 
 def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
@@ -184,7 +184,7 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
         error = ConversionError(f"converting {handle} failed: {type(exc).__name__}: {exc}")
         error.output = held.tail() if held else ""
         raise error from exc
-    from .litert import LiteRTModel
+    import ai_edge_litert
 
     try:
         model = LiteRTModel(flatbuffer, source=f"conversion of {handle}")
@@ -201,14 +201,5 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
     return Conversion(
         resolved_path=str(resolved), signature=signature, tags=sorted(tags), input_name=input_name,
         output_name=output_name, max_abs_diff=max_abs_diff, tensorflow_version=tf.__version__,
-        tensorflow_hub_version=getattr(hub, "__version__", "?"), litert_version=_litert_version(),
-        seconds=time.perf_counter() - started)
-
-
-def _litert_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("ai-edge-litert")
-    except metadata.PackageNotFoundError:
-        return "?"
+        tensorflow_hub_version=getattr(hub, "__version__", "?"),
+        litert_version=getattr(ai_edge_litert, "__version__", "?"), seconds=time.perf_counter() - started)
