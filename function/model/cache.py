@@ -150,9 +150,8 @@ class ConvertedCache:
                         phase_cpu_s=float(phase_cpu) if _seconds(phase_cpu) else None)
 
     def wait(self, handle: str, timeout_s: float, poll_s: float = 0.05) -> Path | None:
-        """Wait until nobody holds ``handle``'s lock, then the entry the writer left; None if it failed,
-        or if it still held the lock after ``timeout_s`` (``last_miss`` says which). The writer goes on
-        either way: its work is for the next run."""
+        """Wait until nobody holds ``handle``'s lock, then the entry the writer left; None if it failed
+        or still held the lock after ``timeout_s`` (``last_miss`` says which; it goes on, for the next run)."""
         deadline = time.monotonic() + timeout_s
         with self._open_lock(handle) as lock:
             while not self._try_lock(lock):

@@ -142,11 +142,8 @@ def _pick_signature(saved_model_dir: str, handle: str) -> tuple[str, set[str], s
 def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
             on_phase: Callable[[str], None] | None = None, downloader: int | None = None) -> Conversion:
     """Convert the TF Hub module or SavedModel at ``handle`` to a float32 ``.tflite`` at ``out_path``,
-    failing when LiteRT's scores differ from TensorFlow's by over ``MAX_ABS_DIFF``.
-
-    With ``quiet``, TensorFlow's output is held back (and quoted in the error if it fails);
-    ``on_phase`` is told as each phase begins: ``import``, ``convert``, ``verify``.
-    """
+    failing when LiteRT's scores differ from TensorFlow's by over ``MAX_ABS_DIFF``. With ``quiet``,
+    TensorFlow's output is held back (quoted in the error); ``on_phase`` hears each phase begin."""
     phase = on_phase or (lambda name: None)
     started = time.perf_counter()
     if handles.is_tflite(handle):

@@ -39,13 +39,9 @@ def cached_module_dir(handle: str, cache_dir: str | None) -> str:
 
 def wait_for_other_download(handle: str, cache_dir: str, downloader: int | None = None, timeout_s: float = 600.0,
                             poll_s: float = 0.05) -> None:
-    """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir``
-    (tensorflow_hub itself looks at another's lock only every 5 s).
-
-    ``downloader``: a process about to download it (whose prefetch runs before it takes the lock),
-    waited for until the module is cached or the process is gone. A lock whose process is gone (same
-    host), or one still held at ``timeout_s``, is left to tensorflow_hub.
-    """
+    """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir`` (which
+    tensorflow_hub checks only every 5 s), or ``downloader`` (about to, its prefetch under way) is gone.
+    A lock whose process is gone (same host), or one still held at ``timeout_s``, is tensorflow_hub's."""
     if not handle.startswith(("http://", "https://")):
         return
     module = cached_module_dir(handle, cache_dir)
