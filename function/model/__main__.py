@@ -1,8 +1,7 @@
 """``python -m function.model [HANDLE]``: fill the model cache with the ``.tflite`` LiteRT serves.
 
 A TF Hub module or SavedModel is converted (TensorFlow needed); a ``.tflite`` URL is downloaded.
-Settings come from :class:`~function.config.Config` (``MODEL_URL``, ``MODEL_CACHE_DIR``) like
-everywhere else; the options override them. The image's build stage runs it; so does the CLI,
+Options override :class:`~function.config.Config`. The image's build stage runs it; so does the CLI,
 detached, to convert for its next run (``--idle``).
 """
 
@@ -10,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,12 +37,9 @@ def main(argv: list[str] | None = None, config: Config | None = None) -> int:
                         help=f"the model cache (default: MODEL_CACHE_DIR, {config.model_cache_dir})")
     parser.add_argument("--verbose", action="store_true", help="let TensorFlow's own output through")
     parser.add_argument("--idle", action="store_true",
-                        help="run only on CPU time nobody else wants (SCHED_IDLE), so the run that started it "
-                             "and runs started meanwhile are not slowed down (a run that waits for it lends it "
-                             "its priority)")
+                        help="run only on CPU time nobody else wants (SCHED_IDLE), not slowing other runs down")
     parser.add_argument("--module-from", type=int, default=None, metavar="PID",
-                        help="process PID is downloading the module into tensorflow_hub's cache: use its download "
-                             "(the CLI's run that started this conversion)")
+                        help="process PID is downloading the module into tensorflow_hub's cache: use its download")
     args = parser.parse_args(argv)
     if args.idle:
         procs.run_when_idle()
@@ -66,7 +60,13 @@ def main(argv: list[str] | None = None, config: Config | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.out:
-        path = _copy_out(path, Path(args.out), manifest)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, path.read_bytes())
+        if manifest:
+            write_atomic(out.with_name(out.name + ".json"), (json.dumps(manifest, indent=2) + "\n").encode())
+        print(f"cached:  {path}")
+        path = out
     size = path.stat().st_size
     print(f"model:   {path}")
     print(f"source:  {args.handle}")
@@ -76,17 +76,6 @@ def main(argv: list[str] | None = None, config: Config | None = None) -> int:
               f"{manifest['max_abs_diff']:.3g}")
     print(f"took:    {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def _copy_out(path: Path, out: Path, manifest: dict[str, object]) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, out)
-    if manifest:
-        write_atomic(out.with_name(out.name + ".json"), (json.dumps(manifest, indent=2) + "\n").encode())
-    print(f"cached:  {path}")
-    return out
 
 
 if __name__ == "__main__":

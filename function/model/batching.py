@@ -1,16 +1,9 @@
 """The model's call queue: bounded calls, several in parallel, shared by concurrent requests.
 
-Requests put their photo batches on one queue, cut into pieces of at most ``max_images``. A few
-worker threads (one per usable CPU beyond the first by default) each take a piece, add whatever other pieces are
-already waiting while the call stays within ``max_images`` (optionally waiting ``max_wait_s`` for
-more), and run one model call. So a lone request is spread over all workers, requests that arrive
-together share calls, and no call is larger than the size that runs fastest.
-
-Why small calls in parallel rather than one big batched call: on a small CPU, MobileNet V2 runs
-fastest per image in calls of one or two images, each on one thread, several calls at once; larger
-batches outgrow the caches and TensorFlow's intra-op threads add little at this size (measured in
-docs/performance.md). ``MAX_BATCH_IMAGES``, ``INFERENCE_WORKERS`` and ``TF_INTRA_OP_THREADS`` let
-a bigger machine or a GPU choose differently, the way Triton's and BentoML's batchers are tuned.
+Batches are queued in pieces of at most ``max_images``; each worker takes a piece, adds those already
+waiting (up to ``max_wait_s`` for more) while the call stays within ``max_images``, and runs one call.
+Small calls in parallel, because on a small CPU the model runs fastest per image in calls of one or
+two images on one thread each (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,41 +22,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Job:
-    """One request's batch; done when every piece has its scores."""
-
-    size: int
-    submitted: float = field(default_factory=time.perf_counter)
-    done: threading.Event = field(default_factory=threading.Event)
-    scores: np.ndarray | None = None
-    error: BaseException | None = None
-    pending: int = 0
-    first_started: float | None = None
-    largest_call: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def finish_piece(self, offset: int, scores: np.ndarray | None, error: BaseException | None,
-                     started: float, call_size: int) -> None:
-        with self.lock:
-            if error is not None:
-                self.error = self.error or error
-            elif self.error is None:
-                assert scores is not None
-                if self.scores is None:
-                    self.scores = np.empty((self.size, scores.shape[1]), scores.dtype)
-                self.scores[offset:offset + len(scores)] = scores
-            self.first_started = min(self.first_started or started, started)
-            self.largest_call = max(self.largest_call, call_size)
-            self.pending -= 1
-            if self.pending == 0:
-                self.done.set()
-
-
-@dataclass
 class _Piece:
-    job: _Job
-    offset: int
+    """Part of one request's batch; its scores come back through ``future``."""
+
     pixels: np.ndarray
+    future: futures.Future[np.ndarray] = field(default_factory=futures.Future)
+    started: float = 0.0  # when its call started
+    call_size: int = 0
 
 
 @dataclass
@@ -74,8 +40,7 @@ class BatchStats:
 
 class Batcher:
     """``prepare``, if given, runs once on each worker thread before its first call: a runtime whose
-    state is per thread (LiteRT's interpreters) builds and warms it there, not in a request's call
-    (a cold request's five images took ~90 ms on fresh interpreters, ~30 ms on warm ones)."""
+    state is per thread (LiteRT's interpreters) builds and warms it there, not in a request's call."""
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_images: int = 2, max_wait_s: float = 0.0,
                  workers: int = 1, prepare: Callable[[], None] | None = None):
@@ -119,18 +84,15 @@ class Batcher:
         """Scores for ``batch``; also the ms before its first call started and the largest call it rode in."""
         if self._stopped:
             raise RuntimeError("the model's call queue is stopped")
-        job = _Job(len(batch))
-        offsets = range(0, len(batch), self.max_images)
-        job.pending = len(offsets)
+        submitted = time.perf_counter()
+        pieces = [_Piece(batch[offset:offset + self.max_images]) for offset in range(0, len(batch), self.max_images)]
         self._ensure_workers()
-        for offset in offsets:
-            self._queue.put(_Piece(job, offset, batch[offset:offset + self.max_images]))
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.scores is not None  # every piece finished without an error
-        queue_ms = ((job.first_started or job.submitted) - job.submitted) * 1000
-        return job.scores, queue_ms, job.largest_call
+        for piece in pieces:
+            self._queue.put(piece)
+        futures.wait([piece.future for piece in pieces])
+        scores = np.concatenate([piece.future.result() for piece in pieces])  # raises a failed call's error
+        queue_ms = (min(piece.started for piece in pieces) - submitted) * 1000
+        return scores, queue_ms, max(piece.call_size for piece in pieces)
 
     def _ensure_workers(self) -> None:
         with self._lock:
@@ -173,12 +135,9 @@ class Batcher:
                 self._prepared += 1
                 if self._prepared >= self.workers:
                     self._all_prepared.set()
-        while True:
-            pieces = self._collect()
-            if pieces is None:
-                return
+        while (pieces := self._collect()) is not None:
             started = time.perf_counter()
-            sizes = [len(p.pixels) for p in pieces]
+            images = sum(len(p.pixels) for p in pieces)
             scores, error = None, None
             try:
                 batch = np.concatenate([p.pixels for p in pieces]) if len(pieces) > 1 else pieces[0].pixels
@@ -187,12 +146,15 @@ class Batcher:
                 error = exc
             with self._lock:
                 self.stats.calls += 1
-                self.stats.images += sum(sizes)
-                self.stats.largest = max(self.stats.largest, sum(sizes))
+                self.stats.images += images
+                self.stats.largest = max(self.stats.largest, images)
             if len(pieces) > 1:
-                log.debug("one call for %d pieces, %d images", len(pieces), sum(sizes))
+                log.debug("one call for %d pieces, %d images", len(pieces), images)
             start = 0
-            for piece, size in zip(pieces, sizes, strict=True):
-                part = None if scores is None else scores[start:start + size]
-                piece.job.finish_piece(piece.offset, part, error, started, sum(sizes))
-                start += size
+            for piece in pieces:
+                piece.started, piece.call_size = started, images
+                if scores is None:
+                    piece.future.set_exception(error)
+                else:
+                    piece.future.set_result(scores[start:start + len(piece.pixels)])
+                start += len(piece.pixels)

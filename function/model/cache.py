@@ -1,20 +1,10 @@
-"""The model cache: ``.tflite`` files keyed by their source handle, safe across processes.
+"""The model cache: ``<cache_dir>/litert/<sha256 of the handle>/model.tflite`` and its ``manifest.json``.
 
-``<cache_dir>/litert/<sha256 of the handle>/model.tflite`` lies beside a ``manifest.json``
-(source, sha256, size, versions, the measured TensorFlow-vs-LiteRT difference). Files are written
-to a temporary name in the same directory and moved into place with ``os.replace``, the manifest
-last, so a crash leaves the old entry, no entry or the new one, never half a file. A lookup hashes
-the file against its manifest: a corrupt or truncated file is a miss, and is removed.
-
-Writers hold an ``fcntl.flock`` on the entry's ``lock`` file, so one handle is downloaded or
-converted once across processes. A converter also *announces* itself (``converting.json``: its
-pid, the phase it is in, its own CPU time when that phase began, and the CPU seconds it expects each
-phase to take, from the last conversion's figures in ``timings.json``), so a one-shot run that finds
-the lock held can tell how much work is left and choose between waiting and answering another way.
-The work left is counted in the converter's CPU seconds, not in wall time: a converter that runs on
-idle CPU only may have been starved for a while, and its clock says nothing about its progress.
-
-Nothing here imports TensorFlow: a process with a cached flatbuffer never loads it.
+Files are moved into place with ``os.replace``, the manifest last, so a crash never leaves half a
+file; a lookup checks the file's sha256 against the manifest. An ``fcntl.flock`` on the entry's
+``lock`` makes a download or conversion happen once across processes; a converter announces its
+phases in ``converting.json`` so a run that finds the lock held can judge the work left, in the
+converter's CPU seconds (one on idle CPU may have been starved). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import IO, Any, TypeGuard
 
 from ..errors import ModelCacheError
 from ..infra import procs
@@ -50,11 +40,8 @@ STILL_WRITING = "still converting"  # why a wait ended without an entry, when th
 
 @dataclass(frozen=True)
 class UnderWay:
-    """A writer holding an entry's lock, as it announced itself.
-
-    ``expected_s``: the seconds of CPU it expects each phase to take, in order (empty when it did not
-    say: a download); ``phase`` the one it is in and ``phase_cpu_s`` its CPU time when that began.
-    """
+    """A writer holding an entry's lock, as it announced itself: ``expected_s`` the CPU seconds of each
+    phase in order (empty for a download), ``phase`` the current one, begun at CPU time ``phase_cpu_s``."""
 
     pid: int | None
     started: float  # wall clock (time.time()), as another process wrote it
@@ -63,34 +50,29 @@ class UnderWay:
     phase_cpu_s: float | None = None
 
     def remaining_s(self, cpu_now: float | None = None, now: float | None = None) -> float | None:
-        """The work left, in seconds of one core: the rest of the current phase (by the converter's CPU
-        time ``cpu_now``, read from /proc when not given) and the phases after it. Without phases or
-        without the converter's CPU time, the expected total less the wall time since it started."""
+        """The work left in seconds of one core, by the converter's CPU time (``cpu_now``, else read
+        from /proc); without it, the expected total less the wall time since it started."""
         if not self.expected_s:
             return None
         names = list(self.expected_s)
-        phase = self.phase
-        if phase is not None and phase in self.expected_s and self.phase_cpu_s is not None:
+        if self.phase in names and self.phase_cpu_s is not None:
             if cpu_now is None and self.pid is not None:
                 cpu_now = procs.cpu_seconds(self.pid)
             if cpu_now is not None:
                 used = max(0.0, cpu_now - self.phase_cpu_s)
-                later = names[names.index(phase) + 1:]
-                return max(0.0, self.expected_s[phase] - used) + sum(self.expected_s[n] for n in later)
+                i, seconds = names.index(self.phase), list(self.expected_s.values())
+                return max(0.0, seconds[i] - used) + sum(seconds[i + 1:])
         elapsed = (time.time() if now is None else now) - self.started
         return max(0.0, sum(self.expected_s.values()) - elapsed)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class ConvertedCache:
-    """The entries under ``<cache_dir>/litert``; see the module's docstring."""
+    """The entries under ``<cache_dir>/litert``."""
 
     def __init__(self, cache_dir: str | os.PathLike[str]):
         self.root = Path(cache_dir) / "litert"
@@ -105,17 +87,12 @@ class ConvertedCache:
     def manifest(self, handle: str) -> dict[str, Any] | None:
         return _read_json(self.entry_dir(handle) / MANIFEST_FILE)
 
-    # -- reading ------------------------------------------------------------------------------------
-
     def lookup(self, handle: str) -> Path | None:
         """The cached, verified file for ``handle``; None (and the entry removed if corrupt) if there is none."""
         problem = self._verify(handle)
-        if problem is None:
-            self.last_miss = None
-            return self.model_path(handle)
-        if problem == "not cached":
+        if problem in (None, "not cached"):
             self.last_miss = problem
-            return None
+            return self.model_path(handle) if problem is None else None
         with self.locked(handle):  # check again under the lock: a writer may be replacing the entry
             return self.lookup_locked(handle)
 
@@ -124,7 +101,9 @@ class ConvertedCache:
         problem = self._verify(handle)
         if problem not in (None, "not cached"):
             log.warning("cached model for %s is unusable (%s); removed, it will be rebuilt", handle, problem)
-            self._remove(handle)
+            for name in (MANIFEST_FILE, MODEL_FILE):  # the manifest first: without it the entry is a miss
+                with contextlib.suppress(FileNotFoundError):
+                    (self.entry_dir(handle) / name).unlink()
         self.last_miss = problem
         return self.model_path(handle) if problem is None else None
 
@@ -145,38 +124,22 @@ class ConvertedCache:
             return "model file sha256 differs from the manifest (corrupt)"
         return None
 
-    def _remove(self, handle: str) -> None:
-        for name in (MANIFEST_FILE, MODEL_FILE):  # the manifest first: without it the entry is a miss
-            with contextlib.suppress(FileNotFoundError):
-                (self.entry_dir(handle) / name).unlink()
-
-    # -- the lock and who holds it ----------------------------------------------------------------
-
     @contextlib.contextmanager
     def locked(self, handle: str) -> Iterator[Path]:
         """Hold the entry's lock (blocking) for a check-and-write; yields the entry directory."""
-        lock = self._open_lock(handle)
-        try:
+        with self._open_lock(handle) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            yield self.entry_dir(handle)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-            lock.close()
+            try:
+                yield self.entry_dir(handle)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def under_way(self, handle: str) -> UnderWay | None:
         """The writer holding ``handle``'s lock right now, or None when nobody does (never blocks)."""
-        lock = self._open_lock(handle)
-        try:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise ModelCacheError(f"cannot use the model cache {self.root}: {exc}") from exc
-            else:
+        with self._open_lock(handle) as lock:
+            if self._try_lock(lock):
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
                 return None
-        finally:
-            lock.close()
         said = _read_json(self.entry_dir(handle) / ANNOUNCEMENT_FILE) or {}
         expected, started, phase_cpu = said.get("expected_s"), said.get("started"), said.get("phase_cpu_s")
         phases = {str(pair[0]): float(pair[1]) for pair in expected if isinstance(pair, list) and len(pair) == 2
@@ -187,19 +150,11 @@ class ConvertedCache:
                         phase_cpu_s=float(phase_cpu) if _seconds(phase_cpu) else None)
 
     def wait(self, handle: str, timeout_s: float, poll_s: float = 0.05) -> Path | None:
-        """Wait until nobody holds ``handle``'s lock, then the entry the writer left; None if it failed,
-        or if it still held the lock after ``timeout_s`` (``last_miss`` says which). The writer goes on
-        either way: its work is for the next run."""
-        lock = self._open_lock(handle)
+        """Wait until nobody holds ``handle``'s lock, then the entry the writer left; None if it failed
+        or still held the lock after ``timeout_s`` (``last_miss`` says which; it goes on, for the next run)."""
         deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        raise ModelCacheError(f"cannot use the model cache {self.root}: {exc}") from exc
+        with self._open_lock(handle) as lock:
+            while not self._try_lock(lock):
                 if time.monotonic() >= deadline:
                     self.last_miss = f"{STILL_WRITING} after {timeout_s:.0f} s"
                     return None
@@ -208,8 +163,6 @@ class ConvertedCache:
                 return self.lookup_locked(handle)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-        finally:
-            lock.close()
 
     @contextlib.contextmanager
     def announced(self, handle: str, expected_s: Mapping[str, float]) -> Iterator[Announcement]:
@@ -223,15 +176,26 @@ class ConvertedCache:
             with contextlib.suppress(FileNotFoundError):
                 announcement.path.unlink()
 
-    def _open_lock(self, handle: str) -> Any:
+    def _open_lock(self, handle: str) -> IO[bytes]:
         entry = self.entry_dir(handle)
         try:
             entry.mkdir(parents=True, exist_ok=True)
             return open(entry / LOCK_FILE, "a+b")  # noqa: SIM115 (the caller closes it)
         except OSError as exc:
-            raise ModelCacheError(f"cannot use the model cache {self.root}: {exc}") from exc
+            raise self._unusable(exc) from exc
 
-    # -- writing (under the lock) -------------------------------------------------------------------
+    def _try_lock(self, lock: IO[bytes]) -> bool:
+        """Take the lock if nobody holds it; False when somebody does."""
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise self._unusable(exc) from exc
+            return False
+        return True
+
+    def _unusable(self, exc: OSError) -> ModelCacheError:
+        return ModelCacheError(f"cannot use the model cache {self.root}: {exc}")
 
     def store(self, handle: str, model_file: str | os.PathLike[str], fields: Mapping[str, Any]) -> Path:
         """Move ``model_file`` (in the entry directory) into place and write its manifest; hold the lock."""
@@ -247,8 +211,8 @@ class ConvertedCache:
 
     @contextlib.contextmanager
     def temp_file(self, handle: str) -> Iterator[Path]:
-        """A fresh temporary file in the entry directory (same file system as the final name), removed
-        afterwards unless stored; temporary files a crashed writer left are removed first."""
+        """A fresh temporary file in the entry directory (the final name's file system), removed unless
+        stored; a crashed writer's leftovers are removed first."""
         entry = self.entry_dir(handle)
         for leftover in entry.glob(".*.tmp"):
             with contextlib.suppress(FileNotFoundError):
@@ -261,9 +225,8 @@ class ConvertedCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
 
-    # -- how long things took here, for the next run's choices ------------------------------------
-
     def timing(self, name: str) -> float | None:
+        """How long ``name`` took here last time, for the next run's choices."""
         value = (_read_json(self.root / TIMINGS_FILE) or {}).get(name)
         return float(value) if _seconds(value) else None
 
@@ -277,8 +240,7 @@ class ConvertedCache:
 
 
 class Announcement:
-    """``converting.json`` of one writer: pid, start (wall clock), the phase it is in with its CPU time
-    when it began, and the CPU seconds expected of each phase."""
+    """One writer's ``converting.json``."""
 
     def __init__(self, path: Path, expected_s: Mapping[str, float]):
         self.path = path
@@ -300,12 +262,8 @@ class Announcement:
 
 def fetch_tflite(url: str, cache_dir: str | os.PathLike[str], session: Any | None = None,
                  timeout: float = 60.0) -> Path:
-    """A local path for a ``.tflite`` handle: local paths and ``file://`` as they are, http(s) downloaded once.
-
-    The download goes into the same cache as conversions (atomic, sha256 in the manifest, one
-    download across processes); ``session`` is a ``requests.Session`` (e.g. one with the SSRF
-    guard), or None for a plain one.
-    """
+    """A local path for a ``.tflite`` handle: a local path or ``file://`` as it is, http(s) downloaded
+    once into the cache (``session``: a ``requests.Session``, e.g. with the SSRF guard)."""
     path = handles.local_path(url)
     if path is not None:
         if not os.path.isfile(path):
@@ -328,10 +286,9 @@ def fetch_tflite(url: str, cache_dir: str | os.PathLike[str], session: Any | Non
 def _download(url: str, dest: Path, session: Any | None, timeout: float) -> None:
     import requests
 
-    getter = session or requests
     started = time.perf_counter()
     try:
-        with getter.get(url, stream=True, timeout=timeout) as response:
+        with (session or requests).get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
             with open(dest, "wb") as f:
                 for chunk in response.iter_content(256 * 1024):

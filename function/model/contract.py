@@ -1,22 +1,13 @@
 """What a loaded model needs and gives: its input (size, colour, normalization), labels and threshold.
 
-Every runtime builds one :class:`Contract` from the model itself, and everyone upstream asks it: the
-decoder resizes photos to ``input.height`` x ``input.width``, the model turns the decoded 8-bit
-pixels into its input tensor with :meth:`InputContract.prepare`, the label map is checked against
-``classes``, and a photo is "recognised" or not by the model's background class and threshold.
+Every runtime builds one :class:`Contract` from the model itself, and everyone upstream asks it. The
+input is normalized as the TFLite Task Library does, in order of precedence:
 
-How the input is normalized, in order of precedence (the conventions of the TFLite Task Library,
-which reads the same metadata):
-
-* TFLite Metadata ``NormalizationOptions``: the float value is ``(pixel - mean) / std``; a quantized
-  input then takes that value quantized with the tensor's own scale and zero point. When that
-  composition is within one step of the raw pixels everywhere (the AIY lite birds model: mean and
-  std 127.5, scale 1/128, zero point 128), the raw pixels go in, as the Task Library feeds a uint8
-  model: the publisher's declared mapping is the identity, and rounding it would only add noise.
-* no metadata, quantized input: raw pixels (uint8), or raw pixels - 128 (int8, the converter's own
-  uint8 -> int8 shift): the convention of TF Hub's lite image classifiers.
-* no metadata, float input: ``pixel / 255``, in [0, 1]: TF Hub's image module convention, the
-  documented input of ``aiy/vision/classifier/birds_V1/1``.
+* TFLite Metadata ``NormalizationOptions``: ``(pixel - mean) / std``, quantized with the tensor's
+  scale and zero point for a quantized input. When that is within one step of the raw pixels
+  everywhere (the AIY lite birds model), the raw pixels go in: rounding the identity only adds noise.
+* no metadata, quantized input: raw pixels (uint8), or pixels - 128 (int8), as TF Hub's lite models.
+* no metadata, float input: ``pixel / 255``, TF Hub's image module convention.
 """
 
 from __future__ import annotations

@@ -1,19 +1,14 @@
 """TensorFlow as the model's source: a TF Hub module converted once to a float32 ``.tflite``.
 
-``tensorflow_hub.resolve`` downloads and unpacks the module through its own cache
-(``TFHUB_CACHE_DIR``), as the TensorFlow runtime does. ``tf.lite.TFLiteConverter.from_saved_model``
-converts the signature the TensorFlow runtime would serve (``default`` for a TF1 Hub module, whose
-meta graph has the empty tag set; ``serving_default`` for a TF2 SavedModel), without quantization,
-and the result is checked against TensorFlow on a few fixed inputs; the largest difference goes
-into the manifest. :func:`cached` does it once across processes, through the model cache.
-
-TensorFlow is imported inside :func:`convert` only: importing this module costs numpy at most.
+``tensorflow_hub.resolve`` downloads the module through its own cache (``TFHUB_CACHE_DIR``);
+``TFLiteConverter.from_saved_model`` converts the signature the TensorFlow runtime would serve,
+without quantization, and the result is checked against TensorFlow on fixed inputs. TensorFlow is
+imported inside :func:`convert` only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -21,39 +16,35 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from ..config import quiet_tensorflow
 from ..errors import ConversionError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra.capture import held_back
 from . import handles
 from .cache import ConvertedCache
+from .litert import LiteRTModel
 from .prefetch import wait_for_other_download
-
-if TYPE_CHECKING:
-    import numpy as np
+from .tensorflow import SIGNATURE_PREFERENCE
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_PREFERENCE = ("default", "serving_default")
-# Largest TF-vs-LiteRT difference in the scores accepted at conversion time. Float32 conversions of
-# the stand-in models agree to ~1e-7; a difference past this means the conversion changed the maths.
+# Largest TF-vs-LiteRT score difference accepted: float32 conversions agree far closer; a difference
+# past this means the conversion changed the maths.
 MAX_ABS_DIFF = 1e-4
-# A conversion's phases and the CPU seconds each is expected to take before this cache has timed
-# one: MobileNet V2 on this project's 2-core machine (TensorFlow's import 3.6-4.0 s, resolve and
-# convert 2.3 s, TensorFlow and LiteRT on the check inputs 1.2-1.3 s). Afterwards, the cache's own
-# figures from the last conversion.
+VERIFICATION_INPUTS = ("4 uniform random images (numpy seed 0), all zeros, all ones; [6,H,W,3] in [0,1] "
+                       "at the model's size")
+# A conversion's phases and the CPU seconds each takes (MobileNet V2, 2 cores) until this cache has
+# timed one; afterwards, the last conversion's own figures.
 DEFAULT_PHASE_CPU_S = {"import": 4.0, "convert": 2.4, "verify": 1.3}
 
 
 def cached(cache: ConvertedCache, handle: str, quiet: bool = True, downloader: int | None = None) -> Path:
-    """The cached ``.tflite`` for a TF Hub handle, converting it first (once across processes) if needed.
-
-    The converter holds the entry's lock for the whole conversion and announces each phase as it
-    begins, so a run that finds the entry held can tell how much work is left. ``downloader``: the
-    process that is downloading the module (the run that started this converter); its download is
-    used rather than a second one.
-    """
+    """The cached ``.tflite`` for a TF Hub handle, converted first (once across processes, under the
+    entry's lock, announcing each phase) if needed. ``downloader``: a process downloading the module,
+    whose download is used rather than a second one."""
     found = cache.lookup(handle)
     if found is not None:
         return found
@@ -78,10 +69,6 @@ def cached(cache: ConvertedCache, handle: str, quiet: bool = True, downloader: i
 class Conversion:
     """What one conversion produced and measured."""
 
-    path: Path
-    size: int
-    sha256: str
-    source: str
     resolved_path: str
     signature: str
     tags: list[str]
@@ -96,25 +83,11 @@ class Conversion:
     def manifest_fields(self) -> dict[str, Any]:
         return {"kind": "conversion", "signature": self.signature, "tags": self.tags,
                 "input_name": self.input_name, "output_name": self.output_name,
-                "max_abs_diff": self.max_abs_diff, "compared_on": verification_inputs_description(),
+                "max_abs_diff": self.max_abs_diff, "compared_on": VERIFICATION_INPUTS,
                 "converter": f"tensorflow {self.tensorflow_version} TFLiteConverter.from_saved_model, float32",
                 "tensorflow_version": self.tensorflow_version, "tensorflow_hub_version": self.tensorflow_hub_version,
                 "litert_version": self.litert_version, "resolved_path": self.resolved_path,
                 "seconds": round(self.seconds, 3)}
-
-
-def verification_inputs_description() -> str:
-    return "4 uniform random images (numpy seed 0), all zeros, all ones; [6,H,W,3] in [0,1] at the model's size"
-
-
-def verification_inputs(height: int, width: int) -> np.ndarray:
-    """The fixed inputs TensorFlow and LiteRT are compared on, at the signature's image size."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    shape = (height, width, 3)
-    return np.concatenate([rng.random((4, *shape), dtype=np.float32),
-                           np.zeros((1, *shape), np.float32), np.ones((1, *shape), np.float32)])
 
 
 def _import_tensorflow(handle: str) -> tuple[Any, Any]:
@@ -148,36 +121,29 @@ def _pick_signature(saved_model_dir: str, handle: str) -> tuple[str, set[str], s
             proto.ParseFromString(f.read())
     except OSError as exc:
         raise ConversionError(f"{handle} is not a SavedModel or TF1 Hub module (no {pb})") from exc
-    available: list[str] = []
-    for name in SIGNATURE_PREFERENCE:
-        for meta_graph in proto.meta_graphs:
-            available += list(meta_graph.signature_def)
-            if name in meta_graph.signature_def:
-                sig = meta_graph.signature_def[name]
-                if len(sig.inputs) != 1:
-                    raise ConversionError(f"signature {name!r} of {handle} takes {len(sig.inputs)} inputs "
-                                          f"{sorted(sig.inputs)}; expected one image batch")
-                outputs = sorted(sig.outputs)
-                output = "default" if "default" in sig.outputs else outputs[0]
-                if len(outputs) != 1:
-                    raise ConversionError(f"signature {name!r} of {handle} has {len(outputs)} outputs {outputs}; "
-                                          "expected one score batch")
-                return name, set(meta_graph.meta_info_def.tags), next(iter(sig.inputs)), output
-    raise ConversionError(f"{handle} has no signature named {' or '.join(SIGNATURE_PREFERENCE)}; "
-                          f"it has {sorted(set(available)) or 'none'}")
+    found = [(name, graph) for name in SIGNATURE_PREFERENCE for graph in proto.meta_graphs
+             if name in graph.signature_def]
+    if not found:
+        available = sorted({name for graph in proto.meta_graphs for name in graph.signature_def})
+        raise ConversionError(f"{handle} has no signature named {' or '.join(SIGNATURE_PREFERENCE)}; "
+                              f"it has {available or 'none'}")
+    name, meta_graph = found[0]
+    sig = meta_graph.signature_def[name]
+    if len(sig.inputs) != 1:
+        raise ConversionError(f"signature {name!r} of {handle} takes {len(sig.inputs)} inputs "
+                              f"{sorted(sig.inputs)}; expected one image batch")
+    outputs = sorted(sig.outputs)
+    if len(outputs) != 1:
+        raise ConversionError(f"signature {name!r} of {handle} has {len(outputs)} outputs {outputs}; "
+                              "expected one score batch")
+    return name, set(meta_graph.meta_info_def.tags), next(iter(sig.inputs)), outputs[0]
 
 
 def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
             on_phase: Callable[[str], None] | None = None, downloader: int | None = None) -> Conversion:
-    """Convert the TF Hub module or SavedModel at ``handle`` to a float32 ``.tflite`` at ``out_path``.
-
-    Downloads through ``tensorflow_hub.resolve`` (its cache, ``TFHUB_CACHE_DIR``), converts the
-    serving signature, then compares TensorFlow's scores with LiteRT's on
-    :func:`verification_inputs`; a difference over ``MAX_ABS_DIFF`` fails the conversion.
-    With ``quiet``, TensorFlow's output is held back (and quoted in the error if it fails).
-    ``on_phase`` is told as each phase begins: ``import``, ``convert``, ``verify``. ``downloader``: a
-    process downloading the module into tensorflow_hub's cache, waited for (see :func:`cached`).
-    """
+    """Convert the TF Hub module or SavedModel at ``handle`` to a float32 ``.tflite`` at ``out_path``,
+    failing when LiteRT's scores differ from TensorFlow's by over ``MAX_ABS_DIFF``. With ``quiet``,
+    TensorFlow's output is held back (quoted in the error); ``on_phase`` hears each phase begin."""
     phase = on_phase or (lambda name: None)
     started = time.perf_counter()
     if handles.is_tflite(handle):
@@ -204,7 +170,9 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
             if shape.rank != 4 or shape[1] is None or shape[2] is None:
                 raise ConversionError(f"{handle}: signature {signature!r} input {input_name!r} has shape {shape}; "
                                       "expected [N,H,W,3] with its image size")
-            inputs = verification_inputs(int(shape[1]), int(shape[2]))
+            size = (int(shape[1]), int(shape[2]), 3)  # VERIFICATION_INPUTS
+            inputs = np.concatenate([np.random.default_rng(0).random((4, *size), dtype=np.float32),
+                                     np.zeros((1, *size), np.float32), np.ones((1, *size), np.float32)])
             expected = reference(**{input_name: tf.constant(inputs)})[output_name].numpy()
     except ConversionError as exc:
         exc.output = held.tail() if held else ""
@@ -213,7 +181,7 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
         error = ConversionError(f"converting {handle} failed: {type(exc).__name__}: {exc}")
         error.output = held.tail() if held else ""
         raise error from exc
-    from .litert import LiteRTModel
+    import ai_edge_litert
 
     try:
         model = LiteRTModel(flatbuffer, source=f"conversion of {handle}")
@@ -226,20 +194,9 @@ def convert(handle: str, out_path: str | os.PathLike[str], quiet: bool = True,
     if not max_abs_diff <= MAX_ABS_DIFF:
         raise ConversionError(f"the conversion of {handle} differs from TensorFlow by up to {max_abs_diff:.3g} "
                               f"(limit {MAX_ABS_DIFF:g})")
-    out = Path(out_path)
-    out.write_bytes(flatbuffer)
+    Path(out_path).write_bytes(flatbuffer)
     return Conversion(
-        path=out, size=len(flatbuffer), sha256=hashlib.sha256(flatbuffer).hexdigest(), source=handle,
         resolved_path=str(resolved), signature=signature, tags=sorted(tags), input_name=input_name,
         output_name=output_name, max_abs_diff=max_abs_diff, tensorflow_version=tf.__version__,
-        tensorflow_hub_version=getattr(hub, "__version__", "?"), litert_version=_litert_version(),
-        seconds=time.perf_counter() - started)
-
-
-def _litert_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("ai-edge-litert")
-    except metadata.PackageNotFoundError:
-        return "?"
+        tensorflow_hub_version=getattr(hub, "__version__", "?"),
+        litert_version=getattr(ai_edge_litert, "__version__", "?"), seconds=time.perf_counter() - started)

@@ -1,8 +1,5 @@
-"""What a model handle names: a ``.tflite`` file, or a TF Hub module / SavedModel to convert.
-
-A handle is the text of ``MODEL_URL``: an http(s) URL, a ``file://`` URL or a local path. Nothing
-here touches the network or the disk; the cache keys its entries by :func:`key`.
-"""
+"""What a model handle (the text of ``MODEL_URL``: http(s) URL, ``file://`` URL or local path) names:
+a ``.tflite`` file, or a TF Hub module / SavedModel to convert. Touches neither network nor disk."""
 
 from __future__ import annotations
 
@@ -11,22 +8,17 @@ import urllib.parse
 
 
 def is_tflite(handle: str) -> bool:
-    """Whether ``handle`` names a ``.tflite`` file rather than a TF Hub module or SavedModel.
-
-    A local path or ``file://`` URL ending in ``.tflite``; an http(s) URL whose path ends in
-    ``.tflite`` or whose query asks for ``lite-format=tflite`` (how TF Hub serves its lite models).
-    """
+    """Whether ``handle`` names a ``.tflite`` file: its path ends in ``.tflite``, or an http(s) URL's
+    query asks for ``lite-format=tflite`` (how TF Hub serves its lite models)."""
     parsed = urllib.parse.urlsplit(handle)
     if parsed.scheme in ("http", "https"):
         query = urllib.parse.parse_qs(parsed.query)
         return parsed.path.lower().endswith(".tflite") or "tflite" in query.get("lite-format", [])
-    if parsed.scheme == "file":
-        return urllib.parse.unquote(parsed.path).lower().endswith(".tflite")
-    return handle.lower().endswith(".tflite")
+    return (local_path(handle) or "").lower().endswith(".tflite")
 
 
 def local_path(handle: str) -> str | None:
-    """The file a local path or ``file://`` URL names; None for an http(s) URL or a hub handle."""
+    """The file a local path or ``file://`` URL names; None for an http(s) URL."""
     parsed = urllib.parse.urlsplit(handle)
     if parsed.scheme == "file":
         return urllib.parse.unquote(parsed.path)

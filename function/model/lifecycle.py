@@ -1,9 +1,7 @@
-"""A thing loaded once per process, in the background, with a visible lifecycle.
-
-``not_loaded -> loading -> ready``, or ``-> failed`` with the reason. The first caller of
-:meth:`start` spawns the loader thread; everyone else waits on the same load. A failed load is
-retried by a later :meth:`start` once ``retry_after_s`` has passed, so one bad download does not
-leave a container instance broken for its whole life, and does not hammer the origin either.
+"""A thing loaded once per process, in the background: ``not_loaded -> loading -> ready``, or
+``-> failed`` with the reason. Every caller waits on the same load; a failed one is retried by a later
+:meth:`~LazyResource.start` once ``retry_after_s`` has passed, so one bad download neither breaks an
+instance for life nor hammers the origin.
 """
 
 from __future__ import annotations
@@ -33,32 +31,24 @@ class LazyResource(Generic[T]):
         self._clock = clock
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._state = NOT_LOADED
+        self.state = NOT_LOADED
+        self.error: str | None = None
         self._value: T | None = None
-        self._error: str | None = None
         self._failed_at = 0.0
         self.load_seconds: float | None = None
         self.loads_started = 0
 
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def error(self) -> str | None:
-        return self._error
-
     def ready(self) -> bool:
-        return self._state == READY
+        return self.state == READY
 
     def start(self) -> None:
         """Begin loading in the background unless loaded, loading, or failed too recently."""
         with self._lock:
-            if self._state in (READY, LOADING):
+            if self.state in (READY, LOADING):
                 return
-            if self._state == FAILED and self._clock() - self._failed_at < self._retry_after_s:
+            if self.state == FAILED and self._clock() - self._failed_at < self._retry_after_s:
                 return
-            self._state = LOADING
+            self.state = LOADING
             self._done.clear()
             self.loads_started += 1
         threading.Thread(target=self._load, name=f"load-{self.name}", daemon=True).start()
@@ -67,42 +57,35 @@ class LazyResource(Generic[T]):
         started = time.perf_counter()
         try:
             value = self._loader()
-        except NotReady as exc:
-            # What this load builds on is not there (the label map waits for the model): not a failure of
-            # its own, so no back-off of its own; the next start() tries again, once that one is retried.
             with self._lock:
-                self._state, self._error = NOT_LOADED, str(exc)
-            self._done.set()
-            return
+                self._value, self.state, self.error = value, READY, None
+                self.load_seconds = time.perf_counter() - started
+        except NotReady as exc:
+            # What this load builds on is not there (the label map waits for the model): no back-off of
+            # its own; the next start() tries again.
+            with self._lock:
+                self.state, self.error = NOT_LOADED, str(exc)
         except Exception as exc:  # the reason is kept and reported by readiness and requests
             log.error("%s failed to load: %s", self.name, exc, exc_info=True)
             with self._lock:
-                self._state, self._error, self._failed_at = FAILED, f"{type(exc).__name__}: {exc}", self._clock()
+                self.state, self.error, self._failed_at = FAILED, f"{type(exc).__name__}: {exc}", self._clock()
+        finally:
             self._done.set()
-            return
-        with self._lock:
-            self._value, self._state, self._error = value, READY, None
-            self.load_seconds = time.perf_counter() - started
-        self._done.set()
 
     def get(self, timeout: float | None = None) -> T:
         """Start loading if needed and wait for the value; raise :class:`NotReady` otherwise."""
         self.start()
         self._done.wait(timeout)
         with self._lock:
-            if self._state == READY and self._value is not None:
+            if self.state == READY and self._value is not None:
                 return self._value
             remaining = max(1.0, self._retry_after_s - (self._clock() - self._failed_at))
-            raise NotReady.of(self.name, self._state, self._error, remaining)
+            raise NotReady.of(self.name, self.state, self.error, remaining)
 
 
 class ResourceCache:
-    """The process's loaded things, one per key: the key holds everything that changes the load.
-
-    A container instance downloads the model once however many app objects ask for it (tests build
-    several); two configurations that load differently (another URL, other thread settings, no
-    warm-up) get two resources instead of the second silently inheriting the first one's.
-    """
+    """The process's loaded things, one per key: the key holds everything that changes the load, so
+    two configurations that load differently get two resources (tests build several apps)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,9 +93,7 @@ class ResourceCache:
 
     def get(self, key: Hashable, name: str, loader: Callable[[], T], retry_after_s: float) -> LazyResource[T]:
         with self._lock:
-            if key not in self._resources:
-                self._resources[key] = LazyResource(name, loader, retry_after_s)
-            return self._resources[key]
+            return self._resources.setdefault(key, LazyResource(name, loader, retry_after_s))
 
     def clear(self) -> None:
         with self._lock:

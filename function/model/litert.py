@@ -1,17 +1,9 @@
 """The serving runtime: a TFLite flatbuffer run by LiteRT (``ai-edge-litert``), no TensorFlow.
 
-A LiteRT ``Interpreter`` is not safe to call from two threads at once, so each calling thread (each
-model-call worker of the call queue) gets its own, created lazily from the same flatbuffer bytes,
-each single-threaded: on a small CPU, parallel single-threaded calls of one or two images run
-fastest per image (docs/performance.md), and the call queue already runs one worker per core.
-
-Every model takes 8-bit RGB pixels at its own size and turns them into its input tensor by its
-:class:`~function.model.contract.Contract` (its TFLite Metadata's normalization, or the convention for
-an input without one: raw pixels for a quantized input, [0,1] for a float one); a quantized output
-is dequantized with its (scale, zero_point), so callers always get float32 probabilities.
-
-Importing this module imports neither TensorFlow nor LiteRT; LiteRT is imported when the first
-model loads (a cold start pays ~0.1 s for it, and only once).
+An ``Interpreter`` is not safe to call from two threads at once, so each calling thread gets its own,
+single-threaded (on a small CPU, parallel single-threaded calls run fastest per image). Pixels become
+the input tensor by the model's :class:`~function.model.contract.Contract`; a quantized output is
+dequantized, so callers get float32 probabilities. LiteRT is imported when the first model loads.
 """
 
 from __future__ import annotations
@@ -30,8 +22,6 @@ from ..errors import InputShapeError, ModelFormatError
 from ..infra.capture import Held, held_back
 from . import metadata
 from .contract import Contract, InputContract
-
-__all__ = ["InputShapeError", "LiteRTModel", "ModelFormatError", "TensorSummary"]
 
 _import_lock = threading.Lock()
 _interpreter_class: Any = None
@@ -54,10 +44,6 @@ class TensorSummary:
     @property
     def quantized(self) -> bool:
         return self.dtype in ("uint8", "int8")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "shape_signature": list(self.shape_signature),
-                "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
 
 
 def _interpreter() -> tuple[Any, float]:
@@ -83,46 +69,35 @@ def _summary(details: dict[str, Any]) -> TensorSummary:
 
 @contextlib.contextmanager
 def _without_xnnpack_notice() -> Iterator[None]:
-    """Hold back fd 2 while the process's first interpreter is built; pass on all but LiteRT's INFO line.
-
-    The line is not an error and would be the only non-JSON line in the service's log stream. Only
-    the first build prints it, so only that one (a few ms, at load) is wrapped.
-    """
+    """Hold back fd 2 while the process's first interpreter is built (only that one prints the notice),
+    passing on all but LiteRT's INFO line: it would be the only non-JSON line in the service's log."""
     held = Held()
     try:
         with held_back((2,)) as held:
             yield
     finally:  # also when the build raises: its own lines matter then
-        _pass_on(held.data)
+        rest = b"".join(line for line in held.data.splitlines(keepends=True) if line.strip() != _XNNPACK_NOTICE)
+        if rest:
+            os.write(2, rest)
 
 
-def _pass_on(data: bytes) -> None:
-    rest = b"".join(line for line in data.splitlines(keepends=True) if line.strip() != _XNNPACK_NOTICE)
-    if rest:
-        os.write(2, rest)
-
-
+@dataclass
 class _Runner:
     """One thread's interpreter and the batch size its input is currently sized for."""
 
-    def __init__(self, interpreter: Any, batch: int):
-        self.interpreter = interpreter
-        self.batch = batch
+    interpreter: Any
+    batch: int
 
 
 class LiteRTModel:
     """A loaded ``.tflite``: ``predict(pixels uint8 [N,H,W,3]) -> [N,classes]`` probabilities, at the
-    model's own H and W (``contract.input``).
-
-    ``model`` is a path to the flatbuffer or its bytes. The bytes are kept in memory: every
-    thread's interpreter is built from them (no file read per thread, and a cached file replaced
-    on disk later does not change a running model).
-    """
+    model's own H and W. ``model``: a path or the bytes, kept in memory so that every thread's
+    interpreter is built from them (a cached file replaced on disk does not change a running model)."""
 
     runtime = "litert"
 
     def __init__(self, model: str | os.PathLike[str] | bytes, *, source: str | None = None, threads: int = 1):
-        Interpreter, import_ms = _interpreter()
+        self._interpreter_class, import_ms = _interpreter()
         self.threads = threads
         started = time.perf_counter()
         if isinstance(model, bytes | bytearray | memoryview):
@@ -132,7 +107,6 @@ class LiteRTModel:
             with open(model, "rb") as f:
                 self._content = f.read()
             self.source = source or os.fspath(model)
-        self._interpreter_class = Interpreter
         self._local = threading.local()
         runner = self._new_runner()  # validates the flatbuffer; becomes this thread's interpreter
         it = runner.interpreter
@@ -162,13 +136,12 @@ class LiteRTModel:
                                        "expected float32, uint8 or int8")
         self.height, self.width = self.input.shape[1], self.input.shape[2]
         self.num_classes: int = self.output.shape[1]
-        meta = metadata.read(self._content, self.source)
-        labels = meta.labels() if meta is not None else None
+        meta = metadata.read(self._content, self.source) or metadata.Metadata()
+        labels = meta.labels()
         self.contract = Contract(
             InputContract.of(self.height, self.width, self.input.dtype, self.input.scale, self.input.zero_point,
                              meta, self.source),
-            self.num_classes, labels.lines if labels is not None else None, labels.name if labels else None,
-            meta.score_threshold if meta is not None else None)
+            self.num_classes, labels.lines if labels else None, labels.name if labels else None, meta.score_threshold)
         self.quantized: bool = self.input.quantized or self.output.quantized
         # A model built for a fixed batch (the official lite model: [1,224,224,3]) may reshape with
         # that constant inside, so it is run one call per image rather than resized.
@@ -177,36 +150,19 @@ class LiteRTModel:
         self.timings_ms: dict[str, float] = {"litert_import": import_ms,
                                              "model_load": (time.perf_counter() - started) * 1000}
 
-    @property
-    def input_details(self) -> dict[str, Any]:
-        """The input tensor as the interpreter describes it (name, shape, dtype, quantization)."""
-        return self.input.to_dict()
-
-    @property
-    def output_details(self) -> dict[str, Any]:
-        return self.output.to_dict()
-
-    @property
-    def size_bytes(self) -> int:
-        return len(self._content)
-
     def _new_runner(self) -> _Runner:
         global _first_build_done
         try:
-            if _first_build_done:
-                interpreter = self._build()
-            else:
-                with _import_lock, _without_xnnpack_notice():
-                    interpreter = self._build()
-                    _first_build_done = True
+            with contextlib.ExitStack() as first:
+                if not _first_build_done:
+                    first.enter_context(_import_lock)
+                    first.enter_context(_without_xnnpack_notice())
+                interpreter = self._interpreter_class(model_content=self._content, num_threads=self.threads)
+                interpreter.allocate_tensors()
+                _first_build_done = True
         except ValueError as exc:  # LiteRT's answer to bytes that are not a usable flatbuffer
             raise ModelFormatError(f"{self.source} is not a usable TFLite model: {exc}") from exc
         return _Runner(interpreter, int(interpreter.get_input_details()[0]["shape"][0]))
-
-    def _build(self) -> Any:
-        interpreter = self._interpreter_class(model_content=self._content, num_threads=self.threads)
-        interpreter.allocate_tensors()
-        return interpreter
 
     def _runner(self) -> _Runner:
         runner = getattr(self._local, "runner", None)
@@ -215,15 +171,10 @@ class LiteRTModel:
         return runner
 
     def warmup(self, images: int = 1) -> None:
-        """Run ``images`` images of zeros on this thread's interpreter (the first call pays for its set-up,
-        and a call of another size for resizing its tensors)."""
+        """Run ``images`` images of zeros on this thread's interpreter, paying its first call's set-up."""
         started = time.perf_counter()
         self.predict(np.zeros((images, self.height, self.width, 3), np.uint8))
         self.timings_ms["warmup"] = (time.perf_counter() - started) * 1000
-
-    def check(self, batch: np.ndarray) -> None:
-        """Raise InputShapeError unless ``batch`` is 8-bit pixels [N,H,W,3] at the model's height and width."""
-        self.contract.input.check(batch)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [N, num_classes] float32 for 8-bit RGB pixels [N,H,W,3]; thread-safe."""
@@ -245,9 +196,7 @@ class LiteRTModel:
                 pixels = np.concatenate([pixels, pad])
             scores = [self._invoke(runner, pixels[i:i + step]) for i in range(0, len(pixels), step)]
             return np.concatenate(scores)[:n]
-        # Resizing is cheap here: on the MobileNet stand-in, one call of N images and N calls of one
-        # image cost the same per image (5.3-5.9 ms for N = 1, 2, 4 on one core), and a resize
-        # before a call adds nothing measurable; so a batch is one call, resized when N changes.
+        # A batch is one call, resized when N changes: resizing costs next to nothing here.
         if runner.batch != n:
             runner.interpreter.resize_tensor_input(self._input_index, [n, self.height, self.width, 3], strict=True)
             runner.interpreter.allocate_tensors()
@@ -258,9 +207,7 @@ class LiteRTModel:
         it = runner.interpreter
         it.set_tensor(self._input_index, pixels)
         it.invoke()
-        return self._dequantize_output(it.get_tensor(self._output_index))
-
-    def _dequantize_output(self, raw: np.ndarray) -> np.ndarray:
+        raw: np.ndarray = it.get_tensor(self._output_index)
         if not self.output.quantized:
             return np.array(raw, dtype=np.float32)  # a copy: the interpreter reuses its buffer
         return (raw.astype(np.float32) - self.output.zero_point) * np.float32(self.output.scale)

@@ -1,32 +1,19 @@
-"""Which runtime serves the model, and where its file comes from: ``MODEL_URL`` x ``MODEL_RUNTIME``.
+"""Which runtime serves the model: ``MODEL_URL`` x ``MODEL_RUNTIME``.
 
-* A ``.tflite`` (http(s) URL, local path or ``file://``) runs on LiteRT; an http(s) one is downloaded
-  once into ``MODEL_CACHE_DIR``. It never needs TensorFlow.
-* A TF Hub module or TF2 SavedModel with ``auto`` (the default) or ``litert``: the flatbuffer cached in
-  ``MODEL_CACHE_DIR`` for that handle, verified by its sha256, runs on LiteRT; a process that finds it
-  never imports TensorFlow. Not cached yet: TensorFlow and tensorflow_hub download the module
-  (through tensorflow_hub's own cache) and convert it once, checking LiteRT's scores against
-  TensorFlow's. If that fails, ``auto`` falls back to the TensorFlow runtime with one WARNING that
-  says why; ``litert`` fails the load with the reason.
-* ``convert_in_background`` (the CLI, with ``auto``): a one-shot run would wait for the conversion
-  (about 8 s of CPU for MobileNet V2, TensorFlow's import included) only to classify a few photos;
-  so on a cache miss it answers on the TensorFlow runtime and starts a detached
-  ``python -m function.model`` that fills the cache for the next run. That converter starts at
-  once but runs on idle CPU only (SCHED_IDLE): it imports TensorFlow and converts on the core this
-  run leaves free, without slowing it down. A run that finds a conversion under way waits for it
-  when the work the converter has left (in its own CPU seconds, announced phase by phase) is less
-  than this run's TensorFlow load would take (the cache keeps that figure from earlier runs), lends
-  it its priority, and says so; otherwise it answers on TensorFlow, as the first run did.
-* ``tensorflow``: the reference path, ``tensorflow_hub.load`` and the signature, no LiteRT.
-
-Every runtime gives the same thing to the call queue: ``predict(pixels uint8 [N,H,W,3]) -> [N, classes]``
-probabilities, its ``contract`` (the input size and normalization it applies itself, the labels and
-score threshold its metadata carries: :mod:`function.model.contract`), ``num_classes`` and the
-load's ``timings_ms``.
+* A ``.tflite`` runs on LiteRT (an http(s) one downloaded once into ``MODEL_CACHE_DIR``).
+* A TF Hub module or SavedModel, ``auto`` or ``litert``: its cached conversion runs on LiteRT without
+  importing TensorFlow; on a miss it is converted once. If that fails, ``auto`` falls back to
+  TensorFlow with a WARNING; ``litert`` fails.
+* ``convert_in_background`` (the CLI, ``auto``): a one-shot run would wait long for a conversion, so
+  a miss answers on TensorFlow and starts a detached converter on idle CPU for the next run. A
+  conversion under way is waited for (lent this run's priority) when its announced work left is
+  less than a TensorFlow load.
+* ``tensorflow``: the reference path, no LiteRT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -34,18 +21,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from ..config import MODEL_RUNTIMES
-from ..errors import ModelCacheError, ModelError, ModelSourceUnavailable, TensorFlowMissing
+from ..errors import ModelError, ModelSourceUnavailable, TensorFlowMissing
 from ..infra import logs, procs
 from . import handles
 from .cache import STILL_WRITING, ConvertedCache, fetch_tflite
-from .contract import Contract
 from .litert import LiteRTModel
 from .prefetch import Prefetcher
+from .tensorflow import TensorFlowModel
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger(logs.NOTICE)  # the one-shot run's choices, shown to the CLI's user
@@ -56,17 +41,7 @@ DEFAULT_TENSORFLOW_LOAD_S = 5.0
 WAIT_SLACK, WAIT_EXTRA_S = 3.0, 10.0
 
 
-class LoadedModel(Protocol):
-    timings_ms: dict[str, float]
-    contract: Contract
-
-    @property
-    def runtime(self) -> str: ...
-
-    @property
-    def num_classes(self) -> int | None: ...
-
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+LoadedModel = LiteRTModel | TensorFlowModel
 
 
 @dataclass(frozen=True)
@@ -98,24 +73,17 @@ def load(spec: ModelSpec, prefetcher: Prefetcher | None = None, session: Any | N
         return _tensorflow(spec, prefetcher)
     started = time.perf_counter()
     cache = ConvertedCache(spec.cache_dir)
-    cached: Path | None = None
-    lookup_error: ModelCacheError | None = None
-    try:
+    try:  # a cache that cannot be used is as a failed conversion
         cached = cache.lookup(spec.url)  # hashes the file: once per load
-    except ModelCacheError as exc:  # the cache cannot be used: as a failed conversion, below
-        lookup_error = exc
-    if cached is None and lookup_error is None and spec.runtime == "auto" and spec.convert_in_background:
-        return _one_shot(spec, cache, prefetcher, started)
-    try:
-        if lookup_error is not None:
-            raise lookup_error
-        return _converted(spec, cache, cached, started)
+        if cached is not None or spec.runtime != "auto" or not spec.convert_in_background:
+            return _converted(spec, cache, cached, started)
     except (ModelError, OSError) as exc:
         if spec.runtime == "litert" or isinstance(exc, (TensorFlowMissing, ModelSourceUnavailable)):
             raise exc if isinstance(exc, ModelError) else ModelError(str(exc)) from exc
         log.warning("serving %s on the TensorFlow runtime: the LiteRT conversion failed (%s)", spec.url, exc,
                     extra=logs.fields(url=spec.url, runtime="tensorflow", fallback_reason=str(exc)))
         return _tensorflow(spec, prefetcher)
+    return _one_shot(spec, cache, prefetcher, started)
 
 
 def _one_shot(spec: ModelSpec, cache: ConvertedCache, prefetcher: Prefetcher | None, started: float) -> LoadedModel:
@@ -157,13 +125,9 @@ def _tflite(spec: ModelSpec, session: Any | None) -> LiteRTModel:
     started = time.perf_counter()
     try:
         path = fetch_tflite(spec.url, spec.cache_dir, session)  # a local path is used in place
-        fetched = time.perf_counter()
-        model = _litert(str(path), spec, source=spec.url)
+        return _litert(path, spec, started, "model_download")
     except (ModelError, OSError) as exc:
         raise ModelError(f"cannot load the .tflite model {spec.url}: {exc}") from exc
-    model.timings_ms = {"model_download": (fetched - started) * 1000, **model.timings_ms}
-    _log_loaded(model, spec, started, path=str(path))
-    return model
 
 
 def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, started: float,
@@ -176,20 +140,14 @@ def _converted(spec: ModelSpec, cache: ConvertedCache, path: Path | None, starte
         log.info("converting %s to a .tflite for LiteRT (once; cached in %s)", spec.url, cache.root,
                  extra=logs.fields(url=spec.url, reason=cache.last_miss))
         path = cached(cache, spec.url, quiet=spec.quiet)
-    found = time.perf_counter()
-    model = _litert(str(path), spec, source=spec.url)
     key = "conversion" if converted else "conversion_wait" if waited else "cache_lookup"
-    model.timings_ms = {key: (found - started) * 1000, **model.timings_ms}
-    manifest = cache.manifest(spec.url) or {}
-    _log_loaded(model, spec, started, path=str(path), converted=converted,
-                max_abs_diff_vs_tensorflow=manifest.get("max_abs_diff"))
-    return model
+    return _litert(path, spec, started, key, converted=converted,
+                   max_abs_diff_vs_tensorflow=(cache.manifest(spec.url) or {}).get("max_abs_diff"))
 
 
 def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
-    """Start ``python -m function.model`` on its own, on idle CPU, outliving this process; its output
-    goes to ``convert.log`` in the cache. Two at once are safe: the cache's lock makes the second one
-    wait and find the first one's file."""
+    """Start ``python -m function.model`` on idle CPU, outliving this process, logging to ``convert.log``
+    in the cache (two at once are safe: the cache's lock serializes them)."""
     cache.root.mkdir(parents=True, exist_ok=True)
     log_path = cache.root / "convert.log"
     package_root = Path(__file__).resolve().parents[2]
@@ -203,22 +161,20 @@ def _convert_detached(spec: ModelSpec, cache: ConvertedCache) -> None:
                 extra=logs.fields(url=spec.url, runtime="tensorflow", cache=str(cache.root)))
 
 
-def _litert(path: str, spec: ModelSpec, source: str) -> LiteRTModel:
-    model = LiteRTModel(path, source=source, threads=spec.litert_threads)
+def _litert(path: Path, spec: ModelSpec, started: float, timing: str, **fields: Any) -> LiteRTModel:
+    """The flatbuffer at ``path`` on LiteRT; ``timing`` names what took the time since ``started``."""
+    found = time.perf_counter()
+    model = LiteRTModel(path, source=spec.url, threads=spec.litert_threads)
     if spec.warmup:
         model.warmup()
+    model.timings_ms = {timing: (found - started) * 1000, **model.timings_ms}
+    log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
+        url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
+        input=dataclasses.asdict(model.input), contract=model.contract.to_dict(),
+        timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, path=str(path), **fields))
     return model
 
 
-def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> LoadedModel:
-    from .tensorflow import TensorFlowModel  # imports TensorFlow: only on this path
-
+def _tensorflow(spec: ModelSpec, prefetcher: Prefetcher | None) -> TensorFlowModel:
     return TensorFlowModel.load(spec.url, spec.intra_op_threads, spec.inter_op_threads, spec.warmup,
                                 spec.tfhub_cache_dir, prefetcher, spec.quiet)
-
-
-def _log_loaded(model: LiteRTModel, spec: ModelSpec, started: float, **fields: Any) -> None:
-    log.info("model loaded in %.2f s (LiteRT)", time.perf_counter() - started, extra=logs.fields(
-        url=spec.url, runtime="litert", classes=model.num_classes, quantized=model.quantized,
-        input=model.input_details, contract=model.contract.to_dict(),
-        timings_ms={k: round(v, 1) for k, v in model.timings_ms.items()}, **fields))

@@ -1,28 +1,19 @@
-"""A ``.tflite``'s own description of itself: TFLite Metadata, read without TensorFlow.
+"""A ``.tflite``'s TFLite Metadata, read without TensorFlow: the input's colour space and
+``NormalizationOptions``, the output's ``ScoreThresholdingOptions`` and ``TENSOR_AXIS_LABELS`` files.
 
-A model with metadata keeps a ``ModelMetadata`` flatbuffer (file identifier ``M001``) in one of its
-buffers, named ``TFLITE_METADATA`` in the model's ``metadata`` list, and its associated files (label
-files) in a zip appended to the flatbuffer. What the function needs of it: the input's
-``ImageProperties`` (colour space) and ``NormalizationOptions`` (mean, std), the output's
-``ScoreThresholdingOptions`` and its ``TENSOR_AXIS_LABELS`` files.
-
-Which library: the model schema's reader comes with LiteRT itself (``ai_edge_litert``'s
-``schema_py_generated``, the generated code of ``schema.fbs``). The metadata schema's generated code
-(``metadata_schema_py_generated``) ships only in ``tflite-support``, whose last release (0.4.4, 2023)
-depends on protobuf below 4 with no plan to move (tensorflow/tflite-support#914; TensorFlow 2.21 here
-needs 5) and cannot be installed on this Python 3.11 (#959: 3.7-3.9 only); nothing maintained
-carries it. So the few tables needed are read with the ``flatbuffers`` runtime that LiteRT already
-depends on, by the field numbers of ``metadata_schema.fbs`` (a field's vtable slot is
-``4 + 2 * its number``; a union takes two numbers, its type then its value). Unknown or missing
-fields read as absent, as the schema's evolution rules want: a model with older or newer metadata
-still loads, only without what it does not say.
+The ``ModelMetadata`` flatbuffer (identifier ``M001``) is the buffer named ``TFLITE_METADATA``; label
+files are in a zip appended to the model. The schema's generated code ships only in
+``tflite-support``, which cannot be installed beside this TensorFlow and Python; so the tables are
+read with the ``flatbuffers`` runtime LiteRT depends on, by the field numbers of
+``metadata_schema.fbs`` (vtable slot ``4 + 2 * number``; a union takes two numbers, type then value).
+Unknown or missing fields read as absent, as the schema's evolution rules want.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelFormatError
@@ -49,17 +40,15 @@ class LabelFile:
 class Metadata:
     """What a model's metadata says about its input and output; every field may be absent."""
 
-    name: str | None = None
     color_space: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     score_threshold: float | None = None
-    label_files: tuple[LabelFile, ...] = field(default_factory=tuple)
+    label_files: tuple[LabelFile, ...] = ()
 
     def labels(self) -> LabelFile | None:
-        """The label file to answer with: the English one when there are several (the Task Library's
-        choice: display names by locale, ``en`` first), else the first. Files without a locale come
-        before other languages: the AIY models' second file holds Knowledge Graph ids, in no language."""
+        """The label file to answer with: the English one (the Task Library's choice), else one without
+        a locale (the AIY models' other file holds Knowledge Graph ids, in no language), else the first."""
         if not self.label_files:
             return None
         english = [f for f in self.label_files if (f.locale or "").lower().startswith("en")]
@@ -75,8 +64,7 @@ class _Table:
 
     @classmethod
     def root(cls, buf: bytearray) -> _Table:
-        # The flatbuffers runtime is imported when a model is read, not with the serving stack (~15 ms of
-        # the cold start's imports); LiteRT's schema reader imports it then anyway.
+        # Imported when a model is read, not with the serving stack: LiteRT's schema reader needs it then anyway.
         import flatbuffers  # type: ignore[import-untyped]
         from flatbuffers.table import Table  # type: ignore[import-untyped]
 
@@ -126,8 +114,7 @@ class _Table:
         if not o:
             return None
         start, n = self._t.Vector(o), self._t.VectorLen(o)
-        flags = _flags()
-        return tuple(float(self._t.Get(flags.Float32Flags, start + 4 * i)) for i in range(n))
+        return tuple(float(self._t.Get(_flags().Float32Flags, start + 4 * i)) for i in range(n))
 
 
 def _flags() -> Any:
@@ -155,11 +142,8 @@ def metadata_buffer(content: bytes) -> bytes | None:
 
 
 def read(content: bytes, source: str = "the model") -> Metadata | None:
-    """The metadata of a ``.tflite`` (its bytes), or None when it carries none.
-
-    :class:`ModelFormatError` when the metadata is there but unreadable, or names a label file the
-    model's zip does not hold: serving such a model with guessed pixels or labels would answer wrong.
-    """
+    """The metadata of a ``.tflite`` (its bytes), or None when it carries none. :class:`ModelFormatError`
+    when it is unreadable or names a label file the model lacks: guessed pixels or labels answer wrong."""
     try:
         raw = metadata_buffer(content)
     except Exception as exc:  # a flatbuffer LiteRT loaded but whose metadata list is damaged
@@ -177,10 +161,9 @@ def read(content: bytes, source: str = "the model") -> Metadata | None:
 
 
 def _parse(raw: bytearray, content: bytes, source: str) -> Metadata:
-    root = _Table.root(raw)
-    subgraphs = root.tables(3)  # ModelMetadata.subgraph_metadata
+    subgraphs = _Table.root(raw).tables(3)  # ModelMetadata.subgraph_metadata
     if not subgraphs:
-        return Metadata(name=root.string(0))
+        return Metadata()
     graph = subgraphs[0]
     inputs, outputs = graph.tables(2), graph.tables(3)  # input_tensor_metadata, output_tensor_metadata
     color_space, mean, std, threshold = None, None, None, None
@@ -205,8 +188,7 @@ def _parse(raw: bytearray, content: bytes, source: str) -> Metadata:
         names = [(f.string(0), f.string(3)) for f in tensor.tables(6) if f.byte(2) == TENSOR_AXIS_LABELS]
         if names:
             files = _label_files(content, names, source)
-    return Metadata(name=root.string(0), color_space=color_space, mean=mean, std=std,
-                    score_threshold=threshold, label_files=tuple(files))
+    return Metadata(color_space=color_space, mean=mean, std=std, score_threshold=threshold, label_files=tuple(files))
 
 
 def _label_files(content: bytes, names: list[tuple[str | None, str | None]], source: str) -> list[LabelFile]:

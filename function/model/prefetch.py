@@ -1,15 +1,9 @@
 """Start the model download before TensorFlow is imported, and hand it to tensorflow_hub.
 
-On a cold instance ``import tensorflow`` takes seconds and tensorflow_hub cannot download before it
-is done (it is built on TensorFlow's file system). So the download of the compressed module starts
-first, on its own thread, while TensorFlow imports; then tensorflow_hub resolves the URL as usual,
-through its own cache, lock and unpacking, except that the bytes it unpacks come from the download
-already under way. The hook is a resolver registered with tensorflow_hub's resolver registry, made of
-the public parts its own HTTP resolver is made of (``atomic_download``, ``DownloadManager``).
-
-Nothing is prefetched when the module is already in the cache (a persistent ``TFHUB_CACHE_DIR``).
-A failed prefetch fails that load, as tensorflow_hub's own download would (no second request to a
-hub that just refused); the model's load is retried after ``MODEL_LOAD_RETRY_S`` as usual.
+``import tensorflow`` takes seconds and tensorflow_hub cannot download before it is done; so the
+module is downloaded on its own thread meanwhile, and a resolver registered with tensorflow_hub
+(made of its HTTP resolver's public parts) unpacks those bytes through its usual cache and lock.
+A failed prefetch fails that load, as tensorflow_hub's own download would (no second request).
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from concurrent import futures
 from typing import IO
 
 import requests
@@ -31,11 +26,9 @@ log = logging.getLogger(__name__)
 
 def compressed_url(handle: str) -> str:
     """The URL tensorflow_hub requests for a handle: the handle plus ``tf-hub-format=compressed``."""
-    parsed = list(urllib.parse.urlparse(handle))
-    query = urllib.parse.parse_qsl(parsed[4])
-    query.append(("tf-hub-format", "compressed"))
-    parsed[4] = urllib.parse.urlencode(query)
-    return urllib.parse.urlunparse(parsed)
+    parsed = urllib.parse.urlparse(handle)
+    query = [*urllib.parse.parse_qsl(parsed.query), ("tf-hub-format", "compressed")]
+    return urllib.parse.urlunparse(parsed._replace(query=urllib.parse.urlencode(query)))
 
 
 def cached_module_dir(handle: str, cache_dir: str | None) -> str:
@@ -46,15 +39,9 @@ def cached_module_dir(handle: str, cache_dir: str | None) -> str:
 
 def wait_for_other_download(handle: str, cache_dir: str, downloader: int | None = None, timeout_s: float = 600.0,
                             poll_s: float = 0.05) -> None:
-    """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir``.
-
-    tensorflow_hub, finding the lock another process holds while it downloads and unpacks the module,
-    sleeps 5 s between looks; this looks every 50 ms. ``downloader``: a process known to be about to
-    download it (the run that started a converter, whose prefetch is under way before it takes
-    tensorflow_hub's lock): waited for until the module is in the cache or that process is gone, so the
-    module is downloaded once. Then the rest is tensorflow_hub's business: a lock whose process is gone
-    (same host), or one still held at ``timeout_s`` (it declares a download abandoned when it stops growing).
-    """
+    """Until no other process is downloading ``handle`` into tensorflow_hub's cache ``cache_dir`` (which
+    tensorflow_hub checks only every 5 s), or ``downloader`` (about to, its prefetch under way) is gone.
+    A lock whose process is gone (same host), or one still held at ``timeout_s``, is tensorflow_hub's."""
     if not handle.startswith(("http://", "https://")):
         return
     module = cached_module_dir(handle, cache_dir)
@@ -86,20 +73,18 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's
+        pass
     return True
 
 
 class ModelPrefetch:
+    """One module's download, under way on its own thread."""
+
     def __init__(self, handle: str, timeout_s: float):
-        self.handle = handle
         self.url = compressed_url(handle)
         self.timeout_s = timeout_s
-        self.seconds: float | None = None
-        self._body: IO[bytes] | None = None
-        self._error: Exception | None = None
-        self._done = threading.Event()
+        self._body: futures.Future[IO[bytes]] = futures.Future()
         threading.Thread(target=self._download, name="model-prefetch", daemon=True).start()
 
     def _download(self) -> None:
@@ -113,32 +98,21 @@ class ModelPrefetch:
                     if time.perf_counter() - started > self.timeout_s:
                         raise TimeoutError(f"model download took over {self.timeout_s:g} s")
             body.seek(0)
-            self._body, self.seconds = body, time.perf_counter() - started
+            self._body.set_result(body)
         except Exception as exc:  # raised to tensorflow_hub when it asks for the body
             body.close()
-            self._error = exc
-        finally:
-            self._done.set()
+            self._body.set_exception(exc)
 
     def take(self) -> IO[bytes]:
-        """The downloaded body (once), waiting for the download; the download's error if it failed."""
-        if not self._done.wait(self.timeout_s):
+        """The downloaded body, waiting for the download; the download's error if it failed."""
+        if not futures.wait([self._body], self.timeout_s).done:
             raise TimeoutError(f"model download took over {self.timeout_s:g} s")
-        if self._error is not None:
-            raise self._error
-        body, self._body = self._body, None
-        if body is None:
-            raise RuntimeError("the prefetched model body was already used")
-        return body
+        return self._body.result()
 
 
 class Prefetcher:
-    """The downloads under way, and the tensorflow_hub resolver that reads them.
-
-    One per app (the composition root owns it); tensorflow_hub's resolver registry is process-wide,
-    so the resolver is registered once per prefetcher, on first use (the last registered is asked
-    first; a URL it has no download for goes to tensorflow_hub's own resolver as before).
-    """
+    """The downloads under way, and the tensorflow_hub resolver that reads them, registered once, on
+    first use (the last registered is asked first; a URL without a download goes on to tensorflow_hub's)."""
 
     def __init__(self) -> None:
         self._pending: dict[str, ModelPrefetch] = {}

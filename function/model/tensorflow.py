@@ -1,15 +1,11 @@
-"""The TensorFlow runtime: the model fetched from TF Hub by URL, cached on disk, run by TensorFlow.
-
-``tensorflow_hub`` does the download (``?tf-hub-format=compressed`` tar.gz), the unpacking and the
-cache under ``TFHUB_CACHE_DIR``; this module picks the serving signature, reads its input and
-output names from the signature itself, warms it up once, and runs batches.
-
-TensorFlow is imported here, lazily, so that importing the package (and answering liveness) does
-not wait for it, and so the import overlaps with photo fetching on a cold start.
+"""The TensorFlow runtime: a TF Hub module fetched and cached by ``tensorflow_hub``, its serving
+signature run by TensorFlow. TensorFlow is imported at load only, so importing the package (and
+answering liveness) does not wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -29,11 +25,8 @@ SIGNATURE_PREFERENCE = ("default", "serving_default")
 
 
 class TensorFlowModel:
-    """A loaded model: ``predict(pixels uint8 [N,H,W,3]) -> [N,classes]`` scores, H and W its signature's.
-
-    A TF Hub image module takes float [0,1] (its documented convention, birds_V1/1's), so that is its
-    contract; a SavedModel carries no TFLite Metadata.
-    """
+    """``predict(pixels uint8 [N,H,W,3]) -> [N,classes]`` scores, H and W its signature's; its contract
+    is [0,1] floats, TF Hub image modules' convention (a SavedModel carries no TFLite Metadata)."""
 
     runtime = "tensorflow"
 
@@ -52,12 +45,9 @@ class TensorFlowModel:
     def load(cls, url: str, intra_op_threads: int = 0, inter_op_threads: int = 0, warmup: bool = True,
              cache_dir: str | None = None, prefetcher: Prefetcher | None = None,
              quiet: bool = True) -> TensorFlowModel:
-        """Download (or find in the cache), load, check the signature and, for a service, warm up.
-
-        The warm-up call pays TensorFlow's first-call set-up before the first request does; a
-        one-shot CLI skips it, since its real batch would pay the same cost right after. ``quiet``
-        keeps TensorFlow's C++ start-up messages (CPU features, oneDNN) out of the log stream.
-        """
+        """Download (or find in the cache), load, check the signature and, for a service, warm up (so the
+        first request does not pay TensorFlow's first-call set-up; a one-shot CLI's batch would pay it anyway).
+        ``quiet`` keeps TensorFlow's C++ start-up messages out of the log stream."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if prefetcher is not None:
@@ -68,7 +58,11 @@ class TensorFlowModel:
 
         if prefetcher is not None:
             prefetcher.install_resolver()
-        _configure_threads(tf, intra_op_threads, inter_op_threads)
+        with contextlib.suppress(RuntimeError):  # already initialised in this process (tests load several models)
+            if intra_op_threads:  # 0 leaves TensorFlow's default
+                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            if inter_op_threads:
+                tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
         t1 = time.perf_counter()
         timings["tf_import"] = (t1 - t0) * 1000
         from tensorflow_hub import resolver as hub_resolver
@@ -102,12 +96,10 @@ class TensorFlowModel:
         classes = outputs[output_name].shape[-1]
         model = cls(module, name, input_name, output_name, timings, Contract.unit_range(int(height), int(width),
                                                                                         classes))
+        model.num_classes = classes
         if warmup:
             model.num_classes = model.predict(np.zeros((1, height, width, 3), np.uint8)).shape[1]
             timings["warmup"] = (time.perf_counter() - t3) * 1000
-        else:
-            model.num_classes = classes
-        if model.num_classes != classes:
             model.contract = Contract.unit_range(int(height), int(width), model.num_classes)
         log.info("model loaded in %.1f s", (time.perf_counter() - t0), extra=logs.fields(
             url=url, path=path, signature=name, input=input_name, output=output_name,
@@ -122,13 +114,3 @@ class TensorFlowModel:
         out = self._fn(**{self.input_name: tf.constant(tensor, dtype=tf.float32)})[self.output_name]
         return np.asarray(out.numpy())
 
-
-def _configure_threads(tf: Any, intra: int, inter: int) -> None:
-    """Size TensorFlow's pools to the CPU this process may use (0 leaves TF's default)."""
-    try:
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
-    except RuntimeError:  # already initialised in this process (tests load several models)
-        pass

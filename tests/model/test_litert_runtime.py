@@ -71,8 +71,8 @@ def test_a_uint8_tflite_served_by_url_answers_probabilities_in_0_1_with_the_righ
     path = fetch_tflite(uint8_url, tmp_path / "cache")
     model = LiteRTModel(path, source=uint8_url)
     assert model.quantized
-    assert (model.input_details["dtype"], model.output_details["dtype"]) == ("uint8", "uint8")
-    assert model.input_details["scale"] > 0 and model.output_details["scale"] > 0
+    assert (model.input.dtype, model.output.dtype) == ("uint8", "uint8")
+    assert model.input.scale > 0 and model.output.scale > 0
     scores = model.predict(colour_batch(CLASSES))
     assert scores.dtype == np.float32 and scores.shape == (len(CLASSES), hubmodel.NUM_CLASSES)
     assert scores.min() >= 0.0 and scores.max() <= 1.0
@@ -123,7 +123,6 @@ def test_a_model_loads_from_bytes_and_records_its_timings(float_tflite):
     model = LiteRTModel(float_tflite.read_bytes())
     model.warmup()
     assert set(model.timings_ms) == {"litert_import", "model_load", "warmup"}
-    assert model.size_bytes == float_tflite.stat().st_size
 
 
 def test_threads_calling_at_once_each_get_their_own_interpreter_and_the_right_answers(float_tflite):
