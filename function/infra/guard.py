@@ -13,14 +13,14 @@ resolves to, redirects are judged when they connect, and nothing is sent to a re
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import NameResolutionError
 
@@ -123,26 +123,20 @@ def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> typ
     return GuardedConnection
 
 
-class GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose every new connection goes through the policy."""
-
-    def __init__(self, policy: AddressPolicy, **kwargs: Any):
-        self.policy = policy
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {  # a new dict: the default one is urllib3's module-level table
-            scheme: type(f"Guarded{pool.__name__}", (pool,),
-                         {"ConnectionCls": _guarded(pool.ConnectionCls, self.policy)})
-            for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
+def wrap_connections(session: requests.Session, wrap: Callable[[type[HTTPConnection]], type[HTTPConnection]]) -> None:
+    """Make the connections of the session's pools ``wrap(ConnectionCls)`` from now on."""
+    for adapter in set(session.adapters.values()):  # one adapter may serve both schemes: wrapped once
+        manager = getattr(adapter, "poolmanager", None)
+        if manager is not None:  # a new dict: the default one is urllib3's module-level table
+            manager.pool_classes_by_scheme = {
+                scheme: type(pool.__name__, (pool,), {"ConnectionCls": wrap(pool.ConnectionCls)})
+                for scheme, pool in manager.pool_classes_by_scheme.items()}
 
 
-def guard_session(session: requests.Session, policy: AddressPolicy, pool_size: int) -> requests.Session:
-    adapter = GuardedAdapter(policy, pool_connections=pool_size, pool_maxsize=pool_size)
+def guard_session(session: requests.Session, policy: AddressPolicy) -> requests.Session:
+    """Every new connection of ``session`` goes through ``policy``."""
     # An HTTP(S)_PROXY from the environment would make the proxy, not the photo host, the address
     # connected to (and proxy connections bypass the guarded pools): the guard would check nothing.
     session.trust_env = False
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    wrap_connections(session, functools.partial(_guarded, policy=policy))
     return session
