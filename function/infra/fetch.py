@@ -37,7 +37,7 @@ from ..errors import (
 )
 from . import logs
 from .credentials import AwsSigner, GoogleSigner, StoreAuth
-from .deadlines import Deadline, Deadlines, shut
+from .deadlines import Deadlines, shut
 from .files import checked_size
 from .guard import AddressPolicy, guard_session, wrap_connections
 
@@ -64,7 +64,6 @@ class _Watch:
     def __init__(self) -> None:
         self.conn: Any = None
         self.fired = False
-        self.deadline: Deadline | None = None
 
     def attach(self, conn: Any) -> None:
         self.conn = conn
@@ -137,7 +136,7 @@ class HttpFetcher:
             raise InvalidUrl(f"not an http(s) URL: {url!r}")
         deadline = time.monotonic() + self.deadline_s
         watch = _Watch()
-        watch.deadline = self.deadlines.arm(self.deadline_s, watch.fire)
+        armed = self.deadlines.arm(self.deadline_s, watch.fire)
         self._local.watch = watch
         attempt = 0
         try:
@@ -160,7 +159,7 @@ class HttpFetcher:
                 return data
         finally:
             self._local.watch = None
-            watch.deadline.cancel()
+            armed.cancel()
 
     def status(self, url: str) -> int:
         """The status one GET of ``url`` answers (no redirects followed, the body left unread)."""
@@ -188,21 +187,16 @@ class HttpFetcher:
                 body = self._read_body(response.raw, length, deadline, watch)
                 data = _decompress(body, response.headers.get("Content-Encoding", ""), self.max_bytes)
                 return checked_size(data, self.max_bytes)
-        except PhotoError:
-            raise
         except requests.TooManyRedirects:
             raise TooManyRedirects("the photo URL redirects too many times") from None
         except requests.Timeout:
             raise Timeout("the photo host did not answer in time", retryable=True) from None
         except requests.exceptions.InvalidURL as exc:
             raise InvalidUrl(f"invalid URL: {exc}") from None
-        except urllib3.exceptions.ReadTimeoutError:
-            raise Timeout("the photo host stopped sending in time", retryable=True) from None
-        except urllib3.exceptions.HTTPError as exc:  # the body broke off: reset, short read, bad encoding
-            raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
-        except requests.RequestException as exc:
-            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
-                # a read timeout while streaming the body: requests reports it as a ConnectionError
+        except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:  # reset, short read, bad encoding
+            # a read timeout while streaming the body, bare or (from requests) wrapped in a ConnectionError
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError) or (
+                    exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError)):
                 raise Timeout("the photo host stopped sending in time", retryable=True) from None
             raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
 

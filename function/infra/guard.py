@@ -1,14 +1,10 @@
-"""The SSRF guard: caller-supplied URLs may only reach public addresses.
+"""The SSRF guard: caller-supplied URLs may only reach public addresses (the cloud metadata server,
+other pods and localhost are a way in from a caller's URL).
 
-The function fetches whatever URL a caller names, from inside a cluster. Without a guard that is a
-way in: to the cloud metadata server (169.254.169.254), to other pods, to localhost. The guard
-works at the one place that cannot be fooled, the connection itself: each new connection resolves
-the host name once, refuses if *any* address is not public, and connects to exactly the address it
-checked. There is no window between check and connect for DNS rebinding, every spelling of an
-address (``2130706433``, ``0x7f.1``, ``127.1``, ``[::ffff:127.0.0.1]``) is judged by what it
-resolves to, redirects are judged when they connect, and nothing is sent to a refused address.
-
-``TRUSTED_HOSTS`` (host names, IPs, CIDRs) exempts internal hosts the operator trusts.
+The check is on the connection itself: each new connection resolves the host once, refuses if *any*
+address is not public, and connects to exactly the address it checked. So DNS rebinding has no
+window, every spelling of an address is judged by what it resolves to, and redirects are judged
+when they connect. ``TRUSTED_HOSTS`` (names, IPs, CIDRs) exempts hosts the operator trusts.
 """
 
 from __future__ import annotations
@@ -77,9 +73,7 @@ class AddressPolicy:
         if host.lower().rstrip(".").strip("[]") in self.trusted_names:
             return None
         ip = ipaddress.ip_address(address.split("%")[0])
-        if any(ip in net for net in self.trusted_networks):
-            return None
-        return classify_address(ip)
+        return None if any(ip in net for net in self.trusted_networks) else classify_address(ip)
 
     def vet(self, host: str, port: int) -> str:
         """Resolve ``host`` and return the address to connect to; :class:`BlockedAddress` if any is refused."""

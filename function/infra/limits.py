@@ -21,17 +21,18 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ..errors import BodyTimeout, BodyTooLarge, InvalidContentLength, QueryTooLong, RequestError, answer
 from . import logs
 from .deadlines import Deadline, Deadlines
 from .worker import server_close
 
-Environ = dict[str, Any]
+if TYPE_CHECKING:
+    from .metrics import RequestMeter
+
 Headers = list[tuple[str, str]]
-StartResponse = Callable[..., Callable[[bytes], object]]
-WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Answered = tuple[str, Headers, Iterable[bytes], bool]  # status, headers, body, and whether the body is left unread
 
 UPLOAD_TYPES = ("multipart/form-data", "image/")
@@ -45,7 +46,7 @@ BODY_GRACE_S = 5.0
 BODY_MIN_RATE = 64 * 1024
 
 
-def body_limit(environ: Environ, max_request_bytes: int, max_upload_bytes: int) -> int:
+def body_limit(environ: WSGIEnvironment, max_request_bytes: int, max_upload_bytes: int) -> int:
     """``MAX_UPLOAD_BYTES`` for uploads to ``POST /``, ``MAX_REQUEST_BYTES`` for every other request."""
     path = (environ.get("PATH_INFO") or "/").rstrip("/") or "/"
     media = (environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()
@@ -61,22 +62,10 @@ def body_seconds(length: int | None, body_timeout_s: float) -> float:
     return min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
 
 
-class Meter(Protocol):
-    """Counts requests in flight and answers by route and status (``function.infra.metrics.RequestMeter``)."""
-
-    def started(self) -> None: ...
-
-    def answered(self, path: str, status: int) -> None: ...
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
 class BoundedInput:
     """``wsgi.input`` that hands out at most ``limit + 1`` bytes and knows whether the body is all read."""
 
-    def __init__(self, inner: _Readable, limit: int, length: int | None, deadline: Deadline | None):
+    def __init__(self, inner: IO[bytes], limit: int, length: int | None, deadline: Deadline | None):
         self._inner = inner
         self._left = limit + 1  # one past the limit: enough for a route to see that it is over
         self._length = length  # None: chunked (gunicorn ends it; wsgi.input_terminated)
@@ -89,8 +78,7 @@ class BoundedInput:
         return self._take(self._inner.read, size, whole=True)
 
     def readline(self, size: int | None = -1) -> bytes:  # Werkzeug reads multipart bodies by lines
-        inner = getattr(self._inner, "readline", None)
-        return b"" if inner is None else self._take(inner, size, whole=False)
+        return self._take(self._inner.readline, size, whole=False)
 
     def _take(self, read: Callable[[int], bytes], size: int | None, whole: bool) -> bytes:
         """One read of at most ``size``; once the deadline has fired, an empty read (or, with ``whole``, a
@@ -129,8 +117,8 @@ class BoundedInput:
 class BoundedRequests:
     """The WSGI middleware (see the module's docstring)."""
 
-    def __init__(self, app: WsgiApp, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
-                 body_timeout_s: float, meter: Callable[[], Meter]):
+    def __init__(self, app: WSGIApplication, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
+                 body_timeout_s: float, meter: Callable[[], RequestMeter]):
         self.app = app
         # Asked per request: the serving app, and so its meter, is built in the process that serves.
         self.meter = meter
@@ -145,7 +133,7 @@ class BoundedRequests:
         # may be in a server's parent process that then forks the worker.
         return Deadlines()
 
-    def _drain(self, environ: Environ, length: int) -> bool:
+    def _drain(self, environ: WSGIEnvironment, length: int) -> bool:
         """Read and drop a refused body of up to ``DRAIN_BYTES`` within ``DRAIN_S``; whether it is all read."""
         sock = environ.get("gunicorn.socket")
         if length > DRAIN_BYTES or not isinstance(sock, socket.socket):
@@ -159,7 +147,7 @@ class BoundedRequests:
             deadline.cancel()
         return body.finished()
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         meter = self.meter()
         meter.started()
         status = "500 INTERNAL SERVER ERROR"  # what the server answers when the app raises
@@ -173,7 +161,7 @@ class BoundedRequests:
         finally:
             meter.answered(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
 
-    def _bounded(self, environ: Environ) -> Answered:
+    def _bounded(self, environ: WSGIEnvironment) -> Answered:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
             return _refuse(environ, QueryTooLong(
@@ -227,7 +215,7 @@ def _no_write(_data: bytes) -> object:
     raise RuntimeError("the app must return its body, not write it")
 
 
-def _refuse(environ: Environ, err: RequestError, body_unread: bool) -> Answered:
+def _refuse(environ: WSGIEnvironment, err: RequestError, body_unread: bool) -> Answered:
     reply = answer(err, {"X-Request-Id": environ.get("HTTP_X_REQUEST_ID") or logs.new_request_id()})
     headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
     return f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers, [reply.body], body_unread
