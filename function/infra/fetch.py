@@ -209,8 +209,7 @@ class HttpFetcher:
         if length is not None:
             body: bytes = raw.read(length, decode_content=False)
             if len(body) < length:
-                raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} "
-                                  "bytes")
+                raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} bytes")
             return body
         chunks = bytearray()
         # read1 returns what one receive brings; a read(n) would wait for all n bytes. Undecoded: a gzip
@@ -263,9 +262,6 @@ def _reason(exc: Exception) -> str:
         inner = inner.__context__
     text = str(inner)
     return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(inner).__name__
-
-
-# -- the fetchers a service needs, from its configuration --------------------------------------------
 
 
 def trusted_session(config: Config) -> requests.Session:

@@ -1,19 +1,14 @@
-"""Bounds on every request before any route sees it: one WSGI middleware around the whole app.
+"""Bounds on every request before any route sees it: one WSGI middleware around the whole app, on
+``wsgi.input`` itself, since functions-framework reads the whole body after every unstreamed answer.
 
-functions-framework reads the whole body after every unstreamed answer, whatever the route, so the
-bounds live below the routes, on ``wsgi.input`` itself:
-
-* **one body limit** (:func:`body_limit`): a declared length past it is answered 413 without
-  calling the app; a chunked body is cut one byte past it, so the route's own check answers 413;
-* **a query-string limit**: 414 before anything parses it (gunicorn's ``limit_request_line`` bounds
-  the whole request line first);
-* **a body deadline**: a body not in by :func:`body_seconds` after the headers is cut (the socket's
-  read side is shut, waking a blocked read) and answered 408, so a client dripping bytes cannot
-  hold a request thread;
-* **a usable connection after the answer**: a body left unread means ``Connection: close``, and the
-  server closes it (gunicorn drains at most 64 KiB of a kept-alive one, then closes it under the
-  client's next request);
-* **every answer counted once** by the request meter, whoever gave it.
+* one body limit (:func:`body_limit`): a declared length past it is 413 without calling the app; a
+  chunked body is cut one byte past it, so the route's own check answers 413;
+* a query-string limit: 414 before anything parses it;
+* a body deadline (:func:`body_seconds`): the socket's read side is shut, waking a blocked read, and
+  the answer is 408, so a client dripping bytes cannot hold a request thread;
+* a body left unread means ``Connection: close``, and the server closes it (gunicorn would drain at
+  most 64 KiB of it and then fail the client's next request on that connection);
+* every answer, whoever gave it, counted once by the request meter.
 """
 
 from __future__ import annotations
@@ -57,9 +52,7 @@ def body_limit(environ: WSGIEnvironment, max_request_bytes: int, max_upload_byte
 
 def body_seconds(length: int | None, body_timeout_s: float) -> float:
     """How long a body may take after its headers: BODY_TIMEOUT_S, less for a short declared length."""
-    if length is None:
-        return body_timeout_s
-    return min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
+    return body_timeout_s if length is None else min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
 
 
 class BoundedInput:
@@ -181,10 +174,8 @@ class BoundedRequests:
             return _refuse(environ, BodyTooLarge(f"the body is {length} bytes; the limit for this request is {limit}"),
                            body_unread=not self._drain(environ, length))
         sock = environ.get("gunicorn.socket")
-        deadline = None
-        allowed_s = body_seconds(length, self.body_timeout_s)
-        if length != 0 and isinstance(sock, socket.socket) and self.body_timeout_s > 0:
-            deadline = self.deadlines.shut_on(sock, allowed_s)
+        allowed_s = body_seconds(length, self.body_timeout_s)  # BODY_TIMEOUT_S is positive (Config.validate)
+        deadline = self.deadlines.shut_on(sock, allowed_s) if length != 0 and isinstance(sock, socket.socket) else None
         body = BoundedInput(environ["wsgi.input"], limit, length, deadline)
         environ["wsgi.input"] = body
         if length is None:

@@ -13,7 +13,6 @@ own path.
 from __future__ import annotations
 
 import contextlib
-import errno
 import re
 import selectors
 import socket
@@ -81,9 +80,7 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
             return
         try:
             sock, _ = listener.accept()
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
+        except (BlockingIOError, ConnectionAbortedError):  # gone already, or taken by another worker
             return
         refuse(sock)
 
