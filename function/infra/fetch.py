@@ -264,11 +264,6 @@ def _reason(exc: Exception) -> str:
     return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(inner).__name__
 
 
-def trusted_session(config: Config) -> requests.Session:
-    """For URLs that come from configuration (model, label map, fan-out): no guard."""
-    return new_session(config.fetch_workers, config.user_agent)
-
-
 def photo_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
     """For callers' photo URLs: behind the SSRF guard (``TRUSTED_HOSTS`` exempt), at most 5 redirects."""
     return _fetcher(config, deadlines, config.trusted_hosts, max_redirects=5)
