@@ -73,7 +73,7 @@ class App:
         self.config = config
         process = process or this_process()
         self._deadlines = Deadlines()
-        self._trusted = fetch.trusted_session(config)  # model, label map, fan-out: URLs from configuration
+        self._trusted = fetch.new_session(config.fetch_workers, config.user_agent)  # URLs from configuration: no guard
         self._photos = fetch.photo_fetcher(config, self._deadlines)  # callers' URLs: behind the SSRF guard
         self._reader = PhotoReader(self._photos, fetch.object_fetcher(config, self._deadlines), config.max_photo_bytes)
         self._metrics = Metrics()

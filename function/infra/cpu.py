@@ -1,8 +1,5 @@
-"""How much CPU this process may really use: affinity and cgroup quota, not the node's core count.
-
-A Knative pod with ``limits.cpu: 2`` on a 64-core node sees 64 cores in ``os.cpu_count()``;
-sizing TensorFlow's thread pools from that makes 64 threads fight over 2 cores' worth of quota.
-"""
+"""How much CPU this process may really use: affinity and cgroup quota, not the node's core count
+(a pod limited to 2 CPUs on a 64-core node must not size its thread pools for 64)."""
 
 from __future__ import annotations
 
@@ -17,9 +14,7 @@ def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     quota = _cgroup_quota(cgroup_root)
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
+    return cpus if quota is None else min(cpus, max(1, math.ceil(quota)))
 
 
 def _cgroup_quota(root: Path) -> float | None:

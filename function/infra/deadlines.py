@@ -1,14 +1,10 @@
 """One thread that runs each armed deadline's action when its time comes: the process's one timer.
 
-Blocking calls in this service (a ``recv`` on a photo host's socket, on a client's socket, a decode
-in a worker process) cannot be bounded by a per-call timeout alone: a host sending a byte every
-2 s never trips a 10 s read timeout. So each such wait arms a deadline whose action ends the wait
-from outside (shuts the socket down, kills the worker), and cancels it when the wait is over.
-
-Cheap: one heap push per armed deadline and one thread per process, started on first use (also
-after a fork, where the parent's thread does not exist). An action may return a number of seconds
-to be run again after that long (a fetch still connecting has no socket to shut yet), or None.
-Actions run on the deadline thread, so they must be quick and must not raise.
+A blocking wait (a ``recv`` on a slow host's socket, a decode in a worker process) cannot be bounded
+by a per-call timeout alone: a host sending a byte every 2 s never trips a 10 s read timeout. So the
+wait arms a deadline whose action ends it from outside (shuts the socket down, kills the worker).
+The thread starts on first use (also after a fork). An action runs on that thread, so it must be
+quick; it may return seconds after which to run it again (a socket not there yet), or None.
 """
 
 from __future__ import annotations
@@ -21,30 +17,28 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 Action = Callable[[], float | None]
 
 
+@dataclass(slots=True, eq=False)
 class Deadline:
     """One armed deadline: :meth:`cancel` it when the guarded wait is over; ``fired`` says whether it ran."""
 
-    __slots__ = ("action", "cancelled", "due", "fired")
-
-    def __init__(self, due: float, action: Action):
-        self.due = due
-        self.action = action
-        self.cancelled = False
-        self.fired = False
+    due: float
+    action: Action
+    cancelled: bool = False
+    fired: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True  # left in the heap; dropped when its time comes (no O(n) removal)
 
 
 class Deadlines:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._heap: list[tuple[float, int, Deadline]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -53,7 +47,7 @@ class Deadlines:
 
     def arm(self, seconds: float, action: Action) -> Deadline:
         """Run ``action`` in ``seconds`` unless the returned deadline is cancelled first."""
-        deadline = Deadline(self._clock() + seconds, action)
+        deadline = Deadline(time.monotonic() + seconds, action)
         with self._cond:
             self._push(deadline)
             if not self._stopped and (self._thread is None or not self._thread.is_alive()):
@@ -61,10 +55,9 @@ class Deadlines:
                 self._thread.start()
         return deadline
 
-    def shut_on(self, sock: socket.socket, seconds: float, how: int = socket.SHUT_RD) -> Deadline:
-        """Shut ``sock`` down (``SHUT_RD`` by default) in ``seconds``: a thread blocked in ``recv`` on it
-        wakes with end-of-stream at once, whatever the peer's pace."""
-        return self.arm(seconds, lambda: shut(sock, how))
+    def shut_on(self, sock: socket.socket, seconds: float) -> Deadline:
+        """Shut ``sock``'s read side in ``seconds``: a thread blocked in ``recv`` on it wakes with EOF."""
+        return self.arm(seconds, lambda: shut(sock, socket.SHUT_RD))
 
     def stop(self) -> None:
         with self._cond:
@@ -84,7 +77,7 @@ class Deadlines:
                     if self._heap and self._heap[0][2].cancelled:
                         heapq.heappop(self._heap)
                         continue
-                    wait = self._heap[0][0] - self._clock() if self._heap else None
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
                     if wait is not None and wait <= 0:
                         break
                     self._cond.wait(wait)
@@ -99,13 +92,13 @@ class Deadlines:
                 again = None
             if again is not None and not due.cancelled:
                 with self._cond:
-                    due.due = self._clock() + again
+                    due.due = time.monotonic() + again
                     self._push(due)
 
 
 def shut(sock: socket.socket | None, how: int = socket.SHUT_RDWR) -> None:
-    """``shutdown`` on the plain socket, also for TLS sockets: ``SSLSocket.shutdown`` would drop the SSL
-    object under a thread that is reading; the plain one wakes the reader with EOF."""
+    """``shutdown`` on the plain socket, also for TLS ones: ``SSLSocket.shutdown`` would drop the SSL
+    object under a reading thread; the plain one wakes it with EOF."""
     if sock is None:
         return
     with contextlib.suppress(OSError):  # already closed or never connected: nothing left to wake

@@ -1,33 +1,27 @@
-"""Getting bytes from elsewhere: pooled sessions behind the SSRF guard, bounded photo fetches, files.
+"""Getting bytes from elsewhere: pooled sessions behind the SSRF guard, bounded photo fetches.
 
-:class:`HttpFetcher` streams one URL's body up to a byte limit, with bounded retries for what a
-later try may fix, inside a hard per-fetch deadline (:mod:`function.infra.deadlines`): the
-session's connection pools are wrapped so the deadline knows which connection a fetch is using,
-and at the deadline that socket is shut down, so the fetch ends whatever phase it is in. Read and
-connect timeouts bound each wait for a byte; they cannot bound a host that sends one header byte
-every 2 s (measured: 150 s on one fetch worker). Bytes are counted on the wire: the fetcher asks for
-``identity`` and reads the body undecoded; a host that compresses anyway is decompressed here,
-bounded.
-
-The factories at the end build the fetchers from :class:`~function.config.Config`: caller URLs go
-through the guard, bucket objects are signed with the platform's credentials and never redirected,
-the model and label map (URLs from configuration) use a plain trusted session.
+:class:`HttpFetcher` streams one URL's body up to a byte limit, with bounded retries, inside a hard
+per-fetch deadline: the pools' connections tell the deadline which socket a fetch is using, and
+the deadline shuts it down, whatever phase the fetch is in. Read and connect timeouts bound each
+wait for a byte, not a host that sends one header byte every 2 s. Bytes are counted on the wire:
+the fetcher asks for ``identity``, and a host that compresses anyway is decompressed here, bounded.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.connection import HTTPConnection
 
 from ..config import Config
 from ..errors import (
@@ -43,14 +37,15 @@ from ..errors import (
 )
 from . import logs
 from .credentials import AwsSigner, GoogleSigner, StoreAuth
-from .deadlines import Deadline, Deadlines, shut
+from .deadlines import Deadlines, shut
 from .files import checked_size
-from .guard import AddressPolicy, guard_session
+from .guard import AddressPolicy, guard_session, wrap_connections
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 0.05  # a fired deadline whose connection has no socket yet (still connecting) looks again this often
 MAX_RETRY_AFTER_S = 5.0  # a photo is not worth a longer wait
+BACKOFF_S = 0.2  # the first retry's pause, doubled for each next one
 
 
 def new_session(pool_size: int, user_agent: str) -> requests.Session:
@@ -69,7 +64,6 @@ class _Watch:
     def __init__(self) -> None:
         self.conn: Any = None
         self.fired = False
-        self.deadline: Deadline | None = None
 
     def attach(self, conn: Any) -> None:
         self.conn = conn
@@ -86,9 +80,9 @@ class _Watch:
         return None
 
 
-def _watched_pool(pool_cls: type[HTTPConnectionPool], local: threading.local) -> type[HTTPConnectionPool]:
-    """A connection pool class whose connections hand themselves to the fetching thread's watch: a new
-    one before it connects (a connect that hangs is cut too), a kept-alive one before its request."""
+def _watched(connection_cls: type[HTTPConnection], local: threading.local) -> type[HTTPConnection]:
+    """Connections that hand themselves to the fetching thread's watch: a new one before it connects (a
+    connect that hangs is cut too), a kept-alive one before its request."""
 
     def attach(conn: Any) -> None:
         watch = getattr(local, "watch", None)
@@ -96,7 +90,7 @@ def _watched_pool(pool_cls: type[HTTPConnectionPool], local: threading.local) ->
             watch.attach(conn)
 
     # A class built from a variable base: mypy cannot check it as a class definition.
-    class WatchedConnection(pool_cls.ConnectionCls):  # type: ignore[misc, name-defined]
+    class WatchedConnection(connection_cls):  # type: ignore[misc, valid-type]
         def connect(self) -> None:
             attach(self)
             super().connect()
@@ -105,35 +99,31 @@ def _watched_pool(pool_cls: type[HTTPConnectionPool], local: threading.local) ->
             attach(self)
             super().request(*args, **kwargs)
 
-    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": WatchedConnection})
+    return WatchedConnection
 
 
 class HttpFetcher:
     """Fetches one URL's bytes over a pooled ``requests.Session``, streaming up to a byte limit."""
 
     def __init__(self, session: requests.Session, connect_timeout_s: float, read_timeout_s: float,
-                 max_bytes: int, retries: int = 0, deadline_s: float = 30.0, backoff_s: float = 0.2,
-                 sleep: Callable[[float], None] = time.sleep, deadlines: Deadlines | None = None):
+                 max_bytes: int, retries: int = 0, deadline_s: float = 30.0, deadlines: Deadlines | None = None):
         self.session = session
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_bytes = max_bytes
         self.retries = retries
         self.deadline_s = deadline_s
-        self.backoff_s = backoff_s
-        self._sleep = sleep
         self._owns_deadlines = deadlines is None
         self.deadlines = deadlines or Deadlines()
         self._local = threading.local()
-        for adapter in session.adapters.values():
-            manager = getattr(adapter, "poolmanager", None)
-            if manager is not None:  # a new dict: the default one is urllib3's module-level table
-                manager.pool_classes_by_scheme = {
-                    scheme: _watched_pool(cls, self._local) for scheme, cls in manager.pool_classes_by_scheme.items()}
+        wrap_connections(session, functools.partial(_watched, local=self._local))
 
     def close(self) -> None:
         if self._owns_deadlines:
             self.deadlines.stop()
-        _close(self.session)
+        try:
+            self.session.close()
+        except Exception:  # closing is best effort at shutdown
+            log.debug("closing a session failed", exc_info=True)
 
     def get(self, url: str) -> bytes:
         """GET with bounded retries for transient failures, all within the fetch's deadline."""
@@ -146,46 +136,38 @@ class HttpFetcher:
             raise InvalidUrl(f"not an http(s) URL: {url!r}")
         deadline = time.monotonic() + self.deadline_s
         watch = _Watch()
-        watch.deadline = self.deadlines.arm(self.deadline_s, watch.fire)
+        armed = self.deadlines.arm(self.deadline_s, watch.fire)
         self._local.watch = watch
+        attempt = 0
         try:
-            return self._retrying(url, deadline, watch)
+            while True:
+                try:
+                    data = self._get(url, deadline, watch)
+                except PhotoError as err:
+                    if watch.fired:  # whatever the socket's shutdown looked like to the reader
+                        raise self._timeout() from None
+                    pause = err.retry_after_s if err.retry_after_s is not None else BACKOFF_S * 2 ** attempt
+                    if not err.retryable or attempt >= self.retries or time.monotonic() + pause >= deadline:
+                        raise
+                    attempt += 1
+                    log.debug("retrying photo", extra=logs.fields(photo=url, attempt=attempt, error=err.code,
+                                                                  pause_s=round(pause, 2)))
+                    time.sleep(pause)
+                    continue
+                if watch.fired:  # EOF from the shutdown can look like the end of headers or of the body
+                    raise self._timeout()
+                return data
         finally:
             self._local.watch = None
-            watch.deadline.cancel()
+            armed.cancel()
 
     def status(self, url: str) -> int:
         """The status one GET of ``url`` answers (no redirects followed, the body left unread)."""
         with self.session.get(url, timeout=self.timeout, stream=True, allow_redirects=False) as response:
             return response.status_code
 
-    def _retrying(self, url: str, deadline: float, watch: _Watch) -> bytes:
-        attempt = 0
-        while True:
-            try:
-                return self._once(url, deadline, watch)
-            except PhotoError as err:
-                pause = (err.retry_after_s if err.retry_after_s is not None else self.backoff_s * 2 ** attempt)
-                if not err.retryable or attempt >= self.retries or time.monotonic() + pause >= deadline:
-                    raise
-                attempt += 1
-                log.debug("retrying photo", extra=logs.fields(photo=url, attempt=attempt, error=err.code,
-                                                              pause_s=round(pause, 2)))
-                self._sleep(pause)
-
     def _timeout(self) -> Timeout:
         return Timeout(f"the photo took longer than {self.deadline_s:g} s to arrive")
-
-    def _once(self, url: str, deadline: float, watch: _Watch) -> bytes:
-        try:
-            data = self._get(url, deadline, watch)
-        except PhotoError:
-            if watch.fired:  # whatever the socket's shutdown looked like to the reader
-                raise self._timeout() from None
-            raise
-        if watch.fired:  # EOF from the shutdown can look like the end of headers or of the body
-            raise self._timeout()
-        return data
 
     def _get(self, url: str, deadline: float, watch: _Watch) -> bytes:
         remaining = max(0.05, deadline - time.monotonic())  # no attempt may outlast the fetch's deadline
@@ -199,43 +181,35 @@ class HttpFetcher:
                     raise HttpError(f"the photo host answered HTTP {status}", retryable=status in (429, 502, 503, 504),
                                     retry_after_s=_retry_after(response.headers.get("Retry-After")))
                 declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise TooLarge(f"photo is {declared} bytes; the limit is {self.max_bytes}")
                 length = int(declared) if declared and declared.isdigit() else None
+                if length is not None and length > self.max_bytes:
+                    raise TooLarge(f"photo is {declared} bytes; the limit is {self.max_bytes}")
                 body = self._read_body(response.raw, length, deadline, watch)
                 data = _decompress(body, response.headers.get("Content-Encoding", ""), self.max_bytes)
                 return checked_size(data, self.max_bytes)
-        except PhotoError:
-            raise
         except requests.TooManyRedirects:
             raise TooManyRedirects("the photo URL redirects too many times") from None
         except requests.Timeout:
             raise Timeout("the photo host did not answer in time", retryable=True) from None
         except requests.exceptions.InvalidURL as exc:
             raise InvalidUrl(f"invalid URL: {exc}") from None
-        except urllib3.exceptions.ReadTimeoutError:
-            raise Timeout("the photo host stopped sending in time", retryable=True) from None
-        except urllib3.exceptions.HTTPError as exc:  # the body broke off: reset, short read, bad encoding
-            raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
-        except requests.RequestException as exc:
-            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
-                # a read timeout while streaming the body: requests reports it as a ConnectionError
+        except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:  # reset, short read, bad encoding
+            # a read timeout while streaming the body, bare or (from requests) wrapped in a ConnectionError
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError) or (
+                    exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError)):
                 raise Timeout("the photo host stopped sending in time", retryable=True) from None
             raise FetchFailed(f"could not fetch the photo: {_reason(exc)}") from None
 
     def _read_body(self, raw: Any, length: int | None, deadline: float, watch: _Watch) -> bytes:
-        """The body as sent (undecoded), within the byte limit and the deadline (which shuts the socket down).
+        """The body as sent (undecoded), within the byte limit and the deadline.
 
-        A declared length is read in one call, which urllib3 passes to http.client's buffered reader: it
-        allocates the result once and receives into it, with no zero-filled buffer and no copy of it, each a
-        fresh mmap of the photo's size faulted in page by page under the image's MALLOC_MMAP_THRESHOLD_
-        (the profile in docs/performance.md).
+        A declared length is read in one call: http.client allocates the result once and receives into
+        it, with no zero-filled buffer and no copy (each a fresh mmap of the photo's size).
         """
         if length is not None:
             body: bytes = raw.read(length, decode_content=False)
             if len(body) < length:
-                raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} "
-                                  "bytes")
+                raise FetchFailed(f"could not fetch the photo: the body broke off after {len(body)} of {length} bytes")
             return body
         chunks = bytearray()
         # read1 returns what one receive brings; a read(n) would wait for all n bytes. Undecoded: a gzip
@@ -290,46 +264,28 @@ def _reason(exc: Exception) -> str:
     return text.split(": ", 1)[-1] if "Failed to establish" in text else text or type(inner).__name__
 
 
-def _close(session: requests.Session) -> None:
-    try:
-        session.close()
-    except Exception:  # closing is best effort at shutdown
-        log.debug("closing a session failed", exc_info=True)
-
-
-# -- the fetchers a service needs, from its configuration --------------------------------------------
-
-
-def trusted_session(config: Config) -> requests.Session:
-    """For URLs that come from configuration (model, label map, fan-out): no guard."""
-    return new_session(config.fetch_workers, config.user_agent)
-
-
 def photo_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
     """For callers' photo URLs: behind the SSRF guard (``TRUSTED_HOSTS`` exempt), at most 5 redirects."""
-    session = new_session(config.fetch_workers, config.user_agent)
-    if config.ssrf_guard:
-        session = guard_session(session, AddressPolicy.from_trusted(config.trusted_hosts), config.fetch_workers)
-    session.max_redirects = 5
-    return _fetcher(session, config, deadlines)
+    return _fetcher(config, deadlines, config.trusted_hosts, max_redirects=5)
 
 
 def object_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
-    """For bucket objects: URLs the service works out from configured endpoints, signed with the platform's
-    credentials (infra/credentials.py), never sent on to another place; the photos' limits."""
+    """For bucket objects: URLs worked out from configured endpoints, signed with the platform's
+    credentials (infra/credentials.py), never redirected; the photos' limits."""
+    trusted = (*config.trusted_hosts, *config.storage_hosts()) if config.ssrf_guard else ()
+    fetcher = _fetcher(config, deadlines, trusted, max_redirects=0)
+    anonymous = config.storage_credentials == "anonymous"
+    fetcher.session.auth = StoreAuth(None if anonymous else GoogleSigner(), None if anonymous else AwsSigner(),
+                                     [config.gcs_base_url()], config.s3_endpoint,
+                                     [config.storage_emulator_host] if config.storage_emulator_host else [])
+    return fetcher
+
+
+def _fetcher(config: Config, deadlines: Deadlines, trusted: Iterable[str], max_redirects: int) -> HttpFetcher:
     session = new_session(config.fetch_workers, config.user_agent)
     if config.ssrf_guard:
-        policy = AddressPolicy.from_trusted((*config.trusted_hosts, *config.storage_hosts()))
-        session = guard_session(session, policy, config.fetch_workers)
-    session.max_redirects = 0
-    anonymous = config.storage_credentials == "anonymous"
-    session.auth = StoreAuth(None if anonymous else GoogleSigner(), None if anonymous else AwsSigner(),
-                             [config.gcs_base_url()], config.s3_endpoint,
-                             [config.storage_emulator_host] if config.storage_emulator_host else [])
-    return _fetcher(session, config, deadlines)
-
-
-def _fetcher(session: requests.Session, config: Config, deadlines: Deadlines) -> HttpFetcher:
+        guard_session(session, AddressPolicy.from_trusted(trusted))
+    session.max_redirects = max_redirects
     return HttpFetcher(session, config.connect_timeout_s, config.read_timeout_s, config.max_photo_bytes,
                        config.fetch_retries, config.photo_deadline_s, deadlines=deadlines)
 

@@ -1,15 +1,9 @@
 """Worker processes that can really be stopped: forked from a fork server, killed by pid.
 
-:class:`ForkServer` is a fresh interpreter (``python -c``, not a fork of this multi-threaded
-process) that imports one module first (the decoder, with Pillow and numpy: a worker forked from it
-starts in milliseconds and shares those pages) and then, single-threaded so forking is safe, forks
-a worker on each request and reports each worker's exit status. multiprocessing's fork server
-would do, but it makes each worker import ``__main__`` again (gunicorn's script, pytest, the CLI's
-main.py) and keeps the exit status that tells a kill by RLIMIT_CPU (SIGXCPU) to itself.
-
-:class:`Worker` is the parent's handle on one: a :class:`~multiprocessing.connection.Connection`
-to it, its CPU time from ``/proc/PID/stat`` (what a watchdog reads), ``kill()`` (SIGKILL, safe
-from any thread) and its exit signal.
+:class:`ForkServer` is a fresh interpreter (not a fork of this multi-threaded process) that imports
+the decoder once, so a worker forked from it starts in milliseconds and shares those pages, and
+reports each worker's exit status. multiprocessing's fork server would re-import ``__main__`` in
+each worker and keep the exit status that tells a kill by RLIMIT_CPU (SIGXCPU) to itself.
 """
 
 from __future__ import annotations
@@ -31,17 +25,15 @@ from typing import Any
 
 from . import procs
 
-START_S = 30.0  # the server's interpreter and imports take ~0.3 s; reached only if it is broken
+START_S = 30.0  # far past the server's start; reached only if it is broken
+PRELOAD = "function.core.workers"
 _ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ``function`` package
 
 
 class ForkServer:
-    """The fork server: ``preload`` imported once, then a worker forked per :meth:`fork`. Started on
-    first use (one per process: the app's ``Process`` owns it); ends when this process closes it or
-    exits (it reads EOF)."""
+    """Started on first use; ends when this process closes it or exits (it reads EOF)."""
 
-    def __init__(self, preload: str = "function.core.workers") -> None:
-        self.preload = preload
+    def __init__(self) -> None:
         self._lock = threading.Lock()  # one fork request at a time: pids come back in order
         self._cond = threading.Condition()
         self._exits: dict[int, int] = {}
@@ -56,9 +48,8 @@ class ForkServer:
             sock = self._ensure()
             socket.send_fds(sock, [b"F" + pickle.dumps((target, args))], [conn_fd])
             with self._cond:
-                while not self._pids:
-                    if not self._cond.wait(START_S):
-                        raise RuntimeError("the decode fork server did not answer")
+                if not self._cond.wait_for(lambda: self._pids, START_S):
+                    raise RuntimeError("the decode fork server did not answer")
                 return self._pids.pop(0)
 
     def exit_status(self, pid: int, timeout: float) -> int | None:
@@ -82,7 +73,7 @@ class ForkServer:
         if self._sock is not None and self._proc is not None and self._proc.poll() is None:
             return self._sock
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = (f"import sys; sys.path.insert(0, {_ROOT!r}); import {self.preload}; "
+        code = (f"import sys; sys.path.insert(0, {_ROOT!r}); import {PRELOAD}; "
                 f"from function.infra.forkserver import serve; serve({theirs.fileno()})")
         self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(theirs.fileno(),),
                                       stdin=subprocess.DEVNULL, cwd=_ROOT)
@@ -92,20 +83,15 @@ class ForkServer:
         return mine
 
     def _read(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                msg = sock.recv(64)
-            except OSError:
-                return
-            if not msg:
-                return
-            with self._cond:
-                if msg[:1] == b"P":
-                    self._pids.append(struct.unpack("i", msg[1:5])[0])
-                elif msg[:1] == b"X":
-                    pid, status = struct.unpack("ii", msg[1:9])
-                    self._exits[pid] = status
-                self._cond.notify_all()
+        with contextlib.suppress(OSError):  # closed by close()
+            while msg := sock.recv(64):
+                with self._cond:
+                    if msg[:1] == b"P":
+                        self._pids.append(struct.unpack("i", msg[1:5])[0])
+                    elif msg[:1] == b"X":
+                        pid, status = struct.unpack("ii", msg[1:9])
+                        self._exits[pid] = status
+                    self._cond.notify_all()
 
 
 class Worker:
@@ -187,14 +173,12 @@ def serve(fd: int) -> None:
 
 
 def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
+    with contextlib.suppress(ChildProcessError):  # no children left
+        while True:
             pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        with contextlib.suppress(OSError):
-            sock.send(b"X" + struct.pack("ii", pid, status))
+            if pid == 0:
+                return
+            with contextlib.suppress(OSError):
+                sock.send(b"X" + struct.pack("ii", pid, status))
 
 

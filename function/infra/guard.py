@@ -1,26 +1,22 @@
-"""The SSRF guard: caller-supplied URLs may only reach public addresses.
+"""The SSRF guard: caller-supplied URLs may only reach public addresses (the cloud metadata server,
+other pods and localhost are a way in from a caller's URL).
 
-The function fetches whatever URL a caller names, from inside a cluster. Without a guard that is a
-way in: to the cloud metadata server (169.254.169.254), to other pods, to localhost. The guard
-works at the one place that cannot be fooled, the connection itself: each new connection resolves
-the host name once, refuses if *any* address is not public, and connects to exactly the address it
-checked. There is no window between check and connect for DNS rebinding, every spelling of an
-address (``2130706433``, ``0x7f.1``, ``127.1``, ``[::ffff:127.0.0.1]``) is judged by what it
-resolves to, redirects are judged when they connect, and nothing is sent to a refused address.
-
-``TRUSTED_HOSTS`` (host names, IPs, CIDRs) exempts internal hosts the operator trusts.
+The check is on the connection itself: each new connection resolves the host once, refuses if *any*
+address is not public, and connects to exactly the address it checked. So DNS rebinding has no
+window, every spelling of an address is judged by what it resolves to, and redirects are judged
+when they connect. ``TRUSTED_HOSTS`` (names, IPs, CIDRs) exempts hosts the operator trusts.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import NameResolutionError
 
@@ -77,9 +73,7 @@ class AddressPolicy:
         if host.lower().rstrip(".").strip("[]") in self.trusted_names:
             return None
         ip = ipaddress.ip_address(address.split("%")[0])
-        if any(ip in net for net in self.trusted_networks):
-            return None
-        return classify_address(ip)
+        return None if any(ip in net for net in self.trusted_networks) else classify_address(ip)
 
     def vet(self, host: str, port: int) -> str:
         """Resolve ``host`` and return the address to connect to; :class:`BlockedAddress` if any is refused."""
@@ -123,26 +117,20 @@ def _guarded(connection_cls: type[HTTPConnection], policy: AddressPolicy) -> typ
     return GuardedConnection
 
 
-class GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose every new connection goes through the policy."""
-
-    def __init__(self, policy: AddressPolicy, **kwargs: Any):
-        self.policy = policy
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {  # a new dict: the default one is urllib3's module-level table
-            scheme: type(f"Guarded{pool.__name__}", (pool,),
-                         {"ConnectionCls": _guarded(pool.ConnectionCls, self.policy)})
-            for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
+def wrap_connections(session: requests.Session, wrap: Callable[[type[HTTPConnection]], type[HTTPConnection]]) -> None:
+    """Make the connections of the session's pools ``wrap(ConnectionCls)`` from now on."""
+    for adapter in set(session.adapters.values()):  # one adapter may serve both schemes: wrapped once
+        manager = getattr(adapter, "poolmanager", None)
+        if manager is not None:  # a new dict: the default one is urllib3's module-level table
+            manager.pool_classes_by_scheme = {
+                scheme: type(pool.__name__, (pool,), {"ConnectionCls": wrap(pool.ConnectionCls)})
+                for scheme, pool in manager.pool_classes_by_scheme.items()}
 
 
-def guard_session(session: requests.Session, policy: AddressPolicy, pool_size: int) -> requests.Session:
-    adapter = GuardedAdapter(policy, pool_connections=pool_size, pool_maxsize=pool_size)
+def guard_session(session: requests.Session, policy: AddressPolicy) -> requests.Session:
+    """Every new connection of ``session`` goes through ``policy``."""
     # An HTTP(S)_PROXY from the environment would make the proxy, not the photo host, the address
     # connected to (and proxy connections bypass the guarded pools): the guard would check nothing.
     session.trust_env = False
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    wrap_connections(session, functools.partial(_guarded, policy=policy))
     return session

@@ -1,59 +1,48 @@
-"""Bounds on every request before any route sees it: one WSGI middleware around the whole app.
+"""Bounds on every request before any route sees it: one WSGI middleware around the whole app, on
+``wsgi.input`` itself, since functions-framework reads the whole body after every unstreamed answer.
 
-functions-framework reads the whole body after every answer that is not streamed (its
-``read_request`` hook), whatever the route: a ``POST /healthz`` with 512 MiB is read into memory
-unless something below stops it. So the bounds live below the routes, on ``wsgi.input`` itself:
-
-* **one body limit** for every path and method (:func:`body_limit`): a declared length past it is
-  answered 413 without calling the app; a chunked body is cut one byte past it, so the route's own
-  check answers 413 and nothing after it (functions-framework included) can read more;
-* **a query-string limit**: 414 before anything parses it (gunicorn's ``limit_request_line`` bounds
-  the request line before this, see ``function/infra/server.py``);
-* **a body deadline**: a body not in by ``BODY_TIMEOUT_S`` after the headers is cut (the socket's
-  read side is shut, which wakes a blocked read) and answered 408: a client sending a byte a
-  second cannot hold a request thread. A body of declared length gets less: ``BODY_GRACE_S`` plus
-  its length at ``BODY_MIN_RATE`` bytes/s, so a 200-byte JSON body dripped at a byte a second is
-  cut after 5 s, not 60 (four such clients would otherwise hold every request thread for a minute:
-  docs/reliability.md);
-* **a usable connection after the answer**: when a body is left unread, the answer says
-  ``Connection: close`` and the server closes it (gunicorn drains at most 64 KiB and then closes a
-  connection it had announced as kept alive, and a ``requests.Session`` reusing it fails its next
-  request).
-* **every answer counted once**, whoever gave it (a route, or these bounds: 413, 414, 408), by the
-  request meter.
-
-Plain WSGI, no web framework: answers are built by :func:`function.errors.answer`.
+* one body limit (:func:`body_limit`): a declared length past it is 413 without calling the app; a
+  chunked body is cut one byte past it, so the route's own check answers 413;
+* a query-string limit: 414 before anything parses it;
+* a body deadline (:func:`body_seconds`): the socket's read side is shut, waking a blocked read, and
+  the answer is 408, so a client dripping bytes cannot hold a request thread;
+* a body left unread means ``Connection: close``, and the server closes it (gunicorn would drain at
+  most 64 KiB of it and then fail the client's next request on that connection);
+* every answer, whoever gave it, counted once by the request meter.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from typing import Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ..errors import BodyTimeout, BodyTooLarge, InvalidContentLength, QueryTooLong, RequestError, answer
 from . import logs
 from .deadlines import Deadline, Deadlines
 from .worker import server_close
 
-Environ = dict[str, Any]
+if TYPE_CHECKING:
+    from .metrics import RequestMeter
+
 Headers = list[tuple[str, str]]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None] | None
-StartResponse = Callable[..., Callable[[bytes], object]]
-WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Answered = tuple[str, Headers, Iterable[bytes], bool]  # status, headers, body, and whether the body is left unread
 
 UPLOAD_TYPES = ("multipart/form-data", "image/")
 # A refused body this small is read and dropped (within DRAIN_S) so the client gets its 413 on a
-# connection it can reuse; past it the connection is closed instead. 8 MiB on loopback: ~10 ms.
+# connection it can reuse; past it the connection is closed instead.
 DRAIN_BYTES = 8 * 1024 * 1024
 DRAIN_S = 2.0
+# A body of known length must arrive at this rate after a grace period (a phone on a slow network
+# sends far more than 64 KiB/s; a byte a second is an attack, not a client).
+BODY_GRACE_S = 5.0
+BODY_MIN_RATE = 64 * 1024
 
 
-def body_limit(environ: Environ, max_request_bytes: int, max_upload_bytes: int) -> int:
-    """The one body limit: uploads to ``POST /`` get ``MAX_UPLOAD_BYTES``, every other request
-    (JSON, CloudEvents, health checks, 404/405/415 answers) ``MAX_REQUEST_BYTES``."""
+def body_limit(environ: WSGIEnvironment, max_request_bytes: int, max_upload_bytes: int) -> int:
+    """``MAX_UPLOAD_BYTES`` for uploads to ``POST /``, ``MAX_REQUEST_BYTES`` for every other request."""
     path = (environ.get("PATH_INFO") or "/").rstrip("/") or "/"
     media = (environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()
     if environ.get("REQUEST_METHOD") == "POST" and path == "/" and media.startswith(UPLOAD_TYPES):
@@ -61,35 +50,15 @@ def body_limit(environ: Environ, max_request_bytes: int, max_upload_bytes: int) 
     return max_request_bytes
 
 
-# A body of known length must arrive at this rate after a grace period (a phone on a slow network
-# sends far more than 64 KiB/s; a byte a second is an attack, not a client).
-BODY_GRACE_S = 5.0
-BODY_MIN_RATE = 64 * 1024
-
-
 def body_seconds(length: int | None, body_timeout_s: float) -> float:
     """How long a body may take after its headers: BODY_TIMEOUT_S, less for a short declared length."""
-    if length is None:
-        return body_timeout_s
-    return min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
-
-
-class Meter(Protocol):
-    """Counts requests in flight and answers by route and status (``function.infra.metrics.RequestMeter``)."""
-
-    def started(self) -> None: ...
-
-    def answered(self, path: str, status: int) -> None: ...
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
+    return body_timeout_s if length is None else min(body_timeout_s, BODY_GRACE_S + length / BODY_MIN_RATE)
 
 
 class BoundedInput:
     """``wsgi.input`` that hands out at most ``limit + 1`` bytes and knows whether the body is all read."""
 
-    def __init__(self, inner: _Readable, limit: int, length: int | None, deadline: Deadline | None):
+    def __init__(self, inner: IO[bytes], limit: int, length: int | None, deadline: Deadline | None):
         self._inner = inner
         self._left = limit + 1  # one past the limit: enough for a route to see that it is over
         self._length = length  # None: chunked (gunicorn ends it; wsgi.input_terminated)
@@ -99,49 +68,34 @@ class BoundedInput:
         self.timed_out = False
 
     def read(self, size: int | None = -1) -> bytes:
+        return self._take(self._inner.read, size, whole=True)
+
+    def readline(self, size: int | None = -1) -> bytes:  # Werkzeug reads multipart bodies by lines
+        return self._take(self._inner.readline, size, whole=False)
+
+    def _take(self, read: Callable[[int], bytes], size: int | None, whole: bool) -> bytes:
+        """One read of at most ``size``; once the deadline has fired, an empty read (or, with ``whole``, a
+        short one before the declared end) is the body cut off."""
         if self._left <= 0 or self.at_end or self.timed_out:
             return b""
         n = self._left if size is None or size < 0 else min(size, self._left)
         try:
-            data = self._inner.read(n)
+            data = read(n)
         except Exception:
-            if self._deadline is not None and self._deadline.fired:
-                data = b""
-            else:
+            if self._deadline is None or not self._deadline.fired:
                 raise
-        if self._deadline is not None and self._deadline.fired and (not data or self._short(data, n)):
+            data = b""
+        fired = self._deadline is not None and self._deadline.fired
+        short = whole and self._length is not None and len(data) < n and self.read_bytes + len(data) < self._length
+        if fired and (not data or short):
             self.timed_out = True
             return b""
-        self._account(data, n)
-        return data
-
-    def _short(self, data: bytes, asked: int) -> bool:
-        return self._length is not None and len(data) < asked and self.read_bytes + len(data) < self._length
-
-    def _account(self, data: bytes, asked: int) -> None:
         self.read_bytes += len(data)
         self._left -= len(data)
-        if (not data and asked > 0) or (self._length is not None and self.read_bytes >= self._length):
+        if (not data and n > 0) or (self._length is not None and self.read_bytes >= self._length):
             self.at_end = True
         if self.at_end and self._deadline is not None:
             self._deadline.cancel()  # all in: the deadline must not cut the next request on this connection
-
-    def readline(self, size: int | None = -1) -> bytes:  # Werkzeug reads multipart bodies by lines
-        inner = getattr(self._inner, "readline", None)
-        if inner is None or self._left <= 0 or self.at_end or self.timed_out:
-            return b""
-        n = self._left if size is None or size < 0 else min(size, self._left)
-        try:
-            data: bytes = inner(n)
-        except Exception:
-            if self._deadline is not None and self._deadline.fired:
-                self.timed_out = True
-                return b""
-            raise
-        if self._deadline is not None and self._deadline.fired and not data:
-            self.timed_out = True
-            return b""
-        self._account(data, n)
         return data
 
     def __iter__(self) -> Iterator[bytes]:
@@ -150,39 +104,30 @@ class BoundedInput:
 
     def finished(self) -> bool:
         """Whether the whole body has been read (then the connection can serve another request)."""
-        if self.timed_out:
-            return False
-        return self.at_end or (self._length is not None and self.read_bytes >= self._length)
+        return self.at_end and not self.timed_out
 
 
 class BoundedRequests:
     """The WSGI middleware (see the module's docstring)."""
 
-    def __init__(self, app: WsgiApp, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
-                 body_timeout_s: float, deadlines: Deadlines | None = None,
-                 meter: Callable[[], Meter] | None = None):
+    def __init__(self, app: WSGIApplication, *, max_request_bytes: int, max_upload_bytes: int, max_query_bytes: int,
+                 body_timeout_s: float, meter: Callable[[], RequestMeter]):
         self.app = app
-        # Every answer, whoever gave it (a route or these bounds), counted once, by the meter of the app
-        # serving the request: asked per request, since that app is built in the process that serves.
+        # Asked per request: the serving app, and so its meter, is built in the process that serves.
         self.meter = meter
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
         self.max_query_bytes = max_query_bytes
         self.body_timeout_s = body_timeout_s
-        self._deadlines = deadlines
 
-    @property
+    @functools.cached_property
     def deadlines(self) -> Deadlines:
         # Made on first use, in the process that serves: this middleware is installed at import, which
         # may be in a server's parent process that then forks the worker.
-        if self._deadlines is None:
-            self._deadlines = Deadlines()
-        return self._deadlines
+        return Deadlines()
 
-    def _drain(self, environ: Environ, length: int) -> bool:
-        """Read and drop a refused body of up to ``DRAIN_BYTES`` within ``DRAIN_S``, so that a client
-        still sending it gets the answer, on a connection it can use again; a bigger or slower body
-        is left unread and the connection closed."""
+    def _drain(self, environ: WSGIEnvironment, length: int) -> bool:
+        """Read and drop a refused body of up to ``DRAIN_BYTES`` within ``DRAIN_S``; whether it is all read."""
         sock = environ.get("gunicorn.socket")
         if length > DRAIN_BYTES or not isinstance(sock, socket.socket):
             return False
@@ -195,10 +140,9 @@ class BoundedRequests:
             deadline.cancel()
         return body.finished()
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        meter = self.meter() if self.meter is not None else None
-        if meter is not None:
-            meter.started()
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        meter = self.meter()
+        meter.started()
         status = "500 INTERNAL SERVER ERROR"  # what the server answers when the app raises
         try:
             status, headers, body, body_unread = self._bounded(environ)
@@ -208,10 +152,9 @@ class BoundedRequests:
             start_response(status, headers)
             return body
         finally:
-            if meter is not None:
-                meter.answered(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
+            meter.answered(str(environ.get("PATH_INFO") or "/"), int(status.split(" ", 1)[0]))
 
-    def _bounded(self, environ: Environ) -> Answered:
+    def _bounded(self, environ: WSGIEnvironment) -> Answered:
         query = environ.get("QUERY_STRING") or ""
         if len(query) > self.max_query_bytes:
             return _refuse(environ, QueryTooLong(
@@ -219,9 +162,8 @@ class BoundedRequests:
                 "(MAX_QUERY_BYTES): POST the URLs as JSON instead"), body_unread=True)
         limit = body_limit(environ, self.max_request_bytes, self.max_upload_bytes)
         raw_length = (environ.get("CONTENT_LENGTH") or "").strip()
-        chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
         length: int | None = 0
-        if chunked:
+        if "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower():
             length = None
         elif raw_length:
             if not raw_length.isdigit():
@@ -232,17 +174,15 @@ class BoundedRequests:
             return _refuse(environ, BodyTooLarge(f"the body is {length} bytes; the limit for this request is {limit}"),
                            body_unread=not self._drain(environ, length))
         sock = environ.get("gunicorn.socket")
-        deadline = None
-        allowed_s = body_seconds(length, self.body_timeout_s)
-        if length != 0 and isinstance(sock, socket.socket) and self.body_timeout_s > 0:
-            deadline = self.deadlines.shut_on(sock, allowed_s)
+        allowed_s = body_seconds(length, self.body_timeout_s)  # BODY_TIMEOUT_S is positive (Config.validate)
+        deadline = self.deadlines.shut_on(sock, allowed_s) if length != 0 and isinstance(sock, socket.socket) else None
         body = BoundedInput(environ["wsgi.input"], limit, length, deadline)
         environ["wsgi.input"] = body
         if length is None:
             environ["wsgi.input_terminated"] = True
         captured: dict[str, Any] = {}
 
-        def capture(status: str, headers: Headers, exc_info: ExcInfo = None) -> Callable[[bytes], object]:
+        def capture(status: str, headers: Headers, exc_info: object = None) -> Callable[[bytes], object]:
             captured["status"], captured["headers"] = status, headers
             return _no_write
 
@@ -252,7 +192,9 @@ class BoundedRequests:
             if deadline is not None:
                 deadline.cancel()
         if body.timed_out:
-            _close(result)
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
             return _refuse(environ, BodyTimeout(
                 f"the body did not arrive within {allowed_s:g} s ({BODY_GRACE_S:g} s plus its length "
                 f"at {BODY_MIN_RATE // 1024} KiB/s, at most BODY_TIMEOUT_S)"), body_unread=True)
@@ -264,13 +206,7 @@ def _no_write(_data: bytes) -> object:
     raise RuntimeError("the app must return its body, not write it")
 
 
-def _close(result: Iterable[bytes]) -> None:
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()
-
-
-def _refuse(environ: Environ, err: RequestError, body_unread: bool) -> Answered:
+def _refuse(environ: WSGIEnvironment, err: RequestError, body_unread: bool) -> Answered:
     reply = answer(err, {"X-Request-Id": environ.get("HTTP_X_REQUEST_ID") or logs.new_request_id()})
     headers = list(reply.headers.items()) + [("Content-Length", str(len(reply.body)))]
     return f"{reply.status} {_REASONS.get(reply.status, '')}".strip(), headers, [reply.body], body_unread

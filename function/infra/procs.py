@@ -1,13 +1,4 @@
-"""Other processes of ours, seen and steered through ``/proc`` and the scheduler.
-
-* :func:`cpu_seconds`: the CPU time a process has used (all its threads), which a watchdog compares
-  with a budget and a waiting run with the work a converter announced.
-* :func:`run_when_idle`: this process takes only CPU time nobody else wants (``SCHED_IDLE``), so a
-  background job does not slow the runs that started it.
-* :func:`lend_priority`: a run that waits for such a job gives it back the normal policy (priority
-  inheritance: the job is now on the waiting run's critical path).
-* :func:`trim_heap`: this process hands freed heap memory back to the OS.
-"""
+"""Other processes of ours, seen and steered through ``/proc`` and the scheduler."""
 
 from __future__ import annotations
 

@@ -1,31 +1,19 @@
-"""gunicorn's threaded worker, changed so that a connection holds no request thread until its request head is in;
-the one module that depends on how gunicorn is built (tests/infra/test_gunicorn_surface.py and test_reaches.py
-name what it uses), so a gunicorn release that changes it fails there first.
+"""gunicorn's gthread worker, changed so that a connection holds no request thread until its request head is in.
 
-gunicorn 27's gthread worker hands every accepted connection to the thread pool at once, and the
-pool thread waits up to 5 s (``DEFAULT_WORKER_DATA_TIMEOUT``) for a first byte before giving the
-connection back to the poller. With ``THREADS=8``, N connections that send nothing delayed
-``/healthz`` by N/8 x 5 s (measured: 8 -> 4.7 s, 64 -> 39.7 s, 300: no answer within 60 s), and a
-client sending its headers a byte a second held a thread until the header deadline.
-
-:class:`HeadFirstWorker` reads the request head in the worker's event loop instead, without
-blocking, and hands the connection to a pool thread only once the head has ended (with the bytes
-already read put back into gunicorn's parser). Every way gunicorn hands a connection to a thread
-goes through :meth:`HeadFirstWorker.enqueue_req`: new connections, kept-alive ones that become
-readable, and ones whose next request was read ahead with the last body. A head not complete within
-``HEADER_TIMEOUT_S`` of its first wait is dropped from the poller; one past :data:`HEAD_BYTES` goes to
-a thread anyway, where gunicorn's limits answer it and the same deadline still bounds it.
-
-gunicorn also stops accepting at ``worker_connections``: the connections past it then wait in the
-listen backlog, unseen, until their client gives up. This worker keeps accepting and answers those
-503 at once (:func:`refuse`). TLS and HTTP/2 prior knowledge keep gunicorn's own path (the image
-serves neither).
+The one module that depends on how gunicorn is built (tests/infra/test_gunicorn_surface.py and
+test_reaches.py check what it uses). gthread hands every accepted connection to a pool thread at
+once, which waits up to 5 s for a first byte: a few idle connections delay every request.
+:class:`HeadFirstWorker` reads the head in the event loop without blocking and hands the connection
+(the bytes read put back into gunicorn's parser) to a thread once the head has ended. A head not in
+within ``HEADER_TIMEOUT_S`` is dropped; connections past ``worker_connections`` are answered 503 at
+once instead of waiting unseen in the listen backlog. TLS and HTTP/2 prior knowledge keep gunicorn's
+own path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import re
 import selectors
 import socket
 import time
@@ -40,11 +28,12 @@ from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped
 from ..errors import TooManyConnections, answer
 from .deadlines import Deadlines
 
-# Read in the poller at most this much of a head (memory: MAX_CONNECTIONS x this, at worst). A
-# longer head is handed over as it is: gunicorn's own limits (8190 bytes a line) answer it.
+# Read in the poller at most this much of a head (memory: MAX_CONNECTIONS x this, at worst); gunicorn's
+# own limits answer a longer one.
 HEAD_BYTES = 64 * 1024
 # After SIGTERM, how long a request head still on its way may take (gunicorn's linger for kept-alive ones).
 STOP_LINGER_S = 2.0
+_BARE_LF = re.compile(rb"(?<!\r)\n")  # gunicorn refuses a line ended by LF alone (RFC 9112 section 2.2)
 
 _REFUSED = answer(TooManyConnections("this instance holds as many connections as it takes (MAX_CONNECTIONS); "
                                      "retry, or use fewer connections", retry_after_s=1))
@@ -54,28 +43,15 @@ REFUSAL = (f"HTTP/1.1 {_REFUSED.status} Service Unavailable\r\n"
 
 
 def head_ended(head: bytes | bytearray, start: int = 0) -> bool:
-    """Whether a pool thread can take the head now (``start``: where the new bytes begin).
-
-    True at the blank line that ends it, at :data:`HEAD_BYTES`, or at a bare LF, which gunicorn
-    refuses at once (RFC 9112 section 2.2) and would never see end here.
-    """
-    if len(head) >= HEAD_BYTES or head.find(b"\r\n\r\n", max(0, start - 3)) >= 0:
-        return True
-    lf = head.find(b"\n", start)
-    while lf >= 0:
-        if lf == 0 or head[lf - 1] != ord("\r"):
-            return True
-        lf = head.find(b"\n", lf + 1)
-    return False
+    """Whether a pool thread can take the head now (``start``: where the new bytes begin): at the blank
+    line that ends it, at :data:`HEAD_BYTES`, or at a bare LF, which gunicorn refuses at once."""
+    return (len(head) >= HEAD_BYTES or head.find(b"\r\n\r\n", max(0, start - 3)) >= 0
+            or _BARE_LF.search(head, start) is not None)
 
 
 def refuse(sock: socket.socket) -> None:
-    """Answer 503 and close, without blocking the event loop.
-
-    A request already here is read first: closing a socket with unread data sends a reset, which
-    can destroy the answer in the client's buffer before it is read. A request arriving after the
-    close gets that reset: refused at once all the same.
-    """
+    """Answer 503 and close, without blocking the event loop. A request already here is read first:
+    closing with unread data sends a reset, which can destroy the answer before the client reads it."""
     with contextlib.suppress(OSError):
         sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
@@ -104,9 +80,7 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
             return
         try:
             sock, _ = listener.accept()
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
+        except (BlockingIOError, ConnectionAbortedError):  # gone already, or taken by another worker
             return
         refuse(sock)
 
@@ -133,7 +107,6 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
         except OSError:  # reset by the client
             data = b""
         if not data:  # closed before its request was in: nothing to answer
-            self._leave_poller(conn)
             self._drop(conn)
             return
         conn.head += data
@@ -164,19 +137,16 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
         return super().handle_request(req, conn)
 
     def murder_pending(self) -> None:
-        """Also drop the connections whose head is not in by its deadline (run() calls this every second,
-        and on every turn of its shutdown loop)."""
+        """Also drop the heads not in by their deadline (run() calls this every second, and while stopping)."""
         super().murder_pending()
         now = time.monotonic()
         if not self.alive:
-            # Stopping (SIGTERM): a head on its way gets the short while gunicorn gives kept-alive
-            # connections, not the whole header deadline. The first capped deadline stays the earliest.
+            # Stopping: a head on its way gets gunicorn's linger for kept-alive connections, not the
+            # whole header deadline. The first capped deadline stays the earliest.
             for conn in self.heads:
                 conn.head_deadline = min(conn.head_deadline, now + STOP_LINGER_S)
         while self.heads and self.heads[0].head_deadline <= now:
-            conn = self.heads[0]
-            self._leave_poller(conn)
-            self._drop(conn)
+            self._drop(self.heads[0])
 
     def _leave_poller(self, conn: Any) -> None:
         self.heads.remove(conn)
@@ -184,24 +154,19 @@ class HeadFirstWorker(ThreadWorker):  # type: ignore[misc]  # untyped base
             self.poller.unregister(conn.sock)
 
     def _drop(self, conn: Any) -> None:
+        self._leave_poller(conn)
         self.nr_conns -= 1
         conn.close()
 
 
 def header_deadline_worker(header_timeout_s: float) -> type[HeadFirstWorker]:
     """The worker class for gunicorn: heads must be in within ``header_timeout_s`` (``HEADER_TIMEOUT_S``)."""
-
-    class Worker(HeadFirstWorker):
-        pass
-
-    Worker.header_timeout_s = header_timeout_s
-    return Worker
+    return type("Worker", (HeadFirstWorker,), {"header_timeout_s": header_timeout_s})
 
 
 def server_close(start_response: Callable[..., object]) -> Callable[[], object]:
-    """What closes the connection after this answer besides ``Connection: close``, which gunicorn drops
-    (hop-by-hop) with no public way for an app to ask for a close: its ``start_response`` is a method of
-    its response, whose ``force_close()`` does it (checked by tests/infra/test_reaches.py). Under another
-    server, nothing: the header then closes it."""
+    """What closes the connection after this answer: gunicorn drops an app's ``Connection: close``, but its
+    ``start_response`` is a method of a response whose ``force_close()`` does (tests/infra/test_reaches.py
+    checks it). Under another server, nothing: the header closes it."""
     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
     return force_close if callable(force_close) else lambda: None

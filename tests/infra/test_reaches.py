@@ -90,18 +90,18 @@ def rebinding(monkeypatch) -> None:
 
 
 def test_the_guard_connects_to_the_address_it_checked_and_sends_the_name(port, rebinding):
-    with guard_session(requests.Session(), TRUSTED, 1) as session:
+    with guard_session(requests.Session(), TRUSTED) as session:
         assert session.get(f"http://photos.test:{port}/", timeout=5).text == f"photos.test:{port}"
-    with guard_session(requests.Session(), TRUSTED, 1) as session, pytest.raises(BlockedAddress, match="127.0.0.2"):
+    with guard_session(requests.Session(), TRUSTED) as session, pytest.raises(BlockedAddress, match="127.0.0.2"):
         session.get(f"http://photos.test:{port}/", timeout=5)  # a new connection is checked again
 
 
 def test_the_guard_verifies_tls_against_the_name_while_connecting_to_the_address(tls_port, rebinding):
     port, cert = tls_port
-    with guard_session(requests.Session(), TRUSTED, 1) as session:
+    with guard_session(requests.Session(), TRUSTED) as session:
         session.verify = cert
         assert session.get(f"https://photos.test:{port}/", timeout=5).text == f"photos.test:{port}"
-    with guard_session(requests.Session(), AddressPolicy.from_trusted(["127.0.0.0/8"]), 1) as session:
+    with guard_session(requests.Session(), AddressPolicy.from_trusted(["127.0.0.0/8"])) as session:
         session.verify = cert
         with pytest.raises(requests.exceptions.SSLError):  # the certificate names photos.test only
             session.get(f"https://other.test:{port}/", timeout=5)
