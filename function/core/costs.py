@@ -1,46 +1,18 @@
-"""What decoding a photo will hold, known from its header before any pixel is decoded.
+"""What decoding a photo will hold at its peak, known from its header before any pixel is decoded.
 
-A decoded photo costs far more than its bytes, and how much depends on the format's own buffers,
-not only on its size: a 751 KB progressive 7999x7999 JPEG decoded at 1/8 scale (a 1 Mpx image)
-still makes libjpeg keep every DCT coefficient of the full image, 2 bytes x 64 per 8x8 block per
-component. :func:`estimate` reads the header (Pillow's, and for JPEG our own walk of its markers)
-and returns the bytes the decode will hold at its peak: that is what the decode budget is charged,
-and, in a decode worker, the address-space limit the decode runs under (so an estimate that is too
-low fails that photo as ``decode_too_costly``, never the process).
+The estimate is what the decode budget is charged and, in a decode worker, the address-space limit
+the decode runs under, so an estimate that is too low fails that photo (``decode_too_costly``), never
+the process. It is an upper bound by design: over-charging delays a photo, under-charging lets
+decodes together pass the pod's memory. The model::
 
-The model (bytes at the peak of one decode)::
-
-    photo bytes (the worker's copy)
+    photo bytes
     + decoded pixels x (Pillow's bytes per pixel for the mode + the format's decoder buffers
                         + what the conversion to the model's RGB adds)
-    + JPEG: the coefficient buffer when the file is progressive or multi-scan
-    + 16 MiB (libraries' working memory, first-use pages)
+    + JPEG: the whole-image coefficient buffer when the file is progressive or multi-scan
+    + 16 MiB (libraries' working memory)
 
-Measured (peak VmHWM over VmRSS before, a fresh process, one decode, MALLOC_MMAP_THRESHOLD_=1 MiB
-as in the image; per pixel of the decoded image; function/core/images.py's decoder):
-
-    ========================================= ============ ===========================================
-    photo (size)                               measured     model
-    ========================================= ============ ===========================================
-    JPEG baseline 7999x7999 4:4:4/4:2:0/CMYK   10 MiB       decoded at 1/8: 1000x1000 x 4 + 16 MiB
-    JPEG progressive 7999x7999 4:2:0           192 MiB      coefficients 1.5 x 1 M blocks x 128 B
-    JPEG progressive 7999x7999 4:4:4           375 MiB      3 x 1 M blocks x 128 B = 366 MiB
-    JPEG progressive 7999x7999 grayscale       128 MiB      1 M blocks x 128 B = 122 MiB
-    JPEG progressive 7999x7999 CMYK            497 MiB      4 x 1 M blocks x 128 B = 488 MiB
-    PNG / TIFF / BMP RGB 4000x4000             4.5 B/px     4 (RGB is stored as 4) + 0.5 (scaling)
-    PNG L 4000x4000                            1.4 B/px     1 + 0.5
-    PNG RGBA, LA; TIFF RGBA 4000x4000          8.5 B/px     4 + 4 (premultiplied copy to scale)
-    PNG, GIF, BMP palette 4000x4000            5.5 B/px     1 + 4 (converted to RGB before scaling)
-    PNG, GIF palette with transparency         9.5 B/px     1 + 4 (RGBA) + 4 (premultiplied)
-    PNG 16-bit grayscale 4000x4000             11.0 B/px    2 + 9 (to 32-bit, scaled, to 8-bit: Pillow)
-    WebP lossy RGB, lossless RGBA 4000x4000    16.3-16.5    4 + 12 (libwebp's animation decoder keeps
-                                               B/px         two RGBA canvases; its frame is copied)
-    ========================================= ============ ===========================================
-
-TIFF is charged a decoder buffer as big as the image (4 B/px): libtiff reads a strip or tile whole,
-and one strip may be the whole image. Formats without a measured row (HEIF, AVIF, ICO or ICNS when
-allowed) are charged like WebP, 16 B/px. The estimates are upper bounds by design: over-charging
-delays a photo behind others; under-charging would let decodes together pass the pod's memory.
+Decoder buffers: TIFF 4 B/px (libtiff reads a strip, maybe the whole image, at once); WebP 12 B/px
+(libwebp's animation decoder keeps two RGBA canvases); unmeasured formats are charged like WebP.
 """
 
 from __future__ import annotations
@@ -75,10 +47,6 @@ class Cost:
 
     bytes: int
     detail: str
-
-    @property
-    def mb(self) -> float:
-        return self.bytes / 1e6
 
 
 @dataclass(frozen=True)

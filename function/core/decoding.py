@@ -1,21 +1,15 @@
 """The decoder the app uses: every photo decoded within its memory charge and its CPU budget.
 
-A photo's cost is bounded before it is paid and enforced while it is paid:
+Before decoding, a worker reads the header and says what the decode will hold (:mod:`.costs`): a
+photo over the whole ``DECODE_MEMORY_MB`` is refused, the others wait for their share of it. While
+decoding, the worker's address space is limited to its charge, and the deadline thread kills it at
+``DECODE_CPU_S`` of CPU or at the request's deadline: Pillow's C decoders cannot be interrupted, so a
+kill is the only real stop. A fresh worker takes the killed one's place.
 
-* **before**: a worker reads the header and says what the decode will hold
-  (:mod:`function.core.costs`); a photo over the whole budget (``DECODE_MEMORY_MB``) is refused,
-  the others wait for their share of it (the budget is shared by every worker), and a JPEG with
-  more than ``MAX_JPEG_SCANS`` scans is refused without being decoded;
-* **while**: the decode runs in a worker process whose address space is limited to its charge, and
-  which the deadline thread kills when its CPU time reaches ``DECODE_CPU_S`` or the request's
-  deadline passes (a kill is the only real stop: Pillow's C decoders cannot be interrupted). The
-  photo gets ``decode_too_costly`` (or ``deadline_exceeded``), a fresh worker takes the place of
-  the killed one, and the other photos are not touched.
-
-Workers are dealt to requests in turn (round-robin between the requests waiting, first come first
-served within one), like the fetch pool; photos charged ``HEAVY_BYTES`` or more take at most all
-workers but one, so a small photo finds a worker while big ones decode. With ``workers=0`` photos
-are decoded on the caller's thread: the same checks and memory budget, but nothing bounds CPU time.
+Workers are dealt to requests in turn (round-robin between requests, first come first served within
+one); photos charged ``HEAVY_BYTES`` or more take at most all workers but one, so a small photo finds
+a worker while big ones decode. With ``workers=0`` photos are decoded on the caller's thread, with
+the same checks and memory budget but no CPU bound.
 """
 
 from __future__ import annotations
@@ -26,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,21 +31,20 @@ from ..infra.forkserver import ForkServer, Worker
 from . import costs
 from .inputs import MAX_JPEG_SCANS, DecodeBudget, Settings, Size, bare, to_input
 
-TARGET = "function.core.workers:serve"  # a worker's loop, run in the processes the fork server forks
+TARGET = "function.core.workers:serve"  # a worker's loop, in the processes the fork server forks
 
 log = logging.getLogger(__name__)
 
 HEAVY_BYTES = 64_000_000  # a decode charged this much may not take the last free worker
-# Charged before a photo goes to its worker when the budget has it free: a photo whose decode fits
-# (a 4000x2667 JPEG at draft scale is charged ~19 MB: 16 MiB of working memory and its bytes) is
-# decoded in one round trip instead of two (the worker asking for its charge, the parent answering).
+# Charged up front when free: a photo whose decode fits (a typical JPEG at draft scale) is decoded in
+# one round trip instead of two (the worker asking for its charge, the parent answering).
 ALLOWANCE_BYTES = 32_000_000
 CHECK_S = 0.05  # the CPU watchdog looks again at least this often once the budget is near
 
 
 class Decoder:
-    """Decodes photos within this instance's limits: allowed formats, pixel limit, the memory budget
-    shared by every photo decoded at once and (with workers) each photo's CPU budget."""
+    """Decodes photos within the allowed formats, the pixel limit, the shared memory budget and (with
+    workers) each photo's CPU budget."""
 
     def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
                  cpu_s: float = 2.0, max_scans: int = MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
@@ -59,7 +53,7 @@ class Decoder:
         self.cpu_s, self.max_scans = cpu_s, max_scans
         self.budget = DecodeBudget(budget_bytes)
         self._on_refusal = on_refusal
-        if workers == 0:  # decoding on the callers' threads: Pillow here, with its limits (workers set their own)
+        if workers == 0:  # Pillow in this process, with its limits (workers set their own)
             from . import images
 
             images.limit_decoders(max_pixels)
@@ -71,23 +65,23 @@ class Decoder:
         self._pool = _Pool(self._server, settings, workers) if workers > 0 else None
 
     def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray:
-        """uint8 RGB [height,width,3] at ``size`` (width, height: the model's), or a :class:`PhotoError`; a
-        photo waits for a worker and for decoding memory no longer than ``deadline`` (``time.monotonic()``).
-        ``share``: the request it belongs to, for taking turns with other requests."""
-        if self._pool is None:
-            from . import images
+        """uint8 RGB [height,width,3] at ``size`` (width, height), or a :class:`PhotoError`; waits for a
+        worker and memory until ``deadline`` (monotonic). ``share``: its request, for taking turns."""
+        try:
+            if self._pool is None:
+                from . import images
 
-            try:
                 return images.decode(data, self.max_pixels, size, self.formats, self.budget, deadline,
                                      self.max_scans)
-            except PhotoError as err:
-                self._count(err)
-                raise
-        result = self._decode(data, size, deadline, share)
-        if isinstance(result, PhotoError):
-            self._count(result)
-            raise bare(result)
-        return to_input(result, size)
+            result = self._decode(data, size, deadline, share)
+            if isinstance(result, PhotoError):
+                raise bare(result)
+            return to_input(result, size)
+        except PhotoError as err:
+            reason = costs.reason_of(err)
+            if reason is not None and self._on_refusal is not None:
+                self._on_refusal(reason)
+            raise
 
     def close(self) -> None:
         """Stop the workers (photos still decoding get an error); the fork server stays for the process."""
@@ -99,11 +93,6 @@ class Decoder:
             self._deadlines.stop()
 
     # -- with workers ---------------------------------------------------------------------------
-    def _count(self, err: PhotoError) -> None:
-        reason = costs.reason_of(err)
-        if reason is not None and self._on_refusal is not None:
-            self._on_refusal(reason)
-
     def _decode(self, data: bytes, size: Size, deadline: float | None, share: object) -> bytes | PhotoError:
         assert self._pool is not None
         allowance, heavy, crashes = 0, False, 0
@@ -147,7 +136,8 @@ class Decoder:
         None when the worker died for no reason of ours."""
         assert self._pool is not None
         start = worker.cpu_seconds() or 0.0
-        watch = self._deadlines.arm(self._first_check(deadline), lambda: self._watch(worker, start, deadline))
+        first = self.cpu_s if deadline is None else min(self.cpu_s, deadline - time.monotonic())
+        watch = self._deadlines.arm(max(0.0, first), lambda: self._watch(worker, start, deadline))
         keep, charged = False, 0
         try:
             worker.conn.send(("photo", allowance, self.cpu_s, size))
@@ -194,10 +184,6 @@ class Decoder:
             self._pool.give_heavy()
         return None
 
-    def _first_check(self, deadline: float | None) -> float:
-        left = self.cpu_s if deadline is None else min(self.cpu_s, deadline - time.monotonic())
-        return max(0.0, left)
-
     def _watch(self, worker: Worker, start: float, deadline: float | None) -> float | None:
         """The deadline thread's check: kill the worker at the CPU budget or the request's deadline,
         else look again when the budget could next run out."""
@@ -234,7 +220,7 @@ class _Pool:
     """The worker processes, dealt to requests in turn; replacements started in the background."""
 
     def __init__(self, server: ForkServer, settings: Settings, count: int):
-        self.server, self.settings, self.count = server, settings, count
+        self.server, self.settings = server, settings
         self.heavy_max = max(1, count - 1)
         self._cond = threading.Condition()
         self._idle: list[Worker] = []
@@ -243,8 +229,7 @@ class _Pool:
         self._heavy = 0
         self._to_start = count
         self._closed = False
-        self._starter = threading.Thread(target=self._start_workers, name="decode-workers", daemon=True)
-        self._starter.start()
+        threading.Thread(target=self._start_workers, name="decode-workers", daemon=True).start()
 
     def acquire(self, share: object, deadline: float | None) -> Worker:
         with self._cond:
@@ -343,22 +328,11 @@ class _Pool:
                     self._to_start += 1
                 time.sleep(1.0)
                 continue
-            if not self._add(worker):
-                worker.close()
-
-    def _add(self, worker: Worker) -> bool:
-        with self._cond:
-            if self._closed:
-                return False
-            self._idle.append(worker)
-            self._grant()
-            return True
+            self.release(worker, keep=True)  # closed meanwhile: it is closed
 
 
+@dataclass(eq=False)
 class _Slot:
     """A photo waiting for a worker: the worker, once one is dealt to it."""
 
-    __slots__ = ("worker",)
-
-    def __init__(self) -> None:
-        self.worker: Worker | None = None
+    worker: Worker | None = None

@@ -36,18 +36,11 @@ class _Share:
 class FairPool:
     """The photo pool, shared fairly between requests.
 
-    Each request may always have ``per_request`` photos in flight (its share), and a worker that
-    frees up goes to the next request in turn (round-robin) that has photos waiting. Past its share,
-    a request may use idle workers too, but only while more than ``reserve`` stay idle: the pool is
-    not left unused when a request is alone (a five-photo request fetches its five at once, the
-    CLI's list runs ``workers - reserve`` at a time), and a request that arrives later always finds
-    a worker. So one request with 64 stalled URLs holds at most ``workers - reserve`` workers, and
-    a one-photo request arriving after it starts at once instead of waiting behind its queue
-    (50 s behind 64 stalled URLs with one FIFO queue: docs/reliability.md). Defaults: the share is
-    FETCH_WORKERS // THREADS (each request served
-    at once has its share, all together the pool) and the reserve min(THREADS - 1, FETCH_WORKERS // 4):
-    a worker for each other request, but never more than a quarter of the pool. Nothing waits in
-    the executor's own queue: at most ``workers`` tasks are handed to it at a time.
+    Each request may always have ``per_request`` photos in flight, and a freed worker goes to the
+    next request in turn that has photos waiting. Past its share, a request may use idle workers
+    while more than ``reserve`` stay idle: a lone request uses the pool, and one arriving later
+    (a one-photo request behind 64 stalled URLs) still finds a worker. At most ``workers`` tasks
+    are handed to the executor at a time, so nothing waits in its FIFO queue.
     """
 
     def __init__(self, executor: Executor, workers: int, per_request: int, reserve: int = 0):
@@ -58,9 +51,6 @@ class FairPool:
         self._lock = threading.Lock()
         self._ring: deque[_Share] = deque()
         self._running = 0
-
-    def share(self) -> _Share:
-        return _Share()
 
     def submit_all(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[Future[T]]:
         """``fn(*args)`` for each of one request's ``calls``, as that request's share of the pool."""

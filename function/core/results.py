@@ -1,7 +1,5 @@
-"""What a classification returns, and its JSON form both ways (``to_dict`` / ``from_dict``).
-
-A leaf of the core: the HTTP API, the CLI's ``--json``, reply CloudEvents and fan-out (which reads
-another instance's answer back) all use this one definition of the document.
+"""What a classification returns, and its JSON form both ways: the one definition of the document for
+the HTTP API, the CLI's ``--json``, reply CloudEvents and fan-out (which reads it back).
 """
 
 from __future__ import annotations

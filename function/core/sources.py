@@ -34,12 +34,8 @@ class PhotoSource:
 
 @dataclass(frozen=True)
 class ObjectSource(PhotoSource):
-    """A bucket object's URL, worked out by the service from an event and the configuration.
-
-    Read by the object fetcher (signed with the store's credentials, the configured endpoints exempt
-    from the SSRF guard). A caller can only make plain :class:`PhotoSource` values, so no
-    caller-supplied URL is ever sent with the store's credentials or past the guard.
-    """
+    """A bucket object's URL, worked out from an event and the configuration, read signed and past the
+    SSRF guard: callers can only make plain :class:`PhotoSource` values."""
 
     @classmethod
     def of(cls, url: str) -> ObjectSource:

@@ -1,11 +1,8 @@
 """Decode worker processes: one photo at a time, inside limits the parent sets and can enforce.
 
-Pillow's C decoders cannot be interrupted from another thread: a decode that runs too long can only
-be stopped by ending the process it runs in. So every untrusted byte (the header too) is parsed in a
-worker process, forked from a fork server (:mod:`function.infra.forkserver`, started once per
-process, with this module and so Pillow and numpy imported: a replacement worker is ready in
-milliseconds and shares those pages). This module is the worker's side; the parent's is
-function/core/decoding.py. The protocol, over one socket pair::
+Pillow's C decoders cannot be interrupted, so every untrusted byte (the header too) is parsed in a
+worker forked from the fork server (:mod:`function.infra.forkserver`); the parent's side is
+:mod:`.decoding`. The protocol, over one socket pair::
 
     parent -> ("photo", allowance, cpu_s, (width, height)), then the photo's bytes
     worker -> ("error", keep, code, message, reason)     the header says no (format, size, scans)
@@ -14,17 +11,11 @@ function/core/decoding.py. The protocol, over one socket pair::
                                                          budget, or not now (asked again later)
     worker -> ("pixels", keep), then width x height x 3 8-bit RGB | ("error", ...)
 
-The size comes with each photo, not with the worker's settings: it is the loaded model's input
-size, which the workers (started before the model loads) cannot know.
-
-``keep`` is False when the worker exits after this answer (it ran out of memory, or holds more
-than it started with by RECYCLE_BYTES): the parent starts another in its place.
-
-While it decodes, the worker's address space is limited to what it held before plus the photo's
-charge (RLIMIT_AS: the charged estimate is the enforced bound; an allocation past it fails that
-photo with ``decode_too_costly``) and its CPU time to the photo's budget plus a second (RLIMIT_CPU:
-the kernel ends it even if the parent's watchdog did not). The parent reads the worker's CPU time
-from ``/proc/PID/stat`` and kills it at the budget (function/core/decoding.py).
+The size comes with each photo: it is the loaded model's, which workers started earlier cannot know.
+``keep`` is False when the worker exits after this answer (it ran out of memory, or grew by
+RECYCLE_BYTES). While it decodes, the worker's address space is limited to its charge (RLIMIT_AS)
+and its CPU time to the budget plus a second (RLIMIT_CPU: the kernel's backstop for the parent's
+watchdog).
 """
 
 from __future__ import annotations
@@ -42,9 +33,6 @@ from .inputs import TRIM_AFTER_BYTES, Settings, Size
 HEADER_BYTES = 64 * 1024 * 1024  # address space allowed for reading a header (Pillow's ICO decodes in open())
 SLACK_BYTES = 16 * 1024 * 1024  # allocator slack on top of a photo's charge
 RECYCLE_BYTES = 16 * 1024 * 1024  # a worker that keeps this much more than it started with is replaced
-
-
-# -- the worker's side ------------------------------------------------------------------------------
 
 
 def serve(conn: Connection, settings: Settings) -> None:
@@ -66,8 +54,7 @@ def serve(conn: Connection, settings: Settings) -> None:
 
 def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings: Settings, started: int,
           size: Size) -> bool:
-    """One photo; False when the worker is to be replaced after it (it ran out of memory, or keeps
-    more than RECYCLE_BYTES over what it ``started`` with): the answer says so."""
+    """One photo; False when the worker is to be replaced after it (the answer says so)."""
     _limit_cpu(cpu_s)
     try:
         early = costs.opening_cost(data, settings.max_pixels)
@@ -112,8 +99,8 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
 
 
 def _charged(conn: Connection, cost: costs.Cost, allowance: int) -> int:
-    """The bytes this decode may hold: ``allowance`` if the cost fits in it, else what the parent
-    charges on being asked (0: not now, the parent asks again later)."""
+    """The bytes this decode may hold: ``allowance`` if the cost fits, else what the parent charges
+    (0: not now)."""
     if cost.bytes <= allowance:
         return allowance
     conn.send(("cost", cost.bytes, cost.detail))
@@ -134,8 +121,7 @@ _STATM_FIELDS = {"VmSize": 0, "VmRSS": 1}
 
 
 def _status_bytes(field: str) -> int:
-    """The worker's address space (VmSize) or resident set (VmRSS), from /proc/self/statm: one short
-    line of page counts, read several times a photo."""
+    """The worker's address space (VmSize) or resident set (VmRSS), from /proc/self/statm."""
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[_STATM_FIELDS[field]]) * _PAGE
 
@@ -147,8 +133,8 @@ def _limit_memory(extra: int | None) -> None:
 
 
 def _limit_cpu(seconds: float | None) -> None:
-    """CPU time: what the worker used so far plus ``seconds`` and one more (None: unlimited again).
-    Past it the kernel sends SIGXCPU, which ends the worker: the backstop for the parent's watchdog."""
+    """CPU time: what the worker used so far plus ``seconds`` and one more (None: unlimited again);
+    past it the kernel's SIGXCPU ends the worker."""
     if seconds is None:
         soft = resource.RLIM_INFINITY
     else:
