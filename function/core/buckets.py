@@ -1,14 +1,9 @@
 """Bucket objects named by storage events, on every path a bucket reaches the function by: one door.
 
-:func:`notification` turns any envelope into a :class:`Notification` or raises an
-:class:`~function.errors.EventError` that says what is wrong. The envelopes: Cloud Storage
-``finalized`` CloudEvents (Eventarc); Cloud Storage Pub/Sub notifications, as CloudEvents or push
-bodies (other event types than ``OBJECT_FINALIZE`` are skipped); S3 and MinIO ``Records``, directly
-or in an SNS ``Notification`` envelope.
-
-Everything here comes from callers, so it is checked strictly: sizes are integers or digit strings,
-and names with ``..``, ``.`` or empty segments are refused (urllib3 removes dot segments, which would
-let a name reach another path of the storage host).
+:func:`notification` turns any envelope (Cloud Storage CloudEvents, Pub/Sub notifications, S3 or
+MinIO ``Records``, directly or through SNS) into a :class:`Notification`, or raises an
+:class:`~function.errors.EventError`. Everything here comes from callers, so names with ``..``,
+``.`` or empty segments are refused: urllib3 removes dot segments, reaching another path of the host.
 """
 
 from __future__ import annotations
@@ -86,13 +81,6 @@ class StorageObject:
         return ObjectSource.of(self.url(config.storage_emulator_host, config.s3_endpoint, config.gcs_endpoint))
 
 
-@dataclass(frozen=True)
-class Skip:
-    """An event acknowledged without a fetch (an object deleted, a test message...): why."""
-
-    reason: str
-
-
 def check_names(bucket: str, name: str) -> None:
     """Refuse names that would not address exactly one object (:class:`EventError`)."""
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
@@ -146,8 +134,8 @@ def gcs_object(data: Any) -> StorageObject:
                          generation=_version(data.get("generation")))
 
 
-def storage_object(event_type: str, data: Any) -> StorageObject | Skip:
-    """The object a finalized-object event names, or :class:`Skip`; :class:`EventError` for anything else."""
+def storage_object(event_type: str, data: Any) -> StorageObject | str:
+    """The object a finalized-object event names, or why the event is skipped (str)."""
     if event_type == PUBSUB_PUBLISHED:
         return pubsub_object(data)
     if event_type != FINALIZED:
@@ -161,8 +149,8 @@ def is_pubsub_push(doc: Mapping[str, Any]) -> bool:
     return isinstance(doc.get("message"), Mapping) and "subscription" in doc
 
 
-def pubsub_object(data: Any) -> StorageObject | Skip:
-    """A Pub/Sub notification of a bucket (CloudEvent data or push body) -> the finalized object or Skip."""
+def pubsub_object(data: Any) -> StorageObject | str:
+    """A bucket's Pub/Sub notification (CloudEvent data or push body) -> the finalized object, or why not."""
     doc = _json(data, "event data", InvalidNotification)
     message = doc.get("message") if isinstance(doc, Mapping) else None
     if not isinstance(message, Mapping):
@@ -172,7 +160,7 @@ def pubsub_object(data: Any) -> StorageObject | Skip:
         raise InvalidNotification("the Pub/Sub message has no attributes.eventType: not a Cloud Storage notification")
     event_type = attributes.get("eventType")
     if event_type != PUBSUB_FINALIZE:
-        return Skip(f"Cloud Storage notification {str(event_type)[:40]!r} is not {PUBSUB_FINALIZE}")
+        return f"Cloud Storage notification {str(event_type)[:40]!r} is not {PUBSUB_FINALIZE}"
     if attributes.get("payloadFormat") == "JSON_API_V1":
         raw = message.get("data")
         try:
@@ -274,7 +262,7 @@ def notification(data: Any, event_type: str | None = None, max_objects: int | No
     CloudEvent's type, ``data`` its data; without it, ``data`` is a body posted as it is."""
     envelope = "cloudevent"
     if event_type is not None:
-        found: list[StorageObject] | StorageObject | Skip = storage_object(event_type, data)
+        found: list[StorageObject] | StorageObject | str = storage_object(event_type, data)
     else:
         doc = _json(data, "the notification", InvalidNotification)
         if not isinstance(doc, Mapping):
@@ -290,8 +278,8 @@ def notification(data: Any, event_type: str | None = None, max_objects: int | No
             envelope, found = "sns", s3_objects(message)
         else:
             envelope, found = "s3", s3_objects(doc)
-    if isinstance(found, Skip):
-        return Notification(skip=found.reason, envelope=envelope)
+    if isinstance(found, str):
+        return Notification(skip=found, envelope=envelope)
     objects = [found] if isinstance(found, StorageObject) else found
     images = tuple(o for o in objects if o.is_image is not False)
     if max_objects is not None and len(images) > max_objects:

@@ -1,18 +1,9 @@
 """What decoding a photo will hold at its peak, known from its header before any pixel is decoded.
 
-The estimate is what the decode budget is charged and, in a decode worker, the address-space limit
-the decode runs under, so an estimate that is too low fails that photo (``decode_too_costly``), never
-the process. It is an upper bound by design: over-charging delays a photo, under-charging lets
-decodes together pass the pod's memory. The model::
-
-    photo bytes
-    + decoded pixels x (Pillow's bytes per pixel for the mode + the format's decoder buffers
-                        + what the conversion to the model's RGB adds)
-    + JPEG: the whole-image coefficient buffer when the file is progressive or multi-scan
-    + 16 MiB (libraries' working memory)
-
-Decoder buffers: TIFF 4 B/px (libtiff reads a strip, maybe the whole image, at once); WebP 12 B/px
-(libwebp's animation decoder keeps two RGBA canvases); unmeasured formats are charged like WebP.
+The estimate is charged to the decode budget and is the worker's address-space limit, so one too low
+fails that photo, never the process; it is an upper bound by design. The model: the photo's bytes +
+decoded pixels x (the mode's bytes + the format's decoder buffers + the conversion to RGB) + a JPEG's
+whole-image coefficient buffer when progressive or multi-scan + 16 MiB of libraries' working memory.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """The decoder the app uses: every photo decoded within its memory charge and its CPU budget.
 
-Before decoding, a worker reads the header and says what the decode will hold (:mod:`.costs`): a
-photo over the whole ``DECODE_MEMORY_MB`` is refused, the others wait for their share of it. While
-decoding, the worker's address space is limited to its charge, and the deadline thread kills it at
-``DECODE_CPU_S`` of CPU or at the request's deadline: Pillow's C decoders cannot be interrupted, so a
-kill is the only real stop. A fresh worker takes the killed one's place.
-
-Workers are dealt to requests in turn (round-robin between requests, first come first served within
-one); photos charged ``HEAVY_BYTES`` or more take at most all workers but one, so a small photo finds
-a worker while big ones decode. With ``workers=0`` photos are decoded on the caller's thread, with
-the same checks and memory budget but no CPU bound.
+A worker reads the header and says what the decode will hold (:mod:`.costs`); the photo waits for
+that share of ``DECODE_MEMORY_MB``, then decodes under an address-space limit, and the deadline
+thread kills the worker at ``DECODE_CPU_S`` or the request's deadline (Pillow's C decoders cannot be
+interrupted). Workers are dealt to requests in turn; heavy photos never take the last free worker.
+With ``workers=0`` photos decode on the caller's thread, with the same checks but no CPU bound.
 """
 
 from __future__ import annotations
@@ -29,7 +24,7 @@ from ..infra import logs
 from ..infra.deadlines import Deadlines
 from ..infra.forkserver import ForkServer, Worker
 from . import costs
-from .inputs import MAX_JPEG_SCANS, DecodeBudget, Settings, Size, bare, to_input
+from .inputs import MAX_JPEG_SCANS, DecodeBudget, Settings, Size, bare, seconds_left, to_input
 
 TARGET = "function.core.workers:serve"  # a worker's loop, in the processes the fork server forks
 
@@ -109,10 +104,12 @@ class Decoder:
                     if outcome > self.budget.capacity:
                         return costs.too_costly("memory", f"decoding it would hold {outcome / 1e6:.0f} MB; "
                                                 f"the limit is {self.budget.capacity / 1e6:.0f} MB (DECODE_MEMORY_MB)")
+                    if outcome >= HEAVY_BYTES and not heavy:
+                        heavy = self._pool.take_heavy(deadline)
+                        if not heavy:
+                            return DeadlineExceeded("the request's deadline passed while this big photo waited "
+                                                    "its turn")
                     try:
-                        if outcome >= HEAVY_BYTES and not heavy:
-                            self._pool.take_heavy(deadline)
-                            heavy = True
                         self.budget.acquire(outcome - allowance, deadline)
                     except PhotoError as err:
                         return err
@@ -175,7 +172,7 @@ class Decoder:
         if need > self.budget.capacity:
             return None
         was_heavy, heavy = charged >= HEAVY_BYTES, need >= HEAVY_BYTES
-        if heavy and not was_heavy and not self._pool.try_heavy():
+        if heavy and not was_heavy and not self._pool.take_heavy(time.monotonic()):
             return None
         more = max(0, need - charged)
         if self.budget.try_acquire(more):
@@ -233,8 +230,6 @@ class _Pool:
 
     def acquire(self, share: object, deadline: float | None) -> Worker:
         with self._cond:
-            if self._closed:
-                raise CorruptImage("the decoder is shut down")
             if self._idle and not self._ring:
                 return self._idle.pop()
             slot = _Slot()
@@ -242,15 +237,13 @@ class _Pool:
             if share not in self._ring:
                 self._ring.append(share)
             self._grant()
-            while slot.worker is None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if self._closed or (left is not None and left <= 0):
-                    self._forget(share, slot)
-                    if self._closed:
-                        raise CorruptImage("the decoder is shut down")
-                    raise DeadlineExceeded("the request's deadline passed while this photo waited for a decode worker")
-                self._cond.wait(left)
-            return slot.worker
+            self._cond.wait_for(lambda: slot.worker is not None or self._closed, seconds_left(deadline))
+            if slot.worker is not None:
+                return slot.worker
+            self._forget(share, slot)
+            if self._closed:
+                raise CorruptImage("the decoder is shut down")
+            raise DeadlineExceeded("the request's deadline passed while this photo waited for a decode worker")
 
     def release(self, worker: Worker, keep: bool) -> None:
         with self._cond:
@@ -262,21 +255,13 @@ class _Pool:
             self._cond.notify_all()
         worker.close()
 
-    def try_heavy(self) -> bool:
+    def take_heavy(self, deadline: float | None) -> bool:
+        """A heavy decode's turn, waiting for one until ``deadline`` (now: not at all)."""
         with self._cond:
-            if self._heavy >= self.heavy_max:
+            if not self._cond.wait_for(lambda: self._heavy < self.heavy_max, seconds_left(deadline)):
                 return False
             self._heavy += 1
             return True
-
-    def take_heavy(self, deadline: float | None) -> None:
-        with self._cond:
-            while self._heavy >= self.heavy_max:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise DeadlineExceeded("the request's deadline passed while this big photo waited its turn")
-                self._cond.wait(left)
-            self._heavy += 1
 
     def give_heavy(self) -> None:
         with self._cond:

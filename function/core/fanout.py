@@ -1,20 +1,13 @@
-"""Fan-out: spread a request with many photos evenly over instances of the same Service, without
-knowing how many there are.
+"""Fan-out: spread a request with many photos evenly over instances of the same Service.
 
-With ``FANOUT_URL`` set, a request with more than ``FANOUT_CHUNK`` photos becomes a queue of chunks.
-``FANOUT_INFLIGHT`` remote lanes each post one chunk at a time to ``FANOUT_URL`` (an instance that
-answers quickly is sent more); :data:`LOCAL_LANES` lanes, the request's thread one of them, classify
-chunks here. Chunks shrink as the queue empties (guided self-scheduling), so the last chunks, which
-decide when the request ends, are small. Once the queue is empty, a free local lane backs up the
-newest chunk still out, and the first answer for a photo is kept: a slow instance holds the request
-no longer than this one needs for that chunk. A failed chunk is sent again up to
-:data:`REMOTE_TRIES` times, then classified here; after ``FANOUT_INFLIGHT`` failures in a row
-nothing more is sent. No photo is lost to a failure, and results keep the request's order.
+A request with more than ``FANOUT_CHUNK`` photos becomes a queue of chunks that remote lanes post to
+``FANOUT_URL`` (one chunk each at a time, so a fast instance is sent more) and local lanes classify
+here. Chunks shrink as the queue empties (guided self-scheduling), and once it is empty a free local
+lane backs up the newest chunk still out, the first answer for a photo kept: a slow instance holds
+the request no longer than this one needs. Failed chunks are sent again, then classified here.
 
-Sub-requests carry :data:`HEADER` with this instance's random id: such a request is never split
-again, and an instance refuses (``421``, :class:`~function.errors.OwnChunk`) a chunk it sent itself,
-since a router that knows nothing of fan-out sends some back to the front instance. ``2 *
-FANOUT_INFLIGHT`` refusals before any other instance answered mean this instance is alone.
+Sub-requests carry :data:`HEADER` with this instance's id: they are never split again, and a chunk
+routed back to its sender is refused (``421``); many refusals and no other answer mean it is alone.
 """
 
 from __future__ import annotations

@@ -17,15 +17,7 @@ from ..errors import CorruptImage, ImageTooLarge, NotAnImage, PhotoError, Unsupp
 from ..infra.procs import trim_heap
 from . import costs
 from .costs import Cost
-from .inputs import (
-    MAX_JPEG_SCANS,
-    TRIM_AFTER_BYTES,
-    DecodeBudget,
-    Size,
-    allowed_formats,
-    bare,
-    to_input,
-)
+from .inputs import MAX_JPEG_SCANS, TRIM_AFTER_BYTES, DecodeBudget, Size, allowed_formats, bare, to_input
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,9 +25,7 @@ if TYPE_CHECKING:
 # Orientation tag -> the transpose that shows the photo upright (ImageOps.exif_transpose's table).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-_QUARTER_TURNS = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
-                            Image.Transpose.ROTATE_90})
+                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}  # 5 to 8: quarter turns
 
 
 def limit_decoders(max_pixels: int) -> None:
@@ -184,7 +174,7 @@ def _pixels(img: Image.Image, max_pixels: int, size: Size) -> Image.Image:
                          f"the limit is {max_pixels}")
     turn = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
     # Turned after scaling, to the turned size for a quarter turn (a model's input need not be square).
-    small = _to_rgb(img, (size[1], size[0]) if turn in _QUARTER_TURNS else size)
+    small = _to_rgb(img, (size[1], size[0]) if turn is not None and orientation in (5, 6, 7, 8) else size)
     if turn is not None:
         small = small.transpose(turn)
     return small
@@ -194,8 +184,8 @@ def _to_rgb(img: Image.Image, size: Size) -> Image.Image:
     """``size`` (width, height) RGB, scaled down first: converting or compositing at full size would add up
     to 11 bytes a pixel."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit or float grayscale: scaled to the type's range instead of clipped at 255. In Pillow, not
-        # numpy: a decode worker never loads numpy (~12 MB of RSS each, and OpenBLAS under RLIMIT_AS).
+        # 16-bit or float grayscale: scaled to the type's range, not clipped at 255. In Pillow, not numpy:
+        # a decode worker never loads numpy (its RSS, and OpenBLAS under RLIMIT_AS).
         if img.mode.startswith("I;16"):
             img, top = img.convert("I"), 65535.0
         else:

@@ -70,18 +70,19 @@ class DecodeBudget:
 
     def acquire(self, amount: int, deadline: float | None) -> None:
         with self._cond:
-            while self.used and self.used + amount > self.capacity:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise DeadlineExceeded(f"the request's deadline passed while this photo "
-                                           f"({amount / 1e6:.0f} MB to decode) waited for decoding memory")
-                self._cond.wait(left)
-            self.used += amount
+            if not self._cond.wait_for(lambda: self.try_acquire(amount), seconds_left(deadline)):
+                raise DeadlineExceeded(f"the request's deadline passed while this photo "
+                                       f"({amount / 1e6:.0f} MB to decode) waited for decoding memory")
 
     def release(self, amount: int) -> None:
         with self._cond:
             self.used -= amount
             self._cond.notify_all()
+
+
+def seconds_left(deadline: float | None) -> float | None:
+    """Until ``deadline`` (``time.monotonic()``), for a wait's timeout; None: no deadline."""
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def bare(err: PhotoError) -> PhotoError:

@@ -59,8 +59,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
     try:
         early = costs.opening_cost(data, settings.max_pixels)
         if isinstance(early, PhotoError):
-            _send_error(conn, early, keep=True)
-            return True
+            return _send_error(conn, early, keep=True)
         if early is not None:
             allowance = _charged(conn, early, allowance)
             if not allowance:
@@ -72,8 +71,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
             opened = costs.too_costly("memory", "reading the image header needed more memory than it was "
                                       "allowed (64 MiB, or the charge of its canvas)")
         if isinstance(opened, PhotoError):
-            _send_error(conn, opened, keep=not _is_memory(opened))
-            return not _is_memory(opened)
+            return _send_error(conn, opened, keep=not _is_memory(opened))
         img, cost = opened
         with img:
             allowance = _charged(conn, cost, allowance)
@@ -88,8 +86,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
         keep = not (isinstance(result, PhotoError) and _is_memory(result)) and \
             _status_bytes("VmRSS") - len(data) - started < RECYCLE_BYTES
         if isinstance(result, PhotoError):
-            _send_error(conn, result, keep)
-            return keep
+            return _send_error(conn, result, keep)
         conn.send(("pixels", keep))
         conn.send_bytes(result.tobytes())
         return keep
@@ -112,8 +109,9 @@ def _is_memory(err: PhotoError) -> bool:
     return costs.reason_of(err) == "memory"
 
 
-def _send_error(conn: Connection, err: PhotoError, keep: bool) -> None:
+def _send_error(conn: Connection, err: PhotoError, keep: bool) -> bool:
     conn.send(("error", keep, err.code, err.message, costs.reason_of(err)))
+    return keep
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
