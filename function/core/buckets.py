@@ -143,8 +143,6 @@ def storage_object(event_type: str, data: Any) -> StorageObject | str:
     return gcs_object(data)
 
 
-# -- Cloud Storage Pub/Sub notifications ------------------------------------------------------------
-
 def is_pubsub_push(doc: Mapping[str, Any]) -> bool:
     return isinstance(doc.get("message"), Mapping) and "subscription" in doc
 
@@ -173,8 +171,6 @@ def pubsub_object(data: Any) -> StorageObject | str:
         raise InvalidNotification("the Pub/Sub message needs attributes bucketId and objectId")
     return StorageObject(bucket, name, generation=_version(attributes.get("objectGeneration")))
 
-
-# -- S3 / MinIO bucket notifications, directly or through SNS ----------------------------------------
 
 S3_CREATED = ("ObjectCreated:", "s3:ObjectCreated:")
 
@@ -237,9 +233,6 @@ def subscribe_url(doc: Mapping[str, Any], topics: frozenset[str]) -> str:
         raise SubscriptionRefused("the SubscribeURL is not an https SNS endpoint (sns.REGION.amazonaws.com) "
                                   "confirming that topic; the subscription is not confirmed")
     return url
-
-
-# -- the one door ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,6 @@ class Classifier:
         reserve = min(max(0, config.threads - 1), config.fetch_workers // 4)
         self._pool = FairPool(pool, config.fetch_workers, per_request, reserve=reserve)
 
-    # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         """Begin loading the model and the label map in the background (idempotent)."""
         self.model.start()
@@ -125,7 +124,6 @@ class Classifier:
         return {name: {"state": r.state, "error": r.error}
                 for name, r in (("model", self.model), ("labels", self.labels))}
 
-    # -- work -------------------------------------------------------------------------------
     def _input_size(self) -> Size:
         """The loaded model's input size (width, height), waiting for the model's load if it is under way."""
         spec = self.model.get(timeout=self.config.model_wait_s).contract.input

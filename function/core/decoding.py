@@ -87,7 +87,6 @@ class Decoder:
         if self._own_deadlines:
             self._deadlines.stop()
 
-    # -- with workers ---------------------------------------------------------------------------
     def _decode(self, data: bytes, size: Size, deadline: float | None, share: object) -> bytes | PhotoError:
         assert self._pool is not None
         allowance, heavy, crashes = 0, False, 0
@@ -221,8 +220,8 @@ class _Pool:
         self.heavy_max = max(1, count - 1)
         self._cond = threading.Condition()
         self._idle: list[Worker] = []
-        self._waiting: dict[object, deque[_Slot]] = {}  # share -> its photos waiting for a worker
-        self._ring: deque[object] = deque()
+        # share -> its photos waiting for a worker, in the order requests take their turns
+        self._waiting: dict[object, deque[_Slot]] = {}
         self._heavy = 0
         self._to_start = count
         self._closed = False
@@ -230,17 +229,18 @@ class _Pool:
 
     def acquire(self, share: object, deadline: float | None) -> Worker:
         with self._cond:
-            if self._idle and not self._ring:
+            if self._idle and not self._waiting:
                 return self._idle.pop()
             slot = _Slot()
             self._waiting.setdefault(share, deque()).append(slot)
-            if share not in self._ring:
-                self._ring.append(share)
             self._grant()
             self._cond.wait_for(lambda: slot.worker is not None or self._closed, seconds_left(deadline))
             if slot.worker is not None:
                 return slot.worker
-            self._forget(share, slot)
+            queue = self._waiting[share]
+            queue.remove(slot)
+            if not queue:
+                del self._waiting[share]
             if self._closed:
                 raise CorruptImage("the decoder is shut down")
             raise DeadlineExceeded("the request's deadline passed while this photo waited for a decode worker")
@@ -278,23 +278,13 @@ class _Pool:
 
     def _grant(self) -> None:
         """Idle workers to waiting photos, one request after another (called with the lock held)."""
-        while self._idle and self._ring:
-            share = self._ring.popleft()
-            queue = self._waiting[share]
+        while self._idle and self._waiting:
+            share = next(iter(self._waiting))
+            queue = self._waiting.pop(share)
             queue.popleft().worker = self._idle.pop()
             if queue:
-                self._ring.append(share)
-            else:
-                del self._waiting[share]
+                self._waiting[share] = queue  # to the end: the next request's turn
             self._cond.notify_all()
-
-    def _forget(self, share: object, slot: _Slot) -> None:
-        queue = self._waiting.get(share)
-        if queue is not None and slot in queue:
-            queue.remove(slot)
-            if not queue:
-                del self._waiting[share]
-                self._ring.remove(share)
 
     def _start_workers(self) -> None:
         """Starts workers while some are missing; the first start also starts the fork server."""

@@ -180,15 +180,14 @@ class _Request:
 
 
 class FanOut:
-    def __init__(self, post: Post, chunk: int, inflight: int = 4, workers: int | None = None,
-                 alone_s: float = ALONE_S):
+    def __init__(self, post: Post, chunk: int, inflight: int = 4, alone_s: float = ALONE_S):
         self.post, self.chunk, self.inflight, self.alone_s = post, chunk, inflight, alone_s
         self._alone_until = 0.0  # monotonic: until then, big requests are classified here whole
         # A chunk's photos are fetched together: a smaller chunk leaves its instance's CPU waiting on
         # the network longer, so chunks shrink to half of FANOUT_CHUNK at the smallest.
         self.smallest = max(1, chunk // 2)
         self.instance = secrets.token_hex(8)
-        self._pool = ThreadPoolExecutor(workers or 2 * (inflight + LOCAL_LANES), thread_name_prefix="fanout")
+        self._pool = ThreadPoolExecutor(2 * (inflight + LOCAL_LANES), thread_name_prefix="fanout")
 
     def wanted(self, sources: Sequence[PhotoSource]) -> bool:
         """Only caller URLs are split: another instance would get a bucket object (read signed here) as

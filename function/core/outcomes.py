@@ -1,7 +1,5 @@
-"""What became of each bucket object a notification named: ``classified``, ``skipped`` (not an image)
-or ``failed`` (``retryable`` when a redelivery may fix it), each logged once, here; and the answer
-it makes: :func:`delivery_error` for a delivery of one object that wants a reply, and
-:func:`notification_error` for several delivered by a broker (None: 200).
+"""What became of each bucket object a notification named (``classified``, ``skipped`` or ``failed``),
+logged once, here; and the error it makes the answer (None: 200).
 """
 
 from __future__ import annotations

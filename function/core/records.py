@@ -38,13 +38,12 @@ def worth_recording(outcome: Outcome) -> bool:
     return outcome.status == CLASSIFIED or (outcome.status == FAILED and not outcome.retryable)
 
 
-def document(result: PhotoResult, model: str, when: datetime | None = None,
-             obj: StorageObject | None = None) -> dict[str, Any]:
+def document(result: PhotoResult, model: str, obj: StorageObject | None = None) -> dict[str, Any]:
     """The record of one photo's result: the bucket object's (``obj``) or a local file's."""
     doc: dict[str, Any] = {"results": [result.to_dict()]}
     if obj is not None:
         doc.update(bucket=obj.bucket, object=obj.name, generation=obj.generation, etag=obj.etag)
-    doc.update(model=model, classified_at=_timestamp(when))
+    doc.update(model=model, classified_at=_now())
     return doc
 
 
@@ -71,17 +70,17 @@ def top(result: PhotoResult) -> tuple[str, float] | None:
     return (result.predictions[0].label, result.predictions[0].score) if result.predictions else None
 
 
-def event_attributes(obj: StorageObject, service: str, when: datetime | None = None) -> dict[str, str]:
+def event_attributes(obj: StorageObject, service: str) -> dict[str, str]:
     """The CloudEvent attributes of a classified object's event; the id is the object version's, so a
     redelivery sends the same id."""
     version = obj.generation or obj.etag or ""
     return {"specversion": "1.0", "type": EVENT_TYPE, "source": f"/services/{service}",
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{obj.uri}#{version}")),
-            "subject": f"objects/{obj.name}", "time": _timestamp(when)}
+            "subject": f"objects/{obj.name}", "time": _now()}
 
 
-def _timestamp(when: datetime | None) -> str:
-    return (when or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Recorder:

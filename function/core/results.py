@@ -36,8 +36,7 @@ class PhotoResult:
     source: PhotoSource
     predictions: list[Prediction] = field(default_factory=list)
     error: PhotoError | None = None
-    # False when the best class is the model's background class or the best species scores under the
-    # model's threshold: the predictions are still given, but no bird is named. None: not classified.
+    # False: the best class is the background or under the threshold, no bird named; None: not classified.
     recognised: bool | None = None
 
     @property
