@@ -78,7 +78,7 @@ class StorageObject:
 
     def source(self, config: Config) -> ObjectSource:
         """The object as a photo source, read with the store's credentials."""
-        return ObjectSource.of(self.url(config.storage_emulator_host, config.s3_endpoint, config.gcs_endpoint))
+        return ObjectSource(self.url(config.storage_emulator_host, config.s3_endpoint, config.gcs_endpoint))
 
 
 def check_names(bucket: str, name: str) -> None:

@@ -81,10 +81,6 @@ class CallQueue(Protocol):
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]: ...
 
 
-def _in_context(context: contextvars.Context, *args: Any) -> LoadedPhoto:
-    return context.run(load, *args)
-
-
 def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
     """The k best classes of one score vector, best first (ties: lower id first)."""
     k = min(k, scores.shape[0])
@@ -151,8 +147,9 @@ class Classifier:
         # Each photo runs in a copy of this context, so its log records carry the request id.
         decode_by = time.monotonic() + self.config.request_deadline_s
         request = object()  # which request a photo belongs to, for taking turns at the decode workers
-        futures = self._pool.submit_all(_in_context, [(contextvars.copy_context(), self.reader, self.decoder, s,
-                                                       self._input_size, decode_by, request) for s in sources])
+        futures: list[Future[LoadedPhoto]] = self._pool.submit_all(contextvars.Context.run, [
+            (contextvars.copy_context(), load, self.reader, self.decoder, s, self._input_size, decode_by, request)
+            for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s

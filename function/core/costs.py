@@ -54,13 +54,11 @@ class JpegLayout:
 
     @property
     def full_buffer(self) -> bool:
-        """libjpeg keeps every coefficient of the image when it needs more than one pass over it:
-        progressive files, and sequential ones whose first scan does not hold every component."""
+        """Whether libjpeg keeps every coefficient: progressive, or the first scan lacks a component."""
         return self.progressive or self.first_scan_components < len(self.components)
 
     def coefficient_bytes(self) -> int:
-        """Bytes of libjpeg's whole-image coefficient buffer (jdcoefct.c: blocks rounded up to the
-        component's sampling factors)."""
+        """Bytes of libjpeg's whole-image coefficient buffer (blocks rounded up to sampling factors)."""
         if not self.components:
             return 0
         hmax = max(h for h, _ in self.components)
@@ -93,11 +91,8 @@ def reason_of(err: PhotoError) -> str | None:
 
 
 def jpeg_layout(data: bytes, max_scans: int) -> JpegLayout | PhotoError:
-    """Walk a JPEG's markers to its first EOI (or past ``max_scans`` scans): frame, components, scans.
-
-    Segments are skipped by their length; entropy-coded data by searching for the next marker, in C.
-    Counting stops at ``max_scans`` + 1, so the walk costs at most that many steps whatever the file.
-    """
+    """Walk a JPEG's markers to its first EOI, or past ``max_scans`` scans (so the walk is bounded):
+    segments skipped by their length, entropy-coded data by a regex search for the next marker."""
     n, pos = len(data), 2
     sof: tuple[int, int, int, tuple[tuple[int, int], ...]] | None = None
     scans, first_ns = 0, 0
@@ -141,9 +136,8 @@ def jpeg_layout(data: bytes, max_scans: int) -> JpegLayout | PhotoError:
 
 
 def opening_cost(data: bytes, max_pixels: int) -> Cost | PhotoError | None:
-    """What *opening* the photo holds, for formats whose decoder allocates its pixels there: WebP
-    (Pillow creates libwebp's animation decoder, and its two RGBA canvases, in ``Image.open``).
-    None for the others, whose opening reads the header only."""
+    """What *opening* a WebP holds (Pillow makes libwebp's two RGBA canvases in ``Image.open``); None
+    for other formats, whose opening reads the header only."""
     if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return None
     kind, body = data[12:16], data[20:30]

@@ -38,8 +38,7 @@ CHECK_S = 0.05  # the CPU watchdog looks again at least this often once the budg
 
 
 class Decoder:
-    """Decodes photos within the allowed formats, the pixel limit, the shared memory budget and (with
-    workers) each photo's CPU budget."""
+    """Decodes photos within the formats, pixel limit, shared memory budget and CPU budget."""
 
     def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
                  cpu_s: float = 2.0, max_scans: int = MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
@@ -128,8 +127,7 @@ class Decoder:
 
     def _run(self, worker: Worker, data: bytes, size: Size, allowance: int,
              deadline: float | None) -> bytes | PhotoError | int | None:
-        """One try on ``worker``: the pixels, an error, the bytes to charge before decoding (int), or
-        None when the worker died for no reason of ours."""
+        """One try: the pixels, an error, the bytes to charge first (int), or None (the worker died)."""
         assert self._pool is not None
         start = worker.cpu_seconds() or 0.0
         first = self.cpu_s if deadline is None else min(self.cpu_s, deadline - time.monotonic())
@@ -165,8 +163,7 @@ class Decoder:
             self._pool.release(worker, keep)
 
     def _charge(self, need: int, charged: int) -> int | None:
-        """Charge what ``need`` adds to the ``charged`` bytes now (and take a heavy turn if it becomes
-        heavy); None if that cannot be had without waiting."""
+        """Charge what ``need`` adds to ``charged`` now (with a heavy turn if needed); None: not now."""
         assert self._pool is not None
         if need > self.budget.capacity:
             return None
@@ -181,8 +178,7 @@ class Decoder:
         return None
 
     def _watch(self, worker: Worker, start: float, deadline: float | None) -> float | None:
-        """The deadline thread's check: kill the worker at the CPU budget or the request's deadline,
-        else look again when the budget could next run out."""
+        """Kill the worker at the CPU budget or the request's deadline; else when to look again."""
         used = worker.cpu_seconds()
         if used is None:
             return None

@@ -108,8 +108,7 @@ class _Request:
             return c
 
     def take_local(self) -> _Chunk | None:
-        """The next chunk to classify here, waiting while every chunk left is out and backed up;
-        None once every photo has a result (or a local lane failed)."""
+        """The next chunk to classify here, waiting while all are out and backed up; None at the end."""
         with self.cond:
             while not self.finished:
                 if self.again:

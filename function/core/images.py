@@ -41,14 +41,8 @@ def limit_decoders(max_pixels: int) -> None:
 def decode(data: bytes, max_pixels: int, size: Size, formats: tuple[str, ...] | None = None,
            budget: DecodeBudget | None = None, deadline: float | None = None,
            max_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
-    """Bytes of an allowed format -> uint8 [height,width,3] RGB at ``size``, on the caller's thread.
-
-    The format is sniffed from the content and must be one of ``formats``; the pixel count is checked
-    before and after decoding, and the header's cost estimate is charged to ``budget``. JPEGs decode
-    at a DCT scale near ``size``; others are scaled down before any conversion. EXIF orientation is
-    applied, transparency composited onto white, 16-bit grayscale scaled, animations give their
-    first frame. Nothing bounds its CPU time: :class:`~.decoding.Decoder`'s workers do.
-    """
+    """Bytes of an allowed format (sniffed, never trusted) -> uint8 [height,width,3] RGB at ``size``, upright,
+    on the caller's thread: nothing bounds its CPU time, unlike :class:`~.decoding.Decoder`'s workers."""
     limit_decoders(max_pixels)
     allowed = formats if formats is not None else allowed_formats()
     result = _decode(data, max_pixels, size, allowed, budget, deadline, max_scans)
@@ -81,8 +75,7 @@ def _decode(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...], 
 
 def prepare(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...],
             max_scans: int) -> tuple[Image.Image, Cost] | PhotoError:
-    """The photo opened from its header (format, pixel count checked; draft scale set) and what
-    decoding it will cost; nothing decoded yet. The caller closes the image."""
+    """The photo opened from its header, checked, and what decoding it will cost; the caller closes it."""
     try:
         img = Image.open(io.BytesIO(data), formats=allowed)
     except UnidentifiedImageError:
@@ -112,7 +105,7 @@ def prepare(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...],
 
 
 def render(img: Image.Image, max_pixels: int, size: Size) -> Image.Image | PhotoError:
-    """The opened photo decoded and scaled to ``size`` (width, height) 8-bit RGB, upright; or its error."""
+    """The opened photo decoded to ``size`` 8-bit RGB, upright (transparency on white); or its error."""
     try:
         return _pixels(img, max_pixels, size)
     except PhotoError as err:
@@ -181,8 +174,7 @@ def _pixels(img: Image.Image, max_pixels: int, size: Size) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image, size: Size) -> Image.Image:
-    """``size`` (width, height) RGB, scaled down first: converting or compositing at full size would add up
-    to 11 bytes a pixel."""
+    """``size`` RGB, scaled down first: converting or compositing at full size costs more memory."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit or float grayscale: scaled to the type's range, not clipped at 255. In Pillow, not numpy:
         # a decode worker never loads numpy (its RSS, and OpenBLAS under RLIMIT_AS).

@@ -34,14 +34,9 @@ class _Share:
 
 
 class FairPool:
-    """The photo pool, shared fairly between requests.
-
-    Each request may always have ``per_request`` photos in flight, and a freed worker goes to the
-    next request in turn that has photos waiting. Past its share, a request may use idle workers
-    while more than ``reserve`` stay idle: a lone request uses the pool, and one arriving later
-    (a one-photo request behind 64 stalled URLs) still finds a worker. At most ``workers`` tasks
-    are handed to the executor at a time, so nothing waits in its FIFO queue.
-    """
+    """The photo pool, shared fairly: each request may have ``per_request`` photos in flight, more
+    while over ``reserve`` workers stay idle (so a request arriving later finds one), and a freed
+    worker goes to the next request in turn. Nothing waits in the executor's FIFO queue."""
 
     def __init__(self, executor: Executor, workers: int, per_request: int, reserve: int = 0):
         self._executor = executor

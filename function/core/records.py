@@ -84,10 +84,8 @@ def _now() -> str:
 
 
 class Recorder:
-    """Records each bucket object's result: the document in the results bucket, the top label on the
-    photo (``RESULTS_METADATA``), the event to ``K_SINK``; in parallel, at most ``RESULTS_TIMEOUT_S``.
-    A failed write fails the delivery (503), as does an object a redelivery may read: the platform
-    delivers it again, and the writes (overwrites, events of the same id) are done again."""
+    """Writes each object's result document, labels (``RESULTS_METADATA``) and event (``K_SINK``) in
+    parallel; a failed write fails the delivery (503), and the redelivery writes again (overwrites)."""
 
     def __init__(self, config: Config, stores: Stores | None, sink: Sink | None, outbox: Outbox):
         self.stores, self.sink, self.outbox = stores, sink, outbox

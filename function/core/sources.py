@@ -36,7 +36,3 @@ class PhotoSource:
 class ObjectSource(PhotoSource):
     """A bucket object's URL, worked out from an event and the configuration, read signed and past the
     SSRF guard: callers can only make plain :class:`PhotoSource` values."""
-
-    @classmethod
-    def of(cls, url: str) -> ObjectSource:
-        return cls(url, "url")

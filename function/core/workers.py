@@ -1,21 +1,16 @@
-"""Decode worker processes: one photo at a time, inside limits the parent sets and can enforce.
+"""Decode worker processes (the parent's side is :mod:`.decoding`): one photo at a time, inside limits.
 
-Pillow's C decoders cannot be interrupted, so every untrusted byte (the header too) is parsed in a
-worker forked from the fork server (:mod:`function.infra.forkserver`); the parent's side is
-:mod:`.decoding`. The protocol, over one socket pair::
+Pillow's C decoders cannot be interrupted, so every untrusted byte is parsed in a worker forked from
+the fork server. The protocol, over one socket pair (the size is the loaded model's, per photo)::
 
     parent -> ("photo", allowance, cpu_s, (width, height)), then the photo's bytes
     worker -> ("error", keep, code, message, reason)     the header says no (format, size, scans)
-           |  ("cost", bytes, detail)                    opening (WebP) or decoding it would hold more
-              parent -> ("go", bytes) | ("drop",)        than ``allowance``: charged to the shared
-                                                         budget, or not now (asked again later)
+           |  ("cost", bytes, detail)                    it would hold more than ``allowance``:
+              parent -> ("go", bytes) | ("drop",)        charged to the shared budget, or not now
     worker -> ("pixels", keep), then width x height x 3 8-bit RGB | ("error", ...)
 
-The size comes with each photo: it is the loaded model's, which workers started earlier cannot know.
-``keep`` is False when the worker exits after this answer (it ran out of memory, or grew by
-RECYCLE_BYTES). While it decodes, the worker's address space is limited to its charge (RLIMIT_AS)
-and its CPU time to the budget plus a second (RLIMIT_CPU: the kernel's backstop for the parent's
-watchdog).
+``keep`` is False when the worker exits after this answer (out of memory, or grown by RECYCLE_BYTES).
+While decoding, RLIMIT_AS bounds the worker to its charge and RLIMIT_CPU to its budget plus a second.
 """
 
 from __future__ import annotations
