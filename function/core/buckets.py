@@ -59,8 +59,7 @@ class StorageObject:
 
     def url(self, emulator_host: str | None = None, s3_endpoint: str | None = None,
             gcs_endpoint: str | None = None) -> str:
-        """Where to read the object: GCS (its emulator through the JSON API, or GCS_ENDPOINT), or S3
-        (virtual-hosted in the record's region, or S3_ENDPOINT path-style)."""
+        """Where to read the object: GCS, its emulator or GCS_ENDPOINT; S3 or S3_ENDPOINT."""
         if self.scheme == "s3":
             if s3_endpoint:
                 return f"{s3_endpoint.rstrip('/')}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
@@ -86,8 +85,7 @@ def check_names(bucket: str, name: str) -> None:
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise InvalidObjectName(f"bucket name {bucket[:80]!r} is not a valid bucket name "
                                 "(letters, digits, '.', '-', '_'; no '..')")
-    segments = name.split("/")
-    if any(s in ("", ".", "..") for s in segments):
+    if any(s in ("", ".", "..") for s in name.split("/")):
         raise InvalidObjectName(f"object name {name[:200]!r} has an empty, '.' or '..' segment; "
                                 "such names are refused")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or any(ord(c) < 32 or c == "\x7f" for c in name):
@@ -176,8 +174,7 @@ S3_CREATED = ("ObjectCreated:", "s3:ObjectCreated:")
 
 
 def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
-    """The created objects of an S3 or MinIO notification (``{"Records": [...]}``); keys arrive
-    URL-encoded, MinIO prefixes event names with ``s3:``, S3's ``s3:TestEvent`` names none."""
+    """The created objects of an S3 or MinIO notification (keys arrive URL-encoded)."""
     if doc.get("Event") == "s3:TestEvent" and "Records" not in doc:
         return []
     records = doc.get("Records")
@@ -237,8 +234,7 @@ def subscribe_url(doc: Mapping[str, Any], topics: frozenset[str]) -> str:
 
 @dataclass(frozen=True)
 class Notification:
-    """What an envelope asks for: the objects to classify, the created objects whose content type says
-    they are not images (never fetched), or why it names nothing to do."""
+    """The objects to classify, those whose content type says they are not images, or why neither."""
 
     objects: tuple[StorageObject, ...] = ()
     not_images: tuple[StorageObject, ...] = ()

@@ -90,8 +90,7 @@ def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
 
 
 def recognised(scores: np.ndarray, labels: LabelMap, threshold: float) -> bool:
-    """Whether a bird is named: the best class (as the Task Library decides) is not the background,
-    and scores at least ``threshold``."""
+    """Whether a bird is named: the best class is not the background and scores ``threshold``."""
     best = int(np.argmax(scores))
     return best not in labels.background and float(scores[best]) >= threshold
 

@@ -43,10 +43,8 @@ class Decoder:
     def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
                  cpu_s: float = 2.0, max_scans: int = MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
                  on_refusal: Callable[[str], None] | None = None, server: ForkServer | None = None):
-        self.max_pixels, self.formats = max_pixels, formats
-        self.cpu_s, self.max_scans = cpu_s, max_scans
-        self.budget = DecodeBudget(budget_bytes)
-        self._on_refusal = on_refusal
+        self.settings, self.cpu_s = Settings(max_pixels, formats, max_scans), cpu_s
+        self.budget, self._on_refusal = DecodeBudget(budget_bytes), on_refusal
         if workers == 0:  # Pillow in this process, with its limits (workers set their own)
             from . import images
 
@@ -55,18 +53,16 @@ class Decoder:
         self._deadlines = deadlines or Deadlines()
         self._own_server = server is None and workers > 0
         self._server = server or ForkServer()
-        settings = Settings(max_pixels, formats, max_scans)
-        self._pool = _Pool(self._server, settings, workers) if workers > 0 else None
+        self._pool = _Pool(self._server, self.settings, workers) if workers > 0 else None
 
     def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray:
-        """uint8 RGB [height,width,3] at ``size`` (width, height), or a :class:`PhotoError`; waits for a
-        worker and memory until ``deadline`` (monotonic). ``share``: its request, for taking turns."""
+        """uint8 RGB [height,width,3] at ``size``; waits until ``deadline``, taking turns by ``share``."""
         try:
             if self._pool is None:
                 from . import images
 
-                return images.decode(data, self.max_pixels, size, self.formats, self.budget, deadline,
-                                     self.max_scans)
+                s = self.settings
+                return images.decode(data, s.max_pixels, size, s.formats, self.budget, deadline, s.max_scans)
             result = self._decode(data, size, deadline, share)
             if isinstance(result, PhotoError):
                 raise bare(result)

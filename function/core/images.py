@@ -144,8 +144,7 @@ def _accepts(accept: Callable[[bytes], bool | str], prefix: bytes) -> bool:
 
 
 def _declared_size(data: bytes, allowed: tuple[str, ...]) -> tuple[int, int] | None:
-    """Width and height from the header, for the message when Pillow's check refused the image: a
-    plugin class reads its header only, without the pixel check."""
+    """Width and height from the header, read by the plugin class without Pillow's pixel check."""
     prefix = data[:16]
     for name in allowed:
         factory, accept = Image.OPEN[name]

@@ -97,8 +97,7 @@ class LabelMap:
     @classmethod
     def for_model(cls, model: ModelLabels, model_url: str, read: Callable[[str], bytes], *,
                   given: LabelMap | None, default_url: str, common_names_url: str = "") -> LabelMap:
-        """The label map for the model's classes, checked: ``given``, else the model's own, else
-        ``default_url``'s; with the common names of ``common_names_url`` if set."""
+        """``given``, else the model's own labels, else ``default_url``'s; with common names; checked."""
         if given is not None:
             labels = given
         elif model.labels is not None:

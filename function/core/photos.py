@@ -36,12 +36,9 @@ class PhotoDecoder(Protocol):
 
     def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray: ...
 
-    def close(self) -> None: ...
-
 
 class PhotoReader:
-    """A source's bytes: caller URLs through ``photos`` (the SSRF guard), bucket objects through ``objects``
-    (signed), files and uploads within the same byte limit."""
+    """A source's bytes: caller URLs through ``photos`` (the SSRF guard), bucket objects through ``objects``."""
 
     def __init__(self, photos: UrlReader, objects: UrlReader, max_bytes: int):
         self.photos, self.objects, self.max_bytes = photos, objects, max_bytes

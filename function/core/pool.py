@@ -39,10 +39,8 @@ class FairPool:
     worker goes to the next request in turn. Nothing waits in the executor's FIFO queue."""
 
     def __init__(self, executor: Executor, workers: int, per_request: int, reserve: int = 0):
-        self._executor = executor
-        self._workers = workers
-        self.per_request = per_request
-        self.reserve = reserve
+        self._executor, self._workers = executor, workers
+        self.per_request, self.reserve = per_request, reserve
         self._lock = threading.Lock()
         self._ring: deque[_Share] = deque()
         self._running = 0

@@ -71,8 +71,7 @@ def top(result: PhotoResult) -> tuple[str, float] | None:
 
 
 def event_attributes(obj: StorageObject, service: str) -> dict[str, str]:
-    """The CloudEvent attributes of a classified object's event; the id is the object version's, so a
-    redelivery sends the same id."""
+    """A classified object's CloudEvent attributes; a redelivery sends the same id."""
     version = obj.generation or obj.etag or ""
     return {"specversion": "1.0", "type": EVENT_TYPE, "source": f"/services/{service}",
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{obj.uri}#{version}")),

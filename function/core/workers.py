@@ -91,8 +91,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
 
 
 def _charged(conn: Connection, cost: costs.Cost, allowance: int) -> int:
-    """The bytes this decode may hold: ``allowance`` if the cost fits, else what the parent charges
-    (0: not now)."""
+    """The bytes this decode may hold: ``allowance`` if it fits, else the parent's charge (0: not now)."""
     if cost.bytes <= allowance:
         return allowance
     conn.send(("cost", cost.bytes, cost.detail))
@@ -126,8 +125,7 @@ def _limit_memory(extra: int | None) -> None:
 
 
 def _limit_cpu(seconds: float | None) -> None:
-    """CPU time: what the worker used so far plus ``seconds`` and one more (None: unlimited again);
-    past it the kernel's SIGXCPU ends the worker."""
+    """CPU time: what the worker used plus ``seconds`` and one more, then SIGXCPU (None: unlimited)."""
     if seconds is None:
         soft = resource.RLIM_INFINITY
     else:
