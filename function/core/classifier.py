@@ -1,9 +1,7 @@
 """The classifier: photo sources in, per-photo predictions out, every stage timed.
 
-On a cold instance the model, the label map and the photo fetches all start at once; a photo is
-decoded once the model says its input size, and the request hands its photos to the model's call
-queue (shared with other requests). Transport-free: the composition root (``function/app.py``)
-hands it everything it works with; fan-out, request ids and answers are the callers' business.
+On a cold instance the model, the label map and the photo fetches start at once. Transport-free:
+``function/app.py`` hands it everything it works with; fan-out and answers are the callers' business.
 """
 
 from __future__ import annotations

@@ -29,15 +29,6 @@ _OTHER_DECODER_BYTES = 12.0
 _NEXT_MARKER = re.compile(rb"\xff[\x01\xc0-\xcf\xd9-\xfe]")
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-_ARITHMETIC = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-@dataclass(frozen=True)
-class Cost:
-    """One photo's decoding cost: ``bytes`` held at the peak, and what they are, for messages."""
-
-    bytes: int
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -48,8 +39,6 @@ class JpegLayout:
     height: int
     components: tuple[tuple[int, int], ...]  # (h, v) sampling factors per component
     progressive: bool
-    arithmetic: bool
-    scans: int
     first_scan_components: int
 
     @property
@@ -69,11 +58,6 @@ class JpegLayout:
             high = -(-self.height * v // (8 * vmax))
             total += (-(-wide // h) * h) * (-(-high // v) * v)
         return total * BLOCK_BYTES
-
-    def describe(self) -> str:
-        kind = ("progressive" if self.progressive else "multi-scan" if self.full_buffer else "baseline")
-        return f"{kind}{' arithmetic-coded' if self.arithmetic else ''} JPEG, {len(self.components)} components, " \
-               f"{self.scans} scans"
 
 
 def too_costly(reason: str, message: str) -> DecodeTooCostly:
@@ -130,12 +114,12 @@ def jpeg_layout(data: bytes, max_scans: int) -> JpegLayout | PhotoError:
             found = _NEXT_MARKER.search(data, pos)
             pos = found.start() if found is not None else n
     if sof is None:
-        return JpegLayout(0, 0, (), False, False, scans, first_ns)
+        return JpegLayout(0, 0, (), False, first_ns)
     marker, width, height, comps = sof
-    return JpegLayout(width, height, comps, marker in _PROGRESSIVE, marker in _ARITHMETIC, scans, first_ns)
+    return JpegLayout(width, height, comps, marker in _PROGRESSIVE, first_ns)
 
 
-def opening_cost(data: bytes, max_pixels: int) -> Cost | PhotoError | None:
+def opening_cost(data: bytes, max_pixels: int) -> int | PhotoError | None:
     """What *opening* a WebP holds (Pillow makes libwebp's two RGBA canvases in ``Image.open``); None
     for other formats, whose opening reads the header only."""
     if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
@@ -153,7 +137,7 @@ def opening_cost(data: bytes, max_pixels: int) -> Cost | PhotoError | None:
     if width * height > max_pixels:
         return ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     per_pixel = 4 + _DECODER_BYTES["WEBP"] + 4.0  # RGB or RGBA is not known before opening: RGBA's
-    return Cost(len(data) + int(width * height * per_pixel) + FIXED, f"WEBP {width}x{height} canvas")
+    return len(data) + int(width * height * per_pixel) + FIXED
 
 
 def conversion_bytes(img: Image.Image) -> float:
@@ -170,18 +154,12 @@ def conversion_bytes(img: Image.Image) -> float:
     return 4.5  # converted to RGB at full size first
 
 
-def estimate(img: Image.Image, data: bytes, layout: JpegLayout | None) -> Cost:
+def estimate(img: Image.Image, data: bytes, layout: JpegLayout | None) -> int:
     """The bytes decoding ``img`` (opened, draft mode set) will hold at its peak; ``layout`` for JPEGs."""
-    fmt = img.format or ""
     width, height = img.size  # after draft(): the scale the JPEG is decoded at
-    pixels = width * height
-    per_pixel = _MODE_BYTES.get(img.mode, 4) + _DECODER_BYTES.get(fmt, _OTHER_DECODER_BYTES) + conversion_bytes(img)
-    total = len(data) + int(pixels * per_pixel) + FIXED
-    detail = f"{fmt} {img.mode} {width}x{height} decoded"
+    decoder = _DECODER_BYTES.get(img.format or "", _OTHER_DECODER_BYTES)
+    per_pixel = _MODE_BYTES.get(img.mode, 4) + decoder + conversion_bytes(img)
+    total = len(data) + int(width * height * per_pixel) + FIXED
     if layout is not None and layout.full_buffer:
-        coefficients = layout.coefficient_bytes()
-        total += coefficients
-        detail = f"{layout.describe()} {layout.width}x{layout.height}: {coefficients / 1e6:.0f} MB of coefficients"
-    elif layout is not None:
-        detail = f"{layout.describe()} {layout.width}x{layout.height}, decoded at {width}x{height}"
-    return Cost(total, detail)
+        total += layout.coefficient_bytes()
+    return total

@@ -1,7 +1,5 @@
-"""Decoding: a photo's bytes, in an allowed format, into the model's input.
-
-Errors are returned from the frames that hold the image and raised only once they are gone, so a
-traceback cannot keep the pixels alive.
+"""Decoding: a photo's bytes into the model's input. Errors are returned from the frames that hold the
+image and raised only once they are gone, so a traceback cannot keep the pixels alive.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import CorruptImage, ImageTooLarge, NotAnImage, PhotoError, UnsupportedFormat
 from ..infra.procs import trim_heap
 from . import costs
-from .costs import Cost
 from .inputs import MAX_JPEG_SCANS, TRIM_AFTER_BYTES, DecodeBudget, Size, allowed_formats, bare, to_input
 
 if TYPE_CHECKING:
@@ -60,21 +57,21 @@ def _decode(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...], 
     with img:
         if budget is not None:
             try:
-                budget.acquire(cost.bytes, deadline)
+                budget.acquire(cost, deadline)
             except PhotoError as err:
                 return err
         try:
             return render(img, max_pixels, size)
         finally:
             if budget is not None:
-                budget.release(cost.bytes)
-            if cost.bytes >= TRIM_AFTER_BYTES:
+                budget.release(cost)
+            if cost >= TRIM_AFTER_BYTES:
                 img.close()
                 trim_heap()
 
 
 def prepare(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...],
-            max_scans: int) -> tuple[Image.Image, Cost] | PhotoError:
+            max_scans: int) -> tuple[Image.Image, int] | PhotoError:
     """The photo opened from its header, checked, and what decoding it will cost; the caller closes it."""
     try:
         img = Image.open(io.BytesIO(data), formats=allowed)

@@ -1,8 +1,5 @@
-"""What the serving process knows of photos without Pillow: the formats allowed, the memory budget that
-every decode is charged to, and the decoded pixels as an array (8-bit RGB at the model's own size).
-
-The serving process never opens a photo (workers do, :mod:`.decoding`), so it does not import Pillow,
-which would cost RSS and cold-start time.
+"""What the serving process knows of photos without Pillow (which only decode workers import): the
+formats allowed, the memory budget every decode is charged to, and the decoded pixels as an array.
 """
 
 from __future__ import annotations

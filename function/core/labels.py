@@ -1,8 +1,6 @@
 """The label map: class id -> species name (and, optionally, its common name), checked against the model.
 
-The names come from ``LABELS_URL`` (``id,name`` CSV), else the model's own label file, else
-``DEFAULT_LABELS_URL``; ``COMMON_NAMES_URL`` may add common names (``Latin name (Common Name)`` lines).
-The map must name exactly the model's classes, or the load fails: a map one row short would answer
+It must name exactly the model's classes, or the load fails: a map one row short would answer
 "class 964" for the background, a longer one name a class the model never scores.
 """
 

@@ -1,7 +1,5 @@
-"""Photos: a source's bytes (fetched, read from a file, or sent in the request), decoded for the model.
-
-A photo fails on its own: every problem becomes a :class:`~function.errors.PhotoError` kept without
-its traceback, whose frames would keep the photo's bytes and pixels alive.
+"""Photos: a source's bytes decoded for the model. A photo fails on its own: every problem becomes a
+:class:`~function.errors.PhotoError`, kept without its traceback (whose frames hold the pixels).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""The result document written for each classified bucket object (and beside each local file), its key,
-and the CloudEvent that carries it to a sink.
+"""The result document of each classified bucket object (and local file), its key, and its CloudEvent.
 
-The document is a result document of the HTTP API holding one entry, so a reader of either finds the
-predictions at ``results[0]``, plus where the photo was, which model answered and when (openapi.yaml:
-``ResultRecord``).
+The document is an HTTP API result document of one entry (predictions at ``results[0]``), plus where
+the photo was, which model answered and when (openapi.yaml: ``ResultRecord``).
 """
 
 from __future__ import annotations

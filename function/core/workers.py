@@ -5,7 +5,7 @@ the fork server. The protocol, over one socket pair (the size is the loaded mode
 
     parent -> ("photo", allowance, cpu_s, (width, height)), then the photo's bytes
     worker -> ("error", keep, code, message, reason)     the header says no (format, size, scans)
-           |  ("cost", bytes, detail)                    it would hold more than ``allowance``:
+           |  ("cost", bytes)                            it would hold more than ``allowance``:
               parent -> ("go", bytes) | ("drop",)        charged to the shared budget, or not now
     worker -> ("pixels", keep), then width x height x 3 8-bit RGB | ("error", ...)
 
@@ -76,7 +76,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
             result = images.render(img, settings.max_pixels, size)
             _limit_memory(None)
             img.close()
-            if cost.bytes >= TRIM_AFTER_BYTES:
+            if cost >= TRIM_AFTER_BYTES:
                 trim_heap()
         keep = not (isinstance(result, PhotoError) and _is_memory(result)) and \
             _status_bytes("VmRSS") - len(data) - started < RECYCLE_BYTES
@@ -90,11 +90,11 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
         _limit_cpu(None)
 
 
-def _charged(conn: Connection, cost: costs.Cost, allowance: int) -> int:
+def _charged(conn: Connection, cost: int, allowance: int) -> int:
     """The bytes this decode may hold: ``allowance`` if it fits, else the parent's charge (0: not now)."""
-    if cost.bytes <= allowance:
+    if cost <= allowance:
         return allowance
-    conn.send(("cost", cost.bytes, cost.detail))
+    conn.send(("cost", cost))
     answer = conn.recv()
     return int(answer[1]) if answer[0] == "go" else 0
 
