@@ -17,8 +17,7 @@ from ..errors import DecodeTooCostly, ImageTooLarge, PhotoError
 if TYPE_CHECKING:
     from PIL import Image
 
-MIB = 1024 * 1024
-FIXED = 16 * MIB
+FIXED = 16 * 1024 * 1024  # libraries' working memory
 BLOCK_BYTES = 64 * 2  # one 8x8 block of 16-bit DCT coefficients
 # Pillow keeps these modes at their own width; every other mode (RGB, RGBA, LA, CMYK, I, F...) 4 bytes.
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
