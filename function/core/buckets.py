@@ -1,27 +1,9 @@
 """Bucket objects named by storage events, on every path a bucket reaches the function by: one door.
 
-:func:`notification` turns any envelope into a :class:`Notification` (the objects to classify,
-the objects skipped by content type, or why the envelope names nothing to do), or raises an
-:class:`~function.errors.EventError` that says what is wrong. The envelopes:
-
-* Cloud Storage through Eventarc: ``google.cloud.storage.object.v1.finalized`` CloudEvents whose
-  data is the object resource (``bucket``, ``name``, ``contentType``, ``size`` as a number or a
-  string...).
-* Cloud Storage through Pub/Sub notifications: ``google.cloud.pubsub.topic.v1.messagePublished``
-  CloudEvents, or the same document as a plain push body, ``{"message": {"data", "attributes"},
-  "subscription"}``; ``attributes.eventType`` says what happened and the base64 ``data`` is the
-  object resource (``payloadFormat=JSON_API_V1``; with ``NONE``, ``bucketId`` and ``objectId``).
-  Event types other than ``OBJECT_FINALIZE`` are acknowledged and skipped.
-* S3 and MinIO notifications (``{"Records": [...]}``), directly (MinIO webhooks, SNS raw message
-  delivery) or wrapped in an SNS ``Notification`` envelope whose ``Message`` is that JSON.
-
-Objects are read from ``storage.googleapis.com`` (or ``GCS_ENDPOINT``, or the emulator named by
-``STORAGE_EMULATOR_HOST`` through the JSON API's media download, as Google's clients do), or from
-S3 (virtual-hosted, in the record's region) or ``S3_ENDPOINT`` (path-style, for MinIO).
-
-Everything here comes from callers, so it is checked strictly: sizes are integers or digit strings,
-and bucket and object names with ``..``, ``.`` or empty segments are refused (urllib3 removes dot
-segments, which would let a name reach another path of the storage host).
+:func:`notification` turns any envelope (Cloud Storage CloudEvents, Pub/Sub notifications, S3 or
+MinIO ``Records``, directly or through SNS) into a :class:`Notification`, or raises an
+:class:`~function.errors.EventError`. Everything here comes from callers, so names with ``..``,
+``.`` or empty segments are refused: urllib3 removes dot segments, reaching another path of the host.
 """
 
 from __future__ import annotations
@@ -77,7 +59,7 @@ class StorageObject:
 
     def url(self, emulator_host: str | None = None, s3_endpoint: str | None = None,
             gcs_endpoint: str | None = None) -> str:
-        """Where to read the object: GCS (or its emulator, or GCS_ENDPOINT), or S3 / an S3 endpoint."""
+        """Where to read the object: GCS, its emulator or GCS_ENDPOINT; S3 or S3_ENDPOINT."""
         if self.scheme == "s3":
             if s3_endpoint:
                 return f"{s3_endpoint.rstrip('/')}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
@@ -94,15 +76,8 @@ class StorageObject:
         return f"{Config.GCS_PUBLIC}/{quote(self.bucket, safe='')}/{quote(self.name, safe='/')}"
 
     def source(self, config: Config) -> ObjectSource:
-        """The object as a photo source read with the store's credentials (core/objects.py)."""
-        return ObjectSource.of(self.url(config.storage_emulator_host, config.s3_endpoint, config.gcs_endpoint))
-
-
-@dataclass(frozen=True)
-class Skip:
-    """An event acknowledged without a fetch (an object deleted, a test message...): why."""
-
-    reason: str
+        """The object as a photo source, read with the store's credentials."""
+        return ObjectSource(self.url(config.storage_emulator_host, config.s3_endpoint, config.gcs_endpoint))
 
 
 def check_names(bucket: str, name: str) -> None:
@@ -110,8 +85,7 @@ def check_names(bucket: str, name: str) -> None:
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise InvalidObjectName(f"bucket name {bucket[:80]!r} is not a valid bucket name "
                                 "(letters, digits, '.', '-', '_'; no '..')")
-    segments = name.split("/")
-    if any(s in ("", ".", "..") for s in segments):
+    if any(s in ("", ".", "..") for s in name.split("/")):
         raise InvalidObjectName(f"object name {name[:200]!r} has an empty, '.' or '..' segment; "
                                 "such names are refused")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or any(ord(c) < 32 or c == "\x7f" for c in name):
@@ -158,8 +132,8 @@ def gcs_object(data: Any) -> StorageObject:
                          generation=_version(data.get("generation")))
 
 
-def storage_object(event_type: str, data: Any) -> StorageObject | Skip:
-    """The object a finalized-object event names, or :class:`Skip`; :class:`EventError` for anything else."""
+def storage_object(event_type: str, data: Any) -> StorageObject | str:
+    """The object a finalized-object event names, or why the event is skipped (str)."""
     if event_type == PUBSUB_PUBLISHED:
         return pubsub_object(data)
     if event_type != FINALIZED:
@@ -167,14 +141,12 @@ def storage_object(event_type: str, data: Any) -> StorageObject | Skip:
     return gcs_object(data)
 
 
-# -- Cloud Storage Pub/Sub notifications ------------------------------------------------------------
-
 def is_pubsub_push(doc: Mapping[str, Any]) -> bool:
     return isinstance(doc.get("message"), Mapping) and "subscription" in doc
 
 
-def pubsub_object(data: Any) -> StorageObject | Skip:
-    """A Pub/Sub notification of a bucket (CloudEvent data or push body) -> the finalized object or Skip."""
+def pubsub_object(data: Any) -> StorageObject | str:
+    """A bucket's Pub/Sub notification (CloudEvent data or push body) -> the finalized object, or why not."""
     doc = _json(data, "event data", InvalidNotification)
     message = doc.get("message") if isinstance(doc, Mapping) else None
     if not isinstance(message, Mapping):
@@ -184,33 +156,25 @@ def pubsub_object(data: Any) -> StorageObject | Skip:
         raise InvalidNotification("the Pub/Sub message has no attributes.eventType: not a Cloud Storage notification")
     event_type = attributes.get("eventType")
     if event_type != PUBSUB_FINALIZE:
-        return Skip(f"Cloud Storage notification {str(event_type)[:40]!r} is not {PUBSUB_FINALIZE}")
+        return f"Cloud Storage notification {str(event_type)[:40]!r} is not {PUBSUB_FINALIZE}"
     if attributes.get("payloadFormat") == "JSON_API_V1":
         raw = message.get("data")
         try:
             payload = base64.b64decode(raw if isinstance(raw, str) else "", validate=True)
         except (binascii.Error, ValueError):
             raise InvalidNotification("the Pub/Sub message's data is not base64") from None
-        obj = gcs_object(payload)
-    else:  # payloadFormat NONE: the attributes name the object
-        bucket, name = attributes.get("bucketId"), attributes.get("objectId")
-        if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
-            raise InvalidNotification("the Pub/Sub message needs attributes bucketId and objectId")
-        obj = StorageObject(bucket, name, generation=_version(attributes.get("objectGeneration")))
-    return obj
+        return gcs_object(payload)
+    bucket, name = attributes.get("bucketId"), attributes.get("objectId")  # payloadFormat NONE
+    if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
+        raise InvalidNotification("the Pub/Sub message needs attributes bucketId and objectId")
+    return StorageObject(bucket, name, generation=_version(attributes.get("objectGeneration")))
 
-
-# -- S3 / MinIO bucket notifications, directly or through SNS ----------------------------------------
 
 S3_CREATED = ("ObjectCreated:", "s3:ObjectCreated:")
 
 
 def s3_objects(doc: Mapping[str, Any]) -> list[StorageObject]:
-    """The created objects of an S3 or MinIO notification (``{"Records": [...]}``).
-
-    Keys arrive URL-encoded (spaces as ``+``); MinIO prefixes event names with ``s3:``. Records
-    for other events (removals...) are left out. S3's ``s3:TestEvent`` (no Records) names none.
-    """
+    """The created objects of an S3 or MinIO notification (keys arrive URL-encoded)."""
     if doc.get("Event") == "s3:TestEvent" and "Records" not in doc:
         return []
     records = doc.get("Records")
@@ -248,48 +212,29 @@ def is_sns_envelope(doc: Mapping[str, Any]) -> bool:
     return doc.get("Type") in SNS_TYPES and isinstance(doc.get("TopicArn"), str)
 
 
-def sns_records(doc: Mapping[str, Any]) -> list[StorageObject]:
-    """The objects of an SNS ``Notification`` envelope whose Message is an S3 notification."""
-    message = _json(doc.get("Message"), "the SNS Message", InvalidNotification)
-    if not isinstance(message, Mapping):
-        raise InvalidNotification("the SNS Message is not an S3 notification (a JSON object with 'Records')")
-    return s3_objects(message)
-
-
 def subscribe_url(doc: Mapping[str, Any], topics: frozenset[str]) -> str:
-    """The SubscribeURL of a confirmation worth following; :class:`EventError` (403) otherwise.
-
-    Only for topics the operator listed in ``SNS_TOPIC_ARNS``, and only an https URL on an SNS
-    endpoint whose query confirms that same topic: anything else is a caller asking the function to
-    fetch a URL of its choosing.
-    """
+    """The SubscribeURL of a confirmation worth following (403 otherwise): only for topics listed in
+    ``SNS_TOPIC_ARNS``, and only an https SNS endpoint confirming that topic; anything else is a
+    caller asking the function to fetch a URL of its choosing."""
     topic, url = doc.get("TopicArn"), doc.get("SubscribeURL")
     if not isinstance(topic, str) or topic not in topics:
-        raise _refused(f"SNS topic {str(topic)[:200]!r} is not listed in SNS_TOPIC_ARNS; the subscription "
-                       "is not confirmed")
+        raise SubscriptionRefused(f"SNS topic {str(topic)[:200]!r} is not listed in SNS_TOPIC_ARNS; "
+                                  "the subscription is not confirmed")
     if not isinstance(url, str):
-        raise _refused("the SubscriptionConfirmation has no SubscribeURL")
+        raise SubscriptionRefused("the SubscriptionConfirmation has no SubscribeURL")
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     if (parts.scheme != "https" or not _SNS_HOST.fullmatch(parts.hostname or "") or parts.port not in (None, 443)
             or parts.username or parts.password or query.get("Action") != ["ConfirmSubscription"]
             or query.get("TopicArn") != [topic]):
-        raise _refused("the SubscribeURL is not an https SNS endpoint (sns.REGION.amazonaws.com) confirming "
-                       "that topic; the subscription is not confirmed")
+        raise SubscriptionRefused("the SubscribeURL is not an https SNS endpoint (sns.REGION.amazonaws.com) "
+                                  "confirming that topic; the subscription is not confirmed")
     return url
-
-
-def _refused(message: str) -> SubscriptionRefused:
-    return SubscriptionRefused(message)
-
-
-# -- the one door ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Notification:
-    """What an envelope asks for: the objects to classify, the created objects whose content type says
-    they are not images (never fetched), or why it names nothing to do."""
+    """The objects to classify, those whose content type says they are not images, or why neither."""
 
     objects: tuple[StorageObject, ...] = ()
     not_images: tuple[StorageObject, ...] = ()
@@ -302,15 +247,11 @@ class Notification:
 
 
 def notification(data: Any, event_type: str | None = None, max_objects: int | None = None) -> Notification:
-    """Any bucket envelope -> :class:`Notification`; an :class:`~function.errors.EventError` if malformed.
-
-    ``event_type`` is a CloudEvent's type (``FINALIZED`` or ``PUBSUB_PUBLISHED``) and ``data`` its data;
-    without it, ``data`` is a body posted as it is: S3 / MinIO ``Records`` (also SNS raw delivery), a
-    Pub/Sub push, or an SNS ``Notification`` envelope. At most ``max_objects`` images per envelope.
-    """
+    """Any bucket envelope -> :class:`Notification`, at most ``max_objects`` images. ``event_type``: a
+    CloudEvent's type, ``data`` its data; without it, ``data`` is a body posted as it is."""
     envelope = "cloudevent"
     if event_type is not None:
-        found: list[StorageObject] | StorageObject | Skip = storage_object(event_type, data)
+        found: list[StorageObject] | StorageObject | str = storage_object(event_type, data)
     else:
         doc = _json(data, "the notification", InvalidNotification)
         if not isinstance(doc, Mapping):
@@ -320,11 +261,14 @@ def notification(data: Any, event_type: str | None = None, max_objects: int | No
         elif is_sns_envelope(doc):
             if doc.get("Type") != SNS_NOTIFICATION:
                 raise InvalidNotification("SNS confirmations are only taken with SNS's x-amz-sns-message-type header")
-            envelope, found = "sns", sns_records(doc) if "Records" not in doc else s3_objects(doc)
+            message = doc if "Records" in doc else _json(doc.get("Message"), "the SNS Message", InvalidNotification)
+            if not isinstance(message, Mapping):
+                raise InvalidNotification("the SNS Message is not an S3 notification (a JSON object with 'Records')")
+            envelope, found = "sns", s3_objects(message)
         else:
             envelope, found = "s3", s3_objects(doc)
-    if isinstance(found, Skip):
-        return Notification(skip=found.reason, envelope=envelope)
+    if isinstance(found, str):
+        return Notification(skip=found, envelope=envelope)
     objects = [found] if isinstance(found, StorageObject) else found
     images = tuple(o for o in objects if o.is_image is not False)
     if max_objects is not None and len(images) > max_objects:

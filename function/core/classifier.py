@@ -1,14 +1,7 @@
 """The classifier: photo sources in, per-photo predictions out, every stage timed.
 
-On a cold instance the model download/load, the label map and the photo fetches all start at once;
-a fetched photo is decoded once the model says its input size (its contract), the request then
-waits for whichever is last, hands its photos to the model's call queue (small calls, in parallel,
-shared with other requests) and takes the top k per photo, saying whether a bird is recognised.
-
-Transport-free and narrow: ``classify(sources, k) -> Classification``. It is handed everything it
-works with (the composition root, ``function/app.py``, builds them): the photo fetcher and pool,
-the model and label map as things that load in the background, and the model's call queue. Fan-out,
-request ids and answers are the callers' business.
+On a cold instance the model, the label map and the photo fetches start at once. Transport-free:
+``function/app.py`` hands it everything it works with; fan-out and answers are the callers' business.
 """
 
 from __future__ import annotations
@@ -72,8 +65,7 @@ class Contract(Protocol):
 
 
 class Model(Protocol):
-    """What the classifier needs of a loaded model: its contract (photos are decoded to its input size;
-    its threshold says what is recognised), and its load timings, for a cold request's answer."""
+    """What the classifier needs of a loaded model: its contract and its load timings."""
 
     timings_ms: dict[str, float]
 
@@ -87,10 +79,6 @@ class CallQueue(Protocol):
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]: ...
 
 
-def _in_context(context: contextvars.Context, *args: Any) -> LoadedPhoto:
-    return context.run(load, *args)
-
-
 def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
     """The k best classes of one score vector, best first (ties: lower id first)."""
     k = min(k, scores.shape[0])
@@ -100,11 +88,7 @@ def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
 
 
 def recognised(scores: np.ndarray, labels: LabelMap, threshold: float) -> bool:
-    """Whether a bird is named: the best class is not the background, and scores at least ``threshold``.
-
-    The best class decides, as the Task Library's classifier does with the same metadata: a cat's
-    photo whose background class scores 74 % is not a bird, whatever the species below it score.
-    """
+    """Whether a bird is named: the best class is not the background and scores ``threshold``."""
     best = int(np.argmax(scores))
     return best not in labels.background and float(scores[best]) >= threshold
 
@@ -114,19 +98,13 @@ class Classifier:
 
     def __init__(self, config: Config, reader: PhotoReader, decoder: PhotoDecoder, pool: Executor,
                  model: Loadable[Model], labels: Loadable[LabelMap], calls: CallQueue):
-        self.config = config
-        self.reader = reader
-        self.decoder = decoder
-        self.model = model
-        self.labels = labels
-        self.calls = calls
+        self.config, self.reader, self.decoder = config, reader, decoder
+        self.model, self.labels, self.calls = model, labels, calls
         per_request = config.fetch_per_request or max(1, config.fetch_workers // config.threads)
-        # One free worker kept for each other request that may be served at once, but never more than a
-        # quarter of the pool: a lone request still gets most of it (THREADS=16 left it 1 worker).
+        # A free worker kept for each other request served at once, but at most a quarter of the pool.
         reserve = min(max(0, config.threads - 1), config.fetch_workers // 4)
         self._pool = FairPool(pool, config.fetch_workers, per_request, reserve=reserve)
 
-    # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         """Begin loading the model and the label map in the background (idempotent)."""
         self.model.start()
@@ -139,7 +117,6 @@ class Classifier:
         return {name: {"state": r.state, "error": r.error}
                 for name, r in (("model", self.model), ("labels", self.labels))}
 
-    # -- work -------------------------------------------------------------------------------
     def _input_size(self) -> Size:
         """The loaded model's input size (width, height), waiting for the model's load if it is under way."""
         spec = self.model.get(timeout=self.config.model_wait_s).contract.input
@@ -157,24 +134,19 @@ class Classifier:
 
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None,
                  progress: Progress | None = None) -> Classification:
-        """Classify every source; photo problems become per-photo errors.
-
-        ``progress(done, total)``, if given, is called as each photo is fetched and decoded (from
-        the fetching threads, one call at a time, ``done`` counting up): the CLI's progress bar.
-
-        Raises :class:`~function.errors.NotReady` when the model or label map cannot be had: that
-        is the request's problem, not one photo's.
-        """
+        """Classify every source; photo problems become per-photo errors, a model or label map that
+        cannot be had :class:`~function.errors.NotReady`. ``progress(done, total)`` is called as each
+        photo is loaded (one call at a time): the CLI's progress bar."""
         k = k or self.config.top_k
         t0 = time.perf_counter()
         cold = not self.ready()
         self.start()
-        # Each photo runs in a copy of this thread's context, so its log records carry the request id; it
-        # waits for decoding memory no longer than its request waits for it.
+        # Each photo runs in a copy of this context, so its log records carry the request id.
         decode_by = time.monotonic() + self.config.request_deadline_s
         request = object()  # which request a photo belongs to, for taking turns at the decode workers
-        futures = self._pool.submit_all(_in_context, [(contextvars.copy_context(), self.reader, self.decoder, s,
-                                                       self._input_size, decode_by, request) for s in sources])
+        futures: list[Future[LoadedPhoto]] = self._pool.submit_all(contextvars.Context.run, [
+            (contextvars.copy_context(), load, self.reader, self.decoder, s, self._input_size, decode_by, request)
+            for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s

@@ -1,46 +1,9 @@
-"""What decoding a photo will hold, known from its header before any pixel is decoded.
+"""What decoding a photo will hold at its peak, known from its header before any pixel is decoded.
 
-A decoded photo costs far more than its bytes, and how much depends on the format's own buffers,
-not only on its size: a 751 KB progressive 7999x7999 JPEG decoded at 1/8 scale (a 1 Mpx image)
-still makes libjpeg keep every DCT coefficient of the full image, 2 bytes x 64 per 8x8 block per
-component. :func:`estimate` reads the header (Pillow's, and for JPEG our own walk of its markers)
-and returns the bytes the decode will hold at its peak: that is what the decode budget is charged,
-and, in a decode worker, the address-space limit the decode runs under (so an estimate that is too
-low fails that photo as ``decode_too_costly``, never the process).
-
-The model (bytes at the peak of one decode)::
-
-    photo bytes (the worker's copy)
-    + decoded pixels x (Pillow's bytes per pixel for the mode + the format's decoder buffers
-                        + what the conversion to the model's RGB adds)
-    + JPEG: the coefficient buffer when the file is progressive or multi-scan
-    + 16 MiB (libraries' working memory, first-use pages)
-
-Measured (peak VmHWM over VmRSS before, a fresh process, one decode, MALLOC_MMAP_THRESHOLD_=1 MiB
-as in the image; per pixel of the decoded image; function/core/images.py's decoder):
-
-    ========================================= ============ ===========================================
-    photo (size)                               measured     model
-    ========================================= ============ ===========================================
-    JPEG baseline 7999x7999 4:4:4/4:2:0/CMYK   10 MiB       decoded at 1/8: 1000x1000 x 4 + 16 MiB
-    JPEG progressive 7999x7999 4:2:0           192 MiB      coefficients 1.5 x 1 M blocks x 128 B
-    JPEG progressive 7999x7999 4:4:4           375 MiB      3 x 1 M blocks x 128 B = 366 MiB
-    JPEG progressive 7999x7999 grayscale       128 MiB      1 M blocks x 128 B = 122 MiB
-    JPEG progressive 7999x7999 CMYK            497 MiB      4 x 1 M blocks x 128 B = 488 MiB
-    PNG / TIFF / BMP RGB 4000x4000             4.5 B/px     4 (RGB is stored as 4) + 0.5 (scaling)
-    PNG L 4000x4000                            1.4 B/px     1 + 0.5
-    PNG RGBA, LA; TIFF RGBA 4000x4000          8.5 B/px     4 + 4 (premultiplied copy to scale)
-    PNG, GIF, BMP palette 4000x4000            5.5 B/px     1 + 4 (converted to RGB before scaling)
-    PNG, GIF palette with transparency         9.5 B/px     1 + 4 (RGBA) + 4 (premultiplied)
-    PNG 16-bit grayscale 4000x4000             11.0 B/px    2 + 9 (to 32-bit, scaled, to 8-bit: Pillow)
-    WebP lossy RGB, lossless RGBA 4000x4000    16.3-16.5    4 + 12 (libwebp's animation decoder keeps
-                                               B/px         two RGBA canvases; its frame is copied)
-    ========================================= ============ ===========================================
-
-TIFF is charged a decoder buffer as big as the image (4 B/px): libtiff reads a strip or tile whole,
-and one strip may be the whole image. Formats without a measured row (HEIF, AVIF, ICO or ICNS when
-allowed) are charged like WebP, 16 B/px. The estimates are upper bounds by design: over-charging
-delays a photo behind others; under-charging would let decodes together pass the pod's memory.
+The estimate is charged to the decode budget and is the worker's address-space limit, so one too low
+fails that photo, never the process; it is an upper bound by design. The model: the photo's bytes +
+decoded pixels x (the mode's bytes + the format's decoder buffers + the conversion to RGB) + a JPEG's
+whole-image coefficient buffer when progressive or multi-scan + 16 MiB of libraries' working memory.
 """
 
 from __future__ import annotations
@@ -54,8 +17,7 @@ from ..errors import DecodeTooCostly, ImageTooLarge, PhotoError
 if TYPE_CHECKING:
     from PIL import Image
 
-MIB = 1024 * 1024
-FIXED = 16 * MIB
+FIXED = 16 * 1024 * 1024  # libraries' working memory
 BLOCK_BYTES = 64 * 2  # one 8x8 block of 16-bit DCT coefficients
 # Pillow keeps these modes at their own width; every other mode (RGB, RGBA, LA, CMYK, I, F...) 4 bytes.
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
@@ -66,19 +28,6 @@ _OTHER_DECODER_BYTES = 12.0
 _NEXT_MARKER = re.compile(rb"\xff[\x01\xc0-\xcf\xd9-\xfe]")
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-_ARITHMETIC = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-@dataclass(frozen=True)
-class Cost:
-    """One photo's decoding cost: ``bytes`` held at the peak, and what they are, for messages."""
-
-    bytes: int
-    detail: str
-
-    @property
-    def mb(self) -> float:
-        return self.bytes / 1e6
 
 
 @dataclass(frozen=True)
@@ -89,19 +38,15 @@ class JpegLayout:
     height: int
     components: tuple[tuple[int, int], ...]  # (h, v) sampling factors per component
     progressive: bool
-    arithmetic: bool
-    scans: int
     first_scan_components: int
 
     @property
     def full_buffer(self) -> bool:
-        """libjpeg keeps every coefficient of the image when it needs more than one pass over it:
-        progressive files, and sequential ones whose first scan does not hold every component."""
+        """Whether libjpeg keeps every coefficient: progressive, or the first scan lacks a component."""
         return self.progressive or self.first_scan_components < len(self.components)
 
     def coefficient_bytes(self) -> int:
-        """Bytes of libjpeg's whole-image coefficient buffer (jdcoefct.c: blocks rounded up to the
-        component's sampling factors)."""
+        """Bytes of libjpeg's whole-image coefficient buffer (blocks rounded up to sampling factors)."""
         if not self.components:
             return 0
         hmax = max(h for h, _ in self.components)
@@ -112,11 +57,6 @@ class JpegLayout:
             high = -(-self.height * v // (8 * vmax))
             total += (-(-wide // h) * h) * (-(-high // v) * v)
         return total * BLOCK_BYTES
-
-    def describe(self) -> str:
-        kind = ("progressive" if self.progressive else "multi-scan" if self.full_buffer else "baseline")
-        return f"{kind}{' arithmetic-coded' if self.arithmetic else ''} JPEG, {len(self.components)} components, " \
-               f"{self.scans} scans"
 
 
 def too_costly(reason: str, message: str) -> DecodeTooCostly:
@@ -134,11 +74,8 @@ def reason_of(err: PhotoError) -> str | None:
 
 
 def jpeg_layout(data: bytes, max_scans: int) -> JpegLayout | PhotoError:
-    """Walk a JPEG's markers to its first EOI (or past ``max_scans`` scans): frame, components, scans.
-
-    Segments are skipped by their length; entropy-coded data by searching for the next marker, in C.
-    Counting stops at ``max_scans`` + 1, so the walk costs at most that many steps whatever the file.
-    """
+    """Walk a JPEG's markers to its first EOI, or past ``max_scans`` scans (so the walk is bounded):
+    segments skipped by their length, entropy-coded data by a regex search for the next marker."""
     n, pos = len(data), 2
     sof: tuple[int, int, int, tuple[tuple[int, int], ...]] | None = None
     scans, first_ns = 0, 0
@@ -176,15 +113,14 @@ def jpeg_layout(data: bytes, max_scans: int) -> JpegLayout | PhotoError:
             found = _NEXT_MARKER.search(data, pos)
             pos = found.start() if found is not None else n
     if sof is None:
-        return JpegLayout(0, 0, (), False, False, scans, first_ns)
+        return JpegLayout(0, 0, (), False, first_ns)
     marker, width, height, comps = sof
-    return JpegLayout(width, height, comps, marker in _PROGRESSIVE, marker in _ARITHMETIC, scans, first_ns)
+    return JpegLayout(width, height, comps, marker in _PROGRESSIVE, first_ns)
 
 
-def opening_cost(data: bytes, max_pixels: int) -> Cost | PhotoError | None:
-    """What *opening* the photo holds, for formats whose decoder allocates its pixels there: WebP
-    (Pillow creates libwebp's animation decoder, and its two RGBA canvases, in ``Image.open``).
-    None for the others, whose opening reads the header only."""
+def opening_cost(data: bytes, max_pixels: int) -> int | PhotoError | None:
+    """What *opening* a WebP holds (Pillow makes libwebp's two RGBA canvases in ``Image.open``); None
+    for other formats, whose opening reads the header only."""
     if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return None
     kind, body = data[12:16], data[20:30]
@@ -200,7 +136,7 @@ def opening_cost(data: bytes, max_pixels: int) -> Cost | PhotoError | None:
     if width * height > max_pixels:
         return ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     per_pixel = 4 + _DECODER_BYTES["WEBP"] + 4.0  # RGB or RGBA is not known before opening: RGBA's
-    return Cost(len(data) + int(width * height * per_pixel) + FIXED, f"WEBP {width}x{height} canvas")
+    return len(data) + int(width * height * per_pixel) + FIXED
 
 
 def conversion_bytes(img: Image.Image) -> float:
@@ -217,18 +153,12 @@ def conversion_bytes(img: Image.Image) -> float:
     return 4.5  # converted to RGB at full size first
 
 
-def estimate(img: Image.Image, data: bytes, layout: JpegLayout | None) -> Cost:
+def estimate(img: Image.Image, data: bytes, layout: JpegLayout | None) -> int:
     """The bytes decoding ``img`` (opened, draft mode set) will hold at its peak; ``layout`` for JPEGs."""
-    fmt = img.format or ""
     width, height = img.size  # after draft(): the scale the JPEG is decoded at
-    pixels = width * height
-    per_pixel = _MODE_BYTES.get(img.mode, 4) + _DECODER_BYTES.get(fmt, _OTHER_DECODER_BYTES) + conversion_bytes(img)
-    total = len(data) + int(pixels * per_pixel) + FIXED
-    detail = f"{fmt} {img.mode} {width}x{height} decoded"
+    decoder = _DECODER_BYTES.get(img.format or "", _OTHER_DECODER_BYTES)
+    per_pixel = _MODE_BYTES.get(img.mode, 4) + decoder + conversion_bytes(img)
+    total = len(data) + int(width * height * per_pixel) + FIXED
     if layout is not None and layout.full_buffer:
-        coefficients = layout.coefficient_bytes()
-        total += coefficients
-        detail = f"{layout.describe()} {layout.width}x{layout.height}: {coefficients / 1e6:.0f} MB of coefficients"
-    elif layout is not None:
-        detail = f"{layout.describe()} {layout.width}x{layout.height}, decoded at {width}x{height}"
-    return Cost(total, detail)
+        total += layout.coefficient_bytes()
+    return total

@@ -1,21 +1,10 @@
 """The decoder the app uses: every photo decoded within its memory charge and its CPU budget.
 
-A photo's cost is bounded before it is paid and enforced while it is paid:
-
-* **before**: a worker reads the header and says what the decode will hold
-  (:mod:`function.core.costs`); a photo over the whole budget (``DECODE_MEMORY_MB``) is refused,
-  the others wait for their share of it (the budget is shared by every worker), and a JPEG with
-  more than ``MAX_JPEG_SCANS`` scans is refused without being decoded;
-* **while**: the decode runs in a worker process whose address space is limited to its charge, and
-  which the deadline thread kills when its CPU time reaches ``DECODE_CPU_S`` or the request's
-  deadline passes (a kill is the only real stop: Pillow's C decoders cannot be interrupted). The
-  photo gets ``decode_too_costly`` (or ``deadline_exceeded``), a fresh worker takes the place of
-  the killed one, and the other photos are not touched.
-
-Workers are dealt to requests in turn (round-robin between the requests waiting, first come first
-served within one), like the fetch pool; photos charged ``HEAVY_BYTES`` or more take at most all
-workers but one, so a small photo finds a worker while big ones decode. With ``workers=0`` photos
-are decoded on the caller's thread: the same checks and memory budget, but nothing bounds CPU time.
+A worker reads the header and says what the decode will hold (:mod:`.costs`); the photo waits for
+that share of ``DECODE_MEMORY_MB``, then decodes under an address-space limit, and the deadline
+thread kills the worker at ``DECODE_CPU_S`` or the request's deadline (Pillow's C decoders cannot be
+interrupted). Workers are dealt to requests in turn; heavy photos never take the last free worker.
+With ``workers=0`` photos decode on the caller's thread, with the same checks but no CPU bound.
 """
 
 from __future__ import annotations
@@ -26,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,32 +24,28 @@ from ..infra import logs
 from ..infra.deadlines import Deadlines
 from ..infra.forkserver import ForkServer, Worker
 from . import costs
-from .inputs import MAX_JPEG_SCANS, DecodeBudget, Settings, Size, bare, to_input
+from .inputs import MAX_JPEG_SCANS, DecodeBudget, Settings, Size, bare, seconds_left, to_input
 
-TARGET = "function.core.workers:serve"  # a worker's loop, run in the processes the fork server forks
+TARGET = "function.core.workers:serve"  # a worker's loop, in the processes the fork server forks
 
 log = logging.getLogger(__name__)
 
 HEAVY_BYTES = 64_000_000  # a decode charged this much may not take the last free worker
-# Charged before a photo goes to its worker when the budget has it free: a photo whose decode fits
-# (a 4000x2667 JPEG at draft scale is charged ~19 MB: 16 MiB of working memory and its bytes) is
-# decoded in one round trip instead of two (the worker asking for its charge, the parent answering).
+# Charged up front when free: a photo whose decode fits (a typical JPEG at draft scale) is decoded in
+# one round trip instead of two (the worker asking for its charge, the parent answering).
 ALLOWANCE_BYTES = 32_000_000
 CHECK_S = 0.05  # the CPU watchdog looks again at least this often once the budget is near
 
 
 class Decoder:
-    """Decodes photos within this instance's limits: allowed formats, pixel limit, the memory budget
-    shared by every photo decoded at once and (with workers) each photo's CPU budget."""
+    """Decodes photos within the formats, pixel limit, shared memory budget and CPU budget."""
 
     def __init__(self, max_pixels: int, formats: tuple[str, ...], budget_bytes: int, *, workers: int = 0,
                  cpu_s: float = 2.0, max_scans: int = MAX_JPEG_SCANS, deadlines: Deadlines | None = None,
                  on_refusal: Callable[[str], None] | None = None, server: ForkServer | None = None):
-        self.max_pixels, self.formats = max_pixels, formats
-        self.cpu_s, self.max_scans = cpu_s, max_scans
-        self.budget = DecodeBudget(budget_bytes)
-        self._on_refusal = on_refusal
-        if workers == 0:  # decoding on the callers' threads: Pillow here, with its limits (workers set their own)
+        self.settings, self.cpu_s = Settings(max_pixels, formats, max_scans), cpu_s
+        self.budget, self._on_refusal = DecodeBudget(budget_bytes), on_refusal
+        if workers == 0:  # Pillow in this process, with its limits (workers set their own)
             from . import images
 
             images.limit_decoders(max_pixels)
@@ -67,27 +53,25 @@ class Decoder:
         self._deadlines = deadlines or Deadlines()
         self._own_server = server is None and workers > 0
         self._server = server or ForkServer()
-        settings = Settings(max_pixels, formats, max_scans)
-        self._pool = _Pool(self._server, settings, workers) if workers > 0 else None
+        self._pool = _Pool(self._server, self.settings, workers) if workers > 0 else None
 
     def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray:
-        """uint8 RGB [height,width,3] at ``size`` (width, height: the model's), or a :class:`PhotoError`; a
-        photo waits for a worker and for decoding memory no longer than ``deadline`` (``time.monotonic()``).
-        ``share``: the request it belongs to, for taking turns with other requests."""
-        if self._pool is None:
-            from . import images
+        """uint8 RGB [height,width,3] at ``size``; waits until ``deadline``, taking turns by ``share``."""
+        try:
+            if self._pool is None:
+                from . import images
 
-            try:
-                return images.decode(data, self.max_pixels, size, self.formats, self.budget, deadline,
-                                     self.max_scans)
-            except PhotoError as err:
-                self._count(err)
-                raise
-        result = self._decode(data, size, deadline, share)
-        if isinstance(result, PhotoError):
-            self._count(result)
-            raise bare(result)
-        return to_input(result, size)
+                s = self.settings
+                return images.decode(data, s.max_pixels, size, s.formats, self.budget, deadline, s.max_scans)
+            result = self._decode(data, size, deadline, share)
+            if isinstance(result, PhotoError):
+                raise bare(result)
+            return to_input(result, size)
+        except PhotoError as err:
+            reason = costs.reason_of(err)
+            if reason is not None and self._on_refusal is not None:
+                self._on_refusal(reason)
+            raise
 
     def close(self) -> None:
         """Stop the workers (photos still decoding get an error); the fork server stays for the process."""
@@ -97,12 +81,6 @@ class Decoder:
             self._server.close()
         if self._own_deadlines:
             self._deadlines.stop()
-
-    # -- with workers ---------------------------------------------------------------------------
-    def _count(self, err: PhotoError) -> None:
-        reason = costs.reason_of(err)
-        if reason is not None and self._on_refusal is not None:
-            self._on_refusal(reason)
 
     def _decode(self, data: bytes, size: Size, deadline: float | None, share: object) -> bytes | PhotoError:
         assert self._pool is not None
@@ -120,10 +98,12 @@ class Decoder:
                     if outcome > self.budget.capacity:
                         return costs.too_costly("memory", f"decoding it would hold {outcome / 1e6:.0f} MB; "
                                                 f"the limit is {self.budget.capacity / 1e6:.0f} MB (DECODE_MEMORY_MB)")
+                    if outcome >= HEAVY_BYTES and not heavy:
+                        heavy = self._pool.take_heavy(deadline)
+                        if not heavy:
+                            return DeadlineExceeded("the request's deadline passed while this big photo waited "
+                                                    "its turn")
                     try:
-                        if outcome >= HEAVY_BYTES and not heavy:
-                            self._pool.take_heavy(deadline)
-                            heavy = True
                         self.budget.acquire(outcome - allowance, deadline)
                     except PhotoError as err:
                         return err
@@ -143,11 +123,11 @@ class Decoder:
 
     def _run(self, worker: Worker, data: bytes, size: Size, allowance: int,
              deadline: float | None) -> bytes | PhotoError | int | None:
-        """One try on ``worker``: the pixels, an error, the bytes to charge before decoding (int), or
-        None when the worker died for no reason of ours."""
+        """One try: the pixels, an error, the bytes to charge first (int), or None (the worker died)."""
         assert self._pool is not None
         start = worker.cpu_seconds() or 0.0
-        watch = self._deadlines.arm(self._first_check(deadline), lambda: self._watch(worker, start, deadline))
+        first = self.cpu_s if deadline is None else min(self.cpu_s, deadline - time.monotonic())
+        watch = self._deadlines.arm(max(0.0, first), lambda: self._watch(worker, start, deadline))
         keep, charged = False, 0
         try:
             worker.conn.send(("photo", allowance, self.cpu_s, size))
@@ -179,13 +159,12 @@ class Decoder:
             self._pool.release(worker, keep)
 
     def _charge(self, need: int, charged: int) -> int | None:
-        """Charge what ``need`` adds to the ``charged`` bytes now (and take a heavy turn if it becomes
-        heavy); None if that cannot be had without waiting."""
+        """Charge what ``need`` adds to ``charged`` now (with a heavy turn if needed); None: not now."""
         assert self._pool is not None
         if need > self.budget.capacity:
             return None
         was_heavy, heavy = charged >= HEAVY_BYTES, need >= HEAVY_BYTES
-        if heavy and not was_heavy and not self._pool.try_heavy():
+        if heavy and not was_heavy and not self._pool.take_heavy(time.monotonic()):
             return None
         more = max(0, need - charged)
         if self.budget.try_acquire(more):
@@ -194,13 +173,8 @@ class Decoder:
             self._pool.give_heavy()
         return None
 
-    def _first_check(self, deadline: float | None) -> float:
-        left = self.cpu_s if deadline is None else min(self.cpu_s, deadline - time.monotonic())
-        return max(0.0, left)
-
     def _watch(self, worker: Worker, start: float, deadline: float | None) -> float | None:
-        """The deadline thread's check: kill the worker at the CPU budget or the request's deadline,
-        else look again when the budget could next run out."""
+        """Kill the worker at the CPU budget or the request's deadline; else when to look again."""
         used = worker.cpu_seconds()
         if used is None:
             return None
@@ -234,38 +208,34 @@ class _Pool:
     """The worker processes, dealt to requests in turn; replacements started in the background."""
 
     def __init__(self, server: ForkServer, settings: Settings, count: int):
-        self.server, self.settings, self.count = server, settings, count
+        self.server, self.settings = server, settings
         self.heavy_max = max(1, count - 1)
         self._cond = threading.Condition()
         self._idle: list[Worker] = []
-        self._waiting: dict[object, deque[_Slot]] = {}  # share -> its photos waiting for a worker
-        self._ring: deque[object] = deque()
+        # share -> its photos waiting for a worker, in the order requests take their turns
+        self._waiting: dict[object, deque[_Slot]] = {}
         self._heavy = 0
         self._to_start = count
         self._closed = False
-        self._starter = threading.Thread(target=self._start_workers, name="decode-workers", daemon=True)
-        self._starter.start()
+        threading.Thread(target=self._start_workers, name="decode-workers", daemon=True).start()
 
     def acquire(self, share: object, deadline: float | None) -> Worker:
         with self._cond:
-            if self._closed:
-                raise CorruptImage("the decoder is shut down")
-            if self._idle and not self._ring:
+            if self._idle and not self._waiting:
                 return self._idle.pop()
             slot = _Slot()
             self._waiting.setdefault(share, deque()).append(slot)
-            if share not in self._ring:
-                self._ring.append(share)
             self._grant()
-            while slot.worker is None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if self._closed or (left is not None and left <= 0):
-                    self._forget(share, slot)
-                    if self._closed:
-                        raise CorruptImage("the decoder is shut down")
-                    raise DeadlineExceeded("the request's deadline passed while this photo waited for a decode worker")
-                self._cond.wait(left)
-            return slot.worker
+            self._cond.wait_for(lambda: slot.worker is not None or self._closed, seconds_left(deadline))
+            if slot.worker is not None:
+                return slot.worker
+            queue = self._waiting[share]
+            queue.remove(slot)
+            if not queue:
+                del self._waiting[share]
+            if self._closed:
+                raise CorruptImage("the decoder is shut down")
+            raise DeadlineExceeded("the request's deadline passed while this photo waited for a decode worker")
 
     def release(self, worker: Worker, keep: bool) -> None:
         with self._cond:
@@ -277,21 +247,13 @@ class _Pool:
             self._cond.notify_all()
         worker.close()
 
-    def try_heavy(self) -> bool:
+    def take_heavy(self, deadline: float | None) -> bool:
+        """A heavy decode's turn, waiting for one until ``deadline`` (now: not at all)."""
         with self._cond:
-            if self._heavy >= self.heavy_max:
+            if not self._cond.wait_for(lambda: self._heavy < self.heavy_max, seconds_left(deadline)):
                 return False
             self._heavy += 1
             return True
-
-    def take_heavy(self, deadline: float | None) -> None:
-        with self._cond:
-            while self._heavy >= self.heavy_max:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise DeadlineExceeded("the request's deadline passed while this big photo waited its turn")
-                self._cond.wait(left)
-            self._heavy += 1
 
     def give_heavy(self) -> None:
         with self._cond:
@@ -308,23 +270,13 @@ class _Pool:
 
     def _grant(self) -> None:
         """Idle workers to waiting photos, one request after another (called with the lock held)."""
-        while self._idle and self._ring:
-            share = self._ring.popleft()
-            queue = self._waiting[share]
+        while self._idle and self._waiting:
+            share = next(iter(self._waiting))
+            queue = self._waiting.pop(share)
             queue.popleft().worker = self._idle.pop()
             if queue:
-                self._ring.append(share)
-            else:
-                del self._waiting[share]
+                self._waiting[share] = queue  # to the end: the next request's turn
             self._cond.notify_all()
-
-    def _forget(self, share: object, slot: _Slot) -> None:
-        queue = self._waiting.get(share)
-        if queue is not None and slot in queue:
-            queue.remove(slot)
-            if not queue:
-                del self._waiting[share]
-                self._ring.remove(share)
 
     def _start_workers(self) -> None:
         """Starts workers while some are missing; the first start also starts the fork server."""
@@ -343,22 +295,11 @@ class _Pool:
                     self._to_start += 1
                 time.sleep(1.0)
                 continue
-            if not self._add(worker):
-                worker.close()
-
-    def _add(self, worker: Worker) -> bool:
-        with self._cond:
-            if self._closed:
-                return False
-            self._idle.append(worker)
-            self._grant()
-            return True
+            self.release(worker, keep=True)  # closed meanwhile: it is closed
 
 
+@dataclass(eq=False)
 class _Slot:
     """A photo waiting for a worker: the worker, once one is dealt to it."""
 
-    __slots__ = ("worker",)
-
-    def __init__(self) -> None:
-        self.worker: Worker | None = None
+    worker: Worker | None = None

@@ -1,38 +1,13 @@
-"""Fan-out: spread a request with many photos over instances of the same Service, evenly, without
-knowing how many instances there are.
+"""Fan-out: spread a request with many photos evenly over instances of the same Service.
 
-With ``FANOUT_URL`` set (the Service's own URL), a request with more than ``FANOUT_CHUNK`` photos
-becomes a queue of chunks that lanes pull from until every photo has a result:
+A request with more than ``FANOUT_CHUNK`` photos becomes a queue of chunks that remote lanes post to
+``FANOUT_URL`` (one chunk each at a time, so a fast instance is sent more) and local lanes classify
+here. Chunks shrink as the queue empties (guided self-scheduling), and once it is empty a free local
+lane backs up the newest chunk still out, the first answer for a photo kept: a slow instance holds
+the request no longer than this one needs. Failed chunks are sent again, then classified here.
 
-* **remote lanes** (``FANOUT_INFLIGHT`` of them) each post one chunk to ``FANOUT_URL`` and take the
-  next when its answer is back, so an instance that answers quickly is sent more, and no more than
-  ``FANOUT_INFLIGHT`` sub-requests are ever out at once;
-* **local lanes** (:data:`LOCAL_LANES`, the request's own thread one of them) classify chunks here,
-  so the front instance works through its share meanwhile.
-
-Chunks shrink as the queue empties (guided self-scheduling: half of what is left over the number of
-lanes, between :attr:`FanOut.smallest` and ``FANOUT_CHUNK``), so the last chunks, which decide when
-the request ends, are small. Once the queue is empty, a free local lane takes over the newest chunk
-still out (a backup, as MapReduce's backup tasks): an instance that is slow or never answers holds
-the request no longer than this instance needs for that chunk, and the first answer for a photo is
-the one kept. A chunk whose sub-request fails goes back to the queue and is sent again (to whichever
-instance the router picks next) up to :data:`REMOTE_TRIES` times, then classified here; after
-``FANOUT_INFLIGHT`` failures in a row nothing more is sent and the rest is classified here. So a
-chunk's failure is never a lost photo, and results come back in request order.
-
-Sub-requests carry :data:`HEADER` with this instance's random id; a request carrying it is never
-split again, and an instance refuses (``421``, :class:`~function.errors.OwnChunk`) a chunk it sent
-itself: a router that knows nothing of fan-out (Knative's round robin) sends some chunks back to
-the front instance, where they would compete for its CPU with its local lanes and answer last.
-Refused, the chunk goes to the next instance at the price of one round trip (a send, counted
-against its tries). Refusals do not count towards the failures in a row; but ``2 * FANOUT_INFLIGHT``
-of them before any other instance has answered mean this instance is alone, and the rest is
-classified here in big chunks.
-
-A wrapper around the classifier, not a part of it: :meth:`FanOut.classify` takes the local
-``classify``, sends chunks with the injected ``post`` (the HTTP call is infra's,
-:class:`function.infra.fetch.JsonPoster`), and reads the other instances' answers with the result
-types' own ``from_dict``.
+Sub-requests carry :data:`HEADER` with this instance's id: they are never split again, and a chunk
+routed back to its sender is refused (``421``); many refusals and no other answer mean it is alone.
 """
 
 from __future__ import annotations
@@ -48,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FanoutFailed, FanoutRefused, PhotoError
+from ..errors import FanoutRefused, PhotoError
 from .results import Classification, PhotoResult
 from .sources import PhotoSource
 
@@ -56,21 +31,15 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Bird-Fanout"
 
-# Three local lanes: a chunk's photos arrive together, after the round trip to their host and the
-# biggest one's transfer (~215 ms for a 2 MB photo at 16 MB/s, make bench), while classifying four
-# photos takes ~100 ms of CPU; with three chunks under way the front instance's CPU rarely waits.
+# A chunk's photos arrive together, after a round trip and the biggest one's transfer: with three
+# chunks under way the front instance's CPU rarely waits for the network.
 LOCAL_LANES = 3
-# Sends of one chunk before it is classified here: a refusal or a failed instance costs one round
-# trip, and the router's next pick is usually another instance.
-REMOTE_TRIES = 3
-# How long an instance that found itself alone classifies big requests whole, without trying to fan out:
-# a request that finds out pays a round trip per refused chunk and classifies in smaller chunks than one
-# call would (docs/performance.md, "Scale-out", measures both). A new instance is used by the first
-# request after this.
+REMOTE_TRIES = 3  # sends of one chunk before it is classified here; each failure costs a round trip
+# How long an instance that found itself alone classifies big requests whole: finding out costs a
+# round trip per refused chunk. A new instance is used by the first request after this.
 ALONE_S = 10.0
 
-# post(document, headers) -> the answer's JSON document; raises a PhotoError (FanoutFailed) when the
-# other instance does not answer 200.
+# post(document, headers) -> the answer's JSON document; a PhotoError (FanoutFailed) unless 200.
 Post = Callable[[Mapping[str, Any], Mapping[str, str]], Any]
 Local = Callable[[Sequence[PhotoSource], int], Classification]
 
@@ -86,8 +55,7 @@ class _Chunk:
 
 
 class _Request:
-    """One fanned-out request: the queue, the chunks out, the results so far. Every method holds the
-    condition; lanes wait on it for work or for the end."""
+    """One fanned-out request: the queue, the chunks out, the results so far, under ``cond``."""
 
     def __init__(self, n: int, chunk: int, smallest: int, lanes: int, inflight: int):
         self.n, self.chunk, self.smallest, self.lanes, self.inflight = n, chunk, smallest, lanes, inflight
@@ -102,7 +70,6 @@ class _Request:
         self.refused = 0
         self.error: BaseException | None = None
         self.cond = threading.Condition()
-        # what the answer's timings report
         self.remote_chunks = self.local_chunks = self.backups = self.failures = 0
         self.remote_ms = self.transport_ms = 0.0
         self.local_timings: dict[str, float] = {}
@@ -141,8 +108,7 @@ class _Request:
             return c
 
     def take_local(self) -> _Chunk | None:
-        """The next chunk to classify here, waiting while every chunk left is out and backed up
-        already; None once every photo has a result (or a local lane failed)."""
+        """The next chunk to classify here, waiting while all are out and backed up; None at the end."""
         with self.cond:
             while not self.finished:
                 if self.again:
@@ -150,8 +116,7 @@ class _Request:
                 c = self._cut()
                 if c is not None:
                     return c
-                # The newest chunk out: sent last, it is the one least far along where it went, so
-                # the one whose answer the request would wait for longest.
+                # The newest chunk out is the least far along: its answer would come last.
                 backup = next((x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)), None)
                 if backup is not None:
                     backup.backed_up = True
@@ -183,8 +148,7 @@ class _Request:
             c.tries += 1
             self.failures += 1
             if refused:
-                # Refusals come back at once and say nothing about the other instances; many of them
-                # before any other instance has answered mean there is no other instance.
+                # Many refusals before any other instance answered: there is no other instance.
                 self.refused += 1
                 if self.refused >= 2 * self.inflight and self.remote_chunks == 0 and self.remote_on:
                     self.remote_on, self.alone = False, True
@@ -215,21 +179,18 @@ class _Request:
 
 
 class FanOut:
-    def __init__(self, post: Post, chunk: int, inflight: int = 4, workers: int | None = None,
-                 alone_s: float = ALONE_S):
+    def __init__(self, post: Post, chunk: int, inflight: int = 4, alone_s: float = ALONE_S):
         self.post, self.chunk, self.inflight, self.alone_s = post, chunk, inflight, alone_s
         self._alone_until = 0.0  # monotonic: until then, big requests are classified here whole
-        # Chunks shrink to half of FANOUT_CHUNK at the smallest: the photos of a chunk are fetched
-        # together, so a smaller chunk leaves the CPU of the instance that classifies it waiting on
-        # the network for a larger part of its time (docs/performance.md, "Scale-out").
+        # A chunk's photos are fetched together: a smaller chunk leaves its instance's CPU waiting on
+        # the network longer, so chunks shrink to half of FANOUT_CHUNK at the smallest.
         self.smallest = max(1, chunk // 2)
-        # An id of this process, sent with every chunk, so that a chunk routed back here is refused.
         self.instance = secrets.token_hex(8)
-        self._pool = ThreadPoolExecutor(workers or 2 * (inflight + LOCAL_LANES), thread_name_prefix="fanout")
+        self._pool = ThreadPoolExecutor(2 * (inflight + LOCAL_LANES), thread_name_prefix="fanout")
 
     def wanted(self, sources: Sequence[PhotoSource]) -> bool:
-        """Only caller URLs are split: a bucket object (ObjectSource) is read signed by this instance,
-        and another instance would get it as a plain URL, unsigned and behind the SSRF guard."""
+        """Only caller URLs are split: another instance would get a bucket object (read signed here) as
+        a plain URL, unsigned and behind the SSRF guard."""
         return len(sources) > self.chunk and all(s.kind == "url" and type(s) is PhotoSource for s in sources)
 
     def sent_here(self, header: str) -> bool:
@@ -241,8 +202,7 @@ class FanOut:
 
     def classify(self, local: Local, sources: Sequence[PhotoSource], k: int,
                  request_id: str | None = None) -> Classification:
-        """``local(sources, k)`` for small requests; otherwise the photos spread over instances by the
-        lanes above, merged in request order."""
+        """``local(sources, k)`` for small requests; otherwise spread over instances, in request order."""
         if not self.wanted(sources) or time.monotonic() < self._alone_until:
             return local(sources, k)
         t0 = time.perf_counter()
@@ -286,9 +246,6 @@ class FanOut:
             t0 = time.perf_counter()
             try:
                 doc = self.post({"urls": [s.ref for s in chunk], "top_k": k}, headers)
-                answered = doc["results"]
-                if len(answered) != len(chunk):
-                    raise FanoutFailed(f"the instance answered for {len(answered)} photos, not {len(chunk)}")
                 result = Classification.from_dict(chunk, doc)
             except PhotoError as err:
                 req.failed(c, err.message, refused=isinstance(err, FanoutRefused))

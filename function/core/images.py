@@ -1,10 +1,5 @@
-"""Decoding: a photo's bytes, in an allowed format, into the model's input.
-
-The format is sniffed from the content (never trusted from a header) and must be one of
-``PHOTO_FORMATS``; the pixel count is checked from the header before decoding, by Pillow inside
-containers, and again after decoding. Every problem is a :class:`~function.errors.PhotoError`
-subclass; an error is returned from the frames that hold the image and raised only once they are
-gone, so its traceback cannot keep the pixels alive.
+"""Decoding: a photo's bytes into the model's input. Errors are returned from the frames that hold the
+image and raised only once they are gone, so a traceback cannot keep the pixels alive.
 """
 
 from __future__ import annotations
@@ -19,16 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import CorruptImage, ImageTooLarge, NotAnImage, PhotoError, UnsupportedFormat
 from ..infra.procs import trim_heap
 from . import costs
-from .costs import Cost
-from .inputs import (
-    MAX_JPEG_SCANS,
-    TRIM_AFTER_BYTES,
-    DecodeBudget,
-    Size,
-    allowed_formats,
-    bare,
-    to_input,
-)
+from .inputs import MAX_JPEG_SCANS, TRIM_AFTER_BYTES, DecodeBudget, Size, allowed_formats, bare, to_input
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,20 +22,13 @@ if TYPE_CHECKING:
 # Orientation tag -> the transpose that shows the photo upright (ImageOps.exif_transpose's table).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-_QUARTER_TURNS = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
-                            Image.Transpose.ROTATE_90})
+                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}  # 5 to 8: quarter turns
 
 
 def limit_decoders(max_pixels: int) -> None:
-    """Pillow's own pixel check set to our limit, and its warning made an error.
-
-    Pillow checks the size of every image it opens, including the ones inside containers (an ICO's
-    PNG, an ICNS's 12000x12000 PNG behind a 512x512 header), which our check on the outer header
-    cannot see. It raises past twice ``MAX_IMAGE_PIXELS`` and only warns past it: as an error the
-    warning stops the decode too. Process-wide settings, so set when the app is built (and checked
-    on each decode), never at import.
-    """
+    """Pillow's own pixel check set to our limit, and its warning made an error: Pillow also checks
+    images inside containers (an ICO's PNG), which our header check cannot see. Process-wide, so set
+    when the app is built (and checked on each decode), never at import."""
     if max_pixels != Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
     if not any(f[0] == "error" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
@@ -59,18 +38,8 @@ def limit_decoders(max_pixels: int) -> None:
 def decode(data: bytes, max_pixels: int, size: Size, formats: tuple[str, ...] | None = None,
            budget: DecodeBudget | None = None, deadline: float | None = None,
            max_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
-    """Bytes of an allowed format -> uint8 [height,width,3] RGB at ``size`` (the model's), on the caller's thread.
-
-    The format is sniffed from the content, never trusted from a header, and must be one of
-    ``formats`` (PHOTO_FORMATS). The pixel count is checked from the header before decoding, by
-    Pillow inside containers, and again after decoding; the memory the decode will hold is
-    estimated from the header (:mod:`function.core.costs`) and charged to ``budget``. JPEGs are
-    decoded with DCT scaling (draft mode) close to the target size; other images are scaled down
-    before any conversion, so no full-size copy is made. EXIF orientation is applied; transparency
-    is composited onto white; 16-bit grayscale is scaled, not clipped; GIF and other animations
-    give their first frame. Nothing bounds its CPU time: :class:`function.core.decoding.Decoder`
-    runs the same steps in worker processes that are stopped at their budget.
-    """
+    """Bytes of an allowed format (sniffed, never trusted) -> uint8 [height,width,3] RGB at ``size``, upright,
+    on the caller's thread: nothing bounds its CPU time, unlike :class:`~.decoding.Decoder`'s workers."""
     limit_decoders(max_pixels)
     allowed = formats if formats is not None else allowed_formats()
     result = _decode(data, max_pixels, size, allowed, budget, deadline, max_scans)
@@ -81,7 +50,6 @@ def decode(data: bytes, max_pixels: int, size: Size, formats: tuple[str, ...] | 
 
 def _decode(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...], budget: DecodeBudget | None,
             deadline: float | None, max_scans: int) -> Image.Image | PhotoError:
-    """The decode, returning its error rather than raising it from frames that hold the image."""
     opened = prepare(data, max_pixels, size, allowed, max_scans)
     if isinstance(opened, PhotoError):
         return opened
@@ -89,23 +57,22 @@ def _decode(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...], 
     with img:
         if budget is not None:
             try:
-                budget.acquire(cost.bytes, deadline)
+                budget.acquire(cost, deadline)
             except PhotoError as err:
                 return err
         try:
             return render(img, max_pixels, size)
         finally:
             if budget is not None:
-                budget.release(cost.bytes)
-            if cost.bytes >= TRIM_AFTER_BYTES:
+                budget.release(cost)
+            if cost >= TRIM_AFTER_BYTES:
                 img.close()
                 trim_heap()
 
 
 def prepare(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...],
-            max_scans: int) -> tuple[Image.Image, Cost] | PhotoError:
-    """The photo opened from its header (format, pixel count checked; draft scale set) and what
-    decoding it will cost; nothing decoded yet. The caller closes the image."""
+            max_scans: int) -> tuple[Image.Image, int] | PhotoError:
+    """The photo opened from its header, checked, and what decoding it will cost; the caller closes it."""
     try:
         img = Image.open(io.BytesIO(data), formats=allowed)
     except UnidentifiedImageError:
@@ -117,30 +84,25 @@ def prepare(data: bytes, max_pixels: int, size: Size, allowed: tuple[str, ...],
         return _too_large(_declared_size(data, allowed), max_pixels, str(exc))
     except Exception as exc:
         return NotAnImage(f"cannot read the image header: {exc}")
-    error: PhotoError | None = None
     width, height = img.size
+    layout: costs.JpegLayout | PhotoError | None = None
     if width * height > max_pixels:
-        error = _too_large((width, height), max_pixels)
-    layout = None
-    if error is None and img.format in ("JPEG", "MPO"):
-        found = costs.jpeg_layout(data, max_scans)
-        if isinstance(found, PhotoError):
-            error = found
-        else:
-            layout = found
-    if error is None:
+        layout = _too_large((width, height), max_pixels)
+    elif img.format in ("JPEG", "MPO"):
+        layout = costs.jpeg_layout(data, max_scans)
+    if not isinstance(layout, PhotoError):
         try:
             img.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; a no-op for others
         except Exception as exc:
-            error = CorruptImage(f"cannot decode the image: {exc}")
-    if error is not None:
+            layout = CorruptImage(f"cannot decode the image: {exc}")
+    if isinstance(layout, PhotoError):
         img.close()
-        return error
+        return layout
     return img, costs.estimate(img, data, layout)
 
 
 def render(img: Image.Image, max_pixels: int, size: Size) -> Image.Image | PhotoError:
-    """The opened photo decoded and scaled to ``size`` (width, height) 8-bit RGB, upright; or its error."""
+    """The opened photo decoded to ``size`` 8-bit RGB, upright (transparency on white); or its error."""
     try:
         return _pixels(img, max_pixels, size)
     except PhotoError as err:
@@ -179,11 +141,7 @@ def _accepts(accept: Callable[[bytes], bool | str], prefix: bytes) -> bool:
 
 
 def _declared_size(data: bytes, allowed: tuple[str, ...]) -> tuple[int, int] | None:
-    """Width and height from the header, for the message when Pillow's check refused the image.
-
-    Opening an allowed format's plugin class reads its header only (unlike ``Image.open``, without
-    the pixel check); a container would decode, but containers are not allowed by default.
-    """
+    """Width and height from the header, read by the plugin class without Pillow's pixel check."""
     prefix = data[:16]
     for name in allowed:
         factory, accept = Image.OPEN[name]
@@ -204,20 +162,18 @@ def _pixels(img: Image.Image, max_pixels: int, size: Size) -> Image.Image:
         raise ImageTooLarge(f"image decoded to {width}x{height} = {width * height} pixels; "
                          f"the limit is {max_pixels}")
     turn = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
-    # Turned on the small image: scaling then turning is turning then scaling, once a quarter turn
-    # scales to the size turned too (a model's input need not be square).
-    small = _to_rgb(img, (size[1], size[0]) if turn in _QUARTER_TURNS else size)
+    # Turned after scaling, to the turned size for a quarter turn (a model's input need not be square).
+    small = _to_rgb(img, (size[1], size[0]) if turn is not None and orientation in (5, 6, 7, 8) else size)
     if turn is not None:
         small = small.transpose(turn)
     return small
 
 
 def _to_rgb(img: Image.Image, size: Size) -> Image.Image:
-    """``size`` (width, height) RGB, scaled down first: converting or compositing at full size would add up
-    to 11 bytes a pixel (measured 20 B/px at the peak for an RGBA PNG, 9 after)."""
+    """``size`` RGB, scaled down first: converting or compositing at full size costs more memory."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit or float grayscale: scaled to the type's range instead of clipped at 255. In Pillow, not
-        # numpy: a decode worker never loads numpy (~12 MB of RSS each, and OpenBLAS under RLIMIT_AS).
+        # 16-bit or float grayscale: scaled to the type's range, not clipped at 255. In Pillow, not numpy:
+        # a decode worker never loads numpy (its RSS, and OpenBLAS under RLIMIT_AS).
         if img.mode.startswith("I;16"):
             img, top = img.convert("I"), 65535.0
         else:

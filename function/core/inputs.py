@@ -1,12 +1,5 @@
-"""What the serving process knows of photos without Pillow: the formats allowed, the memory budget that
-every decode is charged to, and the decoded pixels as an array.
-
-Photos are decoded to the loaded model's own size (``Size``, from its contract) and handed to the
-model as 8-bit RGB: each model normalizes its input itself (:mod:`function.model.contract`).
-
-Photos are decoded in worker processes (:mod:`function.core.decoding`); the process that serves
-requests never opens one, so it does not import Pillow (~10 MB of RSS and ~30 ms of a cold start
-with its plugins). :mod:`function.core.images`, the decoding itself, does.
+"""What the serving process knows of photos without Pillow (which only decode workers import): the
+formats allowed, the memory budget every decode is charged to, and the decoded pixels as an array.
 """
 
 from __future__ import annotations
@@ -27,9 +20,8 @@ PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 OPTIONAL_FORMATS = frozenset({"HEIF", "AVIF"})  # allowed when their Pillow plugin is there, else skipped
 MAX_JPEG_SCANS = 256  # nvImageCodec's default limit; libjpeg's own progressive scripts write 6-10 scans
 TRIM_AFTER_BYTES = 32_000_000  # give freed memory back to the OS after a decode charged this much
-# The formats Pillow (the version requirements.txt pins) opens: ``PIL.Image.OPEN`` once every plugin is
-# registered. Written out so that checking PHOTO_FORMATS needs no Pillow here; a test compares it
-# with Pillow's own registry, so an upgrade that changes it fails the suite rather than a photo.
+# ``PIL.Image.OPEN`` of the pinned Pillow, written out so that checking PHOTO_FORMATS needs no Pillow;
+# a test compares it with Pillow's registry.
 PILLOW_FORMATS = frozenset({
     "AVIF", "BLP", "BMP", "BUFR", "CUR", "DCX", "DDS", "DIB", "EPS", "FITS", "FLI", "FTEX", "GBR", "GIF", "GRIB",
     "HDF5", "ICNS", "ICO", "IM", "IMT", "IPTC", "JPEG", "JPEG2000", "MCIDAS", "MPEG", "MSP", "PCD", "PCX", "PIXAR",
@@ -46,12 +38,8 @@ class Settings:
 
 
 def allowed_formats(spec: Sequence[str] = PHOTO_FORMATS) -> tuple[str, ...]:
-    """The Pillow formats PHOTO_FORMATS names; :class:`ConfigError` for unknown ones.
-
-    Only these decoders ever see a photo's bytes. Pillow knows ~40 formats, and some decode pixels
-    while opening (ICO and ICNS decode their embedded PNG inside ``Image.open``: a 2.6 MB ICO took
-    9.2 s and 3.5 GB before any size check could run). JPEG includes MPO (phone cameras' JPEGs).
-    """
+    """The Pillow formats PHOTO_FORMATS names (:class:`ConfigError` for unknown ones): the only decoders
+    that see a photo's bytes, since some formats (ICO, ICNS) decode pixels before any size check."""
     names = [n.strip().upper() for n in spec if n.strip()]
     unknown = [n for n in names if n not in PILLOW_FORMATS and n not in OPTIONAL_FORMATS]
     if unknown or not names:
@@ -61,13 +49,9 @@ def allowed_formats(spec: Sequence[str] = PHOTO_FORMATS) -> tuple[str, ...]:
 
 
 class DecodeBudget:
-    """Bytes being decoded at once in this instance; a decode waits for its share, until its deadline.
-
-    A decoded image costs far more than its bytes: one 262 KB 8000x7999 RGBA PNG held 1.2 GB at its
-    peak, one 751 KB progressive 7999x7999 JPEG ~420 MB. Each photo is charged what its header says
-    its decode will hold (:mod:`function.core.costs`); the budget bounds the sum. A photo bigger than
-    the whole budget is decoded alone (the decode workers refuse it instead).
-    """
+    """Bytes being decoded at once in this instance, each photo charged its header's estimate
+    (:mod:`.costs`); a decode waits for its share until its deadline. A photo bigger than the whole
+    budget is decoded alone (the decode workers refuse it instead)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -83,13 +67,9 @@ class DecodeBudget:
 
     def acquire(self, amount: int, deadline: float | None) -> None:
         with self._cond:
-            while self.used and self.used + amount > self.capacity:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise DeadlineExceeded(f"the request's deadline passed while this photo "
-                                           f"({amount / 1e6:.0f} MB to decode) waited for decoding memory")
-                self._cond.wait(left)
-            self.used += amount
+            if not self._cond.wait_for(lambda: self.try_acquire(amount), seconds_left(deadline)):
+                raise DeadlineExceeded(f"the request's deadline passed while this photo "
+                                       f"({amount / 1e6:.0f} MB to decode) waited for decoding memory")
 
     def release(self, amount: int) -> None:
         with self._cond:
@@ -97,16 +77,21 @@ class DecodeBudget:
             self._cond.notify_all()
 
 
+def seconds_left(deadline: float | None) -> float | None:
+    """Until ``deadline`` (``time.monotonic()``), for a wait's timeout; None: no deadline."""
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def bare(err: PhotoError) -> PhotoError:
-    """The error without its traceback and context: their frames hold the image and its pixel buffer,
-    in a cycle with the error that only a full collection breaks (3.1 GB held for 30 requests)."""
+    """The error without its traceback and context: their frames hold the image and its pixels, in a
+    cycle with the error that only a full collection breaks."""
     err.__traceback__ = err.__context__ = err.__cause__ = None
     return err
 
 
 def to_input(rgb: bytes, size: Size) -> np.ndarray:
     """8-bit RGB bytes of a ``size`` (width, height) image -> its pixels, uint8 [height, width, 3]."""
-    import numpy as np  # here, not at the top: a decode worker never needs it (~12 MB of RSS each)
+    import numpy as np  # here, not at the top: a decode worker never needs it
 
     width, height = size
     return np.frombuffer(rgb, np.uint8).reshape(height, width, 3)

@@ -1,12 +1,7 @@
 """The label map: class id -> species name (and, optionally, its common name), checked against the model.
 
-Where the names come from, first found wins: ``LABELS_URL`` (the published CSV, ``id,name``); the
-model's own label file (TFLite Metadata, line i = class i); the birds module's published CSV
-(``DEFAULT_LABELS_URL``: a SavedModel carries no labels). ``COMMON_NAMES_URL`` may add a display name
-per class from a file in the ``Latin name (Common Name)`` line format (Coral's ``inat_bird_labels.txt``).
-Either way the map must name exactly the model's classes, or the load fails saying both numbers: a
-map one row short would answer "class 964" for the background, and a longer one would name a
-class the model never scores.
+It must name exactly the model's classes, or the load fails: a map one row short would answer
+"class 964" for the background, a longer one name a class the model never scores.
 """
 
 from __future__ import annotations
@@ -23,8 +18,7 @@ from ..infra import logs
 
 log = logging.getLogger(__name__)
 
-# How label files name the class that is "no bird": the AIY CSV's "background", the lite model's
-# English file's "None", its Knowledge Graph file's "__background__".
+# How label files name the class that is "no bird".
 BACKGROUND_NAMES = frozenset({"background", "none", "__background__"})
 # "Turdus merula (Eurasian Blackbird)": the last parenthesised group is the common name.
 _COMMON = re.compile(r"^(?P<latin>.*?)\s*\((?P<common>[^()]*)\)\s*$")
@@ -101,8 +95,7 @@ class LabelMap:
     @classmethod
     def for_model(cls, model: ModelLabels, model_url: str, read: Callable[[str], bytes], *,
                   given: LabelMap | None, default_url: str, common_names_url: str = "") -> LabelMap:
-        """The label map to answer the model's classes with, checked: ``given`` (LABELS_URL's), else the
-        model's own, else ``default_url``'s; with the common names of ``common_names_url`` if set."""
+        """``given``, else the model's own labels, else ``default_url``'s; with common names; checked."""
         if given is not None:
             labels = given
         elif model.labels is not None:
@@ -115,8 +108,7 @@ class LabelMap:
         return labels
 
     def with_common_names(self, text: str, source: str) -> LabelMap:
-        """This map with the common names of a ``Latin name (Common Name)`` file (line i = class i); a line
-        without parentheses (the background's) gives no common name. Its lines must be the classes."""
+        """This map with the common names of a ``Latin name (Common Name)`` file, line i = class i."""
         lines = _without_trailing_blanks(text.lstrip("\ufeff").splitlines())
         if len(lines) != len(self):
             raise LabelMapError(f"the common names {source} have {len(lines)} lines but the label map "
@@ -138,7 +130,7 @@ class LabelMap:
 
     def check(self, classes: int | None) -> None:
         """:class:`LabelMapError` unless this map names classes 0 .. ``classes`` - 1, one each."""
-        if classes is None:  # a runtime that cannot say (TensorFlow without a warm-up call, an unknown shape)
+        if classes is None:  # a runtime that cannot say
             return
         if len(self) != classes:
             raise LabelMapError(f"{self.source} has {len(self)} labels but the model has {classes} classes; "

@@ -1,11 +1,5 @@
-"""What became of each bucket object a notification named, and the one table that turns it into an answer.
-
-An object is ``classified``, ``skipped`` (its content type or its content says it is not an image)
-or ``failed`` (``retryable`` when a redelivery may fix it: a host down, credentials not yet there).
-Each outcome is logged once, here. :func:`delivery_error` is the table for deliveries that name one
-object and want a reply (a Knative Trigger's CloudEvent); :func:`notification_error` for those that
-name several and were delivered by a broker (SNS): the error to answer with, or None for 200. A
-notification posted as a plain body gets its result document, each object's error in it.
+"""What became of each bucket object a notification named (``classified``, ``skipped`` or ``failed``),
+logged once, here; and the error it makes the answer (None: 200).
 """
 
 from __future__ import annotations

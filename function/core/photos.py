@@ -1,9 +1,5 @@
-"""Photos: a source's bytes (fetched, read from a file, or sent in the request), decoded for the model.
-
-Only composition: reading is :mod:`function.infra.fetch`, decoding :mod:`function.core.images`. A
-photo fails on its own: every problem becomes a :class:`~function.errors.PhotoError` that the
-caller sees next to the other photos' results, kept without its traceback (whose frames would keep
-the photo's bytes and pixels alive for as long as the result is).
+"""Photos: a source's bytes decoded for the model. A photo fails on its own: every problem becomes a
+:class:`~function.errors.PhotoError`, kept without its traceback (whose frames hold the pixels).
 """
 
 from __future__ import annotations
@@ -38,12 +34,9 @@ class PhotoDecoder(Protocol):
 
     def decode(self, data: bytes, size: Size, deadline: float | None = None, share: object = None) -> np.ndarray: ...
 
-    def close(self) -> None: ...
-
 
 class PhotoReader:
-    """A source's bytes: caller URLs through ``photos`` (the SSRF guard), bucket objects through ``objects``
-    (signed with the store's credentials), files and uploads within the same byte limit."""
+    """A source's bytes: caller URLs through ``photos`` (the SSRF guard), bucket objects through ``objects``."""
 
     def __init__(self, photos: UrlReader, objects: UrlReader, max_bytes: int):
         self.photos, self.objects, self.max_bytes = photos, objects, max_bytes
@@ -80,9 +73,7 @@ def _unexpected(source: PhotoSource, exc: Exception, error: type[PhotoError]) ->
 def load(reader: PhotoReader, decoder: PhotoDecoder, source: PhotoSource, size: Callable[[], Size],
          deadline: float | None = None, share: object = None) -> LoadedPhoto:
     """Read and decode one photo; never raises for a photo-level problem. ``size()``: the model's input
-    size, asked once the bytes are in (on a cold start the fetch overlaps the model's load; the decode
-    waits for it, and ``size`` raises the request's error if the model cannot load). ``share``: its
-    request, so that requests take turns for the decoder."""
+    size, asked once the bytes are in, so the fetch overlaps the model's load. ``share``: its request."""
     t0 = time.perf_counter()
     try:
         data = reader.read(source)

@@ -34,33 +34,16 @@ class _Share:
 
 
 class FairPool:
-    """The photo pool, shared fairly between requests.
-
-    Each request may always have ``per_request`` photos in flight (its share), and a worker that
-    frees up goes to the next request in turn (round-robin) that has photos waiting. Past its share,
-    a request may use idle workers too, but only while more than ``reserve`` stay idle: the pool is
-    not left unused when a request is alone (a five-photo request fetches its five at once, the
-    CLI's list runs ``workers - reserve`` at a time), and a request that arrives later always finds
-    a worker. So one request with 64 stalled URLs holds at most ``workers - reserve`` workers, and
-    a one-photo request arriving after it starts at once instead of waiting behind its queue
-    (50 s behind 64 stalled URLs with one FIFO queue: docs/reliability.md). Defaults: the share is
-    FETCH_WORKERS // THREADS (each request served
-    at once has its share, all together the pool) and the reserve min(THREADS - 1, FETCH_WORKERS // 4):
-    a worker for each other request, but never more than a quarter of the pool. Nothing waits in
-    the executor's own queue: at most ``workers`` tasks are handed to it at a time.
-    """
+    """The photo pool, shared fairly: each request may have ``per_request`` photos in flight, more
+    while over ``reserve`` workers stay idle (so a request arriving later finds one), and a freed
+    worker goes to the next request in turn. Nothing waits in the executor's FIFO queue."""
 
     def __init__(self, executor: Executor, workers: int, per_request: int, reserve: int = 0):
-        self._executor = executor
-        self._workers = workers
-        self.per_request = per_request
-        self.reserve = reserve
+        self._executor, self._workers = executor, workers
+        self.per_request, self.reserve = per_request, reserve
         self._lock = threading.Lock()
         self._ring: deque[_Share] = deque()
         self._running = 0
-
-    def share(self) -> _Share:
-        return _Share()
 
     def submit_all(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[Future[T]]:
         """``fn(*args)`` for each of one request's ``calls``, as that request's share of the pool."""

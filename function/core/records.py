@@ -1,10 +1,7 @@
-"""The result document written for each classified bucket object (and beside each local file), its key,
-and the CloudEvent that carries it to a sink: what the record of a result says, without how it travels.
+"""The result document of each classified bucket object (and local file), its key, and its CloudEvent.
 
-The document is a result document of the HTTP API holding one entry (``results``: the same entry a
-request naming that photo gets), so a reader of either finds the predictions at ``results[0]``,
-plus where the photo was (``bucket``, ``object``, ``generation`` / ``etag`` as the event named
-them), which model answered and when. openapi.yaml describes it (``ResultRecord``).
+The document is an HTTP API result document of one entry (predictions at ``results[0]``), plus where
+the photo was, which model answered and when (openapi.yaml: ``ResultRecord``).
 """
 
 from __future__ import annotations
@@ -29,25 +26,22 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPE = "dev.birdclassifier.birds.classified"  # the reply CloudEvent's type too (api/events.py)
 SUFFIX = ".json"
-# A document holds one entry of at most MAX_TOP_K predictions and names of at most 1024 bytes each:
-# a few KB. The bound is what a document that is not a bug never reaches.
+# One entry of at most MAX_TOP_K predictions and names of at most 1024 bytes: a few KB unless a bug.
 MAX_RECORD_BYTES = 64 * 1024
 
 
 def worth_recording(outcome: Outcome) -> bool:
-    """Classified, or failed for a reason a redelivery cannot fix (the document says which): never an
-    object skipped as not an image, nor one that failed for a reason a redelivery may fix (the
-    delivery fails instead, and the retry writes the answer)."""
+    """Classified, or failed for a reason a redelivery cannot fix: a retryable failure fails the
+    delivery instead, and the retry writes the answer."""
     return outcome.status == CLASSIFIED or (outcome.status == FAILED and not outcome.retryable)
 
 
-def document(result: PhotoResult, model: str, when: datetime | None = None,
-             obj: StorageObject | None = None) -> dict[str, Any]:
+def document(result: PhotoResult, model: str, obj: StorageObject | None = None) -> dict[str, Any]:
     """The record of one photo's result: the bucket object's (``obj``) or a local file's."""
     doc: dict[str, Any] = {"results": [result.to_dict()]}
     if obj is not None:
         doc.update(bucket=obj.bucket, object=obj.name, generation=obj.generation, etag=obj.etag)
-    doc.update(model=model, classified_at=_timestamp(when))
+    doc.update(model=model, classified_at=_now())
     return doc
 
 
@@ -60,10 +54,8 @@ def encode(doc: Mapping[str, Any]) -> bytes:
 
 
 def key(location: ResultsLocation, obj: StorageObject) -> str:
-    """``<prefix><bucket>/<object>.json``. The name is the configured prefix's, whatever the event says:
-    bucket and object names were checked (no empty, ``.`` or ``..`` segment), so the key stays under
-    the prefix. A key past the stores' 1024 bytes is ``<prefix><bucket>/.long/<sha256 of the name>.json``,
-    still one per object, the full name inside the document."""
+    """``<prefix><bucket>/<object>.json`` (checked names keep it under the prefix); past the stores' 1024
+    bytes, ``<prefix><bucket>/.long/<sha256 of the name>.json``."""
     full = f"{location.prefix}{obj.bucket}/{obj.name}{SUFFIX}"
     if len(full.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES:
         return full
@@ -76,27 +68,21 @@ def top(result: PhotoResult) -> tuple[str, float] | None:
     return (result.predictions[0].label, result.predictions[0].score) if result.predictions else None
 
 
-def event_attributes(obj: StorageObject, service: str, when: datetime | None = None) -> dict[str, str]:
-    """The CloudEvent attributes of a classified object's event. The id is the object's (bucket, name,
-    generation or etag): a redelivery sends the same id, so a sink that de-duplicates by id keeps one."""
+def event_attributes(obj: StorageObject, service: str) -> dict[str, str]:
+    """A classified object's CloudEvent attributes; a redelivery sends the same id."""
     version = obj.generation or obj.etag or ""
     return {"specversion": "1.0", "type": EVENT_TYPE, "source": f"/services/{service}",
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{obj.uri}#{version}")),
-            "subject": f"objects/{obj.name}", "time": _timestamp(when)}
+            "subject": f"objects/{obj.name}", "time": _now()}
 
 
-def _timestamp(when: datetime | None) -> str:
-    return (when or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Recorder:
-    """Records each bucket object's result where the configuration says: the document in the results
-    bucket, the top label on the photo (``RESULTS_METADATA``), the event to ``K_SINK``; every write
-    through the outbox, in parallel, the delivery waiting at most ``RESULTS_TIMEOUT_S`` for all of them.
-    Any that fails fails the delivery (:class:`~function.errors.ResultNotWritten`, 503): the platform
-    delivers it again, and the writes, being overwrites (and events of the same id), are done again.
-    So does an object a redelivery may read (:class:`~function.errors.ObjectUnavailable`), on every
-    path, a notification posted as a plain body included: its result is yet to be written."""
+    """Writes each object's result document, labels (``RESULTS_METADATA``) and event (``K_SINK``) in
+    parallel; a failed write fails the delivery (503), and the redelivery writes again (overwrites)."""
 
     def __init__(self, config: Config, stores: Stores | None, sink: Sink | None, outbox: Outbox):
         self.stores, self.sink, self.outbox = stores, sink, outbox

@@ -1,7 +1,5 @@
-"""What a classification returns, and its JSON form both ways (``to_dict`` / ``from_dict``).
-
-A leaf of the core: the HTTP API, the CLI's ``--json``, reply CloudEvents and fan-out (which reads
-another instance's answer back) all use this one definition of the document.
+"""What a classification returns, and its JSON form both ways: the one definition of the document for
+the HTTP API, the CLI's ``--json``, reply CloudEvents and fan-out (which reads it back).
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ class PhotoResult:
     source: PhotoSource
     predictions: list[Prediction] = field(default_factory=list)
     error: PhotoError | None = None
-    # False when the best class is the model's background class or the best species scores under the
-    # model's threshold: the predictions are still given, but no bird is named. None: not classified.
+    # False: the best class is the background or under the threshold, no bird named; None: not classified.
     recognised: bool | None = None
 
     @property

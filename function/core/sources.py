@@ -34,13 +34,5 @@ class PhotoSource:
 
 @dataclass(frozen=True)
 class ObjectSource(PhotoSource):
-    """A bucket object's URL, worked out by the service from an event and the configuration.
-
-    Read by the object fetcher (signed with the store's credentials, the configured endpoints exempt
-    from the SSRF guard). A caller can only make plain :class:`PhotoSource` values, so no
-    caller-supplied URL is ever sent with the store's credentials or past the guard.
-    """
-
-    @classmethod
-    def of(cls, url: str) -> ObjectSource:
-        return cls(url, "url")
+    """A bucket object's URL, worked out from an event and the configuration, read signed and past the
+    SSRF guard: callers can only make plain :class:`PhotoSource` values."""

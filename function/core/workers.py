@@ -1,30 +1,16 @@
-"""Decode worker processes: one photo at a time, inside limits the parent sets and can enforce.
+"""Decode worker processes (the parent's side is :mod:`.decoding`): one photo at a time, inside limits.
 
-Pillow's C decoders cannot be interrupted from another thread: a decode that runs too long can only
-be stopped by ending the process it runs in. So every untrusted byte (the header too) is parsed in a
-worker process, forked from a fork server (:mod:`function.infra.forkserver`, started once per
-process, with this module and so Pillow and numpy imported: a replacement worker is ready in
-milliseconds and shares those pages). This module is the worker's side; the parent's is
-function/core/decoding.py. The protocol, over one socket pair::
+Pillow's C decoders cannot be interrupted, so every untrusted byte is parsed in a worker forked from
+the fork server. The protocol, over one socket pair (the size is the loaded model's, per photo)::
 
     parent -> ("photo", allowance, cpu_s, (width, height)), then the photo's bytes
     worker -> ("error", keep, code, message, reason)     the header says no (format, size, scans)
-           |  ("cost", bytes, detail)                    opening (WebP) or decoding it would hold more
-              parent -> ("go", bytes) | ("drop",)        than ``allowance``: charged to the shared
-                                                         budget, or not now (asked again later)
+           |  ("cost", bytes)                            it would hold more than ``allowance``:
+              parent -> ("go", bytes) | ("drop",)        charged to the shared budget, or not now
     worker -> ("pixels", keep), then width x height x 3 8-bit RGB | ("error", ...)
 
-The size comes with each photo, not with the worker's settings: it is the loaded model's input
-size, which the workers (started before the model loads) cannot know.
-
-``keep`` is False when the worker exits after this answer (it ran out of memory, or holds more
-than it started with by RECYCLE_BYTES): the parent starts another in its place.
-
-While it decodes, the worker's address space is limited to what it held before plus the photo's
-charge (RLIMIT_AS: the charged estimate is the enforced bound; an allocation past it fails that
-photo with ``decode_too_costly``) and its CPU time to the photo's budget plus a second (RLIMIT_CPU:
-the kernel ends it even if the parent's watchdog did not). The parent reads the worker's CPU time
-from ``/proc/PID/stat`` and kills it at the budget (function/core/decoding.py).
+``keep`` is False when the worker exits after this answer (out of memory, or grown by RECYCLE_BYTES).
+While decoding, RLIMIT_AS bounds the worker to its charge and RLIMIT_CPU to its budget plus a second.
 """
 
 from __future__ import annotations
@@ -42,9 +28,6 @@ from .inputs import TRIM_AFTER_BYTES, Settings, Size
 HEADER_BYTES = 64 * 1024 * 1024  # address space allowed for reading a header (Pillow's ICO decodes in open())
 SLACK_BYTES = 16 * 1024 * 1024  # allocator slack on top of a photo's charge
 RECYCLE_BYTES = 16 * 1024 * 1024  # a worker that keeps this much more than it started with is replaced
-
-
-# -- the worker's side ------------------------------------------------------------------------------
 
 
 def serve(conn: Connection, settings: Settings) -> None:
@@ -66,14 +49,12 @@ def serve(conn: Connection, settings: Settings) -> None:
 
 def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings: Settings, started: int,
           size: Size) -> bool:
-    """One photo; False when the worker is to be replaced after it (it ran out of memory, or keeps
-    more than RECYCLE_BYTES over what it ``started`` with): the answer says so."""
+    """One photo; False when the worker is to be replaced after it (the answer says so)."""
     _limit_cpu(cpu_s)
     try:
         early = costs.opening_cost(data, settings.max_pixels)
         if isinstance(early, PhotoError):
-            _send_error(conn, early, keep=True)
-            return True
+            return _send_error(conn, early, keep=True)
         if early is not None:
             allowance = _charged(conn, early, allowance)
             if not allowance:
@@ -85,8 +66,7 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
             opened = costs.too_costly("memory", "reading the image header needed more memory than it was "
                                       "allowed (64 MiB, or the charge of its canvas)")
         if isinstance(opened, PhotoError):
-            _send_error(conn, opened, keep=not _is_memory(opened))
-            return not _is_memory(opened)
+            return _send_error(conn, opened, keep=not _is_memory(opened))
         img, cost = opened
         with img:
             allowance = _charged(conn, cost, allowance)
@@ -96,13 +76,12 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
             result = images.render(img, settings.max_pixels, size)
             _limit_memory(None)
             img.close()
-            if cost.bytes >= TRIM_AFTER_BYTES:
+            if cost >= TRIM_AFTER_BYTES:
                 trim_heap()
         keep = not (isinstance(result, PhotoError) and _is_memory(result)) and \
             _status_bytes("VmRSS") - len(data) - started < RECYCLE_BYTES
         if isinstance(result, PhotoError):
-            _send_error(conn, result, keep)
-            return keep
+            return _send_error(conn, result, keep)
         conn.send(("pixels", keep))
         conn.send_bytes(result.tobytes())
         return keep
@@ -111,12 +90,11 @@ def _task(conn: Connection, data: bytes, allowance: int, cpu_s: float, settings:
         _limit_cpu(None)
 
 
-def _charged(conn: Connection, cost: costs.Cost, allowance: int) -> int:
-    """The bytes this decode may hold: ``allowance`` if the cost fits in it, else what the parent
-    charges on being asked (0: not now, the parent asks again later)."""
-    if cost.bytes <= allowance:
+def _charged(conn: Connection, cost: int, allowance: int) -> int:
+    """The bytes this decode may hold: ``allowance`` if it fits, else the parent's charge (0: not now)."""
+    if cost <= allowance:
         return allowance
-    conn.send(("cost", cost.bytes, cost.detail))
+    conn.send(("cost", cost))
     answer = conn.recv()
     return int(answer[1]) if answer[0] == "go" else 0
 
@@ -125,8 +103,9 @@ def _is_memory(err: PhotoError) -> bool:
     return costs.reason_of(err) == "memory"
 
 
-def _send_error(conn: Connection, err: PhotoError, keep: bool) -> None:
+def _send_error(conn: Connection, err: PhotoError, keep: bool) -> bool:
     conn.send(("error", keep, err.code, err.message, costs.reason_of(err)))
+    return keep
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -134,8 +113,7 @@ _STATM_FIELDS = {"VmSize": 0, "VmRSS": 1}
 
 
 def _status_bytes(field: str) -> int:
-    """The worker's address space (VmSize) or resident set (VmRSS), from /proc/self/statm: one short
-    line of page counts, read several times a photo."""
+    """The worker's address space (VmSize) or resident set (VmRSS), from /proc/self/statm."""
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[_STATM_FIELDS[field]]) * _PAGE
 
@@ -147,8 +125,7 @@ def _limit_memory(extra: int | None) -> None:
 
 
 def _limit_cpu(seconds: float | None) -> None:
-    """CPU time: what the worker used so far plus ``seconds`` and one more (None: unlimited again).
-    Past it the kernel sends SIGXCPU, which ends the worker: the backstop for the parent's watchdog."""
+    """CPU time: what the worker used plus ``seconds`` and one more, then SIGXCPU (None: unlimited)."""
     if seconds is None:
         soft = resource.RLIM_INFINITY
     else:

@@ -189,7 +189,7 @@ LIMITED = """
 from function.core import images, workers
 data = open(__import__("sys").argv[1], "rb").read()
 img, cost = images.prepare(data, 64_000_000, (224, 224), images.allowed_formats(), 256)
-workers._limit_memory(cost.bytes // 4)
+workers._limit_memory(cost // 4)
 result = images.render(img, 64_000_000, (224, 224))
 workers._limit_memory(None)
 print(result.code, result.message.split(";")[0])

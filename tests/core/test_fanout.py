@@ -140,6 +140,6 @@ def test_bucket_objects_are_never_split_across_instances():
     fan = FanOut(lambda doc, headers: None, chunk=2)
     try:
         assert fan.wanted([PhotoSource.url(f"https://example.org/{i}.jpg") for i in range(3)])
-        assert not fan.wanted([ObjectSource.of(f"https://storage.googleapis.com/b/{i}.jpg") for i in range(3)])
+        assert not fan.wanted([ObjectSource(f"https://storage.googleapis.com/b/{i}.jpg") for i in range(3)])
     finally:
         fan.stop()
