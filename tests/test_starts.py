@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -124,3 +125,26 @@ def test_a_request_in_flight_finishes_after_sigterm_under_functions_frameworks_l
         caller.join(30)
         assert answer["results"][0]["predictions"][0]["id"] == ROBIN
         assert not gone(pids, STOP_S), "the tree outlived its SIGTERM"
+
+
+def test_the_worker_imports_without_the_cyclic_collector_and_serves_with_it(monkeypatch):
+    """gunicorn.conf.py's hooks, run in the order gunicorn runs them in a worker: the collector is off
+    from the fork until the app starts, then on again with the modules loaded meanwhile frozen."""
+    import gc
+    import runpy
+
+    from function import app
+
+    started = []
+    monkeypatch.setattr(app, "serving", lambda: started.append(gc.isenabled()))
+    conf = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py"))
+    assert gc.isenabled()
+    try:
+        conf["post_fork"](None, None)
+        assert not gc.isenabled()
+        conf["post_worker_init"](None)
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        assert started == [True]  # the app's threads start with the collector on
+    finally:
+        gc.unfreeze()
+        gc.enable()
