@@ -6,10 +6,11 @@ On a cold instance the model, the label map and the photo fetches start at once.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar
 
@@ -73,10 +74,14 @@ class Model(Protocol):
     def contract(self) -> Contract: ...
 
 
-class CallQueue(Protocol):
-    """The model's call queue (``function.model.batching.Batcher``)."""
+class Call(Protocol):
+    def result(self) -> tuple[np.ndarray, float, int]: ...
 
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]: ...
+
+class CallQueue(Protocol):
+    """The model's call queue (``function.model.batching.Batcher``): ``submit`` returns at once."""
+
+    def submit(self, batch: np.ndarray) -> Call: ...
 
 
 def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
@@ -150,7 +155,19 @@ class Classifier:
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s
+        # Each photo goes to the model as soon as it is decoded (its decode waited for the model), so only
+        # the last photo's call is left once the slowest download is in.
+        index = {f: i for i, f in enumerate(futures)}
+        calls: dict[int, Call] = {}
+        with contextlib.suppress(FutureTimeout):  # the photos still loading get a deadline error below
+            for f in as_completed(futures, timeout=max(0.0, deadline - time.perf_counter())):
+                pixels = f.result().pixels
+                if pixels is not None:
+                    calls[index[f]] = self.calls.submit(pixels[np.newaxis])
         loaded = [self._wait(f, deadline) for f in futures]
+        for i, photo in enumerate(loaded):  # one finished just as the wait above ended
+            if photo.pixels is not None and i not in calls:
+                calls[i] = self.calls.submit(photo.pixels[np.newaxis])
         t_photos = time.perf_counter()
         timings: dict[str, float] = {
             "fetch": max((p.fetch_ms for p in loaded), default=0.0),
@@ -158,8 +175,7 @@ class Classifier:
             "photos": (t_photos - t0) * 1000,
         }
         results = [PhotoResult(s, error=p.error) for s, p in zip(sources, loaded, strict=True)]
-        good = [(i, p.pixels) for i, p in enumerate(loaded) if p.pixels is not None]
-        if good:
+        if calls:
             model = self.model.get(timeout=self.config.model_wait_s)
             labels = self.labels.get(timeout=self.config.model_wait_s)
             t_ready = time.perf_counter()
@@ -167,16 +183,16 @@ class Classifier:
             if cold:  # this request waited for the loads: show what they cost
                 timings.update(model.timings_ms)
                 timings["label_map"] = (self.labels.load_seconds or 0.0) * 1000
-            batch = np.stack([pixels for _, pixels in good])
-            scores, queue_ms, _ = self.calls.predict(batch)
+            scored = {i: call.result() for i, call in calls.items()}  # raises a failed call's error
             t_inf = time.perf_counter()
+            queue_ms = list(scored.values())[-1][1]  # the last photo handed over: the one the request waited on
             timings["queue"] = queue_ms
-            timings["inference"] = (t_inf - t_ready) * 1000 - queue_ms
+            timings["inference"] = max(0.0, (t_inf - t_ready) * 1000 - queue_ms)
             threshold = model.contract.score_threshold
             threshold = self.config.score_threshold if threshold is None else threshold
-            for row, (i, _) in enumerate(good):
-                results[i].predictions = top_k(scores[row], k, labels)
-                results[i].recognised = recognised(scores[row], labels, threshold)
+            for i, (scores, _, _) in scored.items():
+                results[i].predictions = top_k(scores[0], k, labels)
+                results[i].recognised = recognised(scores[0], labels, threshold)
             timings["topk"] = (time.perf_counter() - t_inf) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Classification(results, timings)

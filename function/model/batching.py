@@ -32,6 +32,21 @@ class _Piece:
 
 
 @dataclass
+class Call:
+    """A submitted batch: :meth:`result` waits for its scores."""
+
+    pieces: list[_Piece]
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def result(self) -> tuple[np.ndarray, float, int]:
+        """The scores; also the ms before its first call started and the largest call it rode in."""
+        futures.wait([piece.future for piece in self.pieces])
+        scores = np.concatenate([piece.future.result() for piece in self.pieces])  # raises a failed call's error
+        queue_ms = (min(piece.started for piece in self.pieces) - self.submitted) * 1000
+        return scores, queue_ms, max(piece.call_size for piece in self.pieces)
+
+
+@dataclass
 class BatchStats:
     calls: int = 0
     images: int = 0
@@ -80,19 +95,21 @@ class Batcher:
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]:
-        """Scores for ``batch``; also the ms before its first call started and the largest call it rode in."""
+    def submit(self, batch: np.ndarray) -> Call:
+        """Queue ``batch`` and return at once: a request hands each photo over as soon as it is decoded, so
+        the model works on the first ones while the last are still downloading."""
         if self._stopped:
             raise RuntimeError("the model's call queue is stopped")
-        submitted = time.perf_counter()
-        pieces = [_Piece(batch[offset:offset + self.max_images]) for offset in range(0, len(batch), self.max_images)]
+        step = self.max_images
+        call = Call([_Piece(batch[offset:offset + step]) for offset in range(0, len(batch), step)])
         self._ensure_workers()
-        for piece in pieces:
+        for piece in call.pieces:
             self._queue.put(piece)
-        futures.wait([piece.future for piece in pieces])
-        scores = np.concatenate([piece.future.result() for piece in pieces])  # raises a failed call's error
-        queue_ms = (min(piece.started for piece in pieces) - submitted) * 1000
-        return scores, queue_ms, max(piece.call_size for piece in pieces)
+        return call
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """``submit(batch).result()``."""
+        return self.submit(batch).result()
 
     def _ensure_workers(self) -> None:
         with self._lock:

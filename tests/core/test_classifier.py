@@ -181,3 +181,31 @@ def test_a_request_alone_uses_idle_workers_but_leaves_some_for_the_other_request
     finally:
         released.set()
         app.stop()
+
+
+def test_a_photo_goes_to_the_model_while_a_slower_one_is_still_downloading(config, server, serve_photo):
+    """The model's calls overlap the downloads: the slow photo is answered only once the fast one has been
+    handed to the model (or after 10 s, when the test fails)."""
+    handed_over = threading.Event()
+
+    def slow(_req):
+        from standin.server import Reply
+        handed_over.wait(10)
+        return Reply(photos.solid(photos.class_colour(44)), 200, "image/jpeg")
+
+    slow_url = server.add("/photos/slow.jpg", slow)
+    app = App(config)
+    submit = app._batcher.submit
+
+    def submit_and_tell(batch):
+        handed_over.set()
+        return submit(batch)
+
+    app._batcher.submit = submit_and_tell
+    try:
+        result = app.classify([PhotoSource.url(slow_url), PhotoSource.url(serve_photo(11))])
+        assert handed_over.is_set()
+        assert [r.predictions[0].id for r in result.results] == [44, 11]
+        assert result.timings_ms["total"] < 10_000, "the slow photo waited for its timeout, not for the model"
+    finally:
+        app.stop()
