@@ -6,11 +6,10 @@ On a cold instance the model, the label map and the photo fetches start at once.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar
 
@@ -74,14 +73,16 @@ class Model(Protocol):
     def contract(self) -> Contract: ...
 
 
-class Call(Protocol):
-    def result(self) -> tuple[np.ndarray, float, int]: ...
-
-
 class CallQueue(Protocol):
-    """The model's call queue (``function.model.batching.Batcher``): ``submit`` returns at once."""
+    """The model's call queue (``function.model.batching.Batcher``): ``submit`` returns at once, ``gather``
+    waits for the scores of what was submitted and says how long the last of it queued."""
 
-    def submit(self, batch: np.ndarray) -> Call: ...
+    def submit(self, batch: np.ndarray) -> Any: ...
+
+    def gather(self, calls: Sequence[Any]) -> tuple[np.ndarray, float]: ...
+
+
+Loaded = tuple[LoadedPhoto, Any]  # the photo, and its call to the model if it was decoded
 
 
 def top_k(scores: np.ndarray, k: int, labels: LabelMap) -> list[Prediction]:
@@ -127,7 +128,13 @@ class Classifier:
         spec = self.model.get(timeout=self.config.model_wait_s).contract.input
         return spec.width, spec.height
 
-    def _wait(self, future: Future[LoadedPhoto], deadline: float) -> LoadedPhoto:
+    def _load(self, *args: Any) -> Loaded:
+        """On a photo thread: load the photo and hand it to the model at once (its decode waited for the
+        model), so the model's calls overlap the slower downloads."""
+        photo = load(*args)
+        return photo, None if photo.pixels is None else self.calls.submit(photo.pixels[np.newaxis])
+
+    def _wait(self, future: Future[Loaded], deadline: float) -> Loaded:
         """The photo's outcome, or a deadline error when the request's time is up."""
         try:
             return future.result(timeout=max(0.0, deadline - time.perf_counter()))
@@ -135,7 +142,7 @@ class Classifier:
             future.cancel()  # not started yet: never will be; running: bounded by its own timeouts
             err = DeadlineExceeded(f"the request's deadline of {self.config.request_deadline_s:g} s "
                                    "passed before this photo was fetched and decoded")
-            return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0)
+            return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0), None
 
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None,
                  progress: Progress | None = None) -> Classification:
@@ -149,25 +156,15 @@ class Classifier:
         # Each photo runs in a copy of this context, so its log records carry the request id.
         decode_by = time.monotonic() + self.config.request_deadline_s
         request = object()  # which request a photo belongs to, for taking turns at the decode workers
-        futures: list[Future[LoadedPhoto]] = self._pool.submit_all(contextvars.Context.run, [
-            (contextvars.copy_context(), load, self.reader, self.decoder, s, self._input_size, decode_by, request)
+        futures: list[Future[Loaded]] = self._pool.submit_all(contextvars.Context.run, [
+            (contextvars.copy_context(), self._load, self.reader, self.decoder, s, self._input_size, decode_by, request)
             for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s
-        # Each photo goes to the model as soon as it is decoded (its decode waited for the model), so only
-        # the last photo's call is left once the slowest download is in.
-        index = {f: i for i, f in enumerate(futures)}
-        calls: dict[int, Call] = {}
-        with contextlib.suppress(FutureTimeout):  # the photos still loading get a deadline error below
-            for f in as_completed(futures, timeout=max(0.0, deadline - time.perf_counter())):
-                pixels = f.result().pixels
-                if pixels is not None:
-                    calls[index[f]] = self.calls.submit(pixels[np.newaxis])
-        loaded = [self._wait(f, deadline) for f in futures]
-        for i, photo in enumerate(loaded):  # one finished just as the wait above ended
-            if photo.pixels is not None and i not in calls:
-                calls[i] = self.calls.submit(photo.pixels[np.newaxis])
+        outcomes = [self._wait(f, deadline) for f in futures]
+        loaded = [photo for photo, _ in outcomes]
+        calls = [(i, call) for i, (_, call) in enumerate(outcomes) if call is not None]
         t_photos = time.perf_counter()
         timings: dict[str, float] = {
             "fetch": max((p.fetch_ms for p in loaded), default=0.0),
@@ -183,16 +180,15 @@ class Classifier:
             if cold:  # this request waited for the loads: show what they cost
                 timings.update(model.timings_ms)
                 timings["label_map"] = (self.labels.load_seconds or 0.0) * 1000
-            scored = {i: call.result() for i, call in calls.items()}  # raises a failed call's error
+            scores, queue_ms = self.calls.gather([call for _, call in calls])  # raises a failed call's error
             t_inf = time.perf_counter()
-            queue_ms = list(scored.values())[-1][1]  # the last photo handed over: the one the request waited on
             timings["queue"] = queue_ms
             timings["inference"] = max(0.0, (t_inf - t_ready) * 1000 - queue_ms)
             threshold = model.contract.score_threshold
             threshold = self.config.score_threshold if threshold is None else threshold
-            for i, (scores, _, _) in scored.items():
-                results[i].predictions = top_k(scores[0], k, labels)
-                results[i].recognised = recognised(scores[0], labels, threshold)
+            for row, (i, _) in enumerate(calls):
+                results[i].predictions = top_k(scores[row], k, labels)
+                results[i].recognised = recognised(scores[row], labels, threshold)
             timings["topk"] = (time.perf_counter() - t_inf) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Classification(results, timings)

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -110,6 +110,13 @@ class Batcher:
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]:
         """``submit(batch).result()``."""
         return self.submit(batch).result()
+
+    @staticmethod
+    def gather(calls: Sequence[Call]) -> tuple[np.ndarray, float]:
+        """The scores of ``calls``, in order, and the ms the last one submitted waited for its model call."""
+        futures.wait([piece.future for call in calls for piece in call.pieces])
+        last = max(calls, key=lambda call: call.submitted)
+        return np.concatenate([call.result()[0] for call in calls]), last.result()[1]
 
     def _ensure_workers(self) -> None:
         with self._lock:

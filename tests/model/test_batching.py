@@ -185,3 +185,18 @@ def test_without_a_preparation_the_queue_is_prepared_from_the_start():
     batcher = Batcher(lambda batch: batch, workers=2)
     assert batcher.prepared()
     batcher.stop()
+
+
+def test_submit_returns_at_once_and_gather_gives_the_scores_in_the_order_submitted():
+    model = GatedModel()
+    batcher = Batcher(model, max_images=1, workers=2)
+    try:
+        calls = [batcher.submit(rows(v)) for v in (1, 2, 3)]  # the first call blocks: submit must not
+        wait_until(model.entered.is_set)
+        assert not any(piece.future.done() for call in calls for piece in call.pieces)
+        model.release.set()
+        scores, queue_ms = batcher.gather(calls)
+        assert scores.ravel().tolist() == [2, 4, 6] and queue_ms >= 0
+    finally:
+        model.release.set()
+        batcher.stop()
