@@ -304,6 +304,7 @@ def _download(url: str, dest: Path, session: Any | None, timeout: float) -> None
 def write_atomic(path: Path, data: bytes) -> None:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # not mkstemp's 0600: the image's service user reads what its build's root wrote
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -195,3 +195,13 @@ def test_the_converted_model_scores_like_the_colour_model(cache, handle):
     for i, k in enumerate([5, 350, 963]):
         batch[i] = photos.class_colour(k)
     assert LiteRTModel(cached(cache, handle)).predict(batch).argmax(axis=1).tolist() == [5, 350, 963]
+
+
+def test_a_file_written_in_place_is_readable_by_other_users(tmp_path):
+    """The image's build (root) writes the model that its service user (uid 10001) reads."""
+    from function.model.cache import write_atomic
+
+    target = tmp_path / "model.tflite"
+    write_atomic(target, b"flatbuffer")
+    assert target.read_bytes() == b"flatbuffer"
+    assert target.stat().st_mode & 0o044 == 0o044
