@@ -297,6 +297,8 @@ class Process:
 
     def serving(self) -> App:
         """The app the functions-framework targets share, built on first use from the environment."""
+        if self._app is not None:  # every request asks: no lock once it is built
+            return self._app
         with self._lock:
             if self._app is None:
                 config = Config.from_env()
@@ -333,6 +335,8 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 def this_process() -> Process:
     """This process's :class:`Process`, made on first use."""
     global _process
+    if _process is not None:
+        return _process
     with _process_lock:
         if _process is None:
             _process = Process()

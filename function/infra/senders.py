@@ -226,6 +226,8 @@ class GoogleTokens:
         except (ValueError, google.auth.exceptions.GoogleAuthError):
             reason = _claims_reason(token, self._audiences)
             raise unproven(envelope, reason, f"its Google ID token does not verify ({reason})") from None
+        if claims.get("iss") not in GOOGLE_ISSUERS:  # verify_token checks no issuer; the routing read it unverified
+            raise unproven(envelope, "issuer", "its ID token is not issued by Google")
         email = claims.get("email")
         if claims.get("email_verified") is not True or email not in self._accounts:
             raise not_allowed(envelope, f"its ID token names {str(email)[:120]!r}, not a service account listed "
