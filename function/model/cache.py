@@ -218,6 +218,7 @@ class ConvertedCache:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         fd, name = tempfile.mkstemp(prefix=".model.", suffix=".tmp", dir=entry)
+        os.fchmod(fd, 0o644)  # as write_atomic: a cache built by one user may be served by another
         os.close(fd)
         try:
             yield Path(name)

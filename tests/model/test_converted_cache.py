@@ -205,3 +205,7 @@ def test_a_file_written_in_place_is_readable_by_other_users(tmp_path):
     write_atomic(target, b"flatbuffer")
     assert target.read_bytes() == b"flatbuffer"
     assert target.stat().st_mode & 0o044 == 0o044
+    converted_cache, handle = ConvertedCache(tmp_path / "cache"), "https://example.test/model"
+    converted_cache.entry_dir(handle).mkdir(parents=True)
+    with converted_cache.temp_file(handle) as converted:
+        assert converted.stat().st_mode & 0o044 == 0o044  # the converted model's file, before it is stored
