@@ -30,16 +30,15 @@ from function.infra.stores import Outbox
 from harness import free_port
 from standin import photos
 from tests.api import stores
+from tests.api.stores import HERON, KEY, ROBIN
 from tests.api.writes import StandInSink, check_record, event_client, http_client, no_host_credentials
 
 pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-test.txt)")
 boto3 = pytest.importorskip("boto3", reason="boto3 (moto's dependency) is not installed")
-gcs_emulator = pytest.importorskip("gcp_storage_emulator.server",
-                                   reason="gcp-storage-emulator is not installed (requirements-test.txt)")
+pytest.importorskip("gcp_storage_emulator.server",
+                    reason="gcp-storage-emulator is not installed (requirements-test.txt)")
 pytest.importorskip("botocore", reason="botocore is not installed (requirements.txt)")
 
-ROBIN, HERON = 321, 246
-KEY = "incoming/yellow bird.jpg"
 RESULTS = "s3://results/out/"
 
 
@@ -307,21 +306,10 @@ def test_a_sink_that_never_answers_fails_the_delivery_in_bounded_time(env, tmp_p
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[str]:
     """gcp-storage-emulator in memory: bucket 'birds' with two photos, an empty bucket 'results'."""
-    port = free_port()
-    server = gcs_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="birds")
-    server.start()
-    base = f"http://127.0.0.1:{port}"
-    requests.post(f"{base}/storage/v1/b", params={"project": "p"}, json={"name": "results"},
-                  timeout=10).raise_for_status()
-    for name, class_id in ((KEY, ROBIN), ("heron.jpg", HERON)):
-        r = requests.post(f"{base}/upload/storage/v1/b/birds/o", params={"uploadType": "media", "name": name},
-                          data=photos.solid(photos.class_colour(class_id)), headers={"Content-Type": "image/jpeg"},
-                          timeout=10)
-        r.raise_for_status()
-    try:
+    with stores.gcs_emulator() as base:
+        requests.post(f"{base}/storage/v1/b", params={"project": "p"}, json={"name": "results"},
+                      timeout=10).raise_for_status()
         yield base
-    finally:
-        server.stop()
 
 
 @pytest.fixture
