@@ -128,11 +128,21 @@ class Classifier:
         spec = self.model.get(timeout=self.config.model_wait_s).contract.input
         return spec.width, spec.height
 
-    def _load(self, *args: Any) -> Loaded:
+    def _load(self, source: PhotoSource, deadline: float, request: object) -> Loaded:
         """On a photo thread: load the photo and hand it to the model at once (its decode waited for the
-        model), so the model's calls overlap the slower downloads."""
-        photo = load(*args)
-        return photo, None if photo.pixels is None else self.calls.submit(photo.pixels[np.newaxis])
+        model), so the model's calls overlap the slower downloads; a photo the request stopped waiting
+        for (``deadline``, monotonic) is not handed over: nobody would read its scores."""
+        photo = load(self.reader, self.decoder, source, self._input_size, deadline, request)
+        if photo.pixels is None:
+            return photo, None
+        if time.monotonic() >= deadline:
+            return self._late(), None
+        return photo, self.calls.submit(photo.pixels[np.newaxis])
+
+    def _late(self) -> LoadedPhoto:
+        err = DeadlineExceeded(f"the request's deadline of {self.config.request_deadline_s:g} s "
+                               "passed before this photo was fetched and decoded")
+        return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0)
 
     def _wait(self, future: Future[Loaded], deadline: float) -> Loaded:
         """The photo's outcome, or a deadline error when the request's time is up."""
@@ -140,9 +150,7 @@ class Classifier:
             return future.result(timeout=max(0.0, deadline - time.perf_counter()))
         except FutureTimeout:
             future.cancel()  # not started yet: never will be; running: bounded by its own timeouts
-            err = DeadlineExceeded(f"the request's deadline of {self.config.request_deadline_s:g} s "
-                                   "passed before this photo was fetched and decoded")
-            return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0), None
+            return self._late(), None
 
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None,
                  progress: Progress | None = None) -> Classification:
@@ -157,8 +165,7 @@ class Classifier:
         decode_by = time.monotonic() + self.config.request_deadline_s
         request = object()  # which request a photo belongs to, for taking turns at the decode workers
         futures: list[Future[Loaded]] = self._pool.submit_all(contextvars.Context.run, [
-            (contextvars.copy_context(), self._load, self.reader, self.decoder, s, self._input_size, decode_by, request)
-            for s in sources])
+            (contextvars.copy_context(), self._load, s, decode_by, request) for s in sources])
         if progress is not None:
             report_progress(futures, progress)
         deadline = t0 + self.config.request_deadline_s

@@ -209,3 +209,37 @@ def test_a_photo_goes_to_the_model_while_a_slower_one_is_still_downloading(confi
         assert result.timings_ms["total"] < 10_000, "the slow photo waited for its timeout, not for the model"
     finally:
         app.stop()
+
+
+def test_a_photo_decoded_after_the_requests_deadline_is_not_handed_to_the_model(config, server, serve_photo):
+    """Its decode ends only once the request has answered without it: its inference would be work
+    nobody reads."""
+    late_bytes = photos.solid(photos.class_colour(44))
+    late_url = server.add("/photos/late.jpg", late_bytes, "image/jpeg")
+    app = App(replace(config, request_deadline_s=1.0))
+    app._model.get(timeout=120)
+    answered, handed_over = threading.Event(), []
+    decoder, submit = app._classifier.decoder, app._batcher.submit
+
+    class SlowOnTheLatePhoto:
+        def decode(self, data, *args):
+            pixels = decoder.decode(data, *args)
+            if data == late_bytes:
+                answered.wait(10)
+            return pixels
+
+    def record(batch):
+        handed_over.append(len(batch))
+        return submit(batch)
+
+    app._classifier.decoder = SlowOnTheLatePhoto()
+    app._batcher.submit = record
+    try:
+        result = app.classify([PhotoSource.url(late_url), PhotoSource.url(serve_photo(11))])
+        answered.set()
+        assert result.results[0].error.code == "deadline_exceeded"
+        assert result.results[1].predictions[0].id == 11
+    finally:
+        answered.set()
+        app.stop()  # waits for the late photo's thread: its load ends before this returns
+    assert handed_over == [1], "the late photo went to the model after its request had answered"
