@@ -42,7 +42,7 @@ from .stats import median, summary
 
 HEADER = "X-Bird-Fanout"  # function.core.fanout.HEADER; the bench talks to the function over HTTP only
 FORWARDED = ("content-type", HEADER.lower(), "x-request-id")
-CHUNK = 8  # FANOUT_CHUNK, as knative/service.yaml sets it
+CHUNK = 10  # FANOUT_CHUNK, as knative/service.yaml sets it
 
 
 class RoundRobinProxy:

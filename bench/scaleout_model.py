@@ -40,7 +40,7 @@ from harness import ROOT
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 SERVICE = ROOT / "knative" / "service.yaml"
-LOCAL_LANES = 3  # function/core/fanout.py
+LOCAL_LANES = 4  # function/core/fanout.py
 REMOTE_TRIES = 3
 NS = (40, 400, 4000)
 KS = tuple(range(1, 11))
@@ -56,7 +56,7 @@ class Figures:
     hop_s: float = 0.006  # a sub-request's round trip beyond the work
     cold_s: float = 0.7  # the bench's cold start: spawn -> first answer, model in the image
     schedule_s: float = 1.0  # a pod scheduled and its container started (not measured here: assumed)
-    chunk: int = 8  # FANOUT_CHUNK
+    chunk: int = 10  # FANOUT_CHUNK
     inflight: int = 4  # FANOUT_INFLIGHT
     source: str = "defaults"
 
@@ -126,6 +126,7 @@ def warm(n: int, k: int, f: Figures) -> float:
     events: list[tuple[float, int, str, Any]] = []
     seq = iter(range(10**9))
     idle_local = [0]
+    local_busy = [0]
 
     def push(t: float, kind: str, data: Any) -> None:
         heapq.heappush(events, (t, next(seq), kind, data))
@@ -170,12 +171,16 @@ def warm(n: int, k: int, f: Figures) -> float:
     def take_local(t: float) -> bool:
         if left[0] == 0:
             return False
-        c: _Chunk | None = again.pop(0) if again else cut()
+        c = next((x for x in again if x.tries >= REMOTE_TRIES or not remote_on[0]), None) or cut()
+        if c is None and local_busy[0] == 0:  # backups and chunks to send again: once the local share is done
+            c = again[0] if again else next((x for x in reversed(out) if not x.backed_up and unanswered(x)), None)
+            if c is not None and c not in again:
+                c.backed_up = True
         if c is None:
-            c = next((x for x in reversed(out) if not x.backed_up and unanswered(x)), None)
-            if c is None:
-                return False
-            c.backed_up = True
+            return False
+        if c in again:
+            again.remove(c)
+        local_busy[0] += 1
         push(t + f.fetch_s, "ready", (0, c))
         return True
 
@@ -210,6 +215,7 @@ def warm(n: int, k: int, f: Figures) -> float:
                 again.append(c)
             take_remote(t)
         elif kind == "local":
+            local_busy[0] -= 1
             fill(data)
             if not take_local(t):
                 idle_local[0] += 1

@@ -116,7 +116,7 @@ class Config:
     k_sink: str | None = None  # Knative's SinkBinding / ContainerSource: results also go there as CloudEvents
     k_ce_overrides: str | None = None  # Knative's ceOverrides (JSON): extension attributes of those events
     fanout_url: str | None = None  # the Service's own URL: split big requests across instances
-    fanout_chunk: int = 8  # the most photos per sub-request when fanning out (the last ones are smaller)
+    fanout_chunk: int = 10  # the most photos per sub-request when fanning out (the last ones are smaller)
     fanout_inflight: int = 4  # sub-requests out at once per fanned-out request (about 2 per other instance)
     fanout_timeout_s: float = 120.0
     k_service: str = "bird-classifier"  # Knative sets K_SERVICE; names the source of reply events

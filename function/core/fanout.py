@@ -2,9 +2,10 @@
 
 A request with more than ``FANOUT_CHUNK`` photos becomes a queue of chunks that remote lanes post to
 ``FANOUT_URL`` (one chunk each at a time, so a fast instance is sent more) and local lanes classify
-here. Chunks shrink as the queue empties (guided self-scheduling), and once it is empty a free local
-lane backs up the newest chunk still out, the first answer for a photo kept: a slow instance holds
-the request no longer than this one needs. Failed chunks are sent again, then classified here.
+here. Chunks shrink as the queue empties (guided self-scheduling), and once it is empty and this
+instance's own chunks are done, a local lane backs up the newest chunk still out, the first answer for
+a photo kept: a slow instance holds the request no longer than this one needs. Failed and refused
+chunks are sent again, then classified here.
 
 Sub-requests carry :data:`HEADER` with this instance's id: they are never split again, and a chunk
 routed back to its sender is refused (``421``); many refusals and no other answer mean it is alone.
@@ -33,7 +34,7 @@ HEADER = "X-Bird-Fanout"
 
 # A chunk's photos arrive together, after a round trip and the biggest one's transfer: with three
 # chunks under way the front instance's CPU rarely waits for the network.
-LOCAL_LANES = 3
+LOCAL_LANES = 4
 REMOTE_TRIES = 3  # sends of one chunk before it is classified here; each failure costs a round trip
 # How long an instance that found itself alone classifies big requests whole: finding out costs a
 # round trip per refused chunk. A new instance is used by the first request after this.
@@ -71,6 +72,7 @@ class _Request:
         self.error: BaseException | None = None
         self.cond = threading.Condition()
         self.remote_chunks = self.local_chunks = self.backups = self.failures = 0
+        self.local_busy = 0  # local lanes classifying a chunk
         self.remote_ms = self.transport_ms = 0.0
         self.local_timings: dict[str, float] = {}
 
@@ -111,17 +113,23 @@ class _Request:
         """The next chunk to classify here, waiting while all are out and backed up; None at the end."""
         with self.cond:
             while not self.finished:
-                if self.again:
-                    return self.again.popleft()
-                c = self._cut()
+                # A chunk to send again is the remote lanes' while it has tries left and they are on.
+                c = next((x for x in self.again if x.tries >= REMOTE_TRIES or not self.remote_on), None)
+                c = c or self._cut()
+                if c is None and self.local_busy == 0:
+                    # Only once this instance's own share is done: beside it, a chunk another instance
+                    # is meant to take would slow this one's down. The newest chunk out is the least far
+                    # along: its answer would come last.
+                    c = self.again[0] if self.again else next(
+                        (x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)), None)
+                    if c is not None and c not in self.again:
+                        c.backed_up = True
+                        self.backups += 1
+                if c is not None and c in self.again:
+                    self.again.remove(c)
                 if c is not None:
+                    self.local_busy += 1
                     return c
-                # The newest chunk out is the least far along: its answer would come last.
-                backup = next((x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)), None)
-                if backup is not None:
-                    backup.backed_up = True
-                    self.backups += 1
-                    return backup
                 self.cond.wait()
             return None
 
@@ -166,6 +174,8 @@ class _Request:
 
     def classified(self, c: _Chunk, result: Classification) -> None:
         with self.cond:
+            self.local_busy -= 1
+            self.cond.notify_all()
             self.local_chunks += 1
             for name, ms in result.timings_ms.items():
                 if name != "total":

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from function.core.fanout import HEADER, REMOTE_TRIES, FanOut
+from function.core.fanout import HEADER, LOCAL_LANES, REMOTE_TRIES, FanOut
 from function.core.results import Classification, PhotoResult, Prediction
 from function.core.sources import PhotoSource
 from function.errors import FanoutFailed, FanoutRefused, NotReady
@@ -228,7 +228,7 @@ def test_a_chunk_is_sent_at_most_remote_tries_times_then_classified_here(fanouts
     assert numbers(result) == list(range(12))
     assert all(who(result)[p] == "here" for p in range(12))
     sent = counts()
-    assert len(sent) >= 12 - 3  # the front's three lanes took a chunk each at most before sending began
+    assert len(sent) >= 12 - LOCAL_LANES  # the front's lanes took a chunk each at most before sending began
     assert all(n == REMOTE_TRIES for n in sent.values())
 
 
@@ -370,3 +370,59 @@ def test_an_instance_alone_tries_again_once_its_memory_of_it_ends(fanouts):
         assert len(router.sent) > sent
     finally:
         fanout.stop()
+
+
+def test_a_chunk_sent_elsewhere_is_taken_here_only_once_this_instance_has_no_chunk_of_its_own(fanouts):
+    # A chunk out at a slow instance (a backup) or refused and waiting to be sent again, classified
+    # here beside a chunk of this instance's own share, would slow that one down on a busy core. The
+    # first chunk here is held until every photo is out or taken here, and a moment longer, so that a
+    # lane with nothing else to do has its chance to take one beside it.
+    release = threading.Event()
+    n = 24
+    taken: list[int] = []
+
+    def slow(sources):
+        assert release.wait(BOUND_S)
+        return answer(sources, "slow")
+
+    router = Router(front, slow)
+    lock = threading.Lock()
+    busy, beside, first = [0], [], threading.Event()
+
+    def dry() -> bool:
+        with router.lock:
+            sent = {p for _, ps in router.sent for p in ps}
+        with lock:
+            return sent | set(taken) == set(range(n))
+
+    def local(sources, k):
+        mine = {number(s) for s in sources}
+        with router.lock:
+            sent = {p for _, ps in router.sent for p in ps}
+        with lock:
+            if mine & sent:
+                beside.append(busy[0])
+            busy[0] += 1
+            taken.extend(mine)
+            hold = not first.is_set()
+            first.set()
+        try:
+            if hold:
+                pause = threading.Event()  # never set: a bounded wait between looks
+                for _ in range(int(BOUND_S / 0.01)):
+                    if dry():
+                        break
+                    pause.wait(0.01)
+                pause.wait(0.3)  # room for a wrong take: with the rule kept, none happens meanwhile
+                release.set()
+            return answer(sources, "here")
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    try:
+        result = fanouts(router, chunk=4, inflight=2).classify(local, photos(n), 3)
+    finally:
+        release.set()
+    assert numbers(result) == list(range(n))
+    assert beside and all(b == 0 for b in beside), f"taken beside {beside} chunks of this instance's own"
