@@ -81,7 +81,8 @@ class RoundRobinProxy:
                 # Logged before the answer goes out, so the client finds its own request in the log;
                 # the time to write the answer back is added once it is written.
                 entry = {"backend": i, "chunk": HEADER in self.headers, "status": upstream.status_code,
-                         "upstream_ms": (t2 - t1) * 1000, "proxy_ms": (t1 - t0) * 1000}
+                         "upstream_ms": (t2 - t1) * 1000, "proxy_ms": (t1 - t0) * 1000,
+                         "sent": t1, "answered": t2}  # perf_counter: a request's timeline
                 with proxy._lock:
                     proxy.log.append(entry)
                 self.send_response(upstream.status_code)

@@ -73,8 +73,11 @@ class _Request:
         self.cond = threading.Condition()
         self.remote_chunks = self.local_chunks = self.backups = self.failures = 0
         self.local_busy = 0  # local lanes classifying a chunk
+        self.pooled_lanes = 0  # local lanes started on the pool's threads
         self.remote_ms = self.transport_ms = 0.0
         self.local_timings: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self.local_end = self.remote_end = 0.0  # when the last chunk was classified here, answered there
 
     @property
     def finished(self) -> bool:
@@ -109,14 +112,16 @@ class _Request:
                 self.out.append(c)
             return c
 
-    def take_local(self) -> _Chunk | None:
-        """The next chunk to classify here, waiting while all are out and backed up; None at the end."""
+    def take_local(self, pooled: bool) -> _Chunk | None:
+        """The next chunk to classify here, waiting while all are out and backed up; None at the end.
+        The request's own thread (not ``pooled``) leaves chunks other instances hold to the pool's lanes
+        when there are any: the answer would wait for its backup even once the other instance's is in."""
         with self.cond:
             while not self.finished:
                 # A chunk to send again is the remote lanes' while it has tries left and they are on.
                 c = next((x for x in self.again if x.tries >= REMOTE_TRIES or not self.remote_on), None)
                 c = c or self._cut()
-                if c is None and self.local_busy == 0:
+                if c is None and self.local_busy == 0 and (pooled or self.pooled_lanes == 0):
                     # Only once this instance's own share is done: beside it, a chunk another instance
                     # is meant to take would slow this one's down. The newest chunk out is the least far
                     # along: its answer would come last.
@@ -146,6 +151,7 @@ class _Request:
             self.out.remove(c)
             self.failed_in_a_row = 0
             self.remote_chunks += 1
+            self.remote_end = time.perf_counter() - self.started
             self.remote_ms = max(self.remote_ms, round_trip_ms)
             self.transport_ms += max(0.0, round_trip_ms - own_ms)
             self.fill(c, results)
@@ -177,6 +183,7 @@ class _Request:
             self.local_busy -= 1
             self.cond.notify_all()
             self.local_chunks += 1
+            self.local_end = time.perf_counter() - self.started
             for name, ms in result.timings_ms.items():
                 if name != "total":
                     self.local_timings[name] = self.local_timings.get(name, 0.0) + ms
@@ -220,9 +227,9 @@ class FanOut:
         for _ in range(self.inflight):
             self._pool.submit(self._remote_lane, req, sources, k, request_id)
         for _ in range(LOCAL_LANES - 1):
-            self._pool.submit(self._local_lane, req, local, sources, k)
-        self._local_lane(req, local, sources, k)  # this thread is a lane too, so the request ends even
-        with req.cond:                            # if every pool thread is held by other requests
+            self._pool.submit(self._local_lane, req, local, sources, k, True)
+        self._local_lane(req, local, sources, k, False)  # this thread is a lane too, so the request ends
+        with req.cond:                                   # even if every pool thread is held by other requests
             while not req.finished:
                 req.cond.wait()
         if req.error is not None:
@@ -235,15 +242,20 @@ class FanOut:
                    "fanout": req.remote_ms, "fanout_transport": req.transport_ms,
                    "chunks": float(req.remote_chunks + req.local_chunks), "remote_chunks": float(req.remote_chunks),
                    "local_chunks": float(req.local_chunks), "backups": float(req.backups),
-                   "fanout_failures": float(req.failures), "total": (time.perf_counter() - t0) * 1000}
+                   "fanout_failures": float(req.failures), "local_end": req.local_end * 1000,
+                   "remote_end": req.remote_end * 1000, "total": (time.perf_counter() - t0) * 1000}
         log.info("fanned out %d photos: %d chunks answered by other instances, %d classified here (%d backups), "
                  "%d sub-requests failed or refused", len(sources), req.remote_chunks, req.local_chunks,
                  req.backups, req.failures)
         return Classification(results, timings)
 
-    def _local_lane(self, req: _Request, local: Local, sources: Sequence[PhotoSource], k: int) -> None:
+    def _local_lane(self, req: _Request, local: Local, sources: Sequence[PhotoSource], k: int, pooled: bool) -> None:
+        if pooled:
+            with req.cond:
+                req.pooled_lanes += 1
+                req.cond.notify_all()
         try:
-            while (c := req.take_local()) is not None:
+            while (c := req.take_local(pooled)) is not None:
                 req.classified(c, local(sources[c.start:c.stop], k))
         except BaseException as exc:  # the model not ready, say: the request answers with it
             req.fail(exc)

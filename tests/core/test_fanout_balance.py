@@ -426,3 +426,34 @@ def test_a_chunk_sent_elsewhere_is_taken_here_only_once_this_instance_has_no_chu
         release.set()
     assert numbers(result) == list(range(n))
     assert beside and all(b == 0 for b in beside), f"taken beside {beside} chunks of this instance's own"
+
+
+def test_the_answer_does_not_wait_for_a_backup_once_the_other_instances_answer_is_in(fanouts):
+    # The other instance answers only once the front has backed its chunk up; the backup itself never
+    # finishes while the request runs. The request ends on the other instance's answer: the backup
+    # runs on a lane of the pool, never on the request's own thread.
+    release, backup_started, finish_backup = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(sources):
+        assert release.wait(BOUND_S)
+        return answer(sources, "slow")
+
+    router = Router(slow)
+
+    def local(sources, k):
+        if set(number(s) for s in sources) & set(router.photos_sent_to(0)):
+            backup_started.set()
+            release.set()
+            assert finish_backup.wait(BOUND_S)
+        return answer(sources, "here")
+
+    try:
+        result = fanouts(router, chunk=4, inflight=1).classify(local, photos(12), 3)
+        ended_before_backup = not finish_backup.is_set()
+    finally:
+        release.set()
+        finish_backup.set()
+    assert backup_started.is_set()
+    assert ended_before_backup
+    assert numbers(result) == list(range(12))
+    assert result.timings_ms["backups"] == 1
