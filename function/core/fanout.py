@@ -36,6 +36,10 @@ HEADER = "X-Bird-Fanout"
 # chunks under way the front instance's CPU rarely waits for the network.
 LOCAL_LANES = 4
 REMOTE_TRIES = 3  # sends of one chunk before it is classified here; each failure costs a round trip
+# A chunk out is backed up once it has been out this many times as long as the slowest chunk classified
+# here took: an instance as fast as this one is not doubled (its answer would come first and the
+# backup's CPU would only slow this instance's handling of it); a slow or silent one is.
+LATE = 1.5
 # How long an instance that found itself alone classifies big requests whole: finding out costs a
 # round trip per refused chunk. A new instance is used by the first request after this.
 ALONE_S = 10.0
@@ -53,6 +57,7 @@ class _Chunk:
     stop: int
     tries: int = 0  # sends that failed or were refused
     backed_up: bool = False  # a local lane classifies it too (it was out when the queue ran dry)
+    sent: float = 0.0  # time.monotonic() of its latest send
 
 
 class _Request:
@@ -73,6 +78,7 @@ class _Request:
         self.cond = threading.Condition()
         self.remote_chunks = self.local_chunks = self.backups = self.failures = 0
         self.local_busy = 0  # local lanes classifying a chunk
+        self.local_chunk_s = 0.0  # the longest a chunk classified here took
         self.pooled_lanes = 0  # local lanes started on the pool's threads
         self.remote_ms = self.transport_ms = 0.0
         self.local_timings: dict[str, float] = {}
@@ -109,8 +115,17 @@ class _Request:
             else:
                 c = self._cut()
             if c is not None:
+                c.sent = time.monotonic()
                 self.out.append(c)
             return c
+
+    def _late(self, now: float) -> tuple[_Chunk | None, float | None]:
+        """The newest chunk out that is late (the least far along: its answer would come last), else how
+        long until the next one is."""
+        due = LATE * self.local_chunk_s
+        waiting = [x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)]
+        late = next((x for x in waiting if now - x.sent >= due), None)
+        return late, None if late or not waiting else min(x.sent + due for x in waiting) - now
 
     def take_local(self, pooled: bool) -> _Chunk | None:
         """The next chunk to classify here, waiting while all are out and backed up; None at the end.
@@ -120,13 +135,11 @@ class _Request:
             while not self.finished:
                 # A chunk to send again is the remote lanes' while it has tries left and they are on.
                 c = next((x for x in self.again if x.tries >= REMOTE_TRIES or not self.remote_on), None)
-                c = c or self._cut()
+                c, wait = c or self._cut(), None
                 if c is None and self.local_busy == 0 and (pooled or self.pooled_lanes == 0):
                     # Only once this instance's own share is done: beside it, a chunk another instance
-                    # is meant to take would slow this one's down. The newest chunk out is the least far
-                    # along: its answer would come last.
-                    c = self.again[0] if self.again else next(
-                        (x for x in reversed(self.out) if not x.backed_up and self._unanswered(x)), None)
+                    # is meant to take would slow this one's down.
+                    c, wait = (self.again[0], None) if self.again else self._late(time.monotonic())
                     if c is not None and c not in self.again:
                         c.backed_up = True
                         self.backups += 1
@@ -135,7 +148,7 @@ class _Request:
                 if c is not None:
                     self.local_busy += 1
                     return c
-                self.cond.wait()
+                self.cond.wait(wait)
             return None
 
     def fill(self, c: _Chunk, results: Sequence[PhotoResult]) -> None:
@@ -178,8 +191,9 @@ class _Request:
                 self.again.append(c)
             self.cond.notify_all()
 
-    def classified(self, c: _Chunk, result: Classification) -> None:
+    def classified(self, c: _Chunk, result: Classification, seconds: float) -> None:
         with self.cond:
+            self.local_chunk_s = max(self.local_chunk_s, seconds)
             self.local_busy -= 1
             self.cond.notify_all()
             self.local_chunks += 1
@@ -256,7 +270,9 @@ class FanOut:
                 req.cond.notify_all()
         try:
             while (c := req.take_local(pooled)) is not None:
-                req.classified(c, local(sources[c.start:c.stop], k))
+                t0 = time.monotonic()
+                result = local(sources[c.start:c.stop], k)
+                req.classified(c, result, time.monotonic() - t0)
         except BaseException as exc:  # the model not ready, say: the request answers with it
             req.fail(exc)
             raise

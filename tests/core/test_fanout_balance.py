@@ -376,7 +376,8 @@ def test_a_chunk_sent_elsewhere_is_taken_here_only_once_this_instance_has_no_chu
     # A chunk out at a slow instance (a backup) or refused and waiting to be sent again, classified
     # here beside a chunk of this instance's own share, would slow that one down on a busy core. The
     # first chunk here is held until every photo is out or taken here, and a moment longer, so that a
-    # lane with nothing else to do has its chance to take one beside it.
+    # lane with nothing else to do has its chance to take one beside it. The slow instance answers only
+    # once one of its chunks is taken here.
     release = threading.Event()
     n = 24
     taken: list[int] = []
@@ -400,8 +401,9 @@ def test_a_chunk_sent_elsewhere_is_taken_here_only_once_this_instance_has_no_chu
         with router.lock:
             sent = {p for _, ps in router.sent for p in ps}
         with lock:
-            if mine & sent:
+            if mine & sent:  # the slow instance answers once its chunk is taken here
                 beside.append(busy[0])
+                release.set()
             busy[0] += 1
             taken.extend(mine)
             hold = not first.is_set()
@@ -414,7 +416,6 @@ def test_a_chunk_sent_elsewhere_is_taken_here_only_once_this_instance_has_no_chu
                         break
                     pause.wait(0.01)
                 pause.wait(0.3)  # room for a wrong take: with the rule kept, none happens meanwhile
-                release.set()
             return answer(sources, "here")
         finally:
             with lock:
