@@ -42,6 +42,7 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 SERVICE = ROOT / "knative" / "service.yaml"
 LOCAL_LANES = 4  # function/core/fanout.py
 REMOTE_TRIES = 3
+LATE = 1.5  # a chunk out is backed up once out this many times the longest chunk classified here took
 NS = (40, 400, 4000)
 KS = tuple(range(1, 11))
 
@@ -99,6 +100,8 @@ class _Chunk:
     stop: int
     tries: int = 0
     backed_up: bool = False
+    sent: float = 0.0
+    taken: float = 0.0  # when a local lane took it
 
     @property
     def n(self) -> int:
@@ -127,6 +130,7 @@ def warm(n: int, k: int, f: Figures) -> float:
     seq = iter(range(10**9))
     idle_local = [0]
     local_busy = [0]
+    longest_local = [0.0]
 
     def push(t: float, kind: str, data: Any) -> None:
         heapq.heappush(events, (t, next(seq), kind, data))
@@ -160,6 +164,7 @@ def warm(n: int, k: int, f: Figures) -> float:
             c = cut()
         if c is None:
             return
+        c.sent = t
         out.append(c)
         where = turn[0] % k
         turn[0] += 1
@@ -173,7 +178,11 @@ def warm(n: int, k: int, f: Figures) -> float:
             return False
         c = next((x for x in again if x.tries >= REMOTE_TRIES or not remote_on[0]), None) or cut()
         if c is None and local_busy[0] == 0:  # backups and chunks to send again: once the local share is done
-            c = again[0] if again else next((x for x in reversed(out) if not x.backed_up and unanswered(x)), None)
+            due = LATE * longest_local[0]  # a backup only of a chunk out longer than this
+            waiting = [x for x in reversed(out) if not x.backed_up and unanswered(x)]
+            c = again[0] if again else next((x for x in waiting if t - x.sent >= due), None)
+            if c is None and waiting:
+                push(min(x.sent + due for x in waiting), "wake", None)
             if c is not None and c not in again:
                 c.backed_up = True
         if c is None:
@@ -181,6 +190,7 @@ def warm(n: int, k: int, f: Figures) -> float:
         if c in again:
             again.remove(c)
         local_busy[0] += 1
+        c.taken = t
         push(t + f.fetch_s, "ready", (0, c))
         return True
 
@@ -216,6 +226,7 @@ def warm(n: int, k: int, f: Figures) -> float:
             take_remote(t)
         elif kind == "local":
             local_busy[0] -= 1
+            longest_local[0] = max(longest_local[0], t - data.taken)
             fill(data)
             if not take_local(t):
                 idle_local[0] += 1
