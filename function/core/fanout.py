@@ -57,6 +57,7 @@ class _Chunk:
     stop: int
     tries: int = 0  # sends that failed or were refused
     backed_up: bool = False  # a local lane classifies it too (it was out when the queue ran dry)
+    backup_failed: bool = False
     sent: float = 0.0  # time.monotonic() of its latest send
 
 
@@ -187,7 +188,7 @@ class _Request:
                     self.remote_on = False
                     log.warning("fan-out stopped for this request after %d failed sub-requests in a row; "
                                 "the rest is classified here (last: %s)", self.failed_in_a_row, reason)
-            if not c.backed_up and self._unanswered(c):
+            if (not c.backed_up or c.backup_failed) and self._unanswered(c):
                 self.again.append(c)
             self.cond.notify_all()
 
@@ -203,8 +204,18 @@ class _Request:
                     self.local_timings[name] = self.local_timings.get(name, 0.0) + ms
             self.fill(c, result.results)
 
+    def backup_failed(self, c: _Chunk) -> bool:
+        """Whether the request goes on without this backup (its chunk is still out there)."""
+        with self.cond:
+            self.local_busy -= 1
+            c.backup_failed = True
+            self.cond.notify_all()
+            return c in self.out or not self._unanswered(c)
+
     def fail(self, exc: BaseException) -> None:
         with self.cond:
+            if self.left == 0:
+                return
             self.error = exc
             self.cond.notify_all()
 
@@ -246,13 +257,14 @@ class FanOut:
         with req.cond:                                   # even if every pool thread is held by other requests
             while not req.finished:
                 req.cond.wait()
+            local_timings = dict(req.local_timings)
         if req.error is not None:
             raise req.error
         if req.alone:
             self._alone_until = time.monotonic() + self.alone_s
             log.info("this instance is alone: big requests are classified here whole for %g s", self.alone_s)
         results = [r for r in req.results if r is not None]
-        timings = {**{f"local_{name}": ms for name, ms in req.local_timings.items()},
+        timings = {**{f"local_{name}": ms for name, ms in local_timings.items()},
                    "fanout": req.remote_ms, "fanout_transport": req.transport_ms,
                    "chunks": float(req.remote_chunks + req.local_chunks), "remote_chunks": float(req.remote_chunks),
                    "local_chunks": float(req.local_chunks), "backups": float(req.backups),
@@ -271,7 +283,12 @@ class FanOut:
         try:
             while (c := req.take_local(pooled)) is not None:
                 t0 = time.monotonic()
-                result = local(sources[c.start:c.stop], k)
+                try:
+                    result = local(sources[c.start:c.stop], k)
+                except Exception:
+                    if c.backed_up and req.backup_failed(c):  # its other instance may still answer
+                        continue
+                    raise
                 req.classified(c, result, time.monotonic() - t0)
         except BaseException as exc:  # the model not ready, say: the request answers with it
             req.fail(exc)
@@ -287,7 +304,7 @@ class FanOut:
                 result = Classification.from_dict(chunk, doc)
             except PhotoError as err:
                 req.failed(c, err.message, refused=isinstance(err, FanoutRefused))
-            except (ValueError, KeyError, TypeError) as exc:  # an answer that is not a result document
+            except Exception as exc:  # an answer that is not a result document, however it breaks the reading
                 req.failed(c, f"not a result document: {exc}", refused=False)
             else:
                 own = result.timings_ms.get("total", 0.0)

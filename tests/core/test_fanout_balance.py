@@ -458,3 +458,91 @@ def test_the_answer_does_not_wait_for_a_backup_once_the_other_instances_answer_i
     assert ended_before_backup
     assert numbers(result) == list(range(12))
     assert result.timings_ms["backups"] == 1
+
+
+def test_a_failing_backup_does_not_fail_a_request_the_other_instance_answers(fanouts):
+    # The slow instance answers only once the backup here has failed: its answer is all the request needs.
+    release = threading.Event()
+
+    def slow(sources):
+        assert release.wait(BOUND_S)
+        return answer(sources, "slow")
+
+    router = Router(slow)
+
+    def local(sources, k):
+        if {number(s) for s in sources} & set(router.photos_sent_to(0)):
+            release.set()
+            raise NotReady("model is reloading", retry_after_s=1)
+        return answer(sources, "here")
+
+    try:
+        result = fanouts(router, chunk=4, inflight=1).classify(local, photos(12), 3)
+    finally:
+        release.set()
+    assert numbers(result) == list(range(12))
+
+
+class Key(str):
+    """A timing name; formatting it (classify does, building the answer's timings) waits for a backup's
+    timings to land in the request's, unlocked."""
+
+    formatting = threading.Event()
+    inserted = threading.Event()
+
+    def __format__(self, spec):
+        Key.formatting.set()
+        assert Key.inserted.wait(BOUND_S)
+        return str.__format__(str(self), spec)
+
+
+class LateTimings(dict):
+    def items(self):
+        yield "late", 1.0  # a name no chunk before had (a cold model's load timings, say)
+        Key.inserted.set()
+
+
+def test_a_backup_ending_after_the_last_answer_does_not_break_the_answer(fanouts):
+    release, pooled_ran = threading.Event(), threading.Event()
+
+    def slow(sources):
+        assert release.wait(BOUND_S)
+        return answer(sources, "slow")
+
+    router = Router(slow)
+
+    def local(sources, k):
+        if threading.current_thread().name.startswith("fanout"):
+            pooled_ran.set()
+        else:  # the request's own thread: hold its chunk until a pooled lane has started
+            assert pooled_ran.wait(BOUND_S)
+        if {number(s) for s in sources} & set(router.photos_sent_to(0)):  # the backup, on a pooled lane
+            release.set()  # the other instance answers: every photo has its answer
+            assert Key.formatting.wait(BOUND_S)  # ... and the request is building its answer
+            return Classification(answer(sources, "here").results, LateTimings(total=1.0))
+        return Classification(answer(sources, "here").results, {Key("fetch"): 1.0, "total": 1.0})
+
+    try:
+        result = fanouts(router, chunk=4, inflight=1).classify(local, photos(12), 3)
+    finally:
+        release.set()
+        Key.inserted.set()
+    assert numbers(result) == list(range(12))
+
+
+class NotAResultDocument:
+    """An instance's answer that is JSON but not a result document: results that are not objects."""
+
+    def __init__(self, sources):
+        self.n = len(sources)
+
+    def to_dict(self):
+        return {"results": ["x"] * self.n}
+
+
+def test_an_answer_that_is_not_a_result_document_is_a_failed_chunk_sent_again(fanouts):
+    router = Router(NotAResultDocument, fast("good"))
+    result = fanouts(router, chunk=4, inflight=2).classify(Local(), photos(24), 3)
+    assert numbers(result) == list(range(24))
+    assert set(who(result).values()) <= {"good", "here"}
+    assert result.timings_ms["fanout_failures"] >= 1
