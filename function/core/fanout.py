@@ -3,9 +3,9 @@
 A request with more than ``FANOUT_CHUNK`` photos becomes a queue of chunks that remote lanes post to
 ``FANOUT_URL`` (one chunk each at a time, so a fast instance is sent more) and local lanes classify
 here. Chunks shrink as the queue empties (guided self-scheduling), and once it is empty and this
-instance's own chunks are done, a local lane backs up the newest chunk still out, the first answer for
-a photo kept: a slow instance holds the request no longer than this one needs. Failed and refused
-chunks are sent again, then classified here.
+instance's own chunks are done, a local lane backs up the newest chunk that is late (:data:`LATE`),
+the first answer for a photo kept: a slow or silent instance holds the request not much longer than
+this one needs. Failed and refused chunks are sent again, then classified here.
 
 Sub-requests carry :data:`HEADER` with this instance's id: they are never split again, and a chunk
 routed back to its sender is refused (``421``); many refusals and no other answer mean it is alone.
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Bird-Fanout"
 
-# A chunk's photos arrive together, after a round trip and the biggest one's transfer: with three
-# chunks under way the front instance's CPU rarely waits for the network.
+# A chunk's photos arrive together, after a round trip and the biggest one's transfer: with four
+# chunks under way the front instance's CPU rarely waits for the network, even for its last chunk.
 LOCAL_LANES = 4
 REMOTE_TRIES = 3  # sends of one chunk before it is classified here; each failure costs a round trip
 # A chunk out is backed up once it has been out this many times as long as the slowest chunk classified
@@ -57,7 +57,7 @@ class _Chunk:
     stop: int
     tries: int = 0  # sends that failed or were refused
     backed_up: bool = False  # a local lane classifies it too (it was out when the queue ran dry)
-    backup_failed: bool = False
+    backup_failed: bool = False  # the backup raised: the chunk is the other instance's again
     sent: float = 0.0  # time.monotonic() of its latest send
 
 
