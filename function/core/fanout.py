@@ -128,24 +128,33 @@ class _Request:
         late = next((x for x in waiting if now - x.sent >= due), None)
         return late, None if late or not waiting else min(x.sent + due for x in waiting) - now
 
+    def _next_local(self, pooled: bool) -> tuple[_Chunk | None, float | None]:
+        """The chunk a local lane takes now, else how long until one may be late (None: until notified)."""
+        # A chunk to send again is the remote lanes' while it has tries left and they are on.
+        c = next((x for x in self.again if x.tries >= REMOTE_TRIES or not self.remote_on), None)
+        if c is None and (c := self._cut()) is not None:
+            return c, None
+        if c is None and self.local_busy == 0 and (pooled or self.pooled_lanes == 0):
+            # Only once this instance's own share is done: beside it, a chunk another instance is meant
+            # to take would slow this one's down.
+            if not self.again:
+                late, wait = self._late(time.monotonic())
+                if late is not None:
+                    late.backed_up = True
+                    self.backups += 1
+                return late, wait
+            c = self.again[0]
+        if c is not None:
+            self.again.remove(c)
+        return c, None
+
     def take_local(self, pooled: bool) -> _Chunk | None:
         """The next chunk to classify here, waiting while all are out and backed up; None at the end.
         The request's own thread (not ``pooled``) leaves chunks other instances hold to the pool's lanes
         when there are any: the answer would wait for its backup even once the other instance's is in."""
         with self.cond:
             while not self.finished:
-                # A chunk to send again is the remote lanes' while it has tries left and they are on.
-                c = next((x for x in self.again if x.tries >= REMOTE_TRIES or not self.remote_on), None)
-                c, wait = c or self._cut(), None
-                if c is None and self.local_busy == 0 and (pooled or self.pooled_lanes == 0):
-                    # Only once this instance's own share is done: beside it, a chunk another instance
-                    # is meant to take would slow this one's down.
-                    c, wait = (self.again[0], None) if self.again else self._late(time.monotonic())
-                    if c is not None and c not in self.again:
-                        c.backed_up = True
-                        self.backups += 1
-                if c is not None and c in self.again:
-                    self.again.remove(c)
+                c, wait = self._next_local(pooled)
                 if c is not None:
                     self.local_busy += 1
                     return c
@@ -247,7 +256,6 @@ class FanOut:
         """``local(sources, k)`` for small requests; otherwise spread over instances, in request order."""
         if not self.wanted(sources) or time.monotonic() < self._alone_until:
             return local(sources, k)
-        t0 = time.perf_counter()
         req = _Request(len(sources), self.chunk, self.smallest, self.inflight + LOCAL_LANES, self.inflight)
         for _ in range(self.inflight):
             self._pool.submit(self._remote_lane, req, sources, k, request_id)
@@ -269,7 +277,7 @@ class FanOut:
                    "chunks": float(req.remote_chunks + req.local_chunks), "remote_chunks": float(req.remote_chunks),
                    "local_chunks": float(req.local_chunks), "backups": float(req.backups),
                    "fanout_failures": float(req.failures), "local_end": req.local_end * 1000,
-                   "remote_end": req.remote_end * 1000, "total": (time.perf_counter() - t0) * 1000}
+                   "remote_end": req.remote_end * 1000, "total": (time.perf_counter() - req.started) * 1000}
         log.info("fanned out %d photos: %d chunks answered by other instances, %d classified here (%d backups), "
                  "%d sub-requests failed or refused", len(sources), req.remote_chunks, req.local_chunks,
                  req.backups, req.failures)
