@@ -81,6 +81,8 @@ class CallQueue(Protocol):
 
     def gather(self, calls: Sequence[Any]) -> tuple[np.ndarray, float]: ...
 
+    def cancel(self, calls: Sequence[Any]) -> None: ...
+
 
 Loaded = tuple[LoadedPhoto, Any]  # the photo, and its call to the model if it was decoded
 
@@ -136,21 +138,30 @@ class Classifier:
         if photo.pixels is None:
             return photo, None
         if time.monotonic() >= deadline:
-            return self._late(), None
+            return self._late(photo), None
         return photo, self.calls.submit(photo.pixels[np.newaxis])
 
-    def _late(self) -> LoadedPhoto:
+    def _late(self, photo: LoadedPhoto | None = None) -> LoadedPhoto:
+        """The deadline error, with the photo's own figures if it did load."""
         err = DeadlineExceeded(f"the request's deadline of {self.config.request_deadline_s:g} s "
                                "passed before this photo was fetched and decoded")
+        if photo is not None:
+            return LoadedPhoto(None, err, photo.fetch_ms, photo.decode_ms, photo.nbytes)
         return LoadedPhoto(None, err, self.config.request_deadline_s * 1000, 0.0, 0)
 
     def _wait(self, future: Future[Loaded], deadline: float) -> Loaded:
-        """The photo's outcome, or a deadline error when the request's time is up."""
+        """The photo's outcome, or a deadline error when the request's time is up (``deadline``, monotonic)."""
         try:
-            return future.result(timeout=max(0.0, deadline - time.perf_counter()))
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             future.cancel()  # not started yet: never will be; running: bounded by its own timeouts
+            # Handed to the model after all (it passed the check just before the deadline): nobody reads it.
+            future.add_done_callback(self._cancel_unread)
             return self._late(), None
+
+    def _cancel_unread(self, future: Future[Loaded]) -> None:
+        if not future.cancelled() and future.exception() is None and (call := future.result()[1]) is not None:
+            self.calls.cancel([call])
 
     def classify(self, sources: Sequence[PhotoSource], k: int | None = None,
                  progress: Progress | None = None) -> Classification:
@@ -161,41 +172,47 @@ class Classifier:
         t0 = time.perf_counter()
         cold = not self.ready()
         self.start()
-        # Each photo runs in a copy of this context, so its log records carry the request id.
-        decode_by = time.monotonic() + self.config.request_deadline_s
+        deadline = time.monotonic() + self.config.request_deadline_s  # the photos' and the wait for them
         request = object()  # which request a photo belongs to, for taking turns at the decode workers
+        # Each photo runs in a copy of this context, so its log records carry the request id.
         futures: list[Future[Loaded]] = self._pool.submit_all(contextvars.Context.run, [
-            (contextvars.copy_context(), self._load, s, decode_by, request) for s in sources])
+            (contextvars.copy_context(), self._load, s, deadline, request) for s in sources])
         if progress is not None:
             report_progress(futures, progress)
-        deadline = t0 + self.config.request_deadline_s
-        outcomes = [self._wait(f, deadline) for f in futures]
-        loaded = [photo for photo, _ in outcomes]
-        calls = [(i, call) for i, (_, call) in enumerate(outcomes) if call is not None]
-        t_photos = time.perf_counter()
-        timings: dict[str, float] = {
-            "fetch": max((p.fetch_ms for p in loaded), default=0.0),
-            "decode": sum(p.decode_ms for p in loaded),
-            "photos": (t_photos - t0) * 1000,
-        }
-        results = [PhotoResult(s, error=p.error) for s, p in zip(sources, loaded, strict=True)]
-        if calls:
+        try:
+            outcomes = [self._wait(f, deadline) for f in futures]
+            loaded = [photo for photo, _ in outcomes]
+            calls = [(i, call) for i, (_, call) in enumerate(outcomes) if call is not None]
+            t_photos = time.perf_counter()
+            timings: dict[str, float] = {
+                "fetch": max((p.fetch_ms for p in loaded), default=0.0),
+                "decode": sum(p.decode_ms for p in loaded),
+                "photos": (t_photos - t0) * 1000,
+            }
+            results = [PhotoResult(s, error=p.error) for s, p in zip(sources, loaded, strict=True)]
+            if not calls:
+                timings["total"] = (time.perf_counter() - t0) * 1000
+                return Classification(results, timings)
             model = self.model.get(timeout=self.config.model_wait_s)
             labels = self.labels.get(timeout=self.config.model_wait_s)
             t_ready = time.perf_counter()
-            timings["model_wait"] = (t_ready - t_photos) * 1000
-            if cold:  # this request waited for the loads: show what they cost
-                timings.update(model.timings_ms)
-                timings["label_map"] = (self.labels.load_seconds or 0.0) * 1000
             scores, queue_ms = self.calls.gather([call for _, call in calls])  # raises a failed call's error
-            t_inf = time.perf_counter()
-            timings["queue"] = queue_ms
-            timings["inference"] = max(0.0, (t_inf - t_ready) * 1000 - queue_ms)
-            threshold = model.contract.score_threshold
-            threshold = self.config.score_threshold if threshold is None else threshold
-            for row, (i, _) in enumerate(calls):
-                results[i].predictions = top_k(scores[row], k, labels)
-                results[i].recognised = recognised(scores[row], labels, threshold)
-            timings["topk"] = (time.perf_counter() - t_inf) * 1000
+        except BaseException:  # the request fails: the photos it handed to the model are nobody's now
+            for f in futures:
+                f.add_done_callback(self._cancel_unread)
+            raise
+        t_inf = time.perf_counter()
+        timings["model_wait"] = (t_ready - t_photos) * 1000
+        if cold:  # this request waited for the loads: show what they cost
+            timings.update(model.timings_ms)
+            timings["label_map"] = (self.labels.load_seconds or 0.0) * 1000
+        timings["queue"] = queue_ms
+        timings["inference"] = max(0.0, (t_inf - t_ready) * 1000 - queue_ms)
+        threshold = model.contract.score_threshold
+        threshold = self.config.score_threshold if threshold is None else threshold
+        for row, (i, _) in enumerate(calls):
+            results[i].predictions = top_k(scores[row], k, labels)
+            results[i].recognised = recognised(scores[row], labels, threshold)
+        timings["topk"] = (time.perf_counter() - t_inf) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Classification(results, timings)

@@ -76,8 +76,9 @@ class Batcher:
 
     def start(self) -> None:
         """Start the workers now (each prepares itself in the background) rather than at the first call."""
-        if not self._stopped:
-            self._ensure_workers()
+        with self._lock:
+            if not self._stopped:
+                self._ensure_workers()
 
     def prepared(self, timeout: float | None = 0.0) -> bool:
         """Whether every worker has run ``prepare`` (tried it: a failure is the first call's to report),
@@ -85,12 +86,12 @@ class Batcher:
         return self._all_prepared.wait(timeout)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """End the workers once the calls already queued are done; later ``predict`` calls raise."""
-        with self._lock:
+        """End the workers once the calls already queued are done; later ``submit`` calls raise."""
+        with self._lock:  # a submit either queued before the workers' end signals or raises
             self._stopped = True
             threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
+            for _ in threads:
+                self._queue.put(None)
         deadline = time.monotonic() + timeout_s
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -98,18 +99,26 @@ class Batcher:
     def submit(self, batch: np.ndarray) -> Call:
         """Queue ``batch`` and return at once: a request hands each photo over as soon as it is decoded, so
         the model works on the first ones while the last are still downloading."""
-        if self._stopped:
-            raise RuntimeError("the model's call queue is stopped")
         step = self.max_images
         call = Call([_Piece(batch[offset:offset + step]) for offset in range(0, len(batch), step)])
-        self._ensure_workers()
-        for piece in call.pieces:
-            self._queue.put(piece)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the model's call queue is stopped")
+            self._ensure_workers()
+            for piece in call.pieces:
+                self._queue.put(piece)
         return call
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, float, int]:
         """``submit(batch).result()``."""
         return self.submit(batch).result()
+
+    @staticmethod
+    def cancel(calls: Sequence[Call]) -> None:
+        """Calls whose scores nobody will read: their pieces not yet in a model call never go into one."""
+        for call in calls:
+            for piece in call.pieces:
+                piece.future.cancel()
 
     @staticmethod
     def gather(calls: Sequence[Call]) -> tuple[np.ndarray, float]:
@@ -119,15 +128,17 @@ class Batcher:
         return np.concatenate([call.result()[0] for call in calls]), last.result()[1]
 
     def _ensure_workers(self) -> None:
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            while len(self._threads) < self.workers:
-                t = threading.Thread(target=self._run, name=f"model-call-{len(self._threads)}", daemon=True)
-                t.start()
-                self._threads.append(t)
+        """Called with the lock held."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.workers:
+            t = threading.Thread(target=self._run, name=f"model-call-{len(self._threads)}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def _collect(self) -> list[_Piece] | None:
         first = self._queue.get()
+        while first is not None and not first.future.set_running_or_notify_cancel():  # cancelled: skip
+            first = self._queue.get()
         if first is None:
             return None
         pieces = [first]
@@ -145,6 +156,8 @@ class Batcher:
             if images + len(piece.pixels) > self.max_images:
                 self._queue.put(piece)  # the next call takes it
                 break
+            if not piece.future.set_running_or_notify_cancel():
+                continue
             pieces.append(piece)
             images += len(piece.pixels)
         return pieces

@@ -243,3 +243,47 @@ def test_a_photo_decoded_after_the_requests_deadline_is_not_handed_to_the_model(
         answered.set()
         app.stop()  # waits for the late photo's thread: its load ends before this returns
     assert handed_over == [1], "the late photo went to the model after its request had answered"
+
+
+def test_a_request_that_fails_after_handing_photos_over_takes_them_back_from_the_model(config, serve_photo):
+    """The label map cannot be had once both photos are with the model: the request fails with it, and
+    the photo still queued for a model call never gets one (the one already in a call finishes)."""
+    from function.errors import NotReady
+
+    app = App(replace(config, inference_workers=1, max_batch_images=1))
+    app._model.get(timeout=120)
+    app.start()
+    assert app._batcher.prepared(timeout=60)
+    seen, entered, release = [], threading.Event(), threading.Event()
+    predict = app._batcher._predict
+
+    def gated(batch):
+        seen.append(len(batch))
+        entered.set()
+        assert release.wait(10)
+        return predict(batch)
+
+    def unavailable(timeout=None):
+        raise NotReady("the label map is loading")
+
+    handed: list = []
+    submit = app._batcher.submit
+
+    def record(batch):
+        handed.append(submit(batch))
+        return handed[-1]
+
+    app._batcher._predict, app._batcher.submit = gated, record
+    app._classifier.labels.get = unavailable
+    try:
+        with pytest.raises(NotReady):
+            app.classify([PhotoSource.url(serve_photo(11)), PhotoSource.url(serve_photo(12))])
+        assert len(handed) == 2 and entered.is_set()
+        release.set()
+        probe = submit(np.zeros((1, 224, 224, 3), np.uint8))
+        app._batcher.gather([probe])  # queued after both photos: a photo not passed over is called before it
+    finally:
+        release.set()
+        del app._classifier.labels.get  # the label map is the process's, shared with other tests' apps
+        app.stop()
+    assert seen == [1, 1], "the photo nobody would read went to the model"

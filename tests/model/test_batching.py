@@ -200,3 +200,37 @@ def test_submit_returns_at_once_and_gather_gives_the_scores_in_the_order_submitt
     finally:
         model.release.set()
         batcher.stop()
+
+
+def test_a_cancelled_call_never_reaches_the_model():
+    seen: list[list[float]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def model(batch):
+        seen.append(batch.ravel().tolist())
+        entered.set()
+        assert release.wait(10)
+        return batch * 2
+
+    batcher = Batcher(model, max_images=1)
+    try:
+        first = batcher.submit(rows(1))
+        assert entered.wait(10)
+        unread = batcher.submit(rows(2))  # queued behind the first call
+        batcher.cancel([unread])
+        release.set()
+        probe = batcher.submit(rows(3))  # queued after the cancelled one: its answer means it was passed over
+        scores, _ = batcher.gather([first, probe])
+    finally:
+        release.set()
+        batcher.stop()
+    assert scores.ravel().tolist() == [2, 6]
+    assert seen == [[1], [3]]
+
+
+def test_a_call_submitted_after_stop_raises_and_queues_nothing():
+    batcher = Batcher(lambda batch: batch, max_images=1)
+    batcher.start()
+    batcher.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit(rows(1))
