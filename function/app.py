@@ -93,7 +93,7 @@ class App:
         self._deliveries: RecentDeliveries[Answer] = RecentDeliveries(
             lambda reply: reply.status >= 500,
             size=lambda r: len(r.body) + sum(len(k) + len(v) for k, v in r.headers.items()))
-        self._senders = Senders(config)  # who may deliver bucket events, and the keys that prove it
+        self._senders = Senders(config, self._deadlines)  # who may deliver bucket events, and the keys that prove it
         self._results_session, self._outbox, self._recorder = _recorder(config)
         self._metrics.watch(lambda: {name: s["state"] for name, s in self._classifier.status().items()},
                            lambda: self._model.load_seconds,

@@ -9,12 +9,13 @@ the fetcher asks for ``identity``, and a host that compresses anyway is decompre
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,6 +103,28 @@ def _watched(connection_cls: type[HTTPConnection], local: threading.local) -> ty
     return WatchedConnection
 
 
+class CutOff:
+    """A session whose connections a deadline shuts down in any phase (connect, headers, body): a host
+    that sends a byte just within each read timeout is still cut off at the deadline."""
+
+    def __init__(self, session: requests.Session, deadlines: Deadlines):
+        self.session, self.deadlines = session, deadlines
+        self._local = threading.local()
+        wrap_connections(session, functools.partial(_watched, local=self._local))
+
+    @contextlib.contextmanager
+    def within(self, seconds: float) -> Iterator[_Watch]:
+        """This thread's requests on the session within ``seconds``; the watch says whether it cut them."""
+        watch = _Watch()
+        armed = self.deadlines.arm(seconds, watch.fire)
+        self._local.watch = watch
+        try:
+            yield watch
+        finally:
+            self._local.watch = None
+            armed.cancel()
+
+
 class HttpFetcher:
     """Fetches one URL's bytes over a pooled ``requests.Session``, streaming up to a byte limit."""
 
@@ -114,8 +137,7 @@ class HttpFetcher:
         self.deadline_s = deadline_s
         self._owns_deadlines = deadlines is None
         self.deadlines = deadlines or Deadlines()
-        self._local = threading.local()
-        wrap_connections(session, functools.partial(_watched, local=self._local))
+        self._cut = CutOff(session, self.deadlines)
 
     def close(self) -> None:
         if self._owns_deadlines:
@@ -135,11 +157,8 @@ class HttpFetcher:
         if parts.scheme.lower() not in ("http", "https") or not host:
             raise InvalidUrl(f"not an http(s) URL: {url!r}")
         deadline = time.monotonic() + self.deadline_s
-        watch = _Watch()
-        armed = self.deadlines.arm(self.deadline_s, watch.fire)
-        self._local.watch = watch
         attempt = 0
-        try:
+        with self._cut.within(self.deadline_s) as watch:
             while True:
                 try:
                     data = self._get(url, deadline, watch)
@@ -157,9 +176,6 @@ class HttpFetcher:
                 if watch.fired:  # EOF from the shutdown can look like the end of headers or of the body
                     raise self._timeout()
                 return data
-        finally:
-            self._local.watch = None
-            armed.cancel()
 
     def status(self, url: str) -> int:
         """The status one GET of ``url`` answers (no redirects followed, the body left unread)."""
@@ -272,8 +288,7 @@ def photo_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
 def object_fetcher(config: Config, deadlines: Deadlines) -> HttpFetcher:
     """For bucket objects: URLs worked out from configured endpoints, signed with the platform's
     credentials (infra/credentials.py), never redirected; the photos' limits."""
-    trusted = (*config.trusted_hosts, *config.storage_hosts()) if config.ssrf_guard else ()
-    fetcher = _fetcher(config, deadlines, trusted, max_redirects=0)
+    fetcher = _fetcher(config, deadlines, (*config.trusted_hosts, *config.storage_hosts()), max_redirects=0)
     anonymous = config.storage_credentials == "anonymous"
     fetcher.session.auth = StoreAuth(None if anonymous else GoogleSigner(), None if anonymous else AwsSigner(),
                                      [config.gcs_base_url()], config.s3_endpoint,

@@ -25,9 +25,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
+import urllib3
 
 from ..config import Config
 from ..errors import SenderKeysUnavailable, SenderNotAllowed, SenderUnproven
+from .deadlines import Deadlines
+from .fetch import CutOff
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +69,18 @@ def not_allowed(envelope: str, why: str) -> SenderNotAllowed:
 class Senders:
     """The proofs this configuration accepts, and the keys that verify them (cached for the process)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, deadlines: Deadlines | None = None):
         self.proofs = config.event_proofs()
+        deadlines = deadlines or Deadlines()
         self.trusted_route = self.proofs == ("none",)
         # Only the proofs EVENT_AUTH lists: a secret left in EVENT_TOKENS proves nothing once "token" is not.
         self._tokens = tuple(token.encode() for token in config.event_tokens) if "token" in self.proofs else ()
         timeout = config.event_keys_timeout_s
         self._google = (GoogleTokens(config.event_audiences, config.event_service_accounts, config.google_certs_url,
                                      timeout) if "google" in self.proofs else None)
-        self._sns = SnsSignatures(config.sns_topic_arns, config.sns_cert_url, timeout) if "sns" in self.proofs else None
-        self._cluster = (ClusterTokens(config, timeout) if "oidc" in self.proofs and config.event_oidc_issuer
+        self._sns = (SnsSignatures(config.sns_topic_arns, config.sns_cert_url, timeout, deadlines)
+                     if "sns" in self.proofs else None)
+        self._cluster = (ClusterTokens(config, timeout, deadlines) if "oidc" in self.proofs and config.event_oidc_issuer
                          else None)
         if self.trusted_route:
             log.warning("EVENT_AUTH=none: bucket deliveries are taken without proof of their sender; this route "
@@ -170,19 +175,19 @@ def _max_age(headers: Mapping[str, str], default: float) -> float:
     return min(float(match.group(1)), JWKS_MAX_AGE_CAP_S) if match else default
 
 
-def _bounded_get(session: requests.Session, url: str, timeout: float,
+def _bounded_get(cut: CutOff, url: str, timeout: float,
                  **kwargs: Any) -> tuple[bytes, Mapping[str, str]]:
-    """A key document's body and headers: no redirects, a bounded body, no read begun once ``timeout`` has
-    passed (a trickling host holds the thread about twice ``timeout`` at most); any failure is a 503."""
-    ends = time.monotonic() + timeout
+    """A key document's body and headers: no redirects, a bounded body, the connection shut down at
+    ``timeout`` whatever it is waiting for (connect, headers, body); any failure is a 503."""
     try:
-        with session.get(url, timeout=timeout, allow_redirects=False, stream=True, **kwargs) as response:
+        with cut.within(timeout) as watch, cut.session.get(url, timeout=timeout, allow_redirects=False,
+                                                           stream=True, **kwargs) as response:
             body = b""
             while len(body) <= MAX_KEY_DOCUMENT_BYTES and (chunk := response.raw.read1(16384, decode_content=True)):
                 body += chunk
-                if time.monotonic() > ends:
-                    raise requests.Timeout("the key document took longer than its timeout to arrive")
-    except (requests.RequestException, OSError) as exc:
+        if watch.fired:  # the shutdown can look like the end of the body
+            raise requests.Timeout("the key document took longer than its timeout to arrive")
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:  # the body broken off too
         raise SenderKeysUnavailable(f"could not fetch the keys that verify deliveries: {type(exc).__name__}") from None
     if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
         raise KeyDocumentMissing(f"the keys that verify deliveries are not there: HTTP {response.status_code}")
@@ -252,13 +257,13 @@ def _claims_reason(token: str, audiences: list[str]) -> str:
 class ClusterTokens:
     """A Broker's or Channel's deliveries with Knative's OIDC feature on: a JWT from the cluster issuer."""
 
-    def __init__(self, config: Config, timeout: float):
+    def __init__(self, config: Config, timeout: float, deadlines: Deadlines):
         assert config.event_oidc_issuer
         self.issuer = config.event_oidc_issuer
         self._audiences, self._subjects = list(config.event_oidc_audiences), config.event_oidc_subjects
         self._ca_file, self._token_file = config.event_oidc_ca_file, config.event_oidc_token_file
         self._timeout = timeout
-        self._session = requests.Session()
+        self._cut = CutOff(requests.Session(), deadlines)
         self._lock = threading.Lock()
         self._keys: Any = None  # a PyJWKSet
         self._fetched, self._expires = 0.0, 0.0
@@ -320,7 +325,7 @@ class ClusterTokens:
                     kwargs["headers"] = {"Authorization": f"Bearer {f.read().strip()}"}
             except OSError as exc:
                 raise SenderKeysUnavailable(f"EVENT_OIDC_TOKEN_FILE cannot be read: {exc.strerror}") from None
-        discovery, _ = _bounded_get(self._session, f"{self.issuer.rstrip('/')}/.well-known/openid-configuration",
+        discovery, _ = _bounded_get(self._cut, f"{self.issuer.rstrip('/')}/.well-known/openid-configuration",
                                     self._timeout, **kwargs)
         try:
             doc = json.loads(discovery)
@@ -329,7 +334,7 @@ class ClusterTokens:
             jwks_uri = None
         if not isinstance(jwks_uri, str):
             raise SenderKeysUnavailable("the OIDC discovery document does not name this issuer and its jwks_uri")
-        jwks, headers = _bounded_get(self._session, jwks_uri, self._timeout, **kwargs)
+        jwks, headers = _bounded_get(self._cut, jwks_uri, self._timeout, **kwargs)
         try:
             self._keys = jwt.PyJWKSet.from_dict(json.loads(jwks))
         except (ValueError, TypeError, jwt.PyJWTError):
@@ -340,9 +345,9 @@ class ClusterTokens:
 class SnsSignatures:
     """SNS's HTTP(S) deliveries: the envelope's signature, by the certificate SNS publishes for it."""
 
-    def __init__(self, topics: frozenset[str], cert_url: str, timeout: float):
+    def __init__(self, topics: frozenset[str], cert_url: str, timeout: float, deadlines: Deadlines):
         self._topics, self._cert_url, self._timeout = topics, re.compile(cert_url), timeout
-        self._session = requests.Session()
+        self._cut = CutOff(requests.Session(), deadlines)
         self._certs: OrderedDict[str, Any] = OrderedDict()  # URL -> public key, newest last
         self._refused: OrderedDict[str, float] = OrderedDict()  # URL -> when it held no usable certificate
         self._next_fetch = 0.0  # monotonic time before which no unknown URL is fetched
@@ -403,7 +408,7 @@ class SnsSignatures:
                                             f"{SNS_CERT_FETCH_INTERVAL_S:g} s ago; deliver again")
             self._next_fetch = now + SNS_CERT_FETCH_INTERVAL_S
         try:
-            key = _rsa_key(_bounded_get(self._session, url, self._timeout)[0])
+            key = _rsa_key(_bounded_get(self._cut, url, self._timeout)[0])
         except KeyDocumentMissing:
             key = None
         with self._lock:

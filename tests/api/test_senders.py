@@ -494,3 +494,23 @@ def test_a_key_document_sent_a_byte_at_a_time_is_given_up_on_not_waited_for(prov
         stop.set()
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "sender_keys_unavailable", r.get_data(as_text=True)
     assert store_reads() == 0
+
+
+@pytest.mark.parametrize("drip", [hostile.status_drip, hostile.header_drip])
+def test_a_key_host_that_drips_its_status_or_headers_is_cut_off_at_the_timeout(proven, sns, store_reads, caplog, drip):
+    # Each byte comes well within the read timeout, and the body has not begun: only a deadline on the
+    # connection itself (EVENT_KEYS_TIMEOUT_S) ends the wait, long before the host would give up.
+    stop = threading.Event()
+    path = "/SimpleNotificationService-00000000000000000001.pem"
+    sns.server.add(path, drip(stop, max_s=60.0))
+    proven.setenv("EVENT_KEYS_TIMEOUT_S", "1")
+    client = fresh_client(caplog)
+    doc = sns.signed(sns_envelope(records("heron.jpg")), "2", cert_url=f"http://127.0.0.1:{sns.server.port}{path}")
+    started = time.monotonic()
+    try:
+        r = client.post("/events", headers=sns_headers(), data=json.dumps(doc))
+    finally:
+        stop.set()
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "sender_keys_unavailable", r.get_data(as_text=True)
+    assert time.monotonic() - started < 20, "the delivery waited for the key host, not for EVENT_KEYS_TIMEOUT_S"
+    assert store_reads() == 0
