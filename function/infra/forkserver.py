@@ -49,6 +49,8 @@ class ForkServer:
             socket.send_fds(sock, [b"F" + pickle.dumps((target, args))], [conn_fd])
             with self._cond:
                 if not self._cond.wait_for(lambda: self._pids, START_S):
+                    self._pids.clear()
+                    self._stop(kill=True)  # its late answer would be taken for the next fork's pid
                     raise RuntimeError("the decode fork server did not answer")
                 return self._pids.pop(0)
 
@@ -60,14 +62,20 @@ class ForkServer:
 
     def close(self) -> None:
         with self._lock:
-            if self._sock is not None:  # shut down first: a close alone would wait for the reader's recv()
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                self._sock.close()  # the server reads EOF and exits; idle workers exit on their own EOF
-            if self._proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(5)
-            self._sock, self._proc = None, None
+            self._stop(kill=False)
+
+    def _stop(self, kill: bool) -> None:
+        """Called with the lock held; the next fork starts a new server."""
+        if self._sock is not None:  # shut down first: a close alone would wait for the reader's recv()
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()  # the server reads EOF and exits; idle workers exit on their own EOF
+        if self._proc is not None:
+            if kill:
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
+        self._sock, self._proc = None, None
 
     def _ensure(self) -> socket.socket:
         if self._sock is not None and self._proc is not None and self._proc.poll() is None:
@@ -86,7 +94,7 @@ class ForkServer:
         with contextlib.suppress(OSError):  # closed by close()
             while msg := sock.recv(64):
                 with self._cond:
-                    if msg[:1] == b"P":
+                    if msg[:1] == b"P" and sock is self._sock:  # not a server given up on
                         self._pids.append(struct.unpack("i", msg[1:5])[0])
                     elif msg[:1] == b"X":
                         pid, status = struct.unpack("ii", msg[1:9])
